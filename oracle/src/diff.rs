@@ -1,0 +1,427 @@
+//! The differential verdict: op-by-op comparison of a prediction with an observation.
+//!
+//! The diff never knows which side is the kernel: both are [`Trace`]s. The first differing
+//! step decides the verdict; its class follows spec §12, its signature deduplicates findings
+//! across runs, hosts and engines.
+
+use crate::case::{Case, Op, Origin, CPUID_ENTRY_SIZE};
+use crate::hexnum::bytes_hex;
+use crate::host::{HostFacts, Quirk};
+use crate::layout;
+use crate::model::{predict, ModelConfig};
+use crate::rules::Rule;
+use crate::trace::{OpResult, Ret, Trace};
+use serde::{Deserialize, Serialize};
+
+/// Divergence classes (spec §12).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Class {
+    /// Success vs failure, or another errno.
+    Errno,
+    /// Reported XSTATE_BV, XCOMP_BV or reserved header bytes.
+    Header,
+    /// Legacy area: x87 fields, MXCSR, padding, sw_reserved.
+    LegacyArea,
+    /// Extended component bytes.
+    ComponentData,
+    /// PKRU value or pad.
+    Pkru,
+    /// Sizes: bytes written, KVM_CAP_XSAVE2, GET_XSAVE refusal.
+    Size,
+    /// State accepted while masked re-appears (or not) after a CPUID change.
+    HiddenState,
+    /// CPUID table handling (stored table, guest_supported_xcr0 derivation).
+    CpuidConfig,
+    /// XCR0 value and SET_XCRS rules.
+    Xcr0,
+}
+
+impl Class {
+    /// Stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Errno => "errno",
+            Class::Header => "header",
+            Class::LegacyArea => "legacy-area",
+            Class::ComponentData => "component-data",
+            Class::Pkru => "pkru",
+            Class::Size => "size",
+            Class::HiddenState => "hidden-state",
+            Class::CpuidConfig => "cpuid-config",
+            Class::Xcr0 => "xcr0",
+        }
+    }
+}
+
+/// One run of differing bytes within one named region.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByteDiff {
+    /// First differing byte.
+    pub start: u32,
+    /// One past the last.
+    pub end: u32,
+    /// Region name (field, header word, component name and offset, CPUID entry register).
+    pub region: String,
+    /// Expected bytes (at most 64 shown).
+    #[serde(with = "bytes_hex")]
+    pub expected: Vec<u8>,
+    /// Observed bytes (at most 64 shown).
+    #[serde(with = "bytes_hex")]
+    pub observed: Vec<u8>,
+}
+
+/// A disagreement between prediction and observation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Divergence {
+    /// Root-cause class (the quirk's class when a modelled quirk explains the case).
+    pub class: Class,
+    /// Class of the first differing step itself.
+    pub symptom_class: Class,
+    /// Index into the executed steps ([`Case::steps`]).
+    pub step: usize,
+    /// Where the step came from.
+    pub origin: Origin,
+    /// The ioctl.
+    pub op: String,
+    /// Contract the prediction was made under.
+    pub contract: String,
+    /// Quirks modelled in the prediction.
+    pub quirks: Vec<Quirk>,
+    /// Predicted return.
+    pub expected_ret: Ret,
+    /// Observed return.
+    pub observed_ret: Ret,
+    /// Differing byte runs (when both returned data of the same length).
+    pub bytes: Vec<ByteDiff>,
+    /// Predicted and observed data lengths when they differ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lengths: Option<(usize, usize)>,
+    /// Rules behind the prediction of this step.
+    pub rules: Vec<Rule>,
+    /// A known host quirk that explains the whole case (the prediction with it agrees).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explained_by: Option<Quirk>,
+    /// One-line human title.
+    pub title: String,
+    /// Stable deduplication signature: `<class>-<16 hex digits>`.
+    pub signature: String,
+}
+
+/// The outcome of comparing two traces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    /// Every step agrees.
+    Agree,
+    /// The first differing step.
+    Diverge(Box<Divergence>),
+}
+
+impl Verdict {
+    /// The divergence, if any.
+    pub fn divergence(&self) -> Option<&Divergence> {
+        match self {
+            Verdict::Agree => None,
+            Verdict::Diverge(d) => Some(d),
+        }
+    }
+}
+
+/// 64-bit FNV-1a (stable across builds and platforms).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn covered(unpredicted: &[(u32, u32)], i: usize) -> bool {
+    unpredicted
+        .iter()
+        .any(|&(s, e)| (s as usize..e as usize).contains(&i))
+}
+
+fn cpuid_region(i: usize) -> String {
+    if i < 4 {
+        return "nent".into();
+    }
+    let k = (i - 4) / CPUID_ENTRY_SIZE;
+    let field = [
+        "function", "index", "flags", "EAX", "EBX", "ECX", "EDX", "padding", "padding", "padding",
+    ][((i - 4) % CPUID_ENTRY_SIZE) / 4];
+    format!("entry {k} {field}")
+}
+
+fn xcrs_region(i: usize) -> String {
+    match i {
+        0..=3 => "nr_xcrs".into(),
+        4..=7 => "flags".into(),
+        8..=263 => format!(
+            "xcrs[{}].{}",
+            (i - 8) / 16,
+            ["xcr", "reserved", "value", "value"][((i - 8) % 16) / 4]
+        ),
+        _ => "padding".into(),
+    }
+}
+
+fn region_of(op: &Op, host: &HostFacts, i: usize) -> String {
+    match op {
+        Op::GetCpuid2 { .. } => cpuid_region(i),
+        Op::GetXcrs => xcrs_region(i),
+        _ => layout::region_name(host, i),
+    }
+}
+
+/// Differing byte runs, split at region boundaries.
+fn byte_diffs(op: &Op, host: &HostFacts, exp: &OpResult, obs: &OpResult) -> Vec<ByteDiff> {
+    let mut out: Vec<ByteDiff> = Vec::new();
+    let mut i = 0;
+    let n = exp.data.len().min(obs.data.len());
+    while i < n && out.len() < 32 {
+        if exp.data[i] == obs.data[i] || covered(&exp.unpredicted, i) {
+            i += 1;
+            continue;
+        }
+        let region = region_of(op, host, i);
+        let start = i;
+        while i < n
+            && exp.data[i] != obs.data[i]
+            && !covered(&exp.unpredicted, i)
+            && region_of(op, host, i) == region
+        {
+            i += 1;
+        }
+        let show = |d: &[u8]| d[start..i.min(start + 64)].to_vec();
+        out.push(ByteDiff {
+            start: start as u32,
+            end: i as u32,
+            region,
+            expected: show(&exp.data),
+            observed: show(&obs.data),
+        });
+    }
+    out
+}
+
+fn classify_bytes(op: &Op, host: &HostFacts, diffs: &[ByteDiff], rules: &[Rule]) -> Class {
+    match op {
+        Op::GetCpuid2 { .. } => return Class::CpuidConfig,
+        Op::GetXcrs => return Class::Xcr0,
+        _ => {}
+    }
+    let pk = host
+        .component(crate::xfeatures::PKRU_BIT)
+        .map(|c| c.offset as u32);
+    let in_header = diffs
+        .iter()
+        .any(|d| (layout::HDR as u32..layout::EXT as u32).contains(&d.start));
+    let in_legacy = diffs.iter().any(|d| d.start < layout::HDR as u32);
+    let in_pkru = diffs
+        .iter()
+        .any(|d| Some(d.start) >= pk && pk.is_some_and(|p| d.start < p + 8));
+    if rules.contains(&Rule::GetHiddenRevealed) && !in_legacy {
+        return Class::HiddenState;
+    }
+    if in_header {
+        Class::Header
+    } else if in_legacy {
+        Class::LegacyArea
+    } else if in_pkru {
+        Class::Pkru
+    } else {
+        Class::ComponentData
+    }
+}
+
+fn classify_ret(op: &Op) -> Class {
+    match op {
+        Op::SetCpuid2(_) | Op::GetCpuid2 { .. } => Class::CpuidConfig,
+        Op::SetXcrs(_) | Op::GetXcrs => Class::Xcr0,
+        Op::CheckXsave2 => Class::Size,
+        _ => Class::Errno,
+    }
+}
+
+fn coarse(region: &str) -> String {
+    // ST3 -> ST, XMM7 -> XMM, "entry 4 EAX" -> "entry EAX", "xcrs[2].value" -> "xcrs.value"
+    let mut s = String::with_capacity(region.len());
+    let mut skip_digits = false;
+    for ch in region.chars() {
+        if ch.is_ascii_digit() && skip_digits {
+            continue;
+        }
+        if ch == '@' || ch == '(' {
+            break;
+        }
+        skip_digits = ch.is_ascii_alphabetic() && ch.is_ascii_uppercase() || ch == '[' || ch == ' ';
+        if ch != '[' && ch != ']' {
+            s.push(ch);
+        }
+    }
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The rule that decided the prediction's return value.
+fn deciding_rule(rules: &[Rule]) -> Option<Rule> {
+    rules.last().copied()
+}
+
+/// Compare `expected` with `observed` for `case` on `host`.
+pub fn diff(
+    case: &Case,
+    host: &HostFacts,
+    cfg: &ModelConfig,
+    expected: &Trace,
+    observed: &Trace,
+) -> Verdict {
+    let steps = case.steps();
+    for (k, (origin, op)) in steps.iter().enumerate() {
+        let (Some(exp), Some(obs)) = (expected.results.get(k), observed.results.get(k)) else {
+            break;
+        };
+        let (class, bytes, lengths, what) = if exp.ret != obs.ret {
+            let what = match (exp.ret, obs.ret) {
+                (Ret::Ok(_), Ret::Err(_)) => format!("{} where {} accepts", obs.ret, cfg.contract),
+                (Ret::Err(_), Ret::Ok(_)) => {
+                    format!("accepted where {} returns {}", cfg.contract, exp.ret)
+                }
+                _ => format!("{} where {} returns {}", obs.ret, cfg.contract, exp.ret),
+            };
+            (classify_ret(op), Vec::new(), None, what)
+        } else if exp.data.len() != obs.data.len() {
+            (
+                Class::Size,
+                Vec::new(),
+                Some((exp.data.len(), obs.data.len())),
+                format!(
+                    "{} bytes where {} writes {}",
+                    obs.data.len(),
+                    cfg.contract,
+                    exp.data.len()
+                ),
+            )
+        } else {
+            let bytes = byte_diffs(op, host, exp, obs);
+            if bytes.is_empty() {
+                continue;
+            }
+            let mut regions: Vec<String> = bytes.iter().map(|b| coarse(&b.region)).collect();
+            regions.dedup();
+            let what = format!("{} differ from {}", regions.join(", "), cfg.contract);
+            (
+                classify_bytes(op, host, &bytes, &exp.rules),
+                bytes,
+                None,
+                what,
+            )
+        };
+        let rule = deciding_rule(&exp.rules);
+        let mut regions: Vec<String> = bytes.iter().map(|b| coarse(&b.region)).collect();
+        regions.sort();
+        regions.dedup();
+        let key = format!(
+            "{}|{}|{}|{}|{}|{}",
+            class.name(),
+            op.name(),
+            exp.ret,
+            obs.ret,
+            regions.join(","),
+            if bytes.is_empty() {
+                rule.map_or("", |r| r.id())
+            } else {
+                ""
+            }
+        );
+        let title = format!(
+            "{}: {}{}",
+            op.name(),
+            what,
+            rule.map(|r| format!(" ({})", r.id())).unwrap_or_default()
+        );
+        return Verdict::Diverge(Box::new(Divergence {
+            class,
+            symptom_class: class,
+            step: k,
+            origin: *origin,
+            op: op.name().to_string(),
+            contract: cfg.contract.name().to_string(),
+            quirks: cfg.quirks.clone(),
+            expected_ret: exp.ret,
+            observed_ret: obs.ret,
+            bytes,
+            lengths,
+            rules: exp.rules.clone(),
+            explained_by: None,
+            title,
+            signature: format!("{}-{:016x}", class.name(), fnv1a(key.as_bytes())),
+        }));
+    }
+    if expected.results.len() != observed.results.len() {
+        let k = expected.results.len().min(observed.results.len());
+        let key = format!(
+            "size|steps|{}|{}",
+            expected.results.len(),
+            observed.results.len()
+        );
+        let (origin, op) = steps
+            .get(k)
+            .map(|(o, op)| (*o, op.name()))
+            .unwrap_or((Origin::Op(k), "END"));
+        return Verdict::Diverge(Box::new(Divergence {
+            class: Class::Size,
+            symptom_class: Class::Size,
+            step: k,
+            origin,
+            op: op.to_string(),
+            contract: cfg.contract.name().to_string(),
+            quirks: cfg.quirks.clone(),
+            expected_ret: Ret::Ok(0),
+            observed_ret: Ret::Ok(0),
+            bytes: Vec::new(),
+            lengths: Some((expected.results.len(), observed.results.len())),
+            rules: Vec::new(),
+            explained_by: None,
+            title: format!(
+                "trace length: {} steps observed, {} predicted",
+                observed.results.len(),
+                expected.results.len()
+            ),
+            signature: format!("size-{:016x}", fnv1a(key.as_bytes())),
+        }));
+    }
+    Verdict::Agree
+}
+
+/// Predict `case` under `cfg`, compare with `observed`, and when they diverge try each quirk
+/// the host is known to have but `cfg` does not model: if the prediction with that quirk
+/// agrees, the divergence is attributed to it (class [`Class::CpuidConfig`]).
+pub fn judge(
+    case: &Case,
+    host: &HostFacts,
+    cfg: &ModelConfig,
+    observed: &Trace,
+) -> (Trace, Verdict) {
+    let expected = predict(case, host, cfg);
+    let verdict = diff(case, host, cfg, &expected, observed);
+    let Verdict::Diverge(mut d) = verdict else {
+        return (expected, Verdict::Agree);
+    };
+    for q in host.quirks.iter().filter(|q| !cfg.quirks.contains(q)) {
+        let mut with = cfg.clone();
+        with.quirks.push(*q);
+        let alt = predict(case, host, &with);
+        if diff(case, host, &with, &alt, observed) == Verdict::Agree {
+            d.explained_by = Some(*q);
+            d.class = Class::CpuidConfig;
+            let key = format!("quirk|{}|{}", q.name(), d.signature);
+            d.signature = format!("{}-{:016x}", d.class.name(), fnv1a(key.as_bytes()));
+            d.title = format!("{} [explained by host quirk {}]", d.title, q.name());
+            break;
+        }
+    }
+    (expected, Verdict::Diverge(d))
+}

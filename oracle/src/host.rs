@@ -1,0 +1,189 @@
+//! Host facts: everything the contract leaves to the host (layout, supported features, MXCSR
+//! mask, ...). They are inputs to the model, measured by the runner's probe or loaded from a
+//! saved fingerprint; nothing here assumes one vendor's layout.
+
+use crate::case::CpuidEntry;
+use crate::hexnum::{u32_hex, u64_hex};
+use crate::xfeatures;
+use serde::{Deserialize, Serialize};
+
+/// One extended xfeature's place in the standard (non-compacted) XSAVE layout, from the host's
+/// CPUID.0xD.i (EBX = offset, EAX = size, ECX bit 1 = 64-byte alignment when compacted).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Component {
+    /// xfeature bit number (>= 2).
+    pub bit: u8,
+    /// Standard-format offset in bytes.
+    pub offset: u32,
+    /// Size in bytes.
+    pub size: u32,
+    /// Aligned to 64 bytes in the compacted format.
+    #[serde(default)]
+    pub align64: bool,
+}
+
+/// A named, measured departure of a host from every upstream contract version.
+///
+/// The oracle models a quirk only when asked ([`crate::ModelConfig::quirks`]); every report
+/// names the quirks it modelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Quirk {
+    /// `KVM_SET_CPUID2` succeeds but the stored table is rewritten: for every subleaf i in
+    /// 0..=63 the first entry matching (0xD, i) gets the host's values (0xD.0 EAX/EDX =
+    /// supported XCR0, so guest XCR0 cannot be narrowed), leaf 1 ECX/EDX and leaf 7 are
+    /// replaced by host-derived values, a table with leaf 1 but no 0xD.0 gets the host's
+    /// 0xD subleaves appended, and some leaves ([`HostFacts::pvm_dropped_leaves`]) are
+    /// dropped. Seen on `kvm_pvm` builds.
+    #[serde(rename = "pvm-cpuid-rewrite")]
+    PvmCpuidRewrite,
+}
+
+impl Quirk {
+    /// Every quirk the rig knows.
+    pub const ALL: &'static [Quirk] = &[Quirk::PvmCpuidRewrite];
+
+    /// Stable name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Quirk::PvmCpuidRewrite => "pvm-cpuid-rewrite",
+        }
+    }
+
+    /// Parse a stable name.
+    pub fn from_name(s: &str) -> Option<Quirk> {
+        Quirk::ALL.iter().copied().find(|q| q.name() == s)
+    }
+}
+
+/// The host facts the model needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFacts {
+    /// `kvm_caps.supported_xcr0` (`KVM_GET_DEVICE_ATTR(KVM_X86_XCOMP_GUEST_SUPP)`).
+    #[serde(with = "u64_hex")]
+    pub supported_xcr0: u64,
+    /// The host's user XCR0 (`fpu_user_cfg.max_features`, `ARCH_GET_XCOMP_SUPP`): written by
+    /// GET into the first sw_reserved word.
+    #[serde(with = "u64_hex")]
+    pub host_xcr0: u64,
+    /// Features this process may expose to a guest (`ARCH_GET_XCOMP_GUEST_PERM`): gates the
+    /// dynamic XTILE_DATA feature.
+    #[serde(with = "u64_hex")]
+    pub guest_perm: u64,
+    /// MXCSR bits the host accepts (`mxcsr_feature_mask`).
+    #[serde(with = "u32_hex")]
+    pub mxcsr_feature_mask: u32,
+    /// MXCSR_MASK of the host's FXSAVE image (init value reported by GET).
+    #[serde(with = "u32_hex")]
+    pub init_mxcsr_mask: u32,
+    /// Extended components (bit >= 2) of the host, in any order.
+    pub components: Vec<Component>,
+    /// The host's raw CPUID.0xD subleaves (as the CPUID instruction reports them).
+    pub host_cpuid_0xd: Vec<CpuidEntry>,
+    /// `KVM_GET_SUPPORTED_CPUID`: the base table a case can ask for.
+    pub supported_cpuid: Vec<CpuidEntry>,
+    /// Quirks the probe detected on this host (modelled only when asked).
+    #[serde(default)]
+    pub quirks: Vec<Quirk>,
+    /// Under [`Quirk::PvmCpuidRewrite`]: leaves the host silently drops from a
+    /// `KVM_SET_CPUID2` table (measured by the probe, set and read back).
+    #[serde(default)]
+    pub pvm_dropped_leaves: Vec<u32>,
+}
+
+impl HostFacts {
+    /// The default user xfeatures of a guest fpstate: host user XCR0 minus dynamic features.
+    pub fn default_user_xfeatures(&self) -> u64 {
+        self.host_xcr0 & !xfeatures::USER_DYNAMIC
+    }
+
+    /// The component for xfeature `bit`, if the host has one.
+    pub fn component(&self, bit: u8) -> Option<&Component> {
+        self.components.iter().find(|c| c.bit == bit)
+    }
+
+    /// A synthetic host with a given XCR0 and Intel's architectural offsets (for tests and
+    /// for model-only campaigns without a probe).
+    pub fn synthetic(xcr0: u64, mxcsr_mask: u32) -> HostFacts {
+        const INTEL: &[(u8, u32, u32)] = &[
+            (2, 576, 256),
+            (3, 960, 64),
+            (4, 1024, 64),
+            (5, 1088, 64),
+            (6, 1152, 512),
+            (7, 1664, 1024),
+            (9, 2688, 8),
+            (17, 2752, 64),
+            (18, 2816, 8192),
+        ];
+        let components: Vec<Component> = INTEL
+            .iter()
+            .filter(|(b, _, _)| xcr0 & (1u64 << b) != 0)
+            .map(|&(bit, offset, size)| Component {
+                bit,
+                offset,
+                size,
+                align64: bit >= 17,
+            })
+            .collect();
+        let supported = xcr0 & xfeatures::KVM_SUPPORTED_XCR0;
+        let std_size = crate::layout::xstate_required_size(&components, supported, false);
+        let host_cpuid_0xd = std::iter::once(CpuidEntry::new(
+            0xd,
+            0,
+            1,
+            [xcr0 as u32, std_size, std_size, (xcr0 >> 32) as u32],
+        ))
+        .chain(std::iter::once(CpuidEntry::new(0xd, 1, 1, [0xf, 0, 0, 0])))
+        .chain(components.iter().map(|c| {
+            CpuidEntry::new(
+                0xd,
+                c.bit as u32,
+                1,
+                [c.size, c.offset, if c.align64 { 2 } else { 0 }, 0],
+            )
+        }))
+        .collect::<Vec<_>>();
+        let filtered = supported & !xfeatures::XTILE;
+        let fsize = crate::layout::xstate_required_size(&components, filtered, false);
+        let mut supported_cpuid = vec![
+            CpuidEntry::new(0, 0, 0, [0xd, 0x756e_6547, 0x6c65_746e, 0x4965_6e69]),
+            CpuidEntry::new(
+                1,
+                0,
+                0,
+                [
+                    0x000a_0671,
+                    0x0000_0800,
+                    0x8000_0000 | (1 << 26) | (1 << 28),
+                    0x0789_fbff,
+                ],
+            ),
+            CpuidEntry::new(7, 0, 1, [0, 0, 0, 0]),
+            CpuidEntry::new(
+                0xd,
+                0,
+                1,
+                [filtered as u32, fsize, fsize, (filtered >> 32) as u32],
+            ),
+            CpuidEntry::new(0xd, 1, 1, [0x7, 0, 0, 0]),
+        ];
+        supported_cpuid.extend(
+            components
+                .iter()
+                .filter(|c| filtered & (1u64 << c.bit) != 0)
+                .map(|c| CpuidEntry::new(0xd, c.bit as u32, 1, [c.size, c.offset, 0, 0])),
+        );
+        HostFacts {
+            supported_xcr0: supported,
+            host_xcr0: xcr0,
+            guest_perm: xcr0 & !xfeatures::USER_DYNAMIC,
+            mxcsr_feature_mask: mxcsr_mask,
+            init_mxcsr_mask: mxcsr_mask,
+            components,
+            host_cpuid_0xd,
+            supported_cpuid,
+            quirks: Vec::new(),
+            pvm_dropped_leaves: Vec::new(),
+        }
+    }
+}

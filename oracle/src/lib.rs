@@ -1,0 +1,28 @@
+//! # xsave-oracle
+//!
+//! A pure (no I/O) reference model of the Linux KVM x86 XSAVE userspace ABI contract
+//! (`KVM_SET_CPUID2`, `KVM_GET/SET_XSAVE`, `KVM_GET_XSAVE2`, `KVM_GET/SET_XCRS`,
+//! `KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)`), the [`case::Case`] format that drives it, and the
+//! differential [`diff`] that compares a prediction with an observation.
+//!
+//! The model is derived from the written contract (`shared/spec/kvm-xsave-contract.md`), one
+//! function per rule; each rule has a stable id ([`rules::Rule`]) and every prediction records
+//! the rules that decided it. Host facts ([`host::HostFacts`]) are inputs, never constants.
+//! Host departures from upstream ([`host::Quirk`]) are modelled only when asked.
+
+pub mod case;
+pub mod diff;
+pub mod gen;
+pub mod hexnum;
+pub mod host;
+pub mod layout;
+pub mod model;
+pub mod rules;
+pub mod trace;
+pub mod xfeatures;
+
+pub use case::{Case, Op};
+pub use diff::{diff, judge, Verdict};
+pub use host::{HostFacts, Quirk};
+pub use model::{predict, Contract, ModelConfig};
+pub use trace::{OpResult, Ret, Trace};

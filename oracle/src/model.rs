@@ -1,0 +1,703 @@
+//! The vCPU model: predicts, for every step of a case, the errno or success and every output
+//! byte, under a selectable contract version (spec §9) and optional named host quirks.
+
+use crate::case::{
+    Case, CpuidEntry, Op, Origin, XcrsImage, CPUID_ENTRY_SIZE, CPUID_FLAG_SIGNIFICANT_INDEX,
+    KVM_XCRS_SIZE,
+};
+use crate::host::{HostFacts, Quirk};
+use crate::layout::{self, components_in_order, le32, le64, put, xstate_required_size};
+use crate::rules::Rule;
+use crate::trace::{OpResult, Ret, Trace, E2BIG, EINVAL, EPERM};
+use crate::xfeatures::*;
+use serde::{Deserialize, Serialize};
+
+/// A contract version (spec §9.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Contract {
+    /// ≤ 5.15: KVM's own fill_xsave/load_xsave; raw legacy area, no header validation.
+    V0,
+    /// 5.16: unmasked save (guest CPUID ignored), permissive load.
+    V1,
+    /// 5.17–5.19: user_xfeatures := guest CPUID; SET rejects guest-unsupported bits, even FP/SSE.
+    V2a,
+    /// 6.0–6.5: like V2a with FP|SSE always allowed (the ad856280ddea regression).
+    V2b,
+    /// 6.6+: masked save, permissive load.
+    V3,
+}
+
+impl Contract {
+    /// All versions, oldest first.
+    pub const ALL: &'static [Contract] = &[
+        Contract::V0,
+        Contract::V1,
+        Contract::V2a,
+        Contract::V2b,
+        Contract::V3,
+    ];
+
+    /// Parse `V0`, `v2b`, ...
+    pub fn parse(s: &str) -> Option<Contract> {
+        Contract::ALL
+            .iter()
+            .copied()
+            .find(|c| c.name().eq_ignore_ascii_case(s))
+    }
+
+    /// Stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Contract::V0 => "V0",
+            Contract::V1 => "V1",
+            Contract::V2a => "V2a",
+            Contract::V2b => "V2b",
+            Contract::V3 => "V3",
+        }
+    }
+
+    fn has_xsave2(self) -> bool {
+        self >= Contract::V2a
+    }
+}
+
+impl std::fmt::Display for Contract {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the model predicts under.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Contract version.
+    pub contract: Contract,
+    /// Host quirks modelled (empty: strict upstream).
+    pub quirks: Vec<Quirk>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            contract: Contract::V3,
+            quirks: Vec::new(),
+        }
+    }
+}
+
+/// `KVM_MAX_CPUID_ENTRIES`.
+pub const MAX_CPUID_ENTRIES: usize = 256;
+/// `KVM_MAX_XCRS`.
+pub const MAX_XCRS: u32 = 16;
+const NOT_SIGNIFICANT: Option<u32> = None;
+
+/// First entry matching `(function, index)`; `index == None` is KVM_CPUID_INDEX_NOT_SIGNIFICANT,
+/// which matches the first entry of the function whatever its flags (spec §6.1).
+pub fn find_entry(table: &[CpuidEntry], function: u32, index: Option<u32>) -> Option<usize> {
+    table.iter().position(|e| {
+        e.function == function
+            && match index {
+                None => true,
+                Some(i) => e.flags & CPUID_FLAG_SIGNIFICANT_INDEX == 0 || e.index == i,
+            }
+    })
+}
+
+/// Per-vCPU state (spec §11).
+#[derive(Clone, Debug)]
+struct Vcpu {
+    /// Guest FPU image, kept in standard layout (the kernel's own format is invisible).
+    kbuf: Vec<u8>,
+    kbv: u64,
+    upkru: u32,
+    xcr0: u64,
+    cpuid: Vec<CpuidEntry>,
+    /// Fields of the stored table the model does not predict: (entry index, register mask
+    /// bit 0..3 = EAX..EDX).
+    cpuid_unpredicted: Vec<(usize, u8)>,
+    gsx: u64,
+    user_xfeatures: u64,
+    uabi_size: usize,
+    /// Bits accepted by the last SET while outside the GET mask (hidden state).
+    hidden: u64,
+}
+
+/// The model of one vCPU under one contract on one host.
+pub struct Model<'a> {
+    host: &'a HostFacts,
+    cfg: &'a ModelConfig,
+    vcpu: Vcpu,
+    last_get: Option<Vec<u8>>,
+}
+
+fn ret_err(origin: Origin, e: i32, rules: Vec<Rule>) -> OpResult {
+    OpResult {
+        rules,
+        ..OpResult::new(origin, Ret::Err(e))
+    }
+}
+
+fn ret_ok(origin: Origin, v: i64, rules: Vec<Rule>) -> OpResult {
+    OpResult {
+        rules,
+        ..OpResult::new(origin, Ret::Ok(v))
+    }
+}
+
+impl<'a> Model<'a> {
+    /// A model holding a fresh vCPU.
+    pub fn new(host: &'a HostFacts, cfg: &'a ModelConfig) -> Model<'a> {
+        Model {
+            host,
+            cfg,
+            vcpu: Self::fresh(host, cfg),
+            last_get: None,
+        }
+    }
+
+    fn fresh(host: &HostFacts, cfg: &ModelConfig) -> Vcpu {
+        let full = xstate_required_size(&host.components, host.host_xcr0, false) as usize;
+        let mut kbuf = vec![0u8; full.max(layout::KVM_XSAVE_SIZE)];
+        put(&mut kbuf, layout::FCW, &layout::FCW_INIT.to_le_bytes());
+        put(&mut kbuf, layout::MXCSR, &layout::MXCSR_INIT.to_le_bytes());
+        let _ = cfg;
+        Vcpu {
+            kbuf,
+            kbv: 0,
+            upkru: 0,
+            xcr0: FP,
+            cpuid: Vec::new(),
+            cpuid_unpredicted: Vec::new(),
+            gsx: 0,
+            user_xfeatures: host.default_user_xfeatures(),
+            uabi_size: layout::KVM_XSAVE_SIZE,
+            hidden: 0,
+        }
+    }
+
+    fn quirk(&self, q: Quirk) -> bool {
+        self.cfg.quirks.contains(&q)
+    }
+
+    fn contract(&self) -> Contract {
+        self.cfg.contract
+    }
+
+    /// Predict one step.
+    pub fn step(&mut self, origin: Origin, op: &Op) -> OpResult {
+        match op {
+            Op::NewVcpu => {
+                self.vcpu = Self::fresh(self.host, self.cfg);
+                ret_ok(origin, 0, vec![Rule::VcpuFresh])
+            }
+            Op::SetCpuid2(t) => {
+                let entries = t.render(self.host);
+                self.set_cpuid2(origin, entries)
+            }
+            Op::GetCpuid2 { capacity } => self.get_cpuid2(origin, *capacity as usize),
+            Op::SetXsave(img) => {
+                let buf = img.render(self.host, self.vcpu.uabi_size);
+                self.set_xsave(origin, &buf)
+            }
+            Op::RestoreLast { force_xstate_bv } => {
+                let mut buf = self.last_get.clone().unwrap_or_default();
+                buf.resize(self.vcpu.uabi_size.max(layout::KVM_XSAVE_SIZE), 0);
+                if let Some(bv) = force_xstate_bv {
+                    put(&mut buf, layout::XSTATE_BV, &bv.to_le_bytes());
+                }
+                self.set_xsave(origin, &buf)
+            }
+            Op::GetXsave => self.get_xsave(origin, false),
+            Op::GetXsave2 => self.get_xsave(origin, true),
+            Op::SetXcrs(x) => self.set_xcrs(origin, x),
+            Op::GetXcrs => self.get_xcrs(origin),
+            Op::CheckXsave2 => self.check_xsave2(origin),
+        }
+    }
+
+    /// `KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)` value under this contract.
+    pub fn cap_xsave2(&self) -> i64 {
+        if !self.contract().has_xsave2() {
+            return 0;
+        }
+        let mut filtered = self.host.supported_xcr0;
+        if filtered & XTILE_DATA != 0 {
+            filtered &= self.host.guest_perm;
+            if filtered & XTILE_DATA == 0 {
+                filtered &= !XTILE_CFG;
+            }
+        }
+        (xstate_required_size(&self.host.components, filtered, false) as i64)
+            .max(layout::KVM_XSAVE_SIZE as i64)
+    }
+
+    fn check_xsave2(&self, origin: Origin) -> OpResult {
+        let rule = if self.contract().has_xsave2() {
+            Rule::CapXsave2Size
+        } else {
+            Rule::CapXsave2Absent
+        };
+        ret_ok(origin, self.cap_xsave2(), vec![rule])
+    }
+
+    // ---- CPUID (§6) ------------------------------------------------------------------------
+
+    fn set_cpuid2(&mut self, origin: Origin, mut entries: Vec<CpuidEntry>) -> OpResult {
+        let mut rules = Vec::with_capacity(4);
+        if entries.len() > MAX_CPUID_ENTRIES {
+            return ret_err(origin, E2BIG, vec![Rule::CpuidRejectE2big]);
+        }
+        if let Some(i) = find_entry(&entries, 0x8000_0008, NOT_SIGNIFICANT) {
+            let bits = (entries[i].eax >> 8) & 0xff;
+            if bits != 0 && bits != 48 && bits != 57 {
+                return ret_err(origin, EINVAL, vec![Rule::CpuidRejectVaddr]);
+            }
+        }
+        let mut amx = false;
+        if let Some(i) = find_entry(&entries, 0xd, Some(0)) {
+            let x = entries[i].eax as u64 | ((entries[i].edx as u64) << 32);
+            if x & USER_DYNAMIC != 0 {
+                if self.host.guest_perm & USER_DYNAMIC == 0 {
+                    return ret_err(origin, EPERM, vec![Rule::CpuidRejectAmxPerm]);
+                }
+                amx = true;
+            }
+        }
+        if amx {
+            rules.push(Rule::CpuidAmxEnabled);
+            let perm_size =
+                xstate_required_size(&self.host.components, self.host.guest_perm, false) as usize;
+            self.vcpu.uabi_size = self.vcpu.uabi_size.max(perm_size);
+            self.vcpu.user_xfeatures |= XTILE_DATA;
+            let need = self.vcpu.uabi_size.max(self.vcpu.kbuf.len());
+            self.vcpu.kbuf.resize(need, 0);
+        }
+        rules.push(Rule::CpuidAccept);
+        let mut unpredicted = Vec::new();
+        if self.quirk(Quirk::PvmCpuidRewrite) {
+            self.pvm_rewrite(&mut entries, &mut unpredicted, &mut rules);
+        }
+        self.vcpu.cpuid = entries;
+        self.vcpu.cpuid_unpredicted = unpredicted;
+        match find_entry(&self.vcpu.cpuid, 0xd, Some(0)) {
+            Some(i) => {
+                let e = &self.vcpu.cpuid[i];
+                self.vcpu.gsx = (e.eax as u64 | ((e.edx as u64) << 32)) & self.host.supported_xcr0;
+                rules.push(Rule::CpuidGsxFirstMatch);
+            }
+            None => {
+                self.vcpu.gsx = 0;
+                rules.push(Rule::CpuidGsxNone);
+            }
+        }
+        match self.contract() {
+            Contract::V2a => {
+                self.vcpu.user_xfeatures = self.vcpu.gsx;
+                rules.push(Rule::CpuidV2UserXfeatures);
+            }
+            Contract::V2b => {
+                self.vcpu.user_xfeatures = self.vcpu.gsx | FPSSE;
+                rules.push(Rule::CpuidV2UserXfeatures);
+            }
+            _ => {}
+        }
+        ret_ok(origin, 0, rules)
+    }
+
+    /// Quirk `pvm-cpuid-rewrite` (spec §8, re-measured on this rig's hosts): see [`Quirk`].
+    fn pvm_rewrite(
+        &self,
+        entries: &mut Vec<CpuidEntry>,
+        unpredicted: &mut Vec<(usize, u8)>,
+        rules: &mut Vec<Rule>,
+    ) {
+        let host = self.host;
+        let raw = |i: u32| host.host_cpuid_0xd.iter().find(|e| e.index == i).copied();
+        let before = entries.len();
+        entries.retain(|e| !host.pvm_dropped_leaves.contains(&e.function));
+        if entries.len() != before {
+            rules.push(Rule::QuirkPvmDrop);
+        }
+        if find_entry(entries, 1, Some(0)).is_some() && find_entry(entries, 0xd, Some(0)).is_none()
+        {
+            rules.push(Rule::QuirkPvmInject);
+            for i in 0..64u32 {
+                let wanted = i < 2 || host.supported_xcr0 & (1u64 << i) != 0;
+                if let (true, Some(e)) = (wanted, raw(i)) {
+                    entries.push(CpuidEntry {
+                        flags: CPUID_FLAG_SIGNIFICANT_INDEX,
+                        ..e
+                    });
+                }
+            }
+        }
+        let has_d0 = find_entry(entries, 0xd, Some(0)).is_some();
+        let sup = host.supported_xcr0;
+        for i in 0..64u32 {
+            let Some(k) = find_entry(entries, 0xd, Some(i)) else {
+                continue;
+            };
+            let regs = match i {
+                0 => [
+                    sup as u32,
+                    entries[k].ebx,
+                    xstate_required_size(&host.components, sup, false),
+                    (sup >> 32) as u32,
+                ],
+                1 => [raw(1).map_or(0, |e| e.eax & 0x7), entries[k].ebx, 0, 0],
+                _ if has_d0 && sup & (1u64 << i) != 0 => {
+                    raw(i).map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx])
+                }
+                _ => [0; 4],
+            };
+            let e = &mut entries[k];
+            (e.eax, e.ebx, e.ecx, e.edx) = (regs[0], regs[1], regs[2], regs[3]);
+            rules.push(Rule::QuirkPvmRewrite);
+        }
+        for (k, e) in entries.iter().enumerate() {
+            match e.function {
+                1 => unpredicted.push((k, 0b1100)),
+                7 => unpredicted.push((k, 0b1111)),
+                _ => continue,
+            }
+            rules.push(Rule::QuirkPvmHostOwned);
+        }
+    }
+
+    /// The stored table with runtime-owned fields applied (spec §6.3, corrected: APIC set).
+    fn runtime_table(&self, rules: &mut Vec<Rule>) -> Vec<CpuidEntry> {
+        let mut t = self.vcpu.cpuid.clone();
+        if let Some(i) = find_entry(&t, 1, NOT_SIGNIFICANT) {
+            t[i].ecx &= !(1 << 27);
+            t[i].edx |= 1 << 9;
+            rules.extend([Rule::CpuidRuntimeOsxsave, Rule::CpuidRuntimeApic]);
+        }
+        if let Some(i) = find_entry(&t, 7, Some(0)) {
+            t[i].ecx &= !(1 << 4);
+            rules.push(Rule::CpuidRuntimeOspke);
+        }
+        if let Some(i) = find_entry(&t, 0xd, Some(0)) {
+            t[i].ebx = xstate_required_size(&self.host.components, self.vcpu.xcr0, false);
+            rules.push(Rule::CpuidRuntimeXsaveSize);
+        }
+        if let Some(i) = find_entry(&t, 0xd, Some(1)) {
+            if t[i].eax & (0x2 | 0x8) != 0 {
+                t[i].ebx = xstate_required_size(&self.host.components, self.vcpu.xcr0, true);
+                rules.push(Rule::CpuidRuntimeXsavecSize);
+            }
+        }
+        t
+    }
+
+    fn get_cpuid2(&self, origin: Origin, capacity: usize) -> OpResult {
+        let n = self.vcpu.cpuid.len();
+        if capacity < n {
+            return ret_err(origin, E2BIG, vec![Rule::CpuidGetE2big]);
+        }
+        let mut rules = vec![Rule::CpuidGetTable];
+        let t = self.runtime_table(&mut rules);
+        let mut data = Vec::with_capacity(4 + n * CPUID_ENTRY_SIZE);
+        data.extend_from_slice(&(n as u32).to_le_bytes());
+        for e in &t {
+            data.extend_from_slice(&e.to_bytes());
+        }
+        let mut unpredicted = Vec::new();
+        for &(k, regs) in &self.vcpu.cpuid_unpredicted {
+            for r in 0..4u32 {
+                if regs & (1 << r) != 0 {
+                    let s = 4 + (k * CPUID_ENTRY_SIZE) as u32 + 12 + r * 4;
+                    unpredicted.push((s, s + 4));
+                }
+            }
+        }
+        if !unpredicted.is_empty() {
+            rules.push(Rule::QuirkPvmHostOwned);
+        }
+        OpResult {
+            origin,
+            ret: Ret::Ok(0),
+            data,
+            unpredicted,
+            rules,
+        }
+    }
+
+    // ---- XSAVE (§3, §4) --------------------------------------------------------------------
+
+    fn get_xsave(&mut self, origin: Origin, xsave2: bool) -> OpResult {
+        let c = self.contract();
+        if xsave2 && !c.has_xsave2() {
+            return ret_err(origin, EINVAL, vec![Rule::GetXsave2Absent]);
+        }
+        if !xsave2 && self.vcpu.uabi_size > layout::KVM_XSAVE_SIZE {
+            return ret_err(origin, EINVAL, vec![Rule::GetXsaveTooBig]);
+        }
+        let size = if xsave2 {
+            self.vcpu.uabi_size
+        } else {
+            layout::KVM_XSAVE_SIZE
+        };
+        let mut rules = Vec::with_capacity(12);
+        let mut out = vec![0u8; size];
+        if xsave2 {
+            // The caller's buffer is KVM_CAP_XSAVE2 bytes, pre-filled with a canary; the
+            // kernel writes uabi_size bytes of it.
+            out.resize(size.max(self.cap_xsave2() as usize), layout::CANARY);
+        }
+        let v = &self.vcpu;
+        let k = &v.kbuf;
+        rules.push(match c {
+            Contract::V3 => Rule::GetMaskV3,
+            Contract::V1 | Contract::V2a | Contract::V2b => Rule::GetMaskUser,
+            Contract::V0 => Rule::GetMaskV0,
+        });
+        let h = v.kbv & self.get_mask();
+        if c == Contract::V0 {
+            out[..layout::LEGACY_SIZE].copy_from_slice(&k[..layout::LEGACY_SIZE]);
+            rules.push(Rule::GetV0LegacyRaw);
+        } else {
+            if h & FP != 0 {
+                out[..layout::MXCSR].copy_from_slice(&k[..layout::MXCSR]);
+                out[layout::ST..layout::FP_END].copy_from_slice(&k[layout::ST..layout::FP_END]);
+                rules.push(Rule::GetFpReported);
+            } else {
+                put(&mut out, layout::FCW, &layout::FCW_INIT.to_le_bytes());
+                rules.push(Rule::GetFpInit);
+            }
+            if h & (SSE | YMM) != 0 {
+                out[layout::MXCSR..layout::ST].copy_from_slice(&k[layout::MXCSR..layout::ST]);
+                rules.push(Rule::GetMxcsrKernel);
+            } else {
+                put(&mut out, layout::MXCSR, &layout::MXCSR_INIT.to_le_bytes());
+                put(
+                    &mut out,
+                    layout::MXCSR_MASK,
+                    &self.host.init_mxcsr_mask.to_le_bytes(),
+                );
+                rules.push(Rule::GetMxcsrInit);
+            }
+            if h & SSE != 0 {
+                out[layout::XMM..layout::XMM_END].copy_from_slice(&k[layout::XMM..layout::XMM_END]);
+                rules.push(Rule::GetSseReported);
+            } else {
+                rules.push(Rule::GetSseZero);
+            }
+            put(&mut out, layout::SW, &self.host.host_xcr0.to_le_bytes());
+            rules.extend([Rule::GetPaddingZero, Rule::GetSwReserved]);
+        }
+        put(&mut out, layout::XSTATE_BV, &h.to_le_bytes());
+        rules.push(Rule::GetHeaderZero);
+        let mut copied = false;
+        for comp in components_in_order(self.host, h) {
+            let (s, e) = (comp.offset as usize, (comp.offset + comp.size) as usize);
+            if e > size {
+                continue;
+            }
+            if comp.bit == PKRU_BIT {
+                put(&mut out, s, &v.upkru.to_le_bytes());
+                rules.push(Rule::GetPkruFromVcpu);
+            } else {
+                out[s..e].copy_from_slice(&k[s..e]);
+                copied = true;
+            }
+        }
+        if copied {
+            rules.push(Rule::GetComponentCopied);
+        }
+        if h & !FPSSE != v.kbv & !FPSSE {
+            rules.push(Rule::GetComponentZero);
+        }
+        if h & v.hidden != 0 {
+            rules.push(Rule::GetHiddenRevealed);
+        }
+        self.last_get = Some(out.clone());
+        OpResult {
+            origin,
+            ret: Ret::Ok(0),
+            data: out,
+            unpredicted: Vec::new(),
+            rules,
+        }
+    }
+
+    fn set_xsave(&mut self, origin: Origin, buf: &[u8]) -> OpResult {
+        let c = self.contract();
+        let bv = le64(buf, layout::XSTATE_BV);
+        let mxcsr = le32(buf, layout::MXCSR);
+        let mut rules = Vec::with_capacity(8);
+        if c == Contract::V0 {
+            if bv & !self.host.supported_xcr0 != 0 {
+                return ret_err(origin, EINVAL, vec![Rule::SetRejectUnsupported]);
+            }
+            if mxcsr & !self.host.mxcsr_feature_mask != 0 {
+                return ret_err(origin, EINVAL, vec![Rule::SetV0RejectMxcsr]);
+            }
+            let v = &mut self.vcpu;
+            v.kbuf[..layout::LEGACY_SIZE].copy_from_slice(&buf[..layout::LEGACY_SIZE]);
+            rules.push(Rule::SetV0LegacyRaw);
+            self.store_components(buf, bv, &mut rules);
+            return self.accept(bv, rules, origin);
+        }
+        if bv & !self.host.supported_xcr0 != 0 {
+            return ret_err(origin, EINVAL, vec![Rule::SetRejectUnsupported]);
+        }
+        if bv & !self.vcpu.user_xfeatures != 0 {
+            return ret_err(origin, EINVAL, vec![Rule::SetRejectUserXfeatures]);
+        }
+        if le64(buf, layout::XCOMP_BV) != 0 {
+            return ret_err(origin, EINVAL, vec![Rule::SetRejectXcompBv]);
+        }
+        if buf[layout::HDR_RSVD..layout::EXT].iter().any(|&b| b != 0) {
+            return ret_err(origin, EINVAL, vec![Rule::SetRejectHdrReserved]);
+        }
+        if bv & (FP | SSE | YMM) != 0 {
+            if mxcsr & !self.host.mxcsr_feature_mask != 0 {
+                return ret_err(origin, EINVAL, vec![Rule::SetRejectMxcsr]);
+            }
+            if bv & FP == 0 {
+                self.vcpu.kbuf[layout::MXCSR..layout::ST]
+                    .copy_from_slice(&buf[layout::MXCSR..layout::ST]);
+                rules.push(Rule::SetMxcsrWithoutFp);
+            }
+        } else {
+            rules.push(Rule::SetMxcsrUnchecked);
+        }
+        if bv & FP != 0 {
+            self.vcpu.kbuf[..layout::FP_END].copy_from_slice(&buf[..layout::FP_END]);
+            rules.push(Rule::SetFpCopied);
+        }
+        if bv & SSE != 0 {
+            self.vcpu.kbuf[layout::XMM..layout::XMM_END]
+                .copy_from_slice(&buf[layout::XMM..layout::XMM_END]);
+            rules.push(Rule::SetSseCopied);
+        }
+        self.store_components(buf, bv, &mut rules);
+        self.accept(bv, rules, origin)
+    }
+
+    fn get_mask(&self) -> u64 {
+        let v = &self.vcpu;
+        match self.contract() {
+            Contract::V3 => v.user_xfeatures & (v.gsx | FPSSE),
+            Contract::V1 | Contract::V2a | Contract::V2b => v.user_xfeatures,
+            Contract::V0 => v.gsx | FPSSE,
+        }
+    }
+
+    fn accept(&mut self, bv: u64, mut rules: Vec<Rule>, origin: Origin) -> OpResult {
+        self.vcpu.kbv = bv;
+        self.vcpu.hidden = bv & !self.get_mask();
+        rules.extend([Rule::SetKbvReplaced, Rule::SetAccept]);
+        ret_ok(origin, 0, rules)
+    }
+
+    fn store_components(&mut self, buf: &[u8], bv: u64, rules: &mut Vec<Rule>) {
+        let mut copied = false;
+        for comp in components_in_order(self.host, bv) {
+            let (s, e) = (comp.offset as usize, (comp.offset + comp.size) as usize);
+            if e > buf.len() || e > self.vcpu.kbuf.len() {
+                continue;
+            }
+            if comp.bit == PKRU_BIT {
+                self.vcpu.upkru = le32(buf, s);
+                rules.push(Rule::SetPkruUpdated);
+            } else {
+                self.vcpu.kbuf[s..e].copy_from_slice(&buf[s..e]);
+                copied = true;
+            }
+        }
+        if copied {
+            rules.push(Rule::SetComponentCopied);
+        }
+        if bv & PKRU == 0 && self.host.supported_xcr0 & PKRU != 0 {
+            rules.push(Rule::SetPkruKept);
+        }
+    }
+
+    // ---- XCRS (§5) -------------------------------------------------------------------------
+
+    fn set_xcrs(&mut self, origin: Origin, x: &XcrsImage) -> OpResult {
+        let raw = x.render();
+        let nr = le32(&raw, 0);
+        let flags = le32(&raw, 4);
+        if nr > MAX_XCRS {
+            return ret_err(origin, EINVAL, vec![Rule::XcrsRejectNr]);
+        }
+        if flags != 0 {
+            return ret_err(origin, EINVAL, vec![Rule::XcrsRejectFlags]);
+        }
+        for i in 0..nr as usize {
+            let o = 8 + i * 16;
+            if le32(&raw, o) == 0 {
+                let value = le64(&raw, o + 8);
+                let mut rules = vec![Rule::XcrsFirstXcr0];
+                return match self.check_xcr0(value) {
+                    Err(r) => {
+                        rules.push(r);
+                        ret_err(origin, EINVAL, rules)
+                    }
+                    Ok(()) => {
+                        self.vcpu.xcr0 = value;
+                        rules.push(Rule::Xcr0Accept);
+                        ret_ok(origin, 0, rules)
+                    }
+                };
+            }
+        }
+        ret_ok(origin, 0, vec![Rule::XcrsNoXcr0])
+    }
+
+    fn check_xcr0(&self, x: u64) -> Result<(), Rule> {
+        if x & FP == 0 {
+            return Err(Rule::Xcr0RejectFp);
+        }
+        if x & YMM != 0 && x & SSE == 0 {
+            return Err(Rule::Xcr0RejectYmmSse);
+        }
+        let valid = match self.contract() {
+            Contract::V2a => self.vcpu.user_xfeatures | FP,
+            _ => self.vcpu.gsx | FP,
+        };
+        if x & !valid != 0 {
+            return Err(if self.contract() == Contract::V2a {
+                Rule::Xcr0V2aUserXfeatures
+            } else {
+                Rule::Xcr0RejectUnsupported
+            });
+        }
+        if (x & BNDREGS == 0) != (x & BNDCSR == 0) {
+            return Err(Rule::Xcr0RejectMpx);
+        }
+        if x & AVX512 != 0 && (x & YMM == 0 || x & AVX512 != AVX512) {
+            return Err(Rule::Xcr0RejectAvx512);
+        }
+        if self.contract() != Contract::V0 && x & XTILE != 0 && x & XTILE != XTILE {
+            return Err(Rule::Xcr0RejectAmx);
+        }
+        Ok(())
+    }
+
+    fn get_xcrs(&self, origin: Origin) -> OpResult {
+        let mut data = vec![0u8; KVM_XCRS_SIZE];
+        put(&mut data, 0, &1u32.to_le_bytes());
+        put(&mut data, 16, &self.vcpu.xcr0.to_le_bytes());
+        OpResult {
+            origin,
+            ret: Ret::Ok(0),
+            data,
+            unpredicted: Vec::new(),
+            rules: vec![Rule::XcrsGet],
+        }
+    }
+}
+
+/// Predict every step of `case` on `host` under `cfg`.
+pub fn predict(case: &Case, host: &HostFacts, cfg: &ModelConfig) -> Trace {
+    let mut m = Model::new(host, cfg);
+    let results = case
+        .steps()
+        .iter()
+        .map(|(origin, op)| m.step(*origin, op))
+        .collect();
+    Trace { results }
+}

@@ -1,0 +1,283 @@
+//! The built-in fuzz engine: seeded random generation, execution on a backend, judgement by
+//! the oracle, atomic findings, resumable state.
+//!
+//! Workdir layout:
+//! - `campaign.json`: seed, next iteration, counters (rewritten atomically every second);
+//! - `findings/<signature>/{case.bin,case.json,verdict.json}`: one directory per distinct
+//!   divergence, created atomically the moment it is found;
+//! - `stats.jsonl`: one line per second (execs, execs/s, findings) for plotting.
+
+use crate::store::{create_dir_atomic, write_atomic};
+use crate::{Backend, BackendError};
+use arbitrary::{Arbitrary, Unstructured};
+use rand::{rngs::SmallRng, RngCore, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use xsave_oracle::diff::{judge, Verdict};
+use xsave_oracle::trace::Trace;
+use xsave_oracle::{Case, ModelConfig, Op};
+
+/// The case for iteration `i` of a campaign seeded with `seed` (reproducible, O(1) to seek).
+pub fn case_for(seed: u64, i: u64) -> Case {
+    let mut rng =
+        SmallRng::seed_from_u64(seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17));
+    let mut bytes = [0u8; 1536];
+    rng.fill_bytes(&mut bytes);
+    Case::arbitrary(&mut Unstructured::new(&bytes)).unwrap_or_else(|_| Case {
+        ops: vec![Op::GetXsave],
+        ..Case::default()
+    })
+}
+
+/// Errors of a campaign (not findings).
+#[derive(Debug, thiserror::Error)]
+pub enum CampaignError {
+    /// The backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// Workdir I/O.
+    #[error("workdir {path}: {err}")]
+    Io {
+        /// Path involved.
+        path: PathBuf,
+        /// The error.
+        err: std::io::Error,
+    },
+    /// Workdir state mismatch.
+    #[error("{0}")]
+    State(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CampaignError + '_ {
+    move |err| CampaignError::Io {
+        path: path.to_path_buf(),
+        err,
+    }
+}
+
+/// What to run.
+pub struct CampaignConfig {
+    /// Seed of the generator.
+    pub seed: u64,
+    /// Stop after this many cases (total, including resumed ones).
+    pub iterations: Option<u64>,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Where state and findings go (none: keep findings in memory only).
+    pub workdir: Option<PathBuf>,
+    /// Continue the campaign in `workdir`.
+    pub resume: bool,
+    /// What the oracle predicts under.
+    pub model: ModelConfig,
+    /// Set to stop cleanly (SIGINT/SIGTERM).
+    pub stop: std::sync::Arc<AtomicBool>,
+    /// Called about once a second with the running summary (live progress).
+    pub progress: Option<Box<dyn FnMut(&Summary)>>,
+}
+
+/// Persistent state (`campaign.json`) and the summary printed at the end.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Summary {
+    /// Backend name.
+    pub backend: String,
+    /// Contract the oracle predicted under.
+    pub contract: String,
+    /// Quirks modelled by the oracle.
+    pub quirks: Vec<String>,
+    /// Generator seed.
+    pub seed: u64,
+    /// Next iteration to run.
+    pub next_iteration: u64,
+    /// Cases executed (all sessions).
+    pub execs: u64,
+    /// Distinct findings (signatures) in the workdir.
+    pub findings: u64,
+    /// Diverging cases (including duplicates of known signatures).
+    pub divergent_cases: u64,
+    /// Diverging cases per class.
+    pub by_class: BTreeMap<String, u64>,
+    /// Diverging cases a known host quirk explains.
+    pub explained_by_quirk: u64,
+    /// Seconds spent (all sessions).
+    pub seconds: f64,
+    /// Cases per second.
+    pub execs_per_sec: f64,
+    /// ioctls issued by the backend in this session.
+    pub ioctls: u64,
+    /// Whether this session resumed an earlier one.
+    pub resumed: bool,
+    /// Whether the run was interrupted (SIGINT/SIGTERM).
+    pub interrupted: bool,
+    /// Signatures found, in order of discovery (this session).
+    pub new_signatures: Vec<String>,
+}
+
+/// What a finding's `verdict.json` holds.
+#[derive(Serialize)]
+struct FindingRecord<'a> {
+    verdict: &'a Verdict,
+    backend: String,
+    seed: u64,
+    iteration: u64,
+    expected: &'a Trace,
+    observed: &'a Trace,
+}
+
+/// Run a campaign.
+pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary, CampaignError> {
+    let host = backend.host().clone();
+    let mut s = Summary {
+        backend: backend.name(),
+        contract: cfg.model.contract.name().to_string(),
+        quirks: cfg
+            .model
+            .quirks
+            .iter()
+            .map(|q| q.name().to_string())
+            .collect(),
+        seed: cfg.seed,
+        ..Summary::default()
+    };
+    let mut known: std::collections::HashSet<String> = Default::default();
+    if let Some(dir) = &cfg.workdir {
+        let state = dir.join("campaign.json");
+        std::fs::create_dir_all(dir.join("findings")).map_err(io(dir))?;
+        if state.exists() {
+            if !cfg.resume {
+                return Err(CampaignError::State(format!(
+                    "{} holds a campaign: pass --resume to continue it, or use another --workdir",
+                    dir.display()
+                )));
+            }
+            let text = std::fs::read_to_string(&state).map_err(io(&state))?;
+            let old: Summary = serde_json::from_str(&text).map_err(|e| {
+                CampaignError::State(format!("{}: corrupt campaign state: {e}", state.display()))
+            })?;
+            if old.contract != s.contract || old.quirks != s.quirks {
+                return Err(CampaignError::State(format!(
+                    "{}: campaign was run with contract {} quirks {:?}",
+                    state.display(),
+                    old.contract,
+                    old.quirks
+                )));
+            }
+            s = Summary {
+                backend: s.backend,
+                resumed: true,
+                new_signatures: Vec::new(),
+                interrupted: false,
+                ioctls: 0,
+                ..old
+            };
+            cfg.seed = s.seed;
+        }
+        for e in std::fs::read_dir(dir.join("findings"))
+            .map_err(io(dir))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().to_string();
+            if !name.starts_with('.') {
+                known.insert(name);
+            }
+        }
+        s.findings = known.len() as u64;
+    }
+    let start = Instant::now();
+    let base_seconds = s.seconds;
+    let base_ioctls = backend.ioctls();
+    let mut last_tick = Instant::now();
+    let mut last_execs = s.execs;
+    loop {
+        if cfg.stop.load(Ordering::Relaxed) {
+            s.interrupted = true;
+            break;
+        }
+        if cfg.iterations.is_some_and(|n| s.next_iteration >= n)
+            || cfg.duration.is_some_and(|d| start.elapsed() >= d)
+        {
+            break;
+        }
+        let i = s.next_iteration;
+        let case = case_for(cfg.seed, i);
+        let observed = backend.execute(&case)?;
+        let (expected, verdict) = judge(&case, &host, &cfg.model, &observed);
+        s.next_iteration += 1;
+        s.execs += 1;
+        if let Verdict::Diverge(d) = &verdict {
+            s.divergent_cases += 1;
+            *s.by_class.entry(d.class.name().to_string()).or_default() += 1;
+            if d.explained_by.is_some() {
+                s.explained_by_quirk += 1;
+            }
+            if known.insert(d.signature.clone()) {
+                s.findings += 1;
+                s.new_signatures.push(d.signature.clone());
+                if let Some(dir) = &cfg.workdir {
+                    let rec = FindingRecord {
+                        verdict: &verdict,
+                        backend: s.backend.clone(),
+                        seed: cfg.seed,
+                        iteration: i,
+                        expected: &expected,
+                        observed: &observed,
+                    };
+                    let json = serde_json::to_vec_pretty(&rec)
+                        .map_err(|e| CampaignError::State(e.to_string()))?;
+                    let dest = dir.join("findings").join(&d.signature);
+                    create_dir_atomic(
+                        &dest,
+                        &[
+                            ("case.bin", &case.encode()),
+                            ("case.json", case.to_json().as_bytes()),
+                            ("verdict.json", &json),
+                        ],
+                    )
+                    .map_err(io(&dest))?;
+                }
+            }
+        }
+        if last_tick.elapsed() >= Duration::from_secs(1) {
+            let dt = last_tick.elapsed().as_secs_f64();
+            s.seconds = base_seconds + start.elapsed().as_secs_f64();
+            s.execs_per_sec = (s.execs - last_execs) as f64 / dt;
+            s.ioctls = backend.ioctls() - base_ioctls;
+            last_tick = Instant::now();
+            last_execs = s.execs;
+            save(&cfg, &s)?;
+            if let Some(p) = cfg.progress.as_mut() {
+                p(&s);
+            }
+        }
+    }
+    s.seconds = base_seconds + start.elapsed().as_secs_f64();
+    s.ioctls = backend.ioctls() - base_ioctls;
+    s.execs_per_sec = if s.seconds > 0.0 {
+        s.execs as f64 / s.seconds
+    } else {
+        0.0
+    };
+    save(&cfg, &s)?;
+    Ok(s)
+}
+
+fn save(cfg: &CampaignConfig, s: &Summary) -> Result<(), CampaignError> {
+    let Some(dir) = &cfg.workdir else {
+        return Ok(());
+    };
+    let state = dir.join("campaign.json");
+    let json = serde_json::to_vec_pretty(s).map_err(|e| CampaignError::State(e.to_string()))?;
+    write_atomic(&state, &json).map_err(io(&state))?;
+    let stats = dir.join("stats.jsonl");
+    let line = serde_json::json!({"seconds": s.seconds, "execs": s.execs, "execs_per_sec": s.execs_per_sec, "findings": s.findings});
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&stats)
+        .map_err(io(&stats))?;
+    writeln!(f, "{line}").map_err(io(&stats))?;
+    Ok(())
+}

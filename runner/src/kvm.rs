@@ -1,0 +1,304 @@
+//! The real-KVM backend: executes a case on `/dev/kvm`.
+//!
+//! VM and vCPU lifetime goes through kvm-ioctls; the XSAVE and CPUID ioctls go through
+//! [`crate::sys`] with reused, aligned buffers so every byte (and oversized `nent`) reaches the
+//! kernel unchanged. With pooling on, one vCPU is reused across cases after a reset sequence
+//! that provably changes no observation (see [`KvmBackend::reset`] and the
+//! `pooled_equals_fresh` test).
+
+use crate::sys::{self, AlignedBuf};
+use crate::{Backend, BackendError};
+use kvm_bindings::{kvm_xcr, kvm_xcrs};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use xsave_oracle::case::{Case, CpuidEntry, Op, XcrsImage, XsaveImage, CPUID_ENTRY_SIZE};
+use xsave_oracle::layout::{self, le32, put};
+use xsave_oracle::trace::{OpResult, Ret, Trace};
+use xsave_oracle::xfeatures::{PKRU, XTILE_DATA};
+use xsave_oracle::HostFacts;
+
+/// Bytes the backend pre-fills XSAVE2 buffers with, to see how many bytes the kernel wrote.
+pub const CANARY: u8 = layout::CANARY;
+const CAP_XSAVE2: u64 = 208;
+
+struct Vm {
+    vm: VmFd,
+    vcpu: VcpuFd,
+    /// A case enabled a feature whose effect cannot be undone (AMX uabi growth).
+    tainted: bool,
+}
+
+/// Executes cases on this host's `/dev/kvm`.
+pub struct KvmBackend {
+    kvm: Kvm,
+    host: HostFacts,
+    pool: bool,
+    cur: Option<Vm>,
+    xbuf: AlignedBuf,
+    cbuf: AlignedBuf,
+    xsave_size: usize,
+    ioctls: u64,
+    last_get: Option<Vec<u8>>,
+}
+
+fn ret(r: sys::IoResult) -> Ret {
+    match r {
+        Ok(v) => Ret::Ok(v),
+        Err(e) => Ret::Err(e),
+    }
+}
+
+impl KvmBackend {
+    /// Open `/dev/kvm`. `host` are the facts the cases are rendered with (from the probe).
+    pub fn new(host: HostFacts, pool: bool) -> Result<KvmBackend, BackendError> {
+        let kvm = crate::open_kvm()?;
+        let cap = kvm.check_extension_raw(CAP_XSAVE2 as libc::c_ulong).max(0) as usize;
+        let xsave_size = cap.max(layout::KVM_XSAVE_SIZE);
+        Ok(KvmBackend {
+            kvm,
+            host,
+            pool,
+            cur: None,
+            xbuf: AlignedBuf::new(xsave_size),
+            cbuf: AlignedBuf::new(8 + 256 * CPUID_ENTRY_SIZE),
+            xsave_size,
+            ioctls: 0,
+            last_get: None,
+        })
+    }
+
+    fn create(&mut self) -> Result<Vm, BackendError> {
+        let vm = self
+            .kvm
+            .create_vm()
+            .map_err(|e| BackendError::Setup(format!("KVM_CREATE_VM: {e}")))?;
+        let vcpu = vm
+            .create_vcpu(0)
+            .map_err(|e| BackendError::Setup(format!("KVM_CREATE_VCPU: {e}")))?;
+        self.ioctls += 2;
+        Ok(Vm {
+            vm,
+            vcpu,
+            tainted: false,
+        })
+    }
+
+    /// Bring the pooled vCPU back to the observable state of a fresh one: empty CPUID table
+    /// (gsx 0, `GET_CPUID2` nent 0), XCR0 1, PKRU 0 (if the host has PKRU), then XSTATE_BV 0
+    /// (every component reads as init; stale kernel bytes are never reported because their
+    /// bits are clear and MXCSR is reported only with SSE/YMM). Returns false when a step
+    /// failed, in which case the caller creates a fresh VM.
+    fn reset(&mut self) -> bool {
+        let Some(vm) = &self.cur else { return false };
+        if vm.tainted {
+            return false;
+        }
+        let vcpu = &vm.vcpu;
+        self.cbuf.bytes_mut()[..8].fill(0);
+        let mut ok = sys::set_cpuid2(vcpu, &mut self.cbuf).is_ok();
+        ok &= vcpu.set_xcrs(&xcrs_struct(&XcrsImage::xcr0(1))).is_ok();
+        self.ioctls += 2;
+        if self.host.supported_xcr0 & PKRU != 0 {
+            XsaveImage::init(PKRU).render_into(&self.host, self.xbuf.bytes_mut());
+            ok &= sys::set_xsave(vcpu, &mut self.xbuf).is_ok();
+            self.ioctls += 1;
+        }
+        XsaveImage::init(0).render_into(&self.host, self.xbuf.bytes_mut());
+        ok &= sys::set_xsave(vcpu, &mut self.xbuf).is_ok();
+        self.ioctls += 1;
+        ok
+    }
+
+    fn fresh_vcpu(&mut self) -> Result<(), BackendError> {
+        if self.pool && self.reset() {
+            return Ok(());
+        }
+        self.cur = None;
+        self.cur = Some(self.create()?);
+        Ok(())
+    }
+
+    fn step(&mut self, op: &Op) -> Result<(Ret, Vec<u8>), BackendError> {
+        if *op == Op::NewVcpu {
+            self.fresh_vcpu()?;
+            return Ok((Ret::Ok(0), Vec::new()));
+        }
+        self.ioctls += 1;
+        let vm = self
+            .cur
+            .as_ref()
+            .ok_or_else(|| BackendError::Setup("no vCPU".into()))?;
+        let vcpu = &vm.vcpu;
+        let mut taint = false;
+        let out = match op {
+            Op::NewVcpu => (Ret::Ok(0), Vec::new()),
+            Op::SetCpuid2(t) => {
+                let entries = t.render(&self.host);
+                let n = entries.len();
+                self.cbuf.ensure(8 + n * CPUID_ENTRY_SIZE);
+                let b = self.cbuf.bytes_mut();
+                b[..8].fill(0);
+                b[..4].copy_from_slice(&(n as u32).to_le_bytes());
+                for (i, e) in entries.iter().enumerate() {
+                    b[8 + i * CPUID_ENTRY_SIZE..8 + (i + 1) * CPUID_ENTRY_SIZE]
+                        .copy_from_slice(&e.to_bytes());
+                }
+                let r = sys::set_cpuid2(vcpu, &mut self.cbuf);
+                if r.is_ok() {
+                    let d0 = xsave_oracle::model::find_entry(&entries, 0xd, Some(0));
+                    taint = d0.is_some_and(|i| entries[i].eax as u64 & XTILE_DATA != 0);
+                }
+                (ret(r), Vec::new())
+            }
+            Op::GetCpuid2 { capacity } => {
+                let r = sys::get_cpuid2(vcpu, &mut self.cbuf, *capacity as u32);
+                let data = match r {
+                    Ok(_) => {
+                        let b = self.cbuf.bytes();
+                        let nent = le32(b, 0) as usize;
+                        let shown = nent.min(*capacity as usize);
+                        let mut d = Vec::with_capacity(4 + shown * CPUID_ENTRY_SIZE);
+                        d.extend_from_slice(&(nent as u32).to_le_bytes());
+                        for i in 0..shown {
+                            let e = CpuidEntry::from_bytes(
+                                &b[8 + i * CPUID_ENTRY_SIZE..8 + (i + 1) * CPUID_ENTRY_SIZE],
+                            );
+                            d.extend_from_slice(&e.to_bytes());
+                        }
+                        d
+                    }
+                    Err(_) => Vec::new(),
+                };
+                (ret(r), data)
+            }
+            Op::SetXsave(img) => {
+                img.render_into(&self.host, self.xbuf.bytes_mut());
+                (ret(sys::set_xsave(vcpu, &mut self.xbuf)), Vec::new())
+            }
+            Op::RestoreLast { force_xstate_bv } => {
+                let b = self.xbuf.bytes_mut();
+                b.fill(0);
+                if let Some(last) = &self.last_get {
+                    let n = last.len().min(b.len());
+                    b[..n].copy_from_slice(&last[..n]);
+                }
+                if let Some(bv) = force_xstate_bv {
+                    put(b, layout::XSTATE_BV, &bv.to_le_bytes());
+                }
+                (ret(sys::set_xsave(vcpu, &mut self.xbuf)), Vec::new())
+            }
+            Op::GetXsave | Op::GetXsave2 => {
+                let xsave2 = *op == Op::GetXsave2;
+                let len = if xsave2 {
+                    self.xsave_size
+                } else {
+                    layout::KVM_XSAVE_SIZE
+                };
+                self.xbuf.bytes_mut()[..len].fill(if xsave2 { CANARY } else { 0 });
+                let r = if xsave2 {
+                    sys::get_xsave2(vcpu, &mut self.xbuf)
+                } else {
+                    sys::get_xsave(vcpu, &mut self.xbuf)
+                };
+                match r {
+                    Ok(v) => {
+                        let data = self.xbuf.bytes()[..len].to_vec();
+                        self.last_get = Some(data.clone());
+                        (Ret::Ok(v), data)
+                    }
+                    Err(e) => (Ret::Err(e), Vec::new()),
+                }
+            }
+            Op::SetXcrs(x) => (
+                ret(vcpu
+                    .set_xcrs(&xcrs_struct(x))
+                    .map(|_| 0)
+                    .map_err(|e| e.errno())),
+                Vec::new(),
+            ),
+            Op::GetXcrs => match vcpu.get_xcrs() {
+                Ok(x) => (Ret::Ok(0), xcrs_bytes(&x)),
+                Err(e) => (Ret::Err(e.errno()), Vec::new()),
+            },
+            Op::CheckXsave2 => (
+                Ret::Ok(vm.vm.check_extension_raw(CAP_XSAVE2 as libc::c_ulong) as i64),
+                Vec::new(),
+            ),
+        };
+        if taint {
+            if let Some(vm) = self.cur.as_mut() {
+                vm.tainted = true;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn xcrs_struct(x: &XcrsImage) -> kvm_xcrs {
+    let raw = x.render();
+    let mut s = kvm_xcrs {
+        nr_xcrs: le32(&raw, 0),
+        flags: le32(&raw, 4),
+        ..Default::default()
+    };
+    for i in 0..16 {
+        let o = 8 + i * 16;
+        s.xcrs[i] = kvm_xcr {
+            xcr: le32(&raw, o),
+            reserved: le32(&raw, o + 4),
+            value: layout::le64(&raw, o + 8),
+        };
+    }
+    for i in 0..16 {
+        s.padding[i] = layout::le64(&raw, 264 + i * 8);
+    }
+    s
+}
+
+fn xcrs_bytes(x: &kvm_xcrs) -> Vec<u8> {
+    let mut b = vec![0u8; xsave_oracle::case::KVM_XCRS_SIZE];
+    put(&mut b, 0, &x.nr_xcrs.to_le_bytes());
+    put(&mut b, 4, &x.flags.to_le_bytes());
+    for (i, e) in x.xcrs.iter().enumerate() {
+        let o = 8 + i * 16;
+        put(&mut b, o, &e.xcr.to_le_bytes());
+        put(&mut b, o + 4, &e.reserved.to_le_bytes());
+        put(&mut b, o + 8, &e.value.to_le_bytes());
+    }
+    for (i, p) in x.padding.iter().enumerate() {
+        put(&mut b, 264 + i * 8, &p.to_le_bytes());
+    }
+    b
+}
+
+impl Backend for KvmBackend {
+    fn name(&self) -> String {
+        if self.pool {
+            "kvm".into()
+        } else {
+            "kvm(fresh)".into()
+        }
+    }
+
+    fn host(&self) -> &HostFacts {
+        &self.host
+    }
+
+    fn execute(&mut self, case: &Case) -> Result<Trace, BackendError> {
+        self.fresh_vcpu()?;
+        self.last_get = None;
+        let steps = case.steps();
+        let mut results = Vec::with_capacity(steps.len());
+        for (origin, op) in &steps {
+            let (ret, data) = self.step(op)?;
+            results.push(OpResult {
+                data,
+                ..OpResult::new(*origin, ret)
+            });
+        }
+        Ok(Trace { results })
+    }
+
+    fn ioctls(&self) -> u64 {
+        self.ioctls
+    }
+}

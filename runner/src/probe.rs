@@ -1,0 +1,456 @@
+//! Host probe: measures the host facts the oracle needs, detects named quirks by
+//! set-and-read-back, and tells which contract version the host matches by judging a fixed
+//! battery of probe cases under every version.
+
+use crate::kvm::KvmBackend;
+use crate::{open_kvm, sys, Backend, BackendError};
+use serde::{Deserialize, Serialize};
+use xsave_oracle::case::*;
+use xsave_oracle::diff::{diff, Verdict};
+use xsave_oracle::host::{Component, HostFacts, Quirk};
+use xsave_oracle::model::{predict, Contract, ModelConfig};
+use xsave_oracle::xfeatures::*;
+
+/// Probe output (`xsave-rig probe --json`). Also a portable host fingerprint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProbeReport {
+    /// Version of xsave-rig that wrote this.
+    pub rig_version: String,
+    /// `uname -r`.
+    pub kernel_release: String,
+    /// KVM vendor module(s) loaded (`kvm_intel`, `kvm_amd`, `kvm_pvm`, ...).
+    pub kvm_module: String,
+    /// `KVM_GET_API_VERSION`.
+    pub api_version: i32,
+    /// `KVM_CHECK_EXTENSION` values of XSAVE (55), XCRS (56), XSAVE2 (208).
+    pub capabilities: Capabilities,
+    /// From `KVM_GET_DEVICE_ATTR(KVM_X86_XCOMP_GUEST_SUPP)` (hex).
+    pub supported_xcr0: String,
+    /// From `KVM_GET_SUPPORTED_CPUID` leaf 0xD.0 (hex; permission-filtered).
+    pub supported_xcr0_cpuid: String,
+    /// `KVM_CAP_XSAVE2` size in bytes (at least 4096).
+    pub xsave_size: u32,
+    /// Standard-format layout of the host's extended components.
+    pub components: Vec<Component>,
+    /// Host MXCSR mask (hex).
+    pub mxcsr_mask: String,
+    /// Host user XCR0 (hex).
+    pub host_xcr0: String,
+    /// The newest contract version every probe case agrees with, or `unknown`.
+    pub contract: String,
+    /// Every version every probe case agrees with.
+    pub contract_matches: Vec<String>,
+    /// Named quirks found.
+    pub quirks: Vec<Quirk>,
+    /// What was measured to find them.
+    pub quirk_evidence: Vec<String>,
+    /// Per probe case, the versions it agrees with.
+    pub probe_cases: Vec<ProbeCaseResult>,
+    /// The facts the oracle uses (feed back with `--host-facts`).
+    pub host: HostFacts,
+}
+
+/// `KVM_CHECK_EXTENSION` results.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// KVM_CAP_XSAVE.
+    pub xsave: i32,
+    /// KVM_CAP_XCRS.
+    pub xcrs: i32,
+    /// KVM_CAP_XSAVE2.
+    pub xsave2: i32,
+}
+
+/// One probe case's agreement per contract version.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProbeCaseResult {
+    /// Name.
+    pub name: String,
+    /// Versions whose prediction agrees with the observation.
+    pub agrees_with: Vec<String>,
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn kvm_modules() -> String {
+    let mut v: Vec<String> = std::fs::read_dir("/sys/module")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with("kvm_") || n == "kvm-intel" || n == "kvm-amd")
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    if v.is_empty() {
+        "kvm (built in or unknown vendor module)".into()
+    } else {
+        v.join(",")
+    }
+}
+
+/// Measure the host facts (no quirk detection).
+pub fn host_facts() -> Result<HostFacts, BackendError> {
+    let kvm = open_kvm()?;
+    let supported_cpuid: Vec<CpuidEntry> = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| BackendError::Setup(format!("KVM_GET_SUPPORTED_CPUID: {e}")))?
+        .as_slice()
+        .iter()
+        .map(|e| CpuidEntry::new(e.function, e.index, e.flags, [e.eax, e.ebx, e.ecx, e.edx]))
+        .collect();
+    let d0 = supported_cpuid
+        .iter()
+        .find(|e| e.function == 0xd && e.index == 0);
+    let cpuid_xcr0 = d0.map_or(FPSSE, |e| e.eax as u64 | ((e.edx as u64) << 32));
+    let supported_xcr0 = sys::xcomp_guest_supp(&kvm).unwrap_or(cpuid_xcr0);
+    let raw0 = core::arch::x86_64::__cpuid_count(0xd, 0);
+    let raw_xcr0 = raw0.eax as u64 | ((raw0.edx as u64) << 32);
+    let host_xcr0 = sys::xcomp_supp().unwrap_or(raw_xcr0);
+    let mut host_cpuid_0xd = Vec::new();
+    let mut components = Vec::new();
+    for i in 0..64u32 {
+        let r = core::arch::x86_64::__cpuid_count(0xd, i);
+        if i >= 2 && raw_xcr0 & (1u64 << i) != 0 && r.eax != 0 && r.ecx & 1 == 0 {
+            components.push(Component {
+                bit: i as u8,
+                offset: r.ebx,
+                size: r.eax,
+                align64: r.ecx & 2 != 0,
+            });
+        }
+        if i < 2 || r.eax != 0 {
+            host_cpuid_0xd.push(CpuidEntry::new(
+                0xd,
+                i,
+                CPUID_FLAG_SIGNIFICANT_INDEX,
+                [r.eax, r.ebx, r.ecx, r.edx],
+            ));
+        }
+    }
+    let mask = sys::fxsave_mxcsr_mask();
+    Ok(HostFacts {
+        supported_xcr0,
+        host_xcr0,
+        guest_perm: sys::xcomp_guest_perm().unwrap_or(host_xcr0 & !USER_DYNAMIC),
+        mxcsr_feature_mask: if mask == 0 { 0xffbf } else { mask },
+        init_mxcsr_mask: mask,
+        components,
+        host_cpuid_0xd,
+        supported_cpuid,
+        quirks: Vec::new(),
+        pvm_dropped_leaves: Vec::new(),
+    })
+}
+
+/// The CPUID table the quirk check sets: leaf 1 and 7 zeroed, 0xD.0 narrowed to FP|SSE.
+fn quirk_case() -> Case {
+    let table = CpuidTable {
+        base: CpuidBase::Empty,
+        entries: vec![
+            CpuidEntry::new(1, 0, 0, [0x000a_0671, 0, 0, 0]),
+            CpuidEntry::new(7, 0, CPUID_FLAG_SIGNIFICANT_INDEX, [0, 0, 0, 0]),
+            CpuidEntry::new(
+                0xd,
+                0,
+                CPUID_FLAG_SIGNIFICANT_INDEX,
+                [FPSSE as u32, 0, 0, 0],
+            ),
+            CpuidEntry::new(0xd, 1, CPUID_FLAG_SIGNIFICANT_INDEX, [0, 0, 0, 0]),
+        ],
+        reverse: false,
+    };
+    Case {
+        config: Config {
+            cpuid: Some(table),
+            xcr0: None,
+        },
+        ops: vec![Op::GetCpuid2 { capacity: 256 }],
+    }
+}
+
+/// Leaves the probe offers to find which ones a rewriting host drops.
+pub fn candidate_leaves() -> Vec<u32> {
+    (0..0x40u32)
+        .chain(0x4000_0000..0x4000_0010)
+        .chain(0x8000_0000..0x8000_0040)
+        .filter(|&f| f != 1 && f != 7 && f != 0xd)
+        .collect()
+}
+
+/// Under the rewrite quirk: which leaves does `KVM_SET_CPUID2` drop? (set, read back)
+pub fn measure_dropped_leaves(backend: &mut dyn Backend) -> Result<Vec<u32>, BackendError> {
+    let cands = candidate_leaves();
+    let entries = cands
+        .iter()
+        .map(|&f| CpuidEntry::new(f, 0, 0, [0, 0, 0, 0]))
+        .collect();
+    let case = Case {
+        config: Config {
+            cpuid: Some(CpuidTable {
+                base: CpuidBase::Empty,
+                entries,
+                reverse: false,
+            }),
+            xcr0: None,
+        },
+        ops: vec![Op::GetCpuid2 { capacity: 256 }],
+    };
+    let obs = backend.execute(&case)?;
+    let Some(r) = obs.results.last() else {
+        return Ok(Vec::new());
+    };
+    let present: Vec<u32> = r
+        .data
+        .get(4..)
+        .unwrap_or_default()
+        .chunks_exact(CPUID_ENTRY_SIZE)
+        .map(|c| CpuidEntry::from_bytes(c).function)
+        .collect();
+    Ok(cands.into_iter().filter(|f| !present.contains(f)).collect())
+}
+
+/// Detect quirks by set-and-read-back: a quirk is named when the strict upstream prediction
+/// of the read-back table disagrees and the quirk's model agrees.
+pub fn detect_quirks(backend: &mut dyn Backend) -> Result<(Vec<Quirk>, Vec<String>), BackendError> {
+    let host = backend.host().clone();
+    let case = quirk_case();
+    let obs = backend.execute(&case)?;
+    let strict = ModelConfig::default();
+    let exp = predict(&case, &host, &strict);
+    let mut evidence = Vec::new();
+    let mut quirks = Vec::new();
+    if let Verdict::Diverge(d) = diff(&case, &host, &strict, &exp, &obs) {
+        for b in &d.bytes {
+            evidence.push(format!(
+                "KVM_SET_CPUID2 then KVM_GET_CPUID2: {} supplied/expected {} read back {}",
+                b.region,
+                hex(&b.expected),
+                hex(&b.observed)
+            ));
+        }
+        if d.bytes.is_empty() {
+            evidence.push(format!("KVM_GET_CPUID2 after KVM_SET_CPUID2: {}", d.title));
+        }
+        for q in Quirk::ALL {
+            let cfg = ModelConfig {
+                quirks: vec![*q],
+                ..ModelConfig::default()
+            };
+            if diff(&case, &host, &cfg, &predict(&case, &host, &cfg), &obs) == Verdict::Agree {
+                quirks.push(*q);
+                evidence.push(format!(
+                    "the read-back table matches the model of quirk {}",
+                    q.name()
+                ));
+            }
+        }
+        if quirks.is_empty() {
+            evidence.push("no known quirk explains the read-back table".into());
+        }
+    }
+    Ok((quirks, evidence))
+}
+
+fn hex(b: &[u8]) -> String {
+    // Registers are little-endian u32s: show them as numbers.
+    if b.len() == 4 {
+        return format!("{:#x}", u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn img(bv: u64) -> XsaveImage {
+    let mut i = XsaveImage::init(bv);
+    i.xmm_seed = 0x51;
+    i.st_seed = 0x52;
+    i.components = vec![ComponentData { bit: 2, seed: 0x53 }];
+    i.pkru = 0x5555_5554;
+    i
+}
+
+/// The fixed battery of probe cases that separates the contract versions.
+pub fn probe_cases() -> Vec<(&'static str, Case)> {
+    let mut fp_only = img(FP);
+    fp_only.mxcsr = 0x1234 & 0xffbf;
+    let mut xcomp = img(FPSSE);
+    xcomp.xcomp_bv = 1;
+    let mut garbage_legacy = img(0);
+    garbage_legacy.fcw = 0x1111;
+    garbage_legacy.pad_seed = 0x5a;
+    let narrow = |mask: u64| Config {
+        cpuid: Some(CpuidTable {
+            base: CpuidBase::Supported {
+                xcr0_mask: mask,
+                drop_leaves: vec![],
+            },
+            entries: vec![],
+            reverse: false,
+        }),
+        xcr0: None,
+    };
+    let empty = Config {
+        cpuid: Some(CpuidTable {
+            base: CpuidBase::Empty,
+            entries: vec![],
+            reverse: false,
+        }),
+        xcr0: None,
+    };
+    vec![
+        (
+            "fresh vCPU GET",
+            Case {
+                config: Config::default(),
+                ops: vec![Op::GetXsave],
+            },
+        ),
+        (
+            "no CPUID: SET FP|SSE|YMM, GET",
+            Case {
+                config: Config::default(),
+                ops: vec![Op::SetXsave(img(FPSSE | YMM)), Op::GetXsave],
+            },
+        ),
+        (
+            "empty CPUID: SET FP|SSE|YMM, GET",
+            Case {
+                config: empty.clone(),
+                ops: vec![Op::SetXsave(img(FPSSE | YMM)), Op::GetXsave],
+            },
+        ),
+        (
+            "empty CPUID: SET FP|SSE",
+            Case {
+                config: empty,
+                ops: vec![Op::SetXsave(img(FPSSE)), Op::GetXsave],
+            },
+        ),
+        (
+            "CPUID FP|SSE: SET FP|SSE|YMM, GET",
+            Case {
+                config: narrow(FPSSE),
+                ops: vec![Op::SetXsave(img(FPSSE | YMM)), Op::GetXsave],
+            },
+        ),
+        (
+            "SET with XCOMP_BV=1",
+            Case {
+                config: Config::default(),
+                ops: vec![Op::SetXsave(xcomp), Op::GetXsave],
+            },
+        ),
+        (
+            "SET FP only, MXCSR 0x1234",
+            Case {
+                config: Config::default(),
+                ops: vec![Op::SetXsave(fp_only), Op::GetXsave],
+            },
+        ),
+        (
+            "SET bv=0 with legacy garbage",
+            Case {
+                config: Config::default(),
+                ops: vec![Op::SetXsave(garbage_legacy), Op::GetXsave],
+            },
+        ),
+        (
+            "fresh vCPU SET_XCRS(FP|SSE|YMM)",
+            Case {
+                config: Config::default(),
+                ops: vec![Op::SetXcrs(XcrsImage::xcr0(FPSSE | YMM)), Op::GetXcrs],
+            },
+        ),
+        (
+            "KVM_CAP_XSAVE2 and GET_XSAVE2",
+            Case {
+                config: Config::default(),
+                ops: vec![Op::CheckXsave2, Op::GetXsave2],
+            },
+        ),
+    ]
+}
+
+/// Run the full probe on this host's `/dev/kvm`.
+pub fn probe() -> Result<ProbeReport, BackendError> {
+    let mut host = host_facts()?;
+    let kvm = open_kvm()?;
+    let caps = Capabilities {
+        xsave: kvm.check_extension_raw(55),
+        xcrs: kvm.check_extension_raw(56),
+        xsave2: kvm.check_extension_raw(208),
+    };
+    let mut backend = KvmBackend::new(host.clone(), false)?;
+    let (quirks, mut quirk_evidence) = detect_quirks(&mut backend)?;
+    host.quirks = quirks.clone();
+    if quirks.contains(&Quirk::PvmCpuidRewrite) {
+        host.pvm_dropped_leaves = measure_dropped_leaves(&mut backend)?;
+        let list: Vec<String> = host
+            .pvm_dropped_leaves
+            .iter()
+            .map(|f| format!("{f:#x}"))
+            .collect();
+        quirk_evidence.push(format!(
+            "KVM_SET_CPUID2 silently drops leaves [{}] (set, read back)",
+            list.join(", ")
+        ));
+    }
+    let mut backend = KvmBackend::new(host.clone(), false)?;
+    let mut matches: Vec<Contract> = Contract::ALL.to_vec();
+    let mut probe_cases_out = Vec::new();
+    for (name, case) in probe_cases() {
+        let obs = backend.execute(&case)?;
+        let agrees: Vec<Contract> = Contract::ALL
+            .iter()
+            .copied()
+            .filter(|c| {
+                let cfg = ModelConfig {
+                    contract: *c,
+                    quirks: quirks.clone(),
+                };
+                diff(&case, &host, &cfg, &predict(&case, &host, &cfg), &obs) == Verdict::Agree
+            })
+            .collect();
+        matches.retain(|c| agrees.contains(c));
+        probe_cases_out.push(ProbeCaseResult {
+            name: name.to_string(),
+            agrees_with: agrees.iter().map(|c| c.name().to_string()).collect(),
+        });
+    }
+    let d0 = host
+        .supported_cpuid
+        .iter()
+        .find(|e| e.function == 0xd && e.index == 0);
+    Ok(ProbeReport {
+        rig_version: env!("CARGO_PKG_VERSION").to_string(),
+        kernel_release: kernel_release(),
+        kvm_module: kvm_modules(),
+        api_version: kvm.get_api_version(),
+        capabilities: caps,
+        supported_xcr0: format!("{:#x}", host.supported_xcr0),
+        supported_xcr0_cpuid: format!(
+            "{:#x}",
+            d0.map_or(0, |e| e.eax as u64 | ((e.edx as u64) << 32))
+        ),
+        xsave_size: (caps_xsave2(&kvm)).max(4096),
+        components: host.components.clone(),
+        mxcsr_mask: format!("{:#x}", host.init_mxcsr_mask),
+        host_xcr0: format!("{:#x}", host.host_xcr0),
+        contract: matches
+            .last()
+            .map_or("unknown".to_string(), |c| c.name().to_string()),
+        contract_matches: matches.iter().map(|c| c.name().to_string()).collect(),
+        quirks,
+        quirk_evidence,
+        probe_cases: probe_cases_out,
+        host,
+    })
+}
+
+fn caps_xsave2(kvm: &kvm_ioctls::Kvm) -> u32 {
+    kvm.check_extension_raw(208).max(0) as u32
+}

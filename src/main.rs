@@ -1,0 +1,487 @@
+//! `xsave-rig`: differential fuzzing rig for the Linux KVM x86 XSAVE userspace ABI.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use xsave_oracle::diff::{judge, Verdict};
+use xsave_oracle::{Case, Contract, HostFacts, ModelConfig, Quirk};
+use xsave_runner::campaign::{self, CampaignConfig, Summary};
+use xsave_runner::kvm::KvmBackend;
+use xsave_runner::probe::{self, ProbeReport};
+use xsave_runner::{Backend, ModelBackend};
+
+#[derive(Parser)]
+#[command(name = "xsave-rig", version, about = "Differential fuzzing rig for the Linux KVM x86 XSAVE userspace ABI", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct OracleArgs {
+    /// Contract version the oracle predicts under: V0, V1, V2a, V2b or V3.
+    #[arg(long, default_value = "V3", value_parser = parse_contract)]
+    contract: Contract,
+    /// Host quirks the oracle models: `auto` (those the probe found), `none` (strict
+    /// upstream), or a comma-separated list of quirk names.
+    #[arg(long, default_value = "auto")]
+    quirks: String,
+    /// Host facts from a saved `probe --json` (default: probe this host, or a synthetic
+    /// Intel-layout host for model backends when /dev/kvm is absent).
+    #[arg(long)]
+    host_facts: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Clone)]
+struct BackendArgs {
+    /// Where cases run: `kvm` (this host's /dev/kvm) or `model:V0`…`model:V3` (the oracle
+    /// under that contract, standing in for a historical kernel).
+    #[arg(long, default_value = "kvm")]
+    backend: String,
+    /// Create a fresh VM for every case instead of resetting a pooled vCPU.
+    #[arg(long)]
+    no_pool: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Measure this host: capabilities, supported XCR0, layout, contract version, quirks.
+    Probe {
+        /// Print one JSON object (a portable host fingerprint).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a fuzz campaign: random cases on a backend, judged by the oracle.
+    Fuzz {
+        #[command(flatten)]
+        backend: BackendArgs,
+        #[command(flatten)]
+        oracle: OracleArgs,
+        /// Number of cases (default 10000 when no --duration).
+        #[arg(long, conflicts_with = "duration")]
+        iterations: Option<u64>,
+        /// Run time, e.g. 60s, 5m, 1h.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Generator seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Workdir for state and findings (findings/<signature>/).
+        #[arg(long, default_value = "xsave-work")]
+        workdir: PathBuf,
+        /// Continue the campaign stored in --workdir.
+        #[arg(long)]
+        resume: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run case files and print observation, prediction and verdict (exit 0 agree, 1 divergence).
+    Replay {
+        /// Case files (binary or .json).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        backend: BackendArgs,
+        #[command(flatten)]
+        oracle: OracleArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect or write case files.
+    Case {
+        #[command(subcommand)]
+        cmd: CaseCmd,
+    },
+    /// Raw ioctl throughput next to the rig's, measured in the same run.
+    Bench {
+        /// Seconds per side.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        #[command(flatten)]
+        oracle: OracleArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaseCmd {
+    /// Print a case (binary or JSON) as JSON.
+    Show {
+        /// Case file.
+        file: PathBuf,
+    },
+    /// Encode a JSON case to the binary format.
+    Encode {
+        /// JSON case.
+        file: PathBuf,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+}
+
+fn parse_contract(s: &str) -> Result<Contract, String> {
+    Contract::parse(s)
+        .ok_or_else(|| format!("unknown contract {s:?} (expected V0, V1, V2a, V2b or V3)"))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1.0),
+        Some((i, 'm')) => (&s[..i], 60.0),
+        Some((i, 'h')) => (&s[..i], 3600.0),
+        _ => (s, 1.0),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (expected e.g. 60s, 5m, 1h)"))?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(format!("bad duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(v * mult))
+}
+
+fn load_case(path: &Path) -> Result<Case> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read case {}", path.display()))?;
+    let case = if bytes.starts_with(xsave_oracle::case::MAGIC) {
+        Case::decode(&bytes)
+    } else {
+        let text = String::from_utf8(bytes).map_err(|_| {
+            anyhow::anyhow!(
+                "{}: not a case file (neither XSRC binary nor JSON)",
+                path.display()
+            )
+        })?;
+        Case::from_json(&text)
+    };
+    case.with_context(|| format!("{}: corrupt case", path.display()))
+}
+
+/// Host facts and the probe report they came from (if any).
+fn host_facts(o: &OracleArgs, need_kvm: bool) -> Result<(HostFacts, Option<ProbeReport>)> {
+    if let Some(p) = &o.host_facts {
+        let text = std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read host facts {}", p.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))?;
+        let host = v.get("host").cloned().unwrap_or(v);
+        let host: HostFacts = serde_json::from_value(host)
+            .with_context(|| format!("{}: not a probe report or host facts", p.display()))?;
+        return Ok((host, None));
+    }
+    match xsave_runner::kvm_unavailable() {
+        Some(why) if need_kvm => bail!("{why}"),
+        Some(_) => Ok((HostFacts::synthetic(0x2e7, 0xffff), None)),
+        None => {
+            let r = probe::probe()?;
+            Ok((r.host.clone(), Some(r)))
+        }
+    }
+}
+
+fn model_config(o: &OracleArgs, host: &HostFacts) -> Result<ModelConfig> {
+    let quirks = match o.quirks.as_str() {
+        "auto" => host.quirks.clone(),
+        "none" => Vec::new(),
+        list => list
+            .split(',')
+            .map(|n| {
+                Quirk::from_name(n.trim()).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "unknown quirk {n:?} (known: {})",
+                        Quirk::ALL
+                            .iter()
+                            .map(|q| q.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
+    Ok(ModelConfig {
+        contract: o.contract,
+        quirks,
+    })
+}
+
+fn make_backend(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn Backend>> {
+    if b.backend == "kvm" {
+        return Ok(Box::new(KvmBackend::new(host.clone(), !b.no_pool)?));
+    }
+    if let Some(v) = b.backend.strip_prefix("model:") {
+        let contract = parse_contract(v).map_err(|e| anyhow::anyhow!("--backend: {e}"))?;
+        let mut host = host.clone();
+        host.quirks.clear();
+        return Ok(Box::new(ModelBackend::new(
+            host,
+            ModelConfig {
+                contract,
+                quirks: Vec::new(),
+            },
+        )));
+    }
+    bail!(
+        "unknown backend {:?} (expected kvm or model:V0..V3)",
+        b.backend
+    )
+}
+
+fn print_probe(r: &ProbeReport) {
+    println!("kernel           {}", r.kernel_release);
+    println!("kvm module       {}", r.kvm_module);
+    println!(
+        "capabilities     XSAVE={} XCRS={} XSAVE2={}",
+        r.capabilities.xsave, r.capabilities.xcrs, r.capabilities.xsave2
+    );
+    println!(
+        "supported XCR0   {} (device attr)  {} (KVM_GET_SUPPORTED_CPUID)  [{}]",
+        r.supported_xcr0,
+        r.supported_xcr0_cpuid,
+        xsave_oracle::xfeatures::describe(r.host.supported_xcr0)
+    );
+    println!("host XCR0        {}", r.host_xcr0);
+    println!("XSAVE2 size      {}", r.xsave_size);
+    println!("MXCSR mask       {}", r.mxcsr_mask);
+    for c in &r.components {
+        println!(
+            "component        bit {:>2} {:<10} offset {:>5} size {:>5}",
+            c.bit,
+            xsave_oracle::xfeatures::name(c.bit),
+            c.offset,
+            c.size
+        );
+    }
+    println!(
+        "contract         {} (matches: {})",
+        r.contract,
+        if r.contract_matches.is_empty() {
+            "none".into()
+        } else {
+            r.contract_matches.join(", ")
+        }
+    );
+    let q: Vec<&str> = r.quirks.iter().map(|q| q.name()).collect();
+    println!(
+        "quirks           {}",
+        if q.is_empty() {
+            "none".into()
+        } else {
+            q.join(", ")
+        }
+    );
+    for e in &r.quirk_evidence {
+        println!("  evidence: {e}");
+    }
+}
+
+fn print_summary(s: &Summary) {
+    println!("backend          {}", s.backend);
+    println!(
+        "oracle           {} quirks [{}]",
+        s.contract,
+        s.quirks.join(", ")
+    );
+    println!("seed             {}", s.seed);
+    println!(
+        "execs            {}{}",
+        s.execs,
+        if s.resumed { " (resumed)" } else { "" }
+    );
+    println!("execs/s          {:.0}", s.execs_per_sec);
+    println!("divergent cases  {}", s.divergent_cases);
+    for (c, n) in &s.by_class {
+        println!("  {c:<15} {n}");
+    }
+    if s.explained_by_quirk > 0 {
+        println!("  explained by a host quirk: {}", s.explained_by_quirk);
+    }
+    println!(
+        "findings         {} ({} new)",
+        s.findings,
+        s.new_signatures.len()
+    );
+    if s.interrupted {
+        println!("interrupted      yes (state saved; continue with --resume)");
+    }
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Probe { json } => {
+            let r = probe::probe()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print_probe(&r);
+            }
+            Ok(0)
+        }
+        Cmd::Fuzz {
+            backend,
+            oracle,
+            iterations,
+            duration,
+            seed,
+            workdir,
+            resume,
+            json,
+        } => {
+            let (host, _) = host_facts(&oracle, backend.backend == "kvm")?;
+            let model = model_config(&oracle, &host)?;
+            let mut be = make_backend(&backend, &host)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, Arc::clone(&stop))
+                    .context("cannot install signal handler")?;
+            }
+            let tty = std::io::stderr().is_terminal() && !json;
+            let progress: Option<Box<dyn FnMut(&Summary)>> = if tty {
+                Some(Box::new(|s: &Summary| {
+                    eprint!(
+                        "\r[{:>6.0}s] execs {:>9}  {:>7.0}/s  divergent {:>6}  findings {:>4}   ",
+                        s.seconds, s.execs, s.execs_per_sec, s.divergent_cases, s.findings
+                    )
+                }))
+            } else {
+                None
+            };
+            let cfg = CampaignConfig {
+                seed,
+                iterations: if duration.is_none() {
+                    Some(iterations.unwrap_or(10_000))
+                } else {
+                    None
+                },
+                duration,
+                workdir: Some(workdir),
+                resume,
+                model,
+                stop,
+                progress,
+            };
+            let s = campaign::run(be.as_mut(), cfg)?;
+            if tty {
+                eprintln!();
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print_summary(&s);
+            }
+            Ok(0)
+        }
+        Cmd::Replay {
+            files,
+            backend,
+            oracle,
+            json,
+        } => {
+            let cases = files
+                .iter()
+                .map(|f| load_case(f).map(|c| (f.clone(), c)))
+                .collect::<Result<Vec<_>>>()?;
+            let (host, _) = host_facts(&oracle, backend.backend == "kvm")?;
+            let model = model_config(&oracle, &host)?;
+            let mut be = make_backend(&backend, &host)?;
+            let mut code = 0;
+            let mut out = Vec::new();
+            for (f, case) in cases {
+                let observed = be.execute(&case)?;
+                let (expected, verdict) = judge(&case, &host, &model, &observed);
+                if verdict != Verdict::Agree {
+                    code = 1;
+                }
+                if json {
+                    out.push(serde_json::json!({"file": f, "backend": be.name(), "contract": model.contract, "quirks": model.quirks, "verdict": verdict, "expected": expected, "observed": observed}));
+                } else {
+                    println!(
+                        "== {} on {} (oracle {} quirks [{}])",
+                        f.display(),
+                        be.name(),
+                        model.contract,
+                        model
+                            .quirks
+                            .iter()
+                            .map(|q| q.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    print!(
+                        "{}",
+                        xsave_reports::verdict_text(&case, &verdict, &expected, &observed)
+                    );
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+            Ok(code)
+        }
+        Cmd::Case {
+            cmd: CaseCmd::Show { file },
+        } => {
+            println!("{}", load_case(&file)?.to_json());
+            Ok(0)
+        }
+        Cmd::Case {
+            cmd: CaseCmd::Encode { file, output },
+        } => {
+            let case = load_case(&file)?;
+            std::fs::write(&output, case.encode())
+                .with_context(|| format!("cannot write {}", output.display()))?;
+            Ok(0)
+        }
+        Cmd::Bench {
+            seconds,
+            oracle,
+            json,
+        } => {
+            let (host, _) = host_facts(&oracle, true)?;
+            let model = model_config(&oracle, &host)?;
+            let r = xsave_runner::bench::bench(&host, &model, seconds)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("raw ioctls/s        {:.0}  (KVM_SET_XSAVE+KVM_GET_XSAVE loop, one vCPU, no oracle)", r.raw_ioctls_per_sec);
+                println!(
+                    "rig ioctls/s        {:.0}  (all ioctls incl. vCPU resets)",
+                    r.rig_ioctls_per_sec
+                );
+                println!("ratio               {:.3}", r.ratio);
+                println!(
+                    "rig case ioctls/s   {:.0}  (case steps only)",
+                    r.rig_case_ioctls_per_sec
+                );
+                println!("cases/s             {:.0}", r.cases_per_sec);
+                println!(
+                    "time share          generate {:.1}%  execute {:.1}%  judge {:.1}%",
+                    r.time_share.generate * 100.0,
+                    r.time_share.execute * 100.0,
+                    r.time_share.judge * 100.0
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("xsave-rig: error: {}", format!("{e:#}").replace('\n', " "));
+            std::process::exit(2);
+        }
+    }
+}
