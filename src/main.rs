@@ -129,8 +129,7 @@ enum CaseCmd {
 }
 
 fn parse_contract(s: &str) -> Result<Contract, String> {
-    Contract::parse(s)
-        .ok_or_else(|| format!("unknown contract {s:?} (expected V0, V1, V2a, V2b or V3)"))
+    Contract::parse(s).ok_or_else(|| format!("unknown contract {s:?} (expected V0, V1, V2a, V2b or V3)"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -140,9 +139,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         Some((i, 'h')) => (&s[..i], 3600.0),
         _ => (s, 1.0),
     };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("bad duration {s:?} (expected e.g. 60s, 5m, 1h)"))?;
+    let v: f64 = num.parse().map_err(|_| format!("bad duration {s:?} (expected e.g. 60s, 5m, 1h)"))?;
     if !(v.is_finite() && v >= 0.0) {
         return Err(format!("bad duration {s:?}"));
     }
@@ -150,17 +147,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn load_case(path: &Path) -> Result<Case> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read case {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read case {}", path.display()))?;
     let case = if bytes.starts_with(xsave_oracle::case::MAGIC) {
         Case::decode(&bytes)
     } else {
-        let text = String::from_utf8(bytes).map_err(|_| {
-            anyhow::anyhow!(
-                "{}: not a case file (neither XSRC binary nor JSON)",
-                path.display()
-            )
-        })?;
+        let text =
+            String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{}: not a case file (neither XSRC binary nor JSON)", path.display()))?;
         Case::from_json(&text)
     };
     case.with_context(|| format!("{}: corrupt case", path.display()))
@@ -169,13 +161,10 @@ fn load_case(path: &Path) -> Result<Case> {
 /// Host facts and the probe report they came from (if any).
 fn host_facts(o: &OracleArgs, need_kvm: bool) -> Result<(HostFacts, Option<ProbeReport>)> {
     if let Some(p) = &o.host_facts {
-        let text = std::fs::read_to_string(p)
-            .with_context(|| format!("cannot read host facts {}", p.display()))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))?;
+        let text = std::fs::read_to_string(p).with_context(|| format!("cannot read host facts {}", p.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))?;
         let host = v.get("host").cloned().unwrap_or(v);
-        let host: HostFacts = serde_json::from_value(host)
-            .with_context(|| format!("{}: not a probe report or host facts", p.display()))?;
+        let host: HostFacts = serde_json::from_value(host).with_context(|| format!("{}: not a probe report or host facts", p.display()))?;
         return Ok((host, None));
     }
     match xsave_runner::kvm_unavailable() {
@@ -196,22 +185,12 @@ fn model_config(o: &OracleArgs, host: &HostFacts) -> Result<ModelConfig> {
             .split(',')
             .map(|n| {
                 Quirk::from_name(n.trim()).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "unknown quirk {n:?} (known: {})",
-                        Quirk::ALL
-                            .iter()
-                            .map(|q| q.name())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
+                    anyhow::anyhow!("unknown quirk {n:?} (known: {})", Quirk::ALL.iter().map(|q| q.name()).collect::<Vec<_>>().join(", "))
                 })
             })
             .collect::<Result<Vec<_>>>()?,
     };
-    Ok(ModelConfig {
-        contract: o.contract,
-        quirks,
-    })
+    Ok(ModelConfig { contract: o.contract, quirks })
 }
 
 fn make_backend(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn Backend>> {
@@ -222,27 +201,15 @@ fn make_backend(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn Backend>> {
         let contract = parse_contract(v).map_err(|e| anyhow::anyhow!("--backend: {e}"))?;
         let mut host = host.clone();
         host.quirks.clear();
-        return Ok(Box::new(ModelBackend::new(
-            host,
-            ModelConfig {
-                contract,
-                quirks: Vec::new(),
-            },
-        )));
+        return Ok(Box::new(ModelBackend::new(host, ModelConfig { contract, quirks: Vec::new() })));
     }
-    bail!(
-        "unknown backend {:?} (expected kvm or model:V0..V3)",
-        b.backend
-    )
+    bail!("unknown backend {:?} (expected kvm or model:V0..V3)", b.backend)
 }
 
 fn print_probe(r: &ProbeReport) {
     println!("kernel           {}", r.kernel_release);
     println!("kvm module       {}", r.kvm_module);
-    println!(
-        "capabilities     XSAVE={} XCRS={} XSAVE2={}",
-        r.capabilities.xsave, r.capabilities.xcrs, r.capabilities.xsave2
-    );
+    println!("capabilities     XSAVE={} XCRS={} XSAVE2={}", r.capabilities.xsave, r.capabilities.xcrs, r.capabilities.xsave2);
     println!(
         "supported XCR0   {} (device attr)  {} (KVM_GET_SUPPORTED_CPUID)  [{}]",
         r.supported_xcr0,
@@ -264,21 +231,10 @@ fn print_probe(r: &ProbeReport) {
     println!(
         "contract         {} (matches: {})",
         r.contract,
-        if r.contract_matches.is_empty() {
-            "none".into()
-        } else {
-            r.contract_matches.join(", ")
-        }
+        if r.contract_matches.is_empty() { "none".into() } else { r.contract_matches.join(", ") }
     );
     let q: Vec<&str> = r.quirks.iter().map(|q| q.name()).collect();
-    println!(
-        "quirks           {}",
-        if q.is_empty() {
-            "none".into()
-        } else {
-            q.join(", ")
-        }
-    );
+    println!("quirks           {}", if q.is_empty() { "none".into() } else { q.join(", ") });
     for e in &r.quirk_evidence {
         println!("  evidence: {e}");
     }
@@ -286,17 +242,9 @@ fn print_probe(r: &ProbeReport) {
 
 fn print_summary(s: &Summary) {
     println!("backend          {}", s.backend);
-    println!(
-        "oracle           {} quirks [{}]",
-        s.contract,
-        s.quirks.join(", ")
-    );
+    println!("oracle           {} quirks [{}]", s.contract, s.quirks.join(", "));
     println!("seed             {}", s.seed);
-    println!(
-        "execs            {}{}",
-        s.execs,
-        if s.resumed { " (resumed)" } else { "" }
-    );
+    println!("execs            {}{}", s.execs, if s.resumed { " (resumed)" } else { "" });
     println!("execs/s          {:.0}", s.execs_per_sec);
     println!("divergent cases  {}", s.divergent_cases);
     for (c, n) in &s.by_class {
@@ -305,11 +253,7 @@ fn print_summary(s: &Summary) {
     if s.explained_by_quirk > 0 {
         println!("  explained by a host quirk: {}", s.explained_by_quirk);
     }
-    println!(
-        "findings         {} ({} new)",
-        s.findings,
-        s.new_signatures.len()
-    );
+    println!("findings         {} ({} new)", s.findings, s.new_signatures.len());
     if s.interrupted {
         println!("interrupted      yes (state saved; continue with --resume)");
     }
@@ -326,23 +270,13 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Fuzz {
-            backend,
-            oracle,
-            iterations,
-            duration,
-            seed,
-            workdir,
-            resume,
-            json,
-        } => {
+        Cmd::Fuzz { backend, oracle, iterations, duration, seed, workdir, resume, json } => {
             let (host, _) = host_facts(&oracle, backend.backend == "kvm")?;
             let model = model_config(&oracle, &host)?;
             let mut be = make_backend(&backend, &host)?;
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                signal_hook::flag::register(sig, Arc::clone(&stop))
-                    .context("cannot install signal handler")?;
+                signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install signal handler")?;
             }
             let tty = std::io::stderr().is_terminal() && !json;
             let progress: Option<Box<dyn FnMut(&Summary)>> = if tty {
@@ -357,11 +291,7 @@ fn run(cli: Cli) -> Result<i32> {
             };
             let cfg = CampaignConfig {
                 seed,
-                iterations: if duration.is_none() {
-                    Some(iterations.unwrap_or(10_000))
-                } else {
-                    None
-                },
+                iterations: if duration.is_none() { Some(iterations.unwrap_or(10_000)) } else { None },
                 duration,
                 workdir: Some(workdir),
                 resume,
@@ -380,16 +310,8 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Replay {
-            files,
-            backend,
-            oracle,
-            json,
-        } => {
-            let cases = files
-                .iter()
-                .map(|f| load_case(f).map(|c| (f.clone(), c)))
-                .collect::<Result<Vec<_>>>()?;
+        Cmd::Replay { files, backend, oracle, json } => {
+            let cases = files.iter().map(|f| load_case(f).map(|c| (f.clone(), c))).collect::<Result<Vec<_>>>()?;
             let (host, _) = host_facts(&oracle, backend.backend == "kvm")?;
             let model = model_config(&oracle, &host)?;
             let mut be = make_backend(&backend, &host)?;
@@ -409,17 +331,9 @@ fn run(cli: Cli) -> Result<i32> {
                         f.display(),
                         be.name(),
                         model.contract,
-                        model
-                            .quirks
-                            .iter()
-                            .map(|q| q.name())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        model.quirks.iter().map(|q| q.name()).collect::<Vec<_>>().join(", ")
                     );
-                    print!(
-                        "{}",
-                        xsave_reports::verdict_text(&case, &verdict, &expected, &observed)
-                    );
+                    print!("{}", xsave_reports::verdict_text(&case, &verdict, &expected, &observed));
                 }
             }
             if json {
@@ -427,25 +341,16 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(code)
         }
-        Cmd::Case {
-            cmd: CaseCmd::Show { file },
-        } => {
+        Cmd::Case { cmd: CaseCmd::Show { file } } => {
             println!("{}", load_case(&file)?.to_json());
             Ok(0)
         }
-        Cmd::Case {
-            cmd: CaseCmd::Encode { file, output },
-        } => {
+        Cmd::Case { cmd: CaseCmd::Encode { file, output } } => {
             let case = load_case(&file)?;
-            std::fs::write(&output, case.encode())
-                .with_context(|| format!("cannot write {}", output.display()))?;
+            std::fs::write(&output, case.encode()).with_context(|| format!("cannot write {}", output.display()))?;
             Ok(0)
         }
-        Cmd::Bench {
-            seconds,
-            oracle,
-            json,
-        } => {
+        Cmd::Bench { seconds, oracle, json } => {
             let (host, _) = host_facts(&oracle, true)?;
             let model = model_config(&oracle, &host)?;
             let r = xsave_runner::bench::bench(&host, &model, seconds)?;
@@ -453,22 +358,25 @@ fn run(cli: Cli) -> Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 println!("raw ioctls/s        {:.0}  (KVM_SET_XSAVE+KVM_GET_XSAVE loop, one vCPU, no oracle)", r.raw_ioctls_per_sec);
-                println!(
-                    "rig ioctls/s        {:.0}  (all ioctls incl. vCPU resets)",
-                    r.rig_ioctls_per_sec
-                );
+                println!("rig ioctls/s        {:.0}  (all ioctls incl. vCPU resets)", r.rig_ioctls_per_sec);
                 println!("ratio               {:.3}", r.ratio);
-                println!(
-                    "rig case ioctls/s   {:.0}  (case steps only)",
-                    r.rig_case_ioctls_per_sec
-                );
+                println!("rig case ioctls/s   {:.0}  (case steps only)", r.rig_case_ioctls_per_sec);
                 println!("cases/s             {:.0}", r.cases_per_sec);
                 println!(
-                    "time share          generate {:.1}%  execute {:.1}%  judge {:.1}%",
+                    "time share          generate {:.1}%  execute {:.1}%  judge {:.1}%  (inside ioctls {:.1}%)",
                     r.time_share.generate * 100.0,
                     r.time_share.execute * 100.0,
-                    r.time_share.judge * 100.0
+                    r.time_share.judge * 100.0,
+                    r.in_kernel_share * 100.0
                 );
+                println!("raw loop            {:.2} us per ioctl", r.raw_us_per_ioctl);
+                println!(
+                    "xsave-only rig      {:.0} ioctls/s, ratio {:.3} (cases restricted to the raw loop's ioctls)",
+                    r.xsave_only_ioctls_per_sec, r.xsave_only_ratio
+                );
+                for (k, (n, us)) in &r.ioctls {
+                    println!("  {k:<20} {n:>9} calls  {us:>7.2} us each");
+                }
             }
             Ok(0)
         }

@@ -12,6 +12,7 @@ use crate::hexnum::{bytes_hex, opt_u64_hex, u32_hex, u64_hex};
 use crate::host::HostFacts;
 use crate::layout::{self, put};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// Magic bytes at the start of a binary case.
 pub const MAGIC: &[u8; 4] = b"XSRC";
@@ -37,15 +38,8 @@ pub struct Limits {
 }
 
 /// The decoder's bounds.
-pub const LIMITS: Limits = Limits {
-    ops: 64,
-    cpuid_entries: 300,
-    xcrs: 16,
-    patches: 16,
-    patch_bytes: 4096,
-    components: 64,
-    encoded_bytes: 1 << 20,
-};
+pub const LIMITS: Limits =
+    Limits { ops: 64, cpuid_entries: 300, xcrs: 16, patches: 16, patch_bytes: 4096, components: 64, encoded_bytes: 1 << 20 };
 
 /// Why a case could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -101,31 +95,12 @@ pub const CPUID_ENTRY_SIZE: usize = 40;
 impl CpuidEntry {
     /// Build an entry from registers `[eax, ebx, ecx, edx]`.
     pub fn new(function: u32, index: u32, flags: u32, r: [u32; 4]) -> CpuidEntry {
-        CpuidEntry {
-            function,
-            index,
-            flags,
-            eax: r[0],
-            ebx: r[1],
-            ecx: r[2],
-            edx: r[3],
-        }
+        CpuidEntry { function, index, flags, eax: r[0], ebx: r[1], ecx: r[2], edx: r[3] }
     }
     /// The 40-byte `kvm_cpuid_entry2` encoding.
     pub fn to_bytes(&self) -> [u8; CPUID_ENTRY_SIZE] {
         let mut b = [0u8; CPUID_ENTRY_SIZE];
-        for (i, v) in [
-            self.function,
-            self.index,
-            self.flags,
-            self.eax,
-            self.ebx,
-            self.ecx,
-            self.edx,
-        ]
-        .iter()
-        .enumerate()
-        {
+        for (i, v) in [self.function, self.index, self.flags, self.eax, self.ebx, self.ecx, self.edx].iter().enumerate() {
             b[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
         }
         b
@@ -133,15 +108,7 @@ impl CpuidEntry {
     /// Decode the 40-byte `kvm_cpuid_entry2` encoding (padding ignored).
     pub fn from_bytes(b: &[u8]) -> CpuidEntry {
         let r = |i: usize| layout::le32(b, i * 4);
-        CpuidEntry {
-            function: r(0),
-            index: r(1),
-            flags: r(2),
-            eax: r(3),
-            ebx: r(4),
-            ecx: r(5),
-            edx: r(6),
-        }
+        CpuidEntry { function: r(0), index: r(1), flags: r(2), eax: r(3), ebx: r(4), ecx: r(5), edx: r(6) }
     }
 }
 
@@ -159,6 +126,16 @@ pub enum CpuidBase {
         /// Leaves (functions) removed from the base.
         #[serde(default)]
         drop_leaves: Vec<u32>,
+    },
+    /// Only the `KVM_GET_SUPPORTED_CPUID` entries of `leaves` (in the supported table's
+    /// order), with 0xD.0 EDX:EAX ANDed with `xcr0_mask`: the XSAVE-relevant part of a VMM's
+    /// table.
+    Subset {
+        /// Leaves (functions) kept.
+        leaves: Vec<u32>,
+        /// Mask applied to 0xD.0 EDX:EAX.
+        #[serde(with = "u64_hex")]
+        xcr0_mask: u64,
     },
 }
 
@@ -178,25 +155,24 @@ pub struct CpuidTable {
 impl CpuidTable {
     /// The concrete entries for `host`.
     pub fn render(&self, host: &HostFacts) -> Vec<CpuidEntry> {
-        let mut out: Vec<CpuidEntry> = match &self.base {
-            CpuidBase::Empty => Vec::new(),
-            CpuidBase::Supported {
-                xcr0_mask,
-                drop_leaves,
-            } => host
-                .supported_cpuid
-                .iter()
-                .filter(|e| !drop_leaves.contains(&e.function))
-                .map(|e| {
-                    let mut e = *e;
-                    if e.function == 0xd && e.index == 0 {
-                        e.eax &= *xcr0_mask as u32;
-                        e.edx &= (*xcr0_mask >> 32) as u32;
-                    }
-                    e
-                })
-                .collect(),
+        let (keep, mask): (Box<dyn Fn(u32) -> bool + '_>, u64) = match &self.base {
+            CpuidBase::Empty => (Box::new(|_| false), 0),
+            CpuidBase::Supported { xcr0_mask, drop_leaves } => (Box::new(move |f| !drop_leaves.contains(&f)), *xcr0_mask),
+            CpuidBase::Subset { leaves, xcr0_mask } => (Box::new(move |f| leaves.contains(&f)), *xcr0_mask),
         };
+        let mut out: Vec<CpuidEntry> = host
+            .supported_cpuid
+            .iter()
+            .filter(|e| keep(e.function))
+            .map(|e| {
+                let mut e = *e;
+                if e.function == 0xd && e.index == 0 {
+                    e.eax &= mask as u32;
+                    e.edx &= (mask >> 32) as u32;
+                }
+                e
+            })
+            .collect();
         out.extend_from_slice(&self.entries);
         if self.reverse {
             out.reverse();
@@ -410,16 +386,7 @@ pub const KVM_XCRS_SIZE: usize = 392;
 impl XcrsImage {
     /// XCRS that sets XCR0 to `value`.
     pub fn xcr0(value: u64) -> XcrsImage {
-        XcrsImage {
-            nr_xcrs: 1,
-            flags: 0,
-            xcrs: vec![Xcr {
-                xcr: 0,
-                reserved: 0,
-                value,
-            }],
-            padding_seed: 0,
-        }
+        XcrsImage { nr_xcrs: 1, flags: 0, xcrs: vec![Xcr { xcr: 0, reserved: 0, value }], padding_seed: 0 }
     }
 
     /// The 392-byte struct.
@@ -533,19 +500,19 @@ impl std::fmt::Display for Origin {
 impl Case {
     /// The flat step list every backend executes: the configuration after the implicit
     /// initial vCPU and after each `NewVcpu`, then the operations.
-    pub fn steps(&self) -> Vec<(Origin, Op)> {
+    pub fn steps(&self) -> Vec<(Origin, Cow<'_, Op>)> {
         let mut v = Vec::with_capacity(self.ops.len() + 2);
-        let push_config = |v: &mut Vec<(Origin, Op)>, at: usize| {
+        let push_config = |v: &mut Vec<(Origin, Cow<'_, Op>)>, at: usize| {
             if let Some(t) = &self.config.cpuid {
-                v.push((Origin::Config(at), Op::SetCpuid2(t.clone())));
+                v.push((Origin::Config(at), Cow::Owned(Op::SetCpuid2(t.clone()))));
             }
             if let Some(x) = self.config.xcr0 {
-                v.push((Origin::Config(at), Op::SetXcrs(XcrsImage::xcr0(x))));
+                v.push((Origin::Config(at), Cow::Owned(Op::SetXcrs(XcrsImage::xcr0(x)))));
             }
         };
         push_config(&mut v, 0);
         for (i, op) in self.ops.iter().enumerate() {
-            v.push((Origin::Op(i), op.clone()));
+            v.push((Origin::Op(i), Cow::Borrowed(op)));
             if *op == Op::NewVcpu {
                 push_config(&mut v, i);
             }
@@ -568,21 +535,14 @@ impl Case {
     /// Decode a binary case. Never panics; bounds every list.
     pub fn decode(bytes: &[u8]) -> Result<Case, DecodeError> {
         if bytes.len() > LIMITS.encoded_bytes {
-            return Err(DecodeError::Limit(format!(
-                "{} bytes > {}",
-                bytes.len(),
-                LIMITS.encoded_bytes
-            )));
+            return Err(DecodeError::Limit(format!("{} bytes > {}", bytes.len(), LIMITS.encoded_bytes)));
         }
-        let body = bytes
-            .strip_prefix(MAGIC.as_slice())
-            .ok_or(DecodeError::NoMagic)?;
+        let body = bytes.strip_prefix(MAGIC.as_slice()).ok_or(DecodeError::NoMagic)?;
         let (&ver, body) = body.split_first().ok_or(DecodeError::Version(0))?;
         if ver != FORMAT_VERSION {
             return Err(DecodeError::Version(ver));
         }
-        let (case, rest): (Case, &[u8]) =
-            postcard::take_from_bytes(body).map_err(|e| DecodeError::Body(e.to_string()))?;
+        let (case, rest): (Case, &[u8]) = postcard::take_from_bytes(body).map_err(|e| DecodeError::Body(e.to_string()))?;
         if !rest.is_empty() {
             return Err(DecodeError::Body(format!("{} trailing bytes", rest.len())));
         }
@@ -614,8 +574,11 @@ impl Case {
         lim("ops", self.ops.len(), LIMITS.ops)?;
         let table = |t: &CpuidTable| -> Result<(), DecodeError> {
             lim("cpuid entries", t.entries.len(), LIMITS.cpuid_entries)?;
-            if let CpuidBase::Supported { drop_leaves, .. } = &t.base {
-                lim("dropped leaves", drop_leaves.len(), LIMITS.cpuid_entries)?;
+            match &t.base {
+                CpuidBase::Supported { drop_leaves: l, .. } | CpuidBase::Subset { leaves: l, .. } => {
+                    lim("base leaves", l.len(), LIMITS.cpuid_entries)?
+                }
+                CpuidBase::Empty => {}
             }
             Ok(())
         };

@@ -139,9 +139,7 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 fn covered(unpredicted: &[(u32, u32)], i: usize) -> bool {
-    unpredicted
-        .iter()
-        .any(|&(s, e)| (s as usize..e as usize).contains(&i))
+    unpredicted.iter().any(|&(s, e)| (s as usize..e as usize).contains(&i))
 }
 
 fn cpuid_region(i: usize) -> String {
@@ -149,9 +147,8 @@ fn cpuid_region(i: usize) -> String {
         return "nent".into();
     }
     let k = (i - 4) / CPUID_ENTRY_SIZE;
-    let field = [
-        "function", "index", "flags", "EAX", "EBX", "ECX", "EDX", "padding", "padding", "padding",
-    ][((i - 4) % CPUID_ENTRY_SIZE) / 4];
+    let field =
+        ["function", "index", "flags", "EAX", "EBX", "ECX", "EDX", "padding", "padding", "padding"][((i - 4) % CPUID_ENTRY_SIZE) / 4];
     format!("entry {k} {field}")
 }
 
@@ -159,11 +156,7 @@ fn xcrs_region(i: usize) -> String {
     match i {
         0..=3 => "nr_xcrs".into(),
         4..=7 => "flags".into(),
-        8..=263 => format!(
-            "xcrs[{}].{}",
-            (i - 8) / 16,
-            ["xcr", "reserved", "value", "value"][((i - 8) % 16) / 4]
-        ),
+        8..=263 => format!("xcrs[{}].{}", (i - 8) / 16, ["xcr", "reserved", "value", "value"][((i - 8) % 16) / 4]),
         _ => "padding".into(),
     }
 }
@@ -188,21 +181,11 @@ fn byte_diffs(op: &Op, host: &HostFacts, exp: &OpResult, obs: &OpResult) -> Vec<
         }
         let region = region_of(op, host, i);
         let start = i;
-        while i < n
-            && exp.data[i] != obs.data[i]
-            && !covered(&exp.unpredicted, i)
-            && region_of(op, host, i) == region
-        {
+        while i < n && exp.data[i] != obs.data[i] && !covered(&exp.unpredicted, i) && region_of(op, host, i) == region {
             i += 1;
         }
         let show = |d: &[u8]| d[start..i.min(start + 64)].to_vec();
-        out.push(ByteDiff {
-            start: start as u32,
-            end: i as u32,
-            region,
-            expected: show(&exp.data),
-            observed: show(&obs.data),
-        });
+        out.push(ByteDiff { start: start as u32, end: i as u32, region, expected: show(&exp.data), observed: show(&obs.data) });
     }
     out
 }
@@ -213,16 +196,10 @@ fn classify_bytes(op: &Op, host: &HostFacts, diffs: &[ByteDiff], rules: &[Rule])
         Op::GetXcrs => return Class::Xcr0,
         _ => {}
     }
-    let pk = host
-        .component(crate::xfeatures::PKRU_BIT)
-        .map(|c| c.offset as u32);
-    let in_header = diffs
-        .iter()
-        .any(|d| (layout::HDR as u32..layout::EXT as u32).contains(&d.start));
+    let pk = host.component(crate::xfeatures::PKRU_BIT).map(|c| c.offset as u32);
+    let in_header = diffs.iter().any(|d| (layout::HDR as u32..layout::EXT as u32).contains(&d.start));
     let in_legacy = diffs.iter().any(|d| d.start < layout::HDR as u32);
-    let in_pkru = diffs
-        .iter()
-        .any(|d| Some(d.start) >= pk && pk.is_some_and(|p| d.start < p + 8));
+    let in_pkru = diffs.iter().any(|d| Some(d.start) >= pk && pk.is_some_and(|p| d.start < p + 8));
     if rules.contains(&Rule::GetHiddenRevealed) && !in_legacy {
         return Class::HiddenState;
     }
@@ -271,13 +248,7 @@ fn deciding_rule(rules: &[Rule]) -> Option<Rule> {
 }
 
 /// Compare `expected` with `observed` for `case` on `host`.
-pub fn diff(
-    case: &Case,
-    host: &HostFacts,
-    cfg: &ModelConfig,
-    expected: &Trace,
-    observed: &Trace,
-) -> Verdict {
+pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, observed: &Trace) -> Verdict {
     let steps = case.steps();
     for (k, (origin, op)) in steps.iter().enumerate() {
         let (Some(exp), Some(obs)) = (expected.results.get(k), observed.results.get(k)) else {
@@ -297,12 +268,7 @@ pub fn diff(
                 Class::Size,
                 Vec::new(),
                 Some((exp.data.len(), obs.data.len())),
-                format!(
-                    "{} bytes where {} writes {}",
-                    obs.data.len(),
-                    cfg.contract,
-                    exp.data.len()
-                ),
+                format!("{} bytes where {} writes {}", obs.data.len(), cfg.contract, exp.data.len()),
             )
         } else {
             let bytes = byte_diffs(op, host, exp, obs);
@@ -312,12 +278,7 @@ pub fn diff(
             let mut regions: Vec<String> = bytes.iter().map(|b| coarse(&b.region)).collect();
             regions.dedup();
             let what = format!("{} differ from {}", regions.join(", "), cfg.contract);
-            (
-                classify_bytes(op, host, &bytes, &exp.rules),
-                bytes,
-                None,
-                what,
-            )
+            (classify_bytes(op, host, &bytes, &exp.rules), bytes, None, what)
         };
         let rule = deciding_rule(&exp.rules);
         let mut regions: Vec<String> = bytes.iter().map(|b| coarse(&b.region)).collect();
@@ -330,18 +291,9 @@ pub fn diff(
             exp.ret,
             obs.ret,
             regions.join(","),
-            if bytes.is_empty() {
-                rule.map_or("", |r| r.id())
-            } else {
-                ""
-            }
+            if bytes.is_empty() { rule.map_or("", |r| r.id()) } else { "" }
         );
-        let title = format!(
-            "{}: {}{}",
-            op.name(),
-            what,
-            rule.map(|r| format!(" ({})", r.id())).unwrap_or_default()
-        );
+        let title = format!("{}: {}{}", op.name(), what, rule.map(|r| format!(" ({})", r.id())).unwrap_or_default());
         return Verdict::Diverge(Box::new(Divergence {
             class,
             symptom_class: class,
@@ -362,15 +314,8 @@ pub fn diff(
     }
     if expected.results.len() != observed.results.len() {
         let k = expected.results.len().min(observed.results.len());
-        let key = format!(
-            "size|steps|{}|{}",
-            expected.results.len(),
-            observed.results.len()
-        );
-        let (origin, op) = steps
-            .get(k)
-            .map(|(o, op)| (*o, op.name()))
-            .unwrap_or((Origin::Op(k), "END"));
+        let key = format!("size|steps|{}|{}", expected.results.len(), observed.results.len());
+        let (origin, op) = steps.get(k).map(|(o, op)| (*o, op.name())).unwrap_or((Origin::Op(k), "END"));
         return Verdict::Diverge(Box::new(Divergence {
             class: Class::Size,
             symptom_class: Class::Size,
@@ -385,11 +330,7 @@ pub fn diff(
             lengths: Some((expected.results.len(), observed.results.len())),
             rules: Vec::new(),
             explained_by: None,
-            title: format!(
-                "trace length: {} steps observed, {} predicted",
-                observed.results.len(),
-                expected.results.len()
-            ),
+            title: format!("trace length: {} steps observed, {} predicted", observed.results.len(), expected.results.len()),
             signature: format!("size-{:016x}", fnv1a(key.as_bytes())),
         }));
     }
@@ -399,12 +340,7 @@ pub fn diff(
 /// Predict `case` under `cfg`, compare with `observed`, and when they diverge try each quirk
 /// the host is known to have but `cfg` does not model: if the prediction with that quirk
 /// agrees, the divergence is attributed to it (class [`Class::CpuidConfig`]).
-pub fn judge(
-    case: &Case,
-    host: &HostFacts,
-    cfg: &ModelConfig,
-    observed: &Trace,
-) -> (Trace, Verdict) {
+pub fn judge(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace) -> (Trace, Verdict) {
     let expected = predict(case, host, cfg);
     let verdict = diff(case, host, cfg, &expected, observed);
     let Verdict::Diverge(mut d) = verdict else {

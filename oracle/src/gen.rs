@@ -7,23 +7,8 @@ use crate::xfeatures::*;
 use arbitrary::{Arbitrary, Result, Unstructured};
 
 /// The xfeature bits worth trying: every bit KVM may support, supervisor and unknown bits.
-pub const PALETTE: &[u64] = &[
-    FP,
-    SSE,
-    YMM,
-    BNDREGS,
-    BNDCSR,
-    OPMASK,
-    ZMM_HI256,
-    HI16_ZMM,
-    1 << 8,
-    PKRU,
-    1 << 11,
-    XTILE_CFG,
-    XTILE_DATA,
-    1 << 19,
-    1 << 63,
-];
+pub const PALETTE: &[u64] =
+    &[FP, SSE, YMM, BNDREGS, BNDCSR, OPMASK, ZMM_HI256, HI16_ZMM, 1 << 8, PKRU, 1 << 11, XTILE_CFG, XTILE_DATA, 1 << 19, 1 << 63];
 
 fn chance(u: &mut Unstructured, percent: u8) -> Result<bool> {
     Ok(u.int_in_range(0..=99u8)? < percent)
@@ -65,11 +50,7 @@ fn mxcsr(u: &mut Unstructured) -> Result<u32> {
 }
 
 fn seed(u: &mut Unstructured) -> Result<u32> {
-    Ok(if chance(u, 10)? {
-        0
-    } else {
-        u32::arbitrary(u)? | 1
-    })
+    Ok(if chance(u, 10)? { 0 } else { u32::arbitrary(u)? | 1 })
 }
 
 /// An XSAVE image.
@@ -77,26 +58,14 @@ pub fn xsave_image(u: &mut Unstructured) -> Result<XsaveImage> {
     let xstate_bv = xfeature_set(u)?;
     let mut img = XsaveImage::init(xstate_bv);
     if chance(u, 5)? {
-        img.xcomp_bv = if chance(u, 50)? {
-            1u64 << 63 | xstate_bv
-        } else {
-            u64::arbitrary(u)?
-        };
+        img.xcomp_bv = if chance(u, 50)? { 1u64 << 63 | xstate_bv } else { u64::arbitrary(u)? };
     }
     if chance(u, 5)? {
-        img.hdr_reserved
-            .push((u.int_in_range(0..=47u8)?, u8::arbitrary(u)? | 1));
+        img.hdr_reserved.push((u.int_in_range(0..=47u8)?, u8::arbitrary(u)? | 1));
     }
-    img.fcw = if chance(u, 50)? {
-        0x037f
-    } else {
-        u16::arbitrary(u)? as u32
-    };
+    img.fcw = if chance(u, 50)? { 0x037f } else { u16::arbitrary(u)? as u32 };
     img.fsw = u16::arbitrary(u)? as u32;
-    img.ftw = [
-        u8::arbitrary(u)?,
-        if chance(u, 20)? { u8::arbitrary(u)? } else { 0 },
-    ];
+    img.ftw = [u8::arbitrary(u)?, if chance(u, 20)? { u8::arbitrary(u)? } else { 0 }];
     img.fop = u16::arbitrary(u)? as u32 & 0x7ff;
     img.fip = u64::arbitrary(u)?;
     img.fdp = u64::arbitrary(u)?;
@@ -112,91 +81,38 @@ pub fn xsave_image(u: &mut Unstructured) -> Result<XsaveImage> {
     img.pad_seed = if chance(u, 30)? { seed(u)? } else { 0 };
     for &b in &PALETTE[2..] {
         if b != PKRU && b.trailing_zeros() < 20 && chance(u, 60)? {
-            img.components.push(ComponentData {
-                bit: b.trailing_zeros() as u8,
-                seed: seed(u)?,
-            });
+            img.components.push(ComponentData { bit: b.trailing_zeros() as u8, seed: seed(u)? });
         }
     }
-    img.pkru = if chance(u, 20)? {
-        0
-    } else {
-        u32::arbitrary(u)?
-    };
+    img.pkru = if chance(u, 20)? { 0 } else { u32::arbitrary(u)? };
     if chance(u, 4)? {
         let offset = u.int_in_range(0..=4095u16)?;
         let len = u.int_in_range(1..=16usize)?;
-        let bytes = (0..len)
-            .map(|_| u8::arbitrary(u))
-            .collect::<Result<Vec<u8>>>()?;
+        let bytes = (0..len).map(|_| u8::arbitrary(u)).collect::<Result<Vec<u8>>>()?;
         img.patches.push(Patch { offset, bytes });
     }
     Ok(img)
 }
 
 fn cpuid_entry(u: &mut Unstructured) -> Result<CpuidEntry> {
-    let flags = if chance(u, 85)? {
-        CPUID_FLAG_SIGNIFICANT_INDEX
-    } else {
-        0
-    };
+    let flags = if chance(u, 85)? { CPUID_FLAG_SIGNIFICANT_INDEX } else { 0 };
     Ok(match u.int_in_range(0..=9u8)? {
         0..=3 => {
             let x = xfeature_set(u)?;
-            CpuidEntry::new(
-                0xd,
-                0,
-                flags,
-                [
-                    x as u32,
-                    u32::arbitrary(u)?,
-                    u32::arbitrary(u)?,
-                    (x >> 32) as u32,
-                ],
-            )
+            CpuidEntry::new(0xd, 0, flags, [x as u32, u32::arbitrary(u)?, u32::arbitrary(u)?, (x >> 32) as u32])
         }
         4 => CpuidEntry::new(0xd, 1, flags, [u32::arbitrary(u)? & 0x1f, 0, 0, 0]),
         5 => {
             let i = u.int_in_range(2..=19u32)?;
-            CpuidEntry::new(
-                0xd,
-                i,
-                flags,
-                [u32::arbitrary(u)?, u32::arbitrary(u)?, 0, 0],
-            )
+            CpuidEntry::new(0xd, i, flags, [u32::arbitrary(u)?, u32::arbitrary(u)?, 0, 0])
         }
-        6 => CpuidEntry::new(
-            1,
-            0,
-            flags,
-            [
-                u32::arbitrary(u)?,
-                u32::arbitrary(u)?,
-                u32::arbitrary(u)?,
-                u32::arbitrary(u)?,
-            ],
-        ),
-        7 => CpuidEntry::new(
-            7,
-            0,
-            CPUID_FLAG_SIGNIFICANT_INDEX,
-            [
-                0,
-                u32::arbitrary(u)?,
-                u32::arbitrary(u)?,
-                u32::arbitrary(u)?,
-            ],
-        ),
+        6 => CpuidEntry::new(1, 0, flags, [u32::arbitrary(u)?, u32::arbitrary(u)?, u32::arbitrary(u)?, u32::arbitrary(u)?]),
+        7 => CpuidEntry::new(7, 0, CPUID_FLAG_SIGNIFICANT_INDEX, [0, u32::arbitrary(u)?, u32::arbitrary(u)?, u32::arbitrary(u)?]),
         8 => {
             let bits = *u.choose(&[0u32, 48, 57, 39, 64])?;
             CpuidEntry::new(0x8000_0008, 0, 0, [(bits << 8) | 0x2e, 0, 0, 0])
         }
-        _ => CpuidEntry::new(
-            u32::arbitrary(u)? & 0x8000_001f,
-            0,
-            0,
-            [u32::arbitrary(u)?, 0, 0, 0],
-        ),
+        _ => CpuidEntry::new(u32::arbitrary(u)? & 0x8000_001f, 0, 0, [u32::arbitrary(u)?, 0, 0, 0]),
     })
 }
 
@@ -204,36 +120,30 @@ fn cpuid_entry(u: &mut Unstructured) -> Result<CpuidEntry> {
 pub fn cpuid_table(u: &mut Unstructured) -> Result<CpuidTable> {
     let base = match u.int_in_range(0..=9u8)? {
         0..=1 => CpuidBase::Empty,
+        2..=6 => {
+            let leaves = match u.int_in_range(0..=3u8)? {
+                0 => vec![0xd],
+                1 => vec![1, 0xd],
+                2 => vec![1, 7, 0xd],
+                _ => vec![0xd, 7, 1, 0x8000_0008],
+            };
+            CpuidBase::Subset { leaves, xcr0_mask: xfeature_set(u)? | if chance(u, 50)? { FPSSE } else { 0 } }
+        }
         _ => {
             let mut drop_leaves = Vec::new();
             if chance(u, 10)? {
                 drop_leaves.push(*u.choose(&[1u32, 7, 0xd])?);
             }
-            CpuidBase::Supported {
-                xcr0_mask: xfeature_set(u)? | if chance(u, 50)? { FPSSE } else { 0 },
-                drop_leaves,
-            }
+            CpuidBase::Supported { xcr0_mask: xfeature_set(u)? | if chance(u, 50)? { FPSSE } else { 0 }, drop_leaves }
         }
     };
-    let n = if matches!(base, CpuidBase::Empty) {
-        u.int_in_range(0..=4usize)?
-    } else {
-        u.int_in_range(0..=2usize)?
-    };
+    let n = if matches!(base, CpuidBase::Empty) { u.int_in_range(0..=4usize)? } else { u.int_in_range(0..=2usize)? };
     let entries = (0..n).map(|_| cpuid_entry(u)).collect::<Result<Vec<_>>>()?;
-    Ok(CpuidTable {
-        base,
-        entries,
-        reverse: chance(u, 5)?,
-    })
+    Ok(CpuidTable { base, entries, reverse: chance(u, 5)? })
 }
 
 fn xcr0_value(u: &mut Unstructured) -> Result<u64> {
-    Ok(if chance(u, 70)? {
-        xfeature_set(u)? | FP
-    } else {
-        xfeature_set(u)?
-    })
+    Ok(if chance(u, 70)? { xfeature_set(u)? | FP } else { xfeature_set(u)? })
 }
 
 /// A `kvm_xcrs`.
@@ -245,16 +155,8 @@ pub fn xcrs_image(u: &mut Unstructured) -> Result<XcrsImage> {
     let xcrs = (0..n)
         .map(|_| {
             Ok(Xcr {
-                xcr: if chance(u, 60)? {
-                    0
-                } else {
-                    u.int_in_range(0..=3u32)?
-                },
-                reserved: if chance(u, 10)? {
-                    u32::arbitrary(u)?
-                } else {
-                    0
-                },
+                xcr: if chance(u, 60)? { 0 } else { u.int_in_range(0..=3u32)? },
+                reserved: if chance(u, 10)? { u32::arbitrary(u)? } else { 0 },
                 value: xcr0_value(u)?,
             })
         })
@@ -264,17 +166,8 @@ pub fn xcrs_image(u: &mut Unstructured) -> Result<XcrsImage> {
         1 => u32::arbitrary(u)?,
         _ => n as u32,
     };
-    let flags = if chance(u, 8)? {
-        u32::arbitrary(u)? | 1
-    } else {
-        0
-    };
-    Ok(XcrsImage {
-        nr_xcrs,
-        flags,
-        xcrs,
-        padding_seed: if chance(u, 10)? { seed(u)? } else { 0 },
-    })
+    let flags = if chance(u, 8)? { u32::arbitrary(u)? | 1 } else { 0 };
+    Ok(XcrsImage { nr_xcrs, flags, xcrs, padding_seed: if chance(u, 10)? { seed(u)? } else { 0 } })
 }
 
 /// One operation.
@@ -284,22 +177,10 @@ pub fn op(u: &mut Unstructured) -> Result<Op> {
         30..=54 => Op::GetXsave,
         55..=61 => Op::GetXsave2,
         62..=69 => Op::SetCpuid2(cpuid_table(u)?),
-        70..=74 => Op::GetCpuid2 {
-            capacity: if chance(u, 80)? {
-                256
-            } else {
-                u.int_in_range(0..=64u16)?
-            },
-        },
+        70..=74 => Op::GetCpuid2 { capacity: if chance(u, 80)? { 256 } else { u.int_in_range(0..=64u16)? } },
         75..=82 => Op::SetXcrs(xcrs_image(u)?),
         83..=87 => Op::GetXcrs,
-        88..=93 => Op::RestoreLast {
-            force_xstate_bv: if chance(u, 50)? {
-                Some(xfeature_set(u)?)
-            } else {
-                None
-            },
-        },
+        88..=93 => Op::RestoreLast { force_xstate_bv: if chance(u, 50)? { Some(xfeature_set(u)?) } else { None } },
         94..=96 => Op::NewVcpu,
         _ => Op::CheckXsave2,
     })
@@ -307,24 +188,13 @@ pub fn op(u: &mut Unstructured) -> Result<Op> {
 
 impl<'a> Arbitrary<'a> for Case {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Case> {
-        let cpuid = if chance(u, 70)? {
-            Some(cpuid_table(u)?)
-        } else {
-            None
-        };
-        let xcr0 = if cpuid.is_some() && chance(u, 40)? {
-            Some(xcr0_value(u)?)
-        } else {
-            None
-        };
-        let n = u.int_in_range(1..=12usize)?;
+        let cpuid = if chance(u, 70)? { Some(cpuid_table(u)?) } else { None };
+        let xcr0 = if cpuid.is_some() && chance(u, 40)? { Some(xcr0_value(u)?) } else { None };
+        let n = u.int_in_range(1..=20usize)?;
         let mut ops = Vec::with_capacity(n);
         for _ in 0..n {
             ops.push(op(u)?);
         }
-        Ok(Case {
-            config: Config { cpuid, xcr0 },
-            ops,
-        })
+        Ok(Case { config: Config { cpuid, xcr0 }, ops })
     }
 }

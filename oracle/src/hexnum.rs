@@ -21,9 +21,7 @@ fn de_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     if d.is_human_readable() {
         match NumOrStr::deserialize(d)? {
             NumOrStr::N(n) => Ok(n),
-            NumOrStr::S(s) => {
-                parse(&s).ok_or_else(|| D::Error::custom(format!("bad number {s:?}")))
-            }
+            NumOrStr::S(s) => parse(&s).ok_or_else(|| D::Error::custom(format!("bad number {s:?}"))),
         }
     } else {
         u64::deserialize(d)
@@ -62,8 +60,7 @@ pub mod u32_hex {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         if d.is_human_readable() {
             let v = de_u64(d)?;
-            u32::try_from(v)
-                .map_err(|_| D::Error::custom(format!("{v:#x} does not fit in 32 bits")))
+            u32::try_from(v).map_err(|_| D::Error::custom(format!("{v:#x} does not fit in 32 bits")))
         } else {
             u32::deserialize(d)
         }
@@ -109,14 +106,9 @@ pub mod bytes_hex {
         if d.is_human_readable() {
             let s = String::deserialize(d)?;
             if s.len() % 2 != 0 || !s.is_ascii() {
-                return Err(D::Error::custom(
-                    "hex string must have an even number of hex digits",
-                ));
+                return Err(D::Error::custom("hex string must have an even number of hex digits"));
             }
-            (0..s.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(D::Error::custom))
-                .collect()
+            (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(D::Error::custom)).collect()
         } else {
             serde_bytes_vec(d)
         }

@@ -118,53 +118,21 @@ impl HostFacts {
         let components: Vec<Component> = INTEL
             .iter()
             .filter(|(b, _, _)| xcr0 & (1u64 << b) != 0)
-            .map(|&(bit, offset, size)| Component {
-                bit,
-                offset,
-                size,
-                align64: bit >= 17,
-            })
+            .map(|&(bit, offset, size)| Component { bit, offset, size, align64: bit >= 17 })
             .collect();
         let supported = xcr0 & xfeatures::KVM_SUPPORTED_XCR0;
         let std_size = crate::layout::xstate_required_size(&components, supported, false);
-        let host_cpuid_0xd = std::iter::once(CpuidEntry::new(
-            0xd,
-            0,
-            1,
-            [xcr0 as u32, std_size, std_size, (xcr0 >> 32) as u32],
-        ))
-        .chain(std::iter::once(CpuidEntry::new(0xd, 1, 1, [0xf, 0, 0, 0])))
-        .chain(components.iter().map(|c| {
-            CpuidEntry::new(
-                0xd,
-                c.bit as u32,
-                1,
-                [c.size, c.offset, if c.align64 { 2 } else { 0 }, 0],
-            )
-        }))
-        .collect::<Vec<_>>();
+        let host_cpuid_0xd = std::iter::once(CpuidEntry::new(0xd, 0, 1, [xcr0 as u32, std_size, std_size, (xcr0 >> 32) as u32]))
+            .chain(std::iter::once(CpuidEntry::new(0xd, 1, 1, [0xf, 0, 0, 0])))
+            .chain(components.iter().map(|c| CpuidEntry::new(0xd, c.bit as u32, 1, [c.size, c.offset, if c.align64 { 2 } else { 0 }, 0])))
+            .collect::<Vec<_>>();
         let filtered = supported & !xfeatures::XTILE;
         let fsize = crate::layout::xstate_required_size(&components, filtered, false);
         let mut supported_cpuid = vec![
             CpuidEntry::new(0, 0, 0, [0xd, 0x756e_6547, 0x6c65_746e, 0x4965_6e69]),
-            CpuidEntry::new(
-                1,
-                0,
-                0,
-                [
-                    0x000a_0671,
-                    0x0000_0800,
-                    0x8000_0000 | (1 << 26) | (1 << 28),
-                    0x0789_fbff,
-                ],
-            ),
+            CpuidEntry::new(1, 0, 0, [0x000a_0671, 0x0000_0800, 0x8000_0000 | (1 << 26) | (1 << 28), 0x0789_fbff]),
             CpuidEntry::new(7, 0, 1, [0, 0, 0, 0]),
-            CpuidEntry::new(
-                0xd,
-                0,
-                1,
-                [filtered as u32, fsize, fsize, (filtered >> 32) as u32],
-            ),
+            CpuidEntry::new(0xd, 0, 1, [filtered as u32, fsize, fsize, (filtered >> 32) as u32]),
             CpuidEntry::new(0xd, 1, 1, [0x7, 0, 0, 0]),
         ];
         supported_cpuid.extend(

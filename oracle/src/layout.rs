@@ -44,20 +44,13 @@ pub const MXCSR_INIT: u32 = 0x1f80;
 
 /// `xstate_required_size(mask, compacted)`: bytes an XSAVE image of `mask` needs (spec §1.3).
 pub fn xstate_required_size(components: &[Component], mask: u64, compacted: bool) -> u32 {
-    let mut sorted: Vec<&Component> = components
-        .iter()
-        .filter(|c| mask & (1u64 << c.bit) != 0)
-        .collect();
+    let mut sorted: Vec<&Component> = components.iter().filter(|c| mask & (1u64 << c.bit) != 0).collect();
     sorted.sort_by_key(|c| c.bit);
     let mut size = EXT as u32;
     let mut running = EXT as u32;
     for c in sorted {
         let end = if compacted {
-            let off = if c.align64 {
-                running.div_ceil(64) * 64
-            } else {
-                running
-            };
+            let off = if c.align64 { running.div_ceil(64) * 64 } else { running };
             running = off + c.size;
             running
         } else {
@@ -70,11 +63,7 @@ pub fn xstate_required_size(components: &[Component], mask: u64, compacted: bool
 
 /// Extended components of `mask` in increasing standard offset (the kernel's copy order).
 pub fn components_in_order(host: &HostFacts, mask: u64) -> Vec<&Component> {
-    let mut v: Vec<&Component> = host
-        .components
-        .iter()
-        .filter(|c| c.bit >= 2 && mask & (1u64 << c.bit) != 0)
-        .collect();
+    let mut v: Vec<&Component> = host.components.iter().filter(|c| c.bit >= 2 && mask & (1u64 << c.bit) != 0).collect();
     v.sort_by_key(|c| c.offset);
     v
 }

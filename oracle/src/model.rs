@@ -1,10 +1,7 @@
 //! The vCPU model: predicts, for every step of a case, the errno or success and every output
 //! byte, under a selectable contract version (spec §9) and optional named host quirks.
 
-use crate::case::{
-    Case, CpuidEntry, Op, Origin, XcrsImage, CPUID_ENTRY_SIZE, CPUID_FLAG_SIGNIFICANT_INDEX,
-    KVM_XCRS_SIZE,
-};
+use crate::case::{Case, CpuidEntry, Op, Origin, XcrsImage, CPUID_ENTRY_SIZE, CPUID_FLAG_SIGNIFICANT_INDEX, KVM_XCRS_SIZE};
 use crate::host::{HostFacts, Quirk};
 use crate::layout::{self, components_in_order, le32, le64, put, xstate_required_size};
 use crate::rules::Rule;
@@ -29,20 +26,11 @@ pub enum Contract {
 
 impl Contract {
     /// All versions, oldest first.
-    pub const ALL: &'static [Contract] = &[
-        Contract::V0,
-        Contract::V1,
-        Contract::V2a,
-        Contract::V2b,
-        Contract::V3,
-    ];
+    pub const ALL: &'static [Contract] = &[Contract::V0, Contract::V1, Contract::V2a, Contract::V2b, Contract::V3];
 
     /// Parse `V0`, `v2b`, ...
     pub fn parse(s: &str) -> Option<Contract> {
-        Contract::ALL
-            .iter()
-            .copied()
-            .find(|c| c.name().eq_ignore_ascii_case(s))
+        Contract::ALL.iter().copied().find(|c| c.name().eq_ignore_ascii_case(s))
     }
 
     /// Stable name.
@@ -78,10 +66,7 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig {
-            contract: Contract::V3,
-            quirks: Vec::new(),
-        }
+        ModelConfig { contract: Contract::V3, quirks: Vec::new() }
     }
 }
 
@@ -131,28 +116,17 @@ pub struct Model<'a> {
 }
 
 fn ret_err(origin: Origin, e: i32, rules: Vec<Rule>) -> OpResult {
-    OpResult {
-        rules,
-        ..OpResult::new(origin, Ret::Err(e))
-    }
+    OpResult { rules, ..OpResult::new(origin, Ret::Err(e)) }
 }
 
 fn ret_ok(origin: Origin, v: i64, rules: Vec<Rule>) -> OpResult {
-    OpResult {
-        rules,
-        ..OpResult::new(origin, Ret::Ok(v))
-    }
+    OpResult { rules, ..OpResult::new(origin, Ret::Ok(v)) }
 }
 
 impl<'a> Model<'a> {
     /// A model holding a fresh vCPU.
     pub fn new(host: &'a HostFacts, cfg: &'a ModelConfig) -> Model<'a> {
-        Model {
-            host,
-            cfg,
-            vcpu: Self::fresh(host, cfg),
-            last_get: None,
-        }
+        Model { host, cfg, vcpu: Self::fresh(host, cfg), last_get: None }
     }
 
     fn fresh(host: &HostFacts, cfg: &ModelConfig) -> Vcpu {
@@ -227,16 +201,11 @@ impl<'a> Model<'a> {
                 filtered &= !XTILE_CFG;
             }
         }
-        (xstate_required_size(&self.host.components, filtered, false) as i64)
-            .max(layout::KVM_XSAVE_SIZE as i64)
+        (xstate_required_size(&self.host.components, filtered, false) as i64).max(layout::KVM_XSAVE_SIZE as i64)
     }
 
     fn check_xsave2(&self, origin: Origin) -> OpResult {
-        let rule = if self.contract().has_xsave2() {
-            Rule::CapXsave2Size
-        } else {
-            Rule::CapXsave2Absent
-        };
+        let rule = if self.contract().has_xsave2() { Rule::CapXsave2Size } else { Rule::CapXsave2Absent };
         ret_ok(origin, self.cap_xsave2(), vec![rule])
     }
 
@@ -265,8 +234,7 @@ impl<'a> Model<'a> {
         }
         if amx {
             rules.push(Rule::CpuidAmxEnabled);
-            let perm_size =
-                xstate_required_size(&self.host.components, self.host.guest_perm, false) as usize;
+            let perm_size = xstate_required_size(&self.host.components, self.host.guest_perm, false) as usize;
             self.vcpu.uabi_size = self.vcpu.uabi_size.max(perm_size);
             self.vcpu.user_xfeatures |= XTILE_DATA;
             let need = self.vcpu.uabi_size.max(self.vcpu.kbuf.len());
@@ -305,12 +273,7 @@ impl<'a> Model<'a> {
     }
 
     /// Quirk `pvm-cpuid-rewrite` (spec §8, re-measured on this rig's hosts): see [`Quirk`].
-    fn pvm_rewrite(
-        &self,
-        entries: &mut Vec<CpuidEntry>,
-        unpredicted: &mut Vec<(usize, u8)>,
-        rules: &mut Vec<Rule>,
-    ) {
+    fn pvm_rewrite(&self, entries: &mut Vec<CpuidEntry>, unpredicted: &mut Vec<(usize, u8)>, rules: &mut Vec<Rule>) {
         let host = self.host;
         let raw = |i: u32| host.host_cpuid_0xd.iter().find(|e| e.index == i).copied();
         let before = entries.len();
@@ -318,16 +281,12 @@ impl<'a> Model<'a> {
         if entries.len() != before {
             rules.push(Rule::QuirkPvmDrop);
         }
-        if find_entry(entries, 1, Some(0)).is_some() && find_entry(entries, 0xd, Some(0)).is_none()
-        {
+        if find_entry(entries, 1, Some(0)).is_some() && find_entry(entries, 0xd, Some(0)).is_none() {
             rules.push(Rule::QuirkPvmInject);
             for i in 0..64u32 {
                 let wanted = i < 2 || host.supported_xcr0 & (1u64 << i) != 0;
                 if let (true, Some(e)) = (wanted, raw(i)) {
-                    entries.push(CpuidEntry {
-                        flags: CPUID_FLAG_SIGNIFICANT_INDEX,
-                        ..e
-                    });
+                    entries.push(CpuidEntry { flags: CPUID_FLAG_SIGNIFICANT_INDEX, ..e });
                 }
             }
         }
@@ -338,16 +297,9 @@ impl<'a> Model<'a> {
                 continue;
             };
             let regs = match i {
-                0 => [
-                    sup as u32,
-                    entries[k].ebx,
-                    xstate_required_size(&host.components, sup, false),
-                    (sup >> 32) as u32,
-                ],
+                0 => [sup as u32, entries[k].ebx, xstate_required_size(&host.components, sup, false), (sup >> 32) as u32],
                 1 => [raw(1).map_or(0, |e| e.eax & 0x7), entries[k].ebx, 0, 0],
-                _ if has_d0 && sup & (1u64 << i) != 0 => {
-                    raw(i).map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx])
-                }
+                _ if has_d0 && sup & (1u64 << i) != 0 => raw(i).map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx]),
                 _ => [0; 4],
             };
             let e = &mut entries[k];
@@ -413,13 +365,7 @@ impl<'a> Model<'a> {
         if !unpredicted.is_empty() {
             rules.push(Rule::QuirkPvmHostOwned);
         }
-        OpResult {
-            origin,
-            ret: Ret::Ok(0),
-            data,
-            unpredicted,
-            rules,
-        }
+        OpResult { origin, ret: Ret::Ok(0), data, unpredicted, rules }
     }
 
     // ---- XSAVE (§3, §4) --------------------------------------------------------------------
@@ -432,11 +378,7 @@ impl<'a> Model<'a> {
         if !xsave2 && self.vcpu.uabi_size > layout::KVM_XSAVE_SIZE {
             return ret_err(origin, EINVAL, vec![Rule::GetXsaveTooBig]);
         }
-        let size = if xsave2 {
-            self.vcpu.uabi_size
-        } else {
-            layout::KVM_XSAVE_SIZE
-        };
+        let size = if xsave2 { self.vcpu.uabi_size } else { layout::KVM_XSAVE_SIZE };
         let mut rules = Vec::with_capacity(12);
         let mut out = vec![0u8; size];
         if xsave2 {
@@ -469,11 +411,7 @@ impl<'a> Model<'a> {
                 rules.push(Rule::GetMxcsrKernel);
             } else {
                 put(&mut out, layout::MXCSR, &layout::MXCSR_INIT.to_le_bytes());
-                put(
-                    &mut out,
-                    layout::MXCSR_MASK,
-                    &self.host.init_mxcsr_mask.to_le_bytes(),
-                );
+                put(&mut out, layout::MXCSR_MASK, &self.host.init_mxcsr_mask.to_le_bytes());
                 rules.push(Rule::GetMxcsrInit);
             }
             if h & SSE != 0 {
@@ -510,14 +448,10 @@ impl<'a> Model<'a> {
         if h & v.hidden != 0 {
             rules.push(Rule::GetHiddenRevealed);
         }
-        self.last_get = Some(out.clone());
-        OpResult {
-            origin,
-            ret: Ret::Ok(0),
-            data: out,
-            unpredicted: Vec::new(),
-            rules,
-        }
+        let last = self.last_get.get_or_insert_with(Vec::new);
+        last.clear();
+        last.extend_from_slice(&out);
+        OpResult { origin, ret: Ret::Ok(0), data: out, unpredicted: Vec::new(), rules }
     }
 
     fn set_xsave(&mut self, origin: Origin, buf: &[u8]) -> OpResult {
@@ -555,8 +489,7 @@ impl<'a> Model<'a> {
                 return ret_err(origin, EINVAL, vec![Rule::SetRejectMxcsr]);
             }
             if bv & FP == 0 {
-                self.vcpu.kbuf[layout::MXCSR..layout::ST]
-                    .copy_from_slice(&buf[layout::MXCSR..layout::ST]);
+                self.vcpu.kbuf[layout::MXCSR..layout::ST].copy_from_slice(&buf[layout::MXCSR..layout::ST]);
                 rules.push(Rule::SetMxcsrWithoutFp);
             }
         } else {
@@ -567,8 +500,7 @@ impl<'a> Model<'a> {
             rules.push(Rule::SetFpCopied);
         }
         if bv & SSE != 0 {
-            self.vcpu.kbuf[layout::XMM..layout::XMM_END]
-                .copy_from_slice(&buf[layout::XMM..layout::XMM_END]);
+            self.vcpu.kbuf[layout::XMM..layout::XMM_END].copy_from_slice(&buf[layout::XMM..layout::XMM_END]);
             rules.push(Rule::SetSseCopied);
         }
         self.store_components(buf, bv, &mut rules);
@@ -659,11 +591,7 @@ impl<'a> Model<'a> {
             _ => self.vcpu.gsx | FP,
         };
         if x & !valid != 0 {
-            return Err(if self.contract() == Contract::V2a {
-                Rule::Xcr0V2aUserXfeatures
-            } else {
-                Rule::Xcr0RejectUnsupported
-            });
+            return Err(if self.contract() == Contract::V2a { Rule::Xcr0V2aUserXfeatures } else { Rule::Xcr0RejectUnsupported });
         }
         if (x & BNDREGS == 0) != (x & BNDCSR == 0) {
             return Err(Rule::Xcr0RejectMpx);
@@ -681,23 +609,13 @@ impl<'a> Model<'a> {
         let mut data = vec![0u8; KVM_XCRS_SIZE];
         put(&mut data, 0, &1u32.to_le_bytes());
         put(&mut data, 16, &self.vcpu.xcr0.to_le_bytes());
-        OpResult {
-            origin,
-            ret: Ret::Ok(0),
-            data,
-            unpredicted: Vec::new(),
-            rules: vec![Rule::XcrsGet],
-        }
+        OpResult { origin, ret: Ret::Ok(0), data, unpredicted: Vec::new(), rules: vec![Rule::XcrsGet] }
     }
 }
 
 /// Predict every step of `case` on `host` under `cfg`.
 pub fn predict(case: &Case, host: &HostFacts, cfg: &ModelConfig) -> Trace {
     let mut m = Model::new(host, cfg);
-    let results = case
-        .steps()
-        .iter()
-        .map(|(origin, op)| m.step(*origin, op))
-        .collect();
+    let results = case.steps().iter().map(|(origin, op)| m.step(*origin, op)).collect();
     Trace { results }
 }

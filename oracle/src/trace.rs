@@ -70,13 +70,7 @@ pub struct OpResult {
 impl OpResult {
     /// A result with no data.
     pub fn new(origin: Origin, ret: Ret) -> OpResult {
-        OpResult {
-            origin,
-            ret,
-            data: Vec::new(),
-            unpredicted: Vec::new(),
-            rules: Vec::new(),
-        }
+        OpResult { origin, ret, data: Vec::new(), unpredicted: Vec::new(), rules: Vec::new() }
     }
 }
 

@@ -12,95 +12,36 @@ pub fn verdict_text(case: &Case, verdict: &Verdict, expected: &Trace, observed: 
     let mut s = String::new();
     match verdict {
         Verdict::Agree => {
-            let _ = writeln!(
-                s,
-                "AGREE: {} steps, every return value and byte as predicted",
-                observed.results.len()
-            );
+            let _ = writeln!(s, "AGREE: {} steps, every return value and byte as predicted", observed.results.len());
         }
         Verdict::Diverge(d) => divergence_text(&mut s, case, d, expected, observed),
     }
     s
 }
 
-fn divergence_text(
-    s: &mut String,
-    case: &Case,
-    d: &Divergence,
-    expected: &Trace,
-    observed: &Trace,
-) {
+fn divergence_text(s: &mut String, case: &Case, d: &Divergence, expected: &Trace, observed: &Trace) {
     let _ = writeln!(s, "DIVERGENCE [{}] {}", d.class.name(), d.title);
     let _ = writeln!(s, "  signature: {}", d.signature);
     let _ = writeln!(s, "  at step {} ({}): {}", d.step, d.origin, d.op);
-    let _ = writeln!(
-        s,
-        "  predicted under {} with quirks [{}]",
-        d.contract,
-        d.quirks
-            .iter()
-            .map(|q| q.name())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let _ =
+        writeln!(s, "  predicted under {} with quirks [{}]", d.contract, d.quirks.iter().map(|q| q.name()).collect::<Vec<_>>().join(", "));
     if let Some(q) = d.explained_by {
-        let _ = writeln!(
-            s,
-            "  explained by host quirk {} (the prediction modelling it agrees)",
-            q.name()
-        );
+        let _ = writeln!(s, "  explained by host quirk {} (the prediction modelling it agrees)", q.name());
     }
-    let _ = writeln!(
-        s,
-        "  return: expected {} observed {}",
-        d.expected_ret, d.observed_ret
-    );
+    let _ = writeln!(s, "  return: expected {} observed {}", d.expected_ret, d.observed_ret);
     if let Some((e, o)) = d.lengths {
         let _ = writeln!(s, "  length: expected {e} bytes observed {o}");
     }
     for b in &d.bytes {
-        let _ = writeln!(
-            s,
-            "  bytes {}..{} {}: expected {} observed {}",
-            b.start,
-            b.end,
-            b.region,
-            hex(&b.expected),
-            hex(&b.observed)
-        );
+        let _ = writeln!(s, "  bytes {}..{} {}: expected {} observed {}", b.start, b.end, b.region, hex(&b.expected), hex(&b.observed));
     }
-    let _ = writeln!(
-        s,
-        "  rules: {}",
-        d.rules
-            .iter()
-            .map(|r| r.id())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let _ = writeln!(s, "  rules: {}", d.rules.iter().map(|r| r.id()).collect::<Vec<_>>().join(", "));
     let _ = writeln!(s, "  steps:");
     for (k, (origin, op)) in case.steps().iter().enumerate() {
-        let e = expected
-            .results
-            .get(k)
-            .map(|r| r.ret.to_string())
-            .unwrap_or_default();
-        let o = observed
-            .results
-            .get(k)
-            .map(|r| r.ret.to_string())
-            .unwrap_or_default();
-        let mark = if k == d.step {
-            "  <== first divergence"
-        } else {
-            ""
-        };
-        let _ = writeln!(
-            s,
-            "    {k:>2} {:<28} {:<24} expected {e:<8} observed {o}{mark}",
-            origin.to_string(),
-            op.name()
-        );
+        let e = expected.results.get(k).map(|r| r.ret.to_string()).unwrap_or_default();
+        let o = observed.results.get(k).map(|r| r.ret.to_string()).unwrap_or_default();
+        let mark = if k == d.step { "  <== first divergence" } else { "" };
+        let _ = writeln!(s, "    {k:>2} {:<28} {:<24} expected {e:<8} observed {o}{mark}", origin.to_string(), op.name());
     }
 }
 

@@ -5,11 +5,12 @@ use crate::kvm::KvmBackend;
 use crate::sys::{self, AlignedBuf};
 use crate::{open_kvm, Backend, BackendError};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use xsave_oracle::case::XsaveImage;
 use xsave_oracle::diff::judge;
 use xsave_oracle::xfeatures::FPSSE;
-use xsave_oracle::{HostFacts, ModelConfig};
+use xsave_oracle::{Case, HostFacts, ModelConfig, Op};
 
 /// Bench result.
 #[derive(Clone, Debug, Serialize)]
@@ -26,6 +27,16 @@ pub struct BenchReport {
     pub cases_per_sec: f64,
     /// Share of the rig's wall time per phase: generate, execute (KVM), judge (oracle+diff).
     pub time_share: TimeShare,
+    /// Share of the rig's wall time spent inside ioctls (the rest is the rig's own work).
+    pub in_kernel_share: f64,
+    /// Per ioctl kind in the rig loop: calls and mean microseconds per call.
+    pub ioctls: BTreeMap<String, (u64, f64)>,
+    /// Mean microseconds of one ioctl in the raw loop.
+    pub raw_us_per_ioctl: f64,
+    /// (c) the rig on random cases restricted to XSAVE ioctls (the raw loop's op mix): ioctls/s.
+    pub xsave_only_ioctls_per_sec: f64,
+    /// (c) / (a): the rig's own overhead on the same kind of ioctls.
+    pub xsave_only_ratio: f64,
     /// Seconds measured per side.
     pub seconds: f64,
 }
@@ -42,20 +53,12 @@ pub struct TimeShare {
 }
 
 /// Run both loops for `seconds` each.
-pub fn bench(
-    host: &HostFacts,
-    model: &ModelConfig,
-    seconds: f64,
-) -> Result<BenchReport, BackendError> {
+pub fn bench(host: &HostFacts, model: &ModelConfig, seconds: f64) -> Result<BenchReport, BackendError> {
     let dur = Duration::from_secs_f64(seconds);
     // (a) raw loop.
     let kvm = open_kvm()?;
-    let vm = kvm
-        .create_vm()
-        .map_err(|e| BackendError::Setup(e.to_string()))?;
-    let vcpu = vm
-        .create_vcpu(0)
-        .map_err(|e| BackendError::Setup(e.to_string()))?;
+    let vm = kvm.create_vm().map_err(|e| BackendError::Setup(e.to_string()))?;
+    let vcpu = vm.create_vcpu(0).map_err(|e| BackendError::Setup(e.to_string()))?;
     let size = (kvm.check_extension_raw(208).max(0) as usize).max(4096);
     let mut buf = AlignedBuf::new(size);
     XsaveImage::init(FPSSE).render_into(host, buf.bytes_mut());
@@ -64,24 +67,59 @@ pub fn bench(
     let mut raw = 0u64;
     while start.elapsed() < dur {
         for _ in 0..256 {
-            sys::set_xsave(&vcpu, &mut buf)
-                .map_err(|e| BackendError::Setup(format!("KVM_SET_XSAVE errno {e}")))?;
-            sys::get_xsave(&vcpu, &mut out)
-                .map_err(|e| BackendError::Setup(format!("KVM_GET_XSAVE errno {e}")))?;
+            sys::set_xsave(&vcpu, &mut buf).map_err(|e| BackendError::Setup(format!("KVM_SET_XSAVE errno {e}")))?;
+            sys::get_xsave(&vcpu, &mut out).map_err(|e| BackendError::Setup(format!("KVM_GET_XSAVE errno {e}")))?;
         }
         raw += 512;
     }
     let raw_rate = raw as f64 / start.elapsed().as_secs_f64();
     drop((vcpu, vm));
-    // (b) the rig.
+    // (b) the rig on its normal case mix; (c) the rig on XSAVE-only cases.
+    let b = rig_loop(host, model, dur, |c| c)?;
+    let c = rig_loop(host, model, dur, xsave_only)?;
+    Ok(BenchReport {
+        raw_ioctls_per_sec: raw_rate,
+        rig_ioctls_per_sec: b.ioctls_per_sec,
+        ratio: b.ioctls_per_sec / raw_rate,
+        rig_case_ioctls_per_sec: b.case_ioctls_per_sec,
+        cases_per_sec: b.cases_per_sec,
+        time_share: b.share,
+        in_kernel_share: b.in_kernel,
+        ioctls: b.ioctls,
+        raw_us_per_ioctl: 1e6 / raw_rate,
+        xsave_only_ioctls_per_sec: c.ioctls_per_sec,
+        xsave_only_ratio: c.ioctls_per_sec / raw_rate,
+        seconds,
+    })
+}
+
+/// Keep only the XSAVE ioctls of a case (no CPUID, XCRS or new vCPUs).
+fn xsave_only(mut case: Case) -> Case {
+    case.config = Default::default();
+    case.ops.retain(|op| matches!(op, Op::SetXsave(_) | Op::GetXsave | Op::GetXsave2 | Op::RestoreLast { .. }));
+    if case.ops.is_empty() {
+        case.ops.push(Op::GetXsave);
+    }
+    case
+}
+
+struct RigRun {
+    ioctls_per_sec: f64,
+    case_ioctls_per_sec: f64,
+    cases_per_sec: f64,
+    share: TimeShare,
+    in_kernel: f64,
+    ioctls: BTreeMap<String, (u64, f64)>,
+}
+
+fn rig_loop(host: &HostFacts, model: &ModelConfig, dur: Duration, shape: impl Fn(Case) -> Case) -> Result<RigRun, BackendError> {
     let mut backend = KvmBackend::new(host.clone(), true)?;
     let (mut tg, mut te, mut tj) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let (mut cases, mut steps) = (0u64, 0u64);
-    let i0 = backend.ioctls();
     let start = Instant::now();
     while start.elapsed() < dur {
         let t0 = Instant::now();
-        let case = case_for(0xbe4c, cases);
+        let case = shape(case_for(0xbe4c, cases));
         let t1 = Instant::now();
         let obs = backend.execute(&case)?;
         let t2 = Instant::now();
@@ -91,26 +129,21 @@ pub fn bench(
         te += t2 - t1;
         tj += t3 - t2;
         cases += 1;
-        steps += case
-            .steps()
-            .iter()
-            .filter(|(_, op)| *op != xsave_oracle::Op::NewVcpu)
-            .count() as u64;
+        steps += case.steps().iter().filter(|(_, op)| **op != Op::NewVcpu).count() as u64;
     }
     let el = start.elapsed().as_secs_f64();
-    let rig_rate = (backend.ioctls() - i0) as f64 / el;
+    let kernel_ns: u64 = backend.ioctl_stats().values().map(|s| s.nanos).sum();
     let total = (tg + te + tj).as_secs_f64().max(1e-9);
-    Ok(BenchReport {
-        raw_ioctls_per_sec: raw_rate,
-        rig_ioctls_per_sec: rig_rate,
-        ratio: rig_rate / raw_rate,
-        rig_case_ioctls_per_sec: steps as f64 / el,
+    Ok(RigRun {
+        ioctls_per_sec: backend.ioctls() as f64 / el,
+        case_ioctls_per_sec: steps as f64 / el,
         cases_per_sec: cases as f64 / el,
-        time_share: TimeShare {
-            generate: tg.as_secs_f64() / total,
-            execute: te.as_secs_f64() / total,
-            judge: tj.as_secs_f64() / total,
-        },
-        seconds,
+        share: TimeShare { generate: tg.as_secs_f64() / total, execute: te.as_secs_f64() / total, judge: tj.as_secs_f64() / total },
+        in_kernel: kernel_ns as f64 / 1e9 / el,
+        ioctls: backend
+            .ioctl_stats()
+            .iter()
+            .map(|(k, s)| (k.to_string(), (s.count, s.nanos as f64 / 1e3 / s.count.max(1) as f64)))
+            .collect(),
     })
 }

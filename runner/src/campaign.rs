@@ -23,14 +23,10 @@ use xsave_oracle::{Case, ModelConfig, Op};
 
 /// The case for iteration `i` of a campaign seeded with `seed` (reproducible, O(1) to seek).
 pub fn case_for(seed: u64, i: u64) -> Case {
-    let mut rng =
-        SmallRng::seed_from_u64(seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17));
+    let mut rng = SmallRng::seed_from_u64(seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17));
     let mut bytes = [0u8; 1536];
     rng.fill_bytes(&mut bytes);
-    Case::arbitrary(&mut Unstructured::new(&bytes)).unwrap_or_else(|_| Case {
-        ops: vec![Op::GetXsave],
-        ..Case::default()
-    })
+    Case::arbitrary(&mut Unstructured::new(&bytes)).unwrap_or_else(|_| Case { ops: vec![Op::GetXsave], ..Case::default() })
 }
 
 /// Errors of a campaign (not findings).
@@ -53,10 +49,7 @@ pub enum CampaignError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CampaignError + '_ {
-    move |err| CampaignError::Io {
-        path: path.to_path_buf(),
-        err,
-    }
+    move |err| CampaignError::Io { path: path.to_path_buf(), err }
 }
 
 /// What to run.
@@ -133,12 +126,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
     let mut s = Summary {
         backend: backend.name(),
         contract: cfg.model.contract.name().to_string(),
-        quirks: cfg
-            .model
-            .quirks
-            .iter()
-            .map(|q| q.name().to_string())
-            .collect(),
+        quirks: cfg.model.quirks.iter().map(|q| q.name().to_string()).collect(),
         seed: cfg.seed,
         ..Summary::default()
     };
@@ -154,9 +142,8 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
                 )));
             }
             let text = std::fs::read_to_string(&state).map_err(io(&state))?;
-            let old: Summary = serde_json::from_str(&text).map_err(|e| {
-                CampaignError::State(format!("{}: corrupt campaign state: {e}", state.display()))
-            })?;
+            let old: Summary = serde_json::from_str(&text)
+                .map_err(|e| CampaignError::State(format!("{}: corrupt campaign state: {e}", state.display())))?;
             if old.contract != s.contract || old.quirks != s.quirks {
                 return Err(CampaignError::State(format!(
                     "{}: campaign was run with contract {} quirks {:?}",
@@ -165,20 +152,10 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
                     old.quirks
                 )));
             }
-            s = Summary {
-                backend: s.backend,
-                resumed: true,
-                new_signatures: Vec::new(),
-                interrupted: false,
-                ioctls: 0,
-                ..old
-            };
+            s = Summary { backend: s.backend, resumed: true, new_signatures: Vec::new(), interrupted: false, ioctls: 0, ..old };
             cfg.seed = s.seed;
         }
-        for e in std::fs::read_dir(dir.join("findings"))
-            .map_err(io(dir))?
-            .flatten()
-        {
+        for e in std::fs::read_dir(dir.join("findings")).map_err(io(dir))?.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             if !name.starts_with('.') {
                 known.insert(name);
@@ -196,9 +173,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
             s.interrupted = true;
             break;
         }
-        if cfg.iterations.is_some_and(|n| s.next_iteration >= n)
-            || cfg.duration.is_some_and(|d| start.elapsed() >= d)
-        {
+        if cfg.iterations.is_some_and(|n| s.next_iteration >= n) || cfg.duration.is_some_and(|d| start.elapsed() >= d) {
             break;
         }
         let i = s.next_iteration;
@@ -225,16 +200,11 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
                         expected: &expected,
                         observed: &observed,
                     };
-                    let json = serde_json::to_vec_pretty(&rec)
-                        .map_err(|e| CampaignError::State(e.to_string()))?;
+                    let json = serde_json::to_vec_pretty(&rec).map_err(|e| CampaignError::State(e.to_string()))?;
                     let dest = dir.join("findings").join(&d.signature);
                     create_dir_atomic(
                         &dest,
-                        &[
-                            ("case.bin", &case.encode()),
-                            ("case.json", case.to_json().as_bytes()),
-                            ("verdict.json", &json),
-                        ],
+                        &[("case.bin", &case.encode()), ("case.json", case.to_json().as_bytes()), ("verdict.json", &json)],
                     )
                     .map_err(io(&dest))?;
                 }
@@ -255,11 +225,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
     }
     s.seconds = base_seconds + start.elapsed().as_secs_f64();
     s.ioctls = backend.ioctls() - base_ioctls;
-    s.execs_per_sec = if s.seconds > 0.0 {
-        s.execs as f64 / s.seconds
-    } else {
-        0.0
-    };
+    s.execs_per_sec = if s.seconds > 0.0 { s.execs as f64 / s.seconds } else { 0.0 };
     save(&cfg, &s)?;
     Ok(s)
 }
@@ -273,11 +239,7 @@ fn save(cfg: &CampaignConfig, s: &Summary) -> Result<(), CampaignError> {
     write_atomic(&state, &json).map_err(io(&state))?;
     let stats = dir.join("stats.jsonl");
     let line = serde_json::json!({"seconds": s.seconds, "execs": s.execs, "execs_per_sec": s.execs_per_sec, "findings": s.findings});
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&stats)
-        .map_err(io(&stats))?;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&stats).map_err(io(&stats))?;
     writeln!(f, "{line}").map_err(io(&stats))?;
     Ok(())
 }

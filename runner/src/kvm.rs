@@ -10,6 +10,9 @@ use crate::sys::{self, AlignedBuf};
 use crate::{Backend, BackendError};
 use kvm_bindings::{kvm_xcr, kvm_xcrs};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Instant;
 use xsave_oracle::case::{Case, CpuidEntry, Op, XcrsImage, XsaveImage, CPUID_ENTRY_SIZE};
 use xsave_oracle::layout::{self, le32, put};
 use xsave_oracle::trace::{OpResult, Ret, Trace};
@@ -25,6 +28,29 @@ struct Vm {
     vcpu: VcpuFd,
     /// A case enabled a feature whose effect cannot be undone (AMX uabi growth).
     tainted: bool,
+    /// State a SET was attempted on since the last reset (failed SETs included, so an
+    /// atomicity bug in the kernel cannot leak state into the next case).
+    dirty_cpuid: bool,
+    dirty_xcr0: bool,
+    dirty_xsave: bool,
+}
+
+/// Count and in-kernel time of one ioctl kind.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct IoctlStat {
+    /// Calls.
+    pub count: u64,
+    /// Nanoseconds spent in the calls.
+    pub nanos: u64,
+}
+
+fn timed<T>(stats: &mut BTreeMap<&'static str, IoctlStat>, name: &'static str, f: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let r = f();
+    let e = stats.entry(name).or_default();
+    e.count += 1;
+    e.nanos += t.elapsed().as_nanos() as u64;
+    r
 }
 
 /// Executes cases on this host's `/dev/kvm`.
@@ -36,7 +62,7 @@ pub struct KvmBackend {
     xbuf: AlignedBuf,
     cbuf: AlignedBuf,
     xsave_size: usize,
-    ioctls: u64,
+    stats: BTreeMap<&'static str, IoctlStat>,
     last_get: Option<Vec<u8>>,
 }
 
@@ -61,51 +87,59 @@ impl KvmBackend {
             xbuf: AlignedBuf::new(xsave_size),
             cbuf: AlignedBuf::new(8 + 256 * CPUID_ENTRY_SIZE),
             xsave_size,
-            ioctls: 0,
+            stats: BTreeMap::new(),
             last_get: None,
         })
     }
 
     fn create(&mut self) -> Result<Vm, BackendError> {
-        let vm = self
-            .kvm
-            .create_vm()
-            .map_err(|e| BackendError::Setup(format!("KVM_CREATE_VM: {e}")))?;
-        let vcpu = vm
-            .create_vcpu(0)
+        let kvm = &self.kvm;
+        let vm =
+            timed(&mut self.stats, "KVM_CREATE_VM", || kvm.create_vm()).map_err(|e| BackendError::Setup(format!("KVM_CREATE_VM: {e}")))?;
+        let vcpu = timed(&mut self.stats, "KVM_CREATE_VCPU", || vm.create_vcpu(0))
             .map_err(|e| BackendError::Setup(format!("KVM_CREATE_VCPU: {e}")))?;
-        self.ioctls += 2;
-        Ok(Vm {
-            vm,
-            vcpu,
-            tainted: false,
-        })
+        Ok(Vm { vm, vcpu, tainted: false, dirty_cpuid: false, dirty_xcr0: false, dirty_xsave: false })
     }
 
     /// Bring the pooled vCPU back to the observable state of a fresh one: empty CPUID table
     /// (gsx 0, `GET_CPUID2` nent 0), XCR0 1, PKRU 0 (if the host has PKRU), then XSTATE_BV 0
     /// (every component reads as init; stale kernel bytes are never reported because their
-    /// bits are clear and MXCSR is reported only with SSE/YMM). Returns false when a step
-    /// failed, in which case the caller creates a fresh VM.
+    /// bits are clear and MXCSR is reported only with SSE/YMM). Each part runs only if a SET
+    /// touching it was attempted since the last reset. Returns false when a step failed, in
+    /// which case the caller creates a fresh VM.
     fn reset(&mut self) -> bool {
-        let Some(vm) = &self.cur else { return false };
+        let Some(vm) = self.cur.as_mut() else { return false };
         if vm.tainted {
             return false;
         }
         let vcpu = &vm.vcpu;
-        self.cbuf.bytes_mut()[..8].fill(0);
-        let mut ok = sys::set_cpuid2(vcpu, &mut self.cbuf).is_ok();
-        ok &= vcpu.set_xcrs(&xcrs_struct(&XcrsImage::xcr0(1))).is_ok();
-        self.ioctls += 2;
-        if self.host.supported_xcr0 & PKRU != 0 {
-            XsaveImage::init(PKRU).render_into(&self.host, self.xbuf.bytes_mut());
-            ok &= sys::set_xsave(vcpu, &mut self.xbuf).is_ok();
-            self.ioctls += 1;
+        let mut ok = true;
+        if vm.dirty_cpuid {
+            let cbuf = &mut self.cbuf;
+            cbuf.bytes_mut()[..8].fill(0);
+            ok &= timed(&mut self.stats, "KVM_SET_CPUID2", || sys::set_cpuid2(vcpu, cbuf)).is_ok();
         }
-        XsaveImage::init(0).render_into(&self.host, self.xbuf.bytes_mut());
-        ok &= sys::set_xsave(vcpu, &mut self.xbuf).is_ok();
-        self.ioctls += 1;
+        if vm.dirty_xcr0 {
+            let x = xcrs_struct(&XcrsImage::xcr0(1));
+            ok &= timed(&mut self.stats, "KVM_SET_XCRS", || vcpu.set_xcrs(&x).map(|_| 0).map_err(|e| e.errno())).is_ok();
+        }
+        if vm.dirty_xsave {
+            if self.host.supported_xcr0 & PKRU != 0 {
+                let xbuf = &mut self.xbuf;
+                XsaveImage::init(PKRU).render_into(&self.host, xbuf.bytes_mut());
+                ok &= timed(&mut self.stats, "KVM_SET_XSAVE", || sys::set_xsave(vcpu, xbuf)).is_ok();
+            }
+            let xbuf = &mut self.xbuf;
+            XsaveImage::init(0).render_into(&self.host, xbuf.bytes_mut());
+            ok &= timed(&mut self.stats, "KVM_SET_XSAVE", || sys::set_xsave(vcpu, xbuf)).is_ok();
+        }
+        (vm.dirty_cpuid, vm.dirty_xcr0, vm.dirty_xsave) = (false, false, false);
         ok
+    }
+
+    /// Per-ioctl counts and time spent inside the kernel.
+    pub fn ioctl_stats(&self) -> &BTreeMap<&'static str, IoctlStat> {
+        &self.stats
     }
 
     fn fresh_vcpu(&mut self) -> Result<(), BackendError> {
@@ -122,13 +156,10 @@ impl KvmBackend {
             self.fresh_vcpu()?;
             return Ok((Ret::Ok(0), Vec::new()));
         }
-        self.ioctls += 1;
-        let vm = self
-            .cur
-            .as_ref()
-            .ok_or_else(|| BackendError::Setup("no vCPU".into()))?;
+        let vm = self.cur.as_ref().ok_or_else(|| BackendError::Setup("no vCPU".into()))?;
         let vcpu = &vm.vcpu;
         let mut taint = false;
+        let st = &mut self.stats;
         let out = match op {
             Op::NewVcpu => (Ret::Ok(0), Vec::new()),
             Op::SetCpuid2(t) => {
@@ -139,10 +170,10 @@ impl KvmBackend {
                 b[..8].fill(0);
                 b[..4].copy_from_slice(&(n as u32).to_le_bytes());
                 for (i, e) in entries.iter().enumerate() {
-                    b[8 + i * CPUID_ENTRY_SIZE..8 + (i + 1) * CPUID_ENTRY_SIZE]
-                        .copy_from_slice(&e.to_bytes());
+                    b[8 + i * CPUID_ENTRY_SIZE..8 + (i + 1) * CPUID_ENTRY_SIZE].copy_from_slice(&e.to_bytes());
                 }
-                let r = sys::set_cpuid2(vcpu, &mut self.cbuf);
+                let cbuf = &mut self.cbuf;
+                let r = timed(st, "KVM_SET_CPUID2", || sys::set_cpuid2(vcpu, cbuf));
                 if r.is_ok() {
                     let d0 = xsave_oracle::model::find_entry(&entries, 0xd, Some(0));
                     taint = d0.is_some_and(|i| entries[i].eax as u64 & XTILE_DATA != 0);
@@ -150,7 +181,8 @@ impl KvmBackend {
                 (ret(r), Vec::new())
             }
             Op::GetCpuid2 { capacity } => {
-                let r = sys::get_cpuid2(vcpu, &mut self.cbuf, *capacity as u32);
+                let cbuf = &mut self.cbuf;
+                let r = timed(st, "KVM_GET_CPUID2", || sys::get_cpuid2(vcpu, cbuf, *capacity as u32));
                 let data = match r {
                     Ok(_) => {
                         let b = self.cbuf.bytes();
@@ -159,9 +191,7 @@ impl KvmBackend {
                         let mut d = Vec::with_capacity(4 + shown * CPUID_ENTRY_SIZE);
                         d.extend_from_slice(&(nent as u32).to_le_bytes());
                         for i in 0..shown {
-                            let e = CpuidEntry::from_bytes(
-                                &b[8 + i * CPUID_ENTRY_SIZE..8 + (i + 1) * CPUID_ENTRY_SIZE],
-                            );
+                            let e = CpuidEntry::from_bytes(&b[8 + i * CPUID_ENTRY_SIZE..8 + (i + 1) * CPUID_ENTRY_SIZE]);
                             d.extend_from_slice(&e.to_bytes());
                         }
                         d
@@ -172,7 +202,8 @@ impl KvmBackend {
             }
             Op::SetXsave(img) => {
                 img.render_into(&self.host, self.xbuf.bytes_mut());
-                (ret(sys::set_xsave(vcpu, &mut self.xbuf)), Vec::new())
+                let xbuf = &mut self.xbuf;
+                (ret(timed(st, "KVM_SET_XSAVE", || sys::set_xsave(vcpu, xbuf))), Vec::new())
             }
             Op::RestoreLast { force_xstate_bv } => {
                 let b = self.xbuf.bytes_mut();
@@ -184,49 +215,50 @@ impl KvmBackend {
                 if let Some(bv) = force_xstate_bv {
                     put(b, layout::XSTATE_BV, &bv.to_le_bytes());
                 }
-                (ret(sys::set_xsave(vcpu, &mut self.xbuf)), Vec::new())
+                let xbuf = &mut self.xbuf;
+                (ret(timed(st, "KVM_SET_XSAVE", || sys::set_xsave(vcpu, xbuf))), Vec::new())
             }
             Op::GetXsave | Op::GetXsave2 => {
                 let xsave2 = *op == Op::GetXsave2;
-                let len = if xsave2 {
-                    self.xsave_size
-                } else {
-                    layout::KVM_XSAVE_SIZE
-                };
+                let len = if xsave2 { self.xsave_size } else { layout::KVM_XSAVE_SIZE };
                 self.xbuf.bytes_mut()[..len].fill(if xsave2 { CANARY } else { 0 });
+                let xbuf = &mut self.xbuf;
                 let r = if xsave2 {
-                    sys::get_xsave2(vcpu, &mut self.xbuf)
+                    timed(st, "KVM_GET_XSAVE2", || sys::get_xsave2(vcpu, xbuf))
                 } else {
-                    sys::get_xsave(vcpu, &mut self.xbuf)
+                    timed(st, "KVM_GET_XSAVE", || sys::get_xsave(vcpu, xbuf))
                 };
                 match r {
                     Ok(v) => {
                         let data = self.xbuf.bytes()[..len].to_vec();
-                        self.last_get = Some(data.clone());
+                        let last = self.last_get.get_or_insert_with(Vec::new);
+                        last.clear();
+                        last.extend_from_slice(&data);
                         (Ret::Ok(v), data)
                     }
                     Err(e) => (Ret::Err(e), Vec::new()),
                 }
             }
-            Op::SetXcrs(x) => (
-                ret(vcpu
-                    .set_xcrs(&xcrs_struct(x))
-                    .map(|_| 0)
-                    .map_err(|e| e.errno())),
-                Vec::new(),
-            ),
-            Op::GetXcrs => match vcpu.get_xcrs() {
+            Op::SetXcrs(x) => {
+                let x = xcrs_struct(x);
+                (ret(timed(st, "KVM_SET_XCRS", || vcpu.set_xcrs(&x).map(|_| 0).map_err(|e| e.errno()))), Vec::new())
+            }
+            Op::GetXcrs => match timed(st, "KVM_GET_XCRS", || vcpu.get_xcrs()) {
                 Ok(x) => (Ret::Ok(0), xcrs_bytes(&x)),
                 Err(e) => (Ret::Err(e.errno()), Vec::new()),
             },
-            Op::CheckXsave2 => (
-                Ret::Ok(vm.vm.check_extension_raw(CAP_XSAVE2 as libc::c_ulong) as i64),
-                Vec::new(),
-            ),
+            Op::CheckXsave2 => {
+                let v = timed(st, "KVM_CHECK_EXTENSION", || vm.vm.check_extension_raw(CAP_XSAVE2 as libc::c_ulong));
+                (Ret::Ok(v as i64), Vec::new())
+            }
         };
-        if taint {
-            if let Some(vm) = self.cur.as_mut() {
-                vm.tainted = true;
+        if let Some(vm) = self.cur.as_mut() {
+            vm.tainted |= taint;
+            match op {
+                Op::SetCpuid2(_) => vm.dirty_cpuid = true,
+                Op::SetXcrs(_) => vm.dirty_xcr0 = true,
+                Op::SetXsave(_) | Op::RestoreLast { .. } => vm.dirty_xsave = true,
+                _ => {}
             }
         }
         Ok(out)
@@ -235,18 +267,10 @@ impl KvmBackend {
 
 fn xcrs_struct(x: &XcrsImage) -> kvm_xcrs {
     let raw = x.render();
-    let mut s = kvm_xcrs {
-        nr_xcrs: le32(&raw, 0),
-        flags: le32(&raw, 4),
-        ..Default::default()
-    };
+    let mut s = kvm_xcrs { nr_xcrs: le32(&raw, 0), flags: le32(&raw, 4), ..Default::default() };
     for i in 0..16 {
         let o = 8 + i * 16;
-        s.xcrs[i] = kvm_xcr {
-            xcr: le32(&raw, o),
-            reserved: le32(&raw, o + 4),
-            value: layout::le64(&raw, o + 8),
-        };
+        s.xcrs[i] = kvm_xcr { xcr: le32(&raw, o), reserved: le32(&raw, o + 4), value: layout::le64(&raw, o + 8) };
     }
     for i in 0..16 {
         s.padding[i] = layout::le64(&raw, 264 + i * 8);
@@ -285,20 +309,19 @@ impl Backend for KvmBackend {
 
     fn execute(&mut self, case: &Case) -> Result<Trace, BackendError> {
         self.fresh_vcpu()?;
-        self.last_get = None;
+        if let Some(l) = self.last_get.as_mut() {
+            l.clear();
+        }
         let steps = case.steps();
         let mut results = Vec::with_capacity(steps.len());
         for (origin, op) in &steps {
             let (ret, data) = self.step(op)?;
-            results.push(OpResult {
-                data,
-                ..OpResult::new(*origin, ret)
-            });
+            results.push(OpResult { data, ..OpResult::new(*origin, ret) });
         }
         Ok(Trace { results })
     }
 
     fn ioctls(&self) -> u64 {
-        self.ioctls
+        self.stats.values().map(|s| s.count).sum()
     }
 }

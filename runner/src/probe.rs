@@ -71,9 +71,7 @@ pub struct ProbeCaseResult {
 }
 
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
 }
 
 fn kvm_modules() -> String {
@@ -103,9 +101,7 @@ pub fn host_facts() -> Result<HostFacts, BackendError> {
         .iter()
         .map(|e| CpuidEntry::new(e.function, e.index, e.flags, [e.eax, e.ebx, e.ecx, e.edx]))
         .collect();
-    let d0 = supported_cpuid
-        .iter()
-        .find(|e| e.function == 0xd && e.index == 0);
+    let d0 = supported_cpuid.iter().find(|e| e.function == 0xd && e.index == 0);
     let cpuid_xcr0 = d0.map_or(FPSSE, |e| e.eax as u64 | ((e.edx as u64) << 32));
     let supported_xcr0 = sys::xcomp_guest_supp(&kvm).unwrap_or(cpuid_xcr0);
     let raw0 = core::arch::x86_64::__cpuid_count(0xd, 0);
@@ -116,20 +112,10 @@ pub fn host_facts() -> Result<HostFacts, BackendError> {
     for i in 0..64u32 {
         let r = core::arch::x86_64::__cpuid_count(0xd, i);
         if i >= 2 && raw_xcr0 & (1u64 << i) != 0 && r.eax != 0 && r.ecx & 1 == 0 {
-            components.push(Component {
-                bit: i as u8,
-                offset: r.ebx,
-                size: r.eax,
-                align64: r.ecx & 2 != 0,
-            });
+            components.push(Component { bit: i as u8, offset: r.ebx, size: r.eax, align64: r.ecx & 2 != 0 });
         }
         if i < 2 || r.eax != 0 {
-            host_cpuid_0xd.push(CpuidEntry::new(
-                0xd,
-                i,
-                CPUID_FLAG_SIGNIFICANT_INDEX,
-                [r.eax, r.ebx, r.ecx, r.edx],
-            ));
+            host_cpuid_0xd.push(CpuidEntry::new(0xd, i, CPUID_FLAG_SIGNIFICANT_INDEX, [r.eax, r.ebx, r.ecx, r.edx]));
         }
     }
     let mask = sys::fxsave_mxcsr_mask();
@@ -154,63 +140,33 @@ fn quirk_case() -> Case {
         entries: vec![
             CpuidEntry::new(1, 0, 0, [0x000a_0671, 0, 0, 0]),
             CpuidEntry::new(7, 0, CPUID_FLAG_SIGNIFICANT_INDEX, [0, 0, 0, 0]),
-            CpuidEntry::new(
-                0xd,
-                0,
-                CPUID_FLAG_SIGNIFICANT_INDEX,
-                [FPSSE as u32, 0, 0, 0],
-            ),
+            CpuidEntry::new(0xd, 0, CPUID_FLAG_SIGNIFICANT_INDEX, [FPSSE as u32, 0, 0, 0]),
             CpuidEntry::new(0xd, 1, CPUID_FLAG_SIGNIFICANT_INDEX, [0, 0, 0, 0]),
         ],
         reverse: false,
     };
-    Case {
-        config: Config {
-            cpuid: Some(table),
-            xcr0: None,
-        },
-        ops: vec![Op::GetCpuid2 { capacity: 256 }],
-    }
+    Case { config: Config { cpuid: Some(table), xcr0: None }, ops: vec![Op::GetCpuid2 { capacity: 256 }] }
 }
 
 /// Leaves the probe offers to find which ones a rewriting host drops.
 pub fn candidate_leaves() -> Vec<u32> {
-    (0..0x40u32)
-        .chain(0x4000_0000..0x4000_0010)
-        .chain(0x8000_0000..0x8000_0040)
-        .filter(|&f| f != 1 && f != 7 && f != 0xd)
-        .collect()
+    (0..0x40u32).chain(0x4000_0000..0x4000_0010).chain(0x8000_0000..0x8000_0040).filter(|&f| f != 1 && f != 7 && f != 0xd).collect()
 }
 
 /// Under the rewrite quirk: which leaves does `KVM_SET_CPUID2` drop? (set, read back)
 pub fn measure_dropped_leaves(backend: &mut dyn Backend) -> Result<Vec<u32>, BackendError> {
     let cands = candidate_leaves();
-    let entries = cands
-        .iter()
-        .map(|&f| CpuidEntry::new(f, 0, 0, [0, 0, 0, 0]))
-        .collect();
+    let entries = cands.iter().map(|&f| CpuidEntry::new(f, 0, 0, [0, 0, 0, 0])).collect();
     let case = Case {
-        config: Config {
-            cpuid: Some(CpuidTable {
-                base: CpuidBase::Empty,
-                entries,
-                reverse: false,
-            }),
-            xcr0: None,
-        },
+        config: Config { cpuid: Some(CpuidTable { base: CpuidBase::Empty, entries, reverse: false }), xcr0: None },
         ops: vec![Op::GetCpuid2 { capacity: 256 }],
     };
     let obs = backend.execute(&case)?;
     let Some(r) = obs.results.last() else {
         return Ok(Vec::new());
     };
-    let present: Vec<u32> = r
-        .data
-        .get(4..)
-        .unwrap_or_default()
-        .chunks_exact(CPUID_ENTRY_SIZE)
-        .map(|c| CpuidEntry::from_bytes(c).function)
-        .collect();
+    let present: Vec<u32> =
+        r.data.get(4..).unwrap_or_default().chunks_exact(CPUID_ENTRY_SIZE).map(|c| CpuidEntry::from_bytes(c).function).collect();
     Ok(cands.into_iter().filter(|f| !present.contains(f)).collect())
 }
 
@@ -237,16 +193,10 @@ pub fn detect_quirks(backend: &mut dyn Backend) -> Result<(Vec<Quirk>, Vec<Strin
             evidence.push(format!("KVM_GET_CPUID2 after KVM_SET_CPUID2: {}", d.title));
         }
         for q in Quirk::ALL {
-            let cfg = ModelConfig {
-                quirks: vec![*q],
-                ..ModelConfig::default()
-            };
+            let cfg = ModelConfig { quirks: vec![*q], ..ModelConfig::default() };
             if diff(&case, &host, &cfg, &predict(&case, &host, &cfg), &obs) == Verdict::Agree {
                 quirks.push(*q);
-                evidence.push(format!(
-                    "the read-back table matches the model of quirk {}",
-                    q.name()
-                ));
+                evidence.push(format!("the read-back table matches the model of quirk {}", q.name()));
             }
         }
         if quirks.is_empty() {
@@ -283,95 +233,24 @@ pub fn probe_cases() -> Vec<(&'static str, Case)> {
     garbage_legacy.fcw = 0x1111;
     garbage_legacy.pad_seed = 0x5a;
     let narrow = |mask: u64| Config {
-        cpuid: Some(CpuidTable {
-            base: CpuidBase::Supported {
-                xcr0_mask: mask,
-                drop_leaves: vec![],
-            },
-            entries: vec![],
-            reverse: false,
-        }),
+        cpuid: Some(CpuidTable { base: CpuidBase::Supported { xcr0_mask: mask, drop_leaves: vec![] }, entries: vec![], reverse: false }),
         xcr0: None,
     };
-    let empty = Config {
-        cpuid: Some(CpuidTable {
-            base: CpuidBase::Empty,
-            entries: vec![],
-            reverse: false,
-        }),
-        xcr0: None,
-    };
+    let empty = Config { cpuid: Some(CpuidTable { base: CpuidBase::Empty, entries: vec![], reverse: false }), xcr0: None };
     vec![
-        (
-            "fresh vCPU GET",
-            Case {
-                config: Config::default(),
-                ops: vec![Op::GetXsave],
-            },
-        ),
-        (
-            "no CPUID: SET FP|SSE|YMM, GET",
-            Case {
-                config: Config::default(),
-                ops: vec![Op::SetXsave(img(FPSSE | YMM)), Op::GetXsave],
-            },
-        ),
-        (
-            "empty CPUID: SET FP|SSE|YMM, GET",
-            Case {
-                config: empty.clone(),
-                ops: vec![Op::SetXsave(img(FPSSE | YMM)), Op::GetXsave],
-            },
-        ),
-        (
-            "empty CPUID: SET FP|SSE",
-            Case {
-                config: empty,
-                ops: vec![Op::SetXsave(img(FPSSE)), Op::GetXsave],
-            },
-        ),
-        (
-            "CPUID FP|SSE: SET FP|SSE|YMM, GET",
-            Case {
-                config: narrow(FPSSE),
-                ops: vec![Op::SetXsave(img(FPSSE | YMM)), Op::GetXsave],
-            },
-        ),
-        (
-            "SET with XCOMP_BV=1",
-            Case {
-                config: Config::default(),
-                ops: vec![Op::SetXsave(xcomp), Op::GetXsave],
-            },
-        ),
-        (
-            "SET FP only, MXCSR 0x1234",
-            Case {
-                config: Config::default(),
-                ops: vec![Op::SetXsave(fp_only), Op::GetXsave],
-            },
-        ),
-        (
-            "SET bv=0 with legacy garbage",
-            Case {
-                config: Config::default(),
-                ops: vec![Op::SetXsave(garbage_legacy), Op::GetXsave],
-            },
-        ),
+        ("fresh vCPU GET", Case { config: Config::default(), ops: vec![Op::GetXsave] }),
+        ("no CPUID: SET FP|SSE|YMM, GET", Case { config: Config::default(), ops: vec![Op::SetXsave(img(FPSSE | YMM)), Op::GetXsave] }),
+        ("empty CPUID: SET FP|SSE|YMM, GET", Case { config: empty.clone(), ops: vec![Op::SetXsave(img(FPSSE | YMM)), Op::GetXsave] }),
+        ("empty CPUID: SET FP|SSE", Case { config: empty, ops: vec![Op::SetXsave(img(FPSSE)), Op::GetXsave] }),
+        ("CPUID FP|SSE: SET FP|SSE|YMM, GET", Case { config: narrow(FPSSE), ops: vec![Op::SetXsave(img(FPSSE | YMM)), Op::GetXsave] }),
+        ("SET with XCOMP_BV=1", Case { config: Config::default(), ops: vec![Op::SetXsave(xcomp), Op::GetXsave] }),
+        ("SET FP only, MXCSR 0x1234", Case { config: Config::default(), ops: vec![Op::SetXsave(fp_only), Op::GetXsave] }),
+        ("SET bv=0 with legacy garbage", Case { config: Config::default(), ops: vec![Op::SetXsave(garbage_legacy), Op::GetXsave] }),
         (
             "fresh vCPU SET_XCRS(FP|SSE|YMM)",
-            Case {
-                config: Config::default(),
-                ops: vec![Op::SetXcrs(XcrsImage::xcr0(FPSSE | YMM)), Op::GetXcrs],
-            },
+            Case { config: Config::default(), ops: vec![Op::SetXcrs(XcrsImage::xcr0(FPSSE | YMM)), Op::GetXcrs] },
         ),
-        (
-            "KVM_CAP_XSAVE2 and GET_XSAVE2",
-            Case {
-                config: Config::default(),
-                ops: vec![Op::CheckXsave2, Op::GetXsave2],
-            },
-        ),
+        ("KVM_CAP_XSAVE2 and GET_XSAVE2", Case { config: Config::default(), ops: vec![Op::CheckXsave2, Op::GetXsave2] }),
     ]
 }
 
@@ -379,25 +258,14 @@ pub fn probe_cases() -> Vec<(&'static str, Case)> {
 pub fn probe() -> Result<ProbeReport, BackendError> {
     let mut host = host_facts()?;
     let kvm = open_kvm()?;
-    let caps = Capabilities {
-        xsave: kvm.check_extension_raw(55),
-        xcrs: kvm.check_extension_raw(56),
-        xsave2: kvm.check_extension_raw(208),
-    };
+    let caps = Capabilities { xsave: kvm.check_extension_raw(55), xcrs: kvm.check_extension_raw(56), xsave2: kvm.check_extension_raw(208) };
     let mut backend = KvmBackend::new(host.clone(), false)?;
     let (quirks, mut quirk_evidence) = detect_quirks(&mut backend)?;
     host.quirks = quirks.clone();
     if quirks.contains(&Quirk::PvmCpuidRewrite) {
         host.pvm_dropped_leaves = measure_dropped_leaves(&mut backend)?;
-        let list: Vec<String> = host
-            .pvm_dropped_leaves
-            .iter()
-            .map(|f| format!("{f:#x}"))
-            .collect();
-        quirk_evidence.push(format!(
-            "KVM_SET_CPUID2 silently drops leaves [{}] (set, read back)",
-            list.join(", ")
-        ));
+        let list: Vec<String> = host.pvm_dropped_leaves.iter().map(|f| format!("{f:#x}")).collect();
+        quirk_evidence.push(format!("KVM_SET_CPUID2 silently drops leaves [{}] (set, read back)", list.join(", ")));
     }
     let mut backend = KvmBackend::new(host.clone(), false)?;
     let mut matches: Vec<Contract> = Contract::ALL.to_vec();
@@ -408,23 +276,15 @@ pub fn probe() -> Result<ProbeReport, BackendError> {
             .iter()
             .copied()
             .filter(|c| {
-                let cfg = ModelConfig {
-                    contract: *c,
-                    quirks: quirks.clone(),
-                };
+                let cfg = ModelConfig { contract: *c, quirks: quirks.clone() };
                 diff(&case, &host, &cfg, &predict(&case, &host, &cfg), &obs) == Verdict::Agree
             })
             .collect();
         matches.retain(|c| agrees.contains(c));
-        probe_cases_out.push(ProbeCaseResult {
-            name: name.to_string(),
-            agrees_with: agrees.iter().map(|c| c.name().to_string()).collect(),
-        });
+        probe_cases_out
+            .push(ProbeCaseResult { name: name.to_string(), agrees_with: agrees.iter().map(|c| c.name().to_string()).collect() });
     }
-    let d0 = host
-        .supported_cpuid
-        .iter()
-        .find(|e| e.function == 0xd && e.index == 0);
+    let d0 = host.supported_cpuid.iter().find(|e| e.function == 0xd && e.index == 0);
     Ok(ProbeReport {
         rig_version: env!("CARGO_PKG_VERSION").to_string(),
         kernel_release: kernel_release(),
@@ -432,17 +292,12 @@ pub fn probe() -> Result<ProbeReport, BackendError> {
         api_version: kvm.get_api_version(),
         capabilities: caps,
         supported_xcr0: format!("{:#x}", host.supported_xcr0),
-        supported_xcr0_cpuid: format!(
-            "{:#x}",
-            d0.map_or(0, |e| e.eax as u64 | ((e.edx as u64) << 32))
-        ),
+        supported_xcr0_cpuid: format!("{:#x}", d0.map_or(0, |e| e.eax as u64 | ((e.edx as u64) << 32))),
         xsave_size: (caps_xsave2(&kvm)).max(4096),
         components: host.components.clone(),
         mxcsr_mask: format!("{:#x}", host.init_mxcsr_mask),
         host_xcr0: format!("{:#x}", host.host_xcr0),
-        contract: matches
-            .last()
-            .map_or("unknown".to_string(), |c| c.name().to_string()),
+        contract: matches.last().map_or("unknown".to_string(), |c| c.name().to_string()),
         contract_matches: matches.iter().map(|c| c.name().to_string()).collect(),
         quirks,
         quirk_evidence,

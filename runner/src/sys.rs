@@ -29,9 +29,7 @@ pub const KVM_X86_XCOMP_GUEST_SUPP: u64 = 0;
 pub type IoResult = Result<i64, i32>;
 
 fn errno() -> i32 {
-    std::io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
 
 /// An owned, 64-byte aligned, zero-initialised byte buffer for ioctl structs.
@@ -43,10 +41,7 @@ pub struct AlignedBuf {
 impl AlignedBuf {
     /// `len` zero bytes.
     pub fn new(len: usize) -> AlignedBuf {
-        AlignedBuf {
-            words: vec![0u64; len.div_ceil(8).max(1)],
-            len,
-        }
+        AlignedBuf { words: vec![0u64; len.div_ceil(8).max(1)], len }
     }
     /// The bytes.
     pub fn bytes(&self) -> &[u8] {
@@ -108,20 +103,10 @@ fn ioctl_buf(fd: RawFd, req: u32, buf: &mut AlignedBuf) -> IoResult {
 /// `KVM_GET_DEVICE_ATTR(group 0, KVM_X86_XCOMP_GUEST_SUPP)` on the system fd.
 pub fn xcomp_guest_supp(kvm: &impl AsRawFd) -> Result<u64, i32> {
     let mut value = 0u64;
-    let attr: [u64; 3] = [
-        0,
-        KVM_X86_XCOMP_GUEST_SUPP,
-        std::ptr::addr_of_mut!(value) as u64,
-    ];
+    let attr: [u64; 3] = [0, KVM_X86_XCOMP_GUEST_SUPP, std::ptr::addr_of_mut!(value) as u64];
     // SAFETY: `attr` is a valid `struct kvm_device_attr` (flags 0, group 0, attr, addr) whose
     // `addr` points at `value`, a live u64 the kernel writes 8 bytes to.
-    let r = unsafe {
-        libc::ioctl(
-            kvm.as_raw_fd(),
-            KVM_GET_DEVICE_ATTR as libc::c_ulong,
-            attr.as_ptr(),
-        )
-    };
+    let r = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_GET_DEVICE_ATTR as libc::c_ulong, attr.as_ptr()) };
     if r < 0 {
         Err(errno())
     } else {
@@ -131,12 +116,7 @@ pub fn xcomp_guest_supp(kvm: &impl AsRawFd) -> Result<u64, i32> {
 
 /// `KVM_SET_CPUID2` with `nent` and raw 40-byte entries already in `buf` (header at 0).
 pub fn set_cpuid2(vcpu: &impl AsRawFd, buf: &mut AlignedBuf) -> IoResult {
-    let nent = u32::from_le_bytes([
-        buf.bytes()[0],
-        buf.bytes()[1],
-        buf.bytes()[2],
-        buf.bytes()[3],
-    ]) as usize;
+    let nent = u32::from_le_bytes([buf.bytes()[0], buf.bytes()[1], buf.bytes()[2], buf.bytes()[3]]) as usize;
     // The kernel reads nent entries only when nent <= 256; make room for what it may read.
     buf.ensure(8 + nent.min(256) * 40);
     ioctl_buf(vcpu.as_raw_fd(), KVM_SET_CPUID2, buf)
