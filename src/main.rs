@@ -40,8 +40,8 @@ struct OracleArgs {
 struct BackendArgs {
     /// Where cases run: `kvm` (this host's /dev/kvm) or `model:V0`…`model:V3` (the oracle
     /// under that contract, standing in for a historical kernel).
-    #[arg(long, default_value = "kvm")]
-    backend: String,
+    #[arg(long, default_value = "kvm", value_parser = parse_backend)]
+    backend: BackendKind,
     /// Create a fresh VM for every case instead of resetting a pooled vCPU.
     #[arg(long)]
     no_pool: bool,
@@ -128,6 +128,22 @@ enum CaseCmd {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BackendKind {
+    Kvm,
+    Model(Contract),
+}
+
+fn parse_backend(s: &str) -> Result<BackendKind, String> {
+    match s {
+        "kvm" => Ok(BackendKind::Kvm),
+        _ => match s.strip_prefix("model:") {
+            Some(v) => parse_contract(v).map(BackendKind::Model),
+            None => Err(format!("unknown backend {s:?} (expected kvm or model:V0..V3)")),
+        },
+    }
+}
+
 fn parse_contract(s: &str) -> Result<Contract, String> {
     Contract::parse(s).ok_or_else(|| format!("unknown contract {s:?} (expected V0, V1, V2a, V2b or V3)"))
 }
@@ -194,16 +210,20 @@ fn model_config(o: &OracleArgs, host: &HostFacts) -> Result<ModelConfig> {
 }
 
 fn make_backend(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn Backend>> {
-    if b.backend == "kvm" {
-        return Ok(Box::new(KvmBackend::new(host.clone(), !b.no_pool)?));
-    }
-    if let Some(v) = b.backend.strip_prefix("model:") {
-        let contract = parse_contract(v).map_err(|e| anyhow::anyhow!("--backend: {e}"))?;
-        let mut host = host.clone();
+    Ok(match b.backend {
+        BackendKind::Kvm => Box::new(KvmBackend::new(host.clone(), !b.no_pool)?),
+        BackendKind::Model(contract) => Box::new(ModelBackend::new(host.clone(), ModelConfig { contract, quirks: Vec::new() })),
+    })
+}
+
+/// Host facts for a backend: a model backend has no host quirks.
+fn backend_host(b: &BackendArgs, o: &OracleArgs) -> Result<HostFacts> {
+    let (mut host, _) = host_facts(o, b.backend == BackendKind::Kvm)?;
+    if b.backend != BackendKind::Kvm {
         host.quirks.clear();
-        return Ok(Box::new(ModelBackend::new(host, ModelConfig { contract, quirks: Vec::new() })));
+        host.pvm_dropped_leaves.clear();
     }
-    bail!("unknown backend {:?} (expected kvm or model:V0..V3)", b.backend)
+    Ok(host)
 }
 
 fn print_probe(r: &ProbeReport) {
@@ -271,7 +291,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Fuzz { backend, oracle, iterations, duration, seed, workdir, resume, json } => {
-            let (host, _) = host_facts(&oracle, backend.backend == "kvm")?;
+            let host = backend_host(&backend, &oracle)?;
             let model = model_config(&oracle, &host)?;
             let mut be = make_backend(&backend, &host)?;
             let stop = Arc::new(AtomicBool::new(false));
@@ -312,7 +332,7 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Replay { files, backend, oracle, json } => {
             let cases = files.iter().map(|f| load_case(f).map(|c| (f.clone(), c))).collect::<Result<Vec<_>>>()?;
-            let (host, _) = host_facts(&oracle, backend.backend == "kvm")?;
+            let host = backend_host(&backend, &oracle)?;
             let model = model_config(&oracle, &host)?;
             let mut be = make_backend(&backend, &host)?;
             let mut code = 0;
@@ -384,7 +404,18 @@ fn run(cli: Cli) -> Result<i32> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => e.exit(),
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        Err(e) => {
+            // One line: clap's first line, without the usage block.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            eprintln!("xsave-rig: error: {first} (see --help)");
+            std::process::exit(2);
+        }
+    };
     match run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

@@ -107,6 +107,34 @@ pub struct Summary {
     pub interrupted: bool,
     /// Signatures found, in order of discovery (this session).
     pub new_signatures: Vec<String>,
+    /// Process resources at the start and end of this session.
+    pub resources: Resources,
+}
+
+/// Process resources (Linux `/proc/self`): to show a long campaign leaks nothing.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Resources {
+    /// Open file descriptors at the start.
+    pub fds_start: usize,
+    /// Open file descriptors at the end.
+    pub fds_end: usize,
+    /// KVM VM file descriptors open at the end.
+    pub kvm_vm_fds_end: usize,
+    /// Peak resident set size (VmHWM), KiB.
+    pub peak_rss_kib: u64,
+}
+
+fn fd_links() -> Vec<String> {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.flatten().filter_map(|e| std::fs::read_link(e.path()).ok()).map(|p| p.to_string_lossy().to_string()).collect())
+        .unwrap_or_default()
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
 }
 
 /// What a finding's `verdict.json` holds.
@@ -152,7 +180,15 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
                     old.quirks
                 )));
             }
-            s = Summary { backend: s.backend, resumed: true, new_signatures: Vec::new(), interrupted: false, ioctls: 0, ..old };
+            s = Summary {
+                backend: s.backend,
+                resumed: true,
+                new_signatures: Vec::new(),
+                interrupted: false,
+                ioctls: 0,
+                resources: Resources::default(),
+                ..old
+            };
             cfg.seed = s.seed;
         }
         for e in std::fs::read_dir(dir.join("findings")).map_err(io(dir))?.flatten() {
@@ -163,6 +199,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
         }
         s.findings = known.len() as u64;
     }
+    s.resources.fds_start = fd_links().len();
     let start = Instant::now();
     let base_seconds = s.seconds;
     let base_ioctls = backend.ioctls();
@@ -226,6 +263,10 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
     s.seconds = base_seconds + start.elapsed().as_secs_f64();
     s.ioctls = backend.ioctls() - base_ioctls;
     s.execs_per_sec = if s.seconds > 0.0 { s.execs as f64 / s.seconds } else { 0.0 };
+    let links = fd_links();
+    s.resources.fds_end = links.len();
+    s.resources.kvm_vm_fds_end = links.iter().filter(|l| l.contains("kvm-vm")).count();
+    s.resources.peak_rss_kib = peak_rss_kib();
     save(&cfg, &s)?;
     Ok(s)
 }

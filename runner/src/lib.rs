@@ -16,8 +16,8 @@ use xsave_oracle::{predict, Case, HostFacts, ModelConfig, Trace};
 /// Why a backend could not produce an observation (not a divergence: the rig's own failure).
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    /// `/dev/kvm` missing or unusable.
-    #[error("cannot open /dev/kvm: {0}")]
+    /// The KVM device is missing or unusable.
+    #[error("cannot use KVM: {0}")]
     NoKvm(String),
     /// Creating a VM or vCPU failed.
     #[error("KVM setup failed: {0}")]
@@ -38,18 +38,41 @@ pub trait Backend {
     }
 }
 
-/// Open `/dev/kvm`, with a one-line reason when that is impossible.
-pub fn open_kvm() -> Result<kvm_ioctls::Kvm, BackendError> {
-    match std::fs::metadata("/dev/kvm") {
-        Err(e) => return Err(BackendError::NoKvm(e.to_string())),
-        Ok(_) => {}
-    }
-    kvm_ioctls::Kvm::new().map_err(|e| BackendError::NoKvm(e.to_string()))
+/// The KVM device node: `$XSAVE_RIG_DEV_KVM` or `/dev/kvm`.
+pub fn kvm_path() -> String {
+    std::env::var("XSAVE_RIG_DEV_KVM").unwrap_or_else(|_| "/dev/kvm".to_string())
 }
 
-/// Why `/dev/kvm` cannot be used here, or `None` when it can (tests use this to skip).
+/// Open the KVM device, with a one-line reason when that is impossible.
+pub fn open_kvm() -> Result<kvm_ioctls::Kvm, BackendError> {
+    let path = kvm_path();
+    if let Err(e) = std::fs::metadata(&path) {
+        return Err(BackendError::NoKvm(format!("{path}: {e}")));
+    }
+    let c = std::ffi::CString::new(path.clone()).map_err(|_| BackendError::NoKvm(format!("{path}: invalid path")))?;
+    kvm_ioctls::Kvm::new_with_path(c).map_err(|e| BackendError::NoKvm(format!("{path}: {e}")))
+}
+
+/// Why KVM cannot be used here, or `None` when it can.
 pub fn kvm_unavailable() -> Option<String> {
     open_kvm().err().map(|e| e.to_string())
+}
+
+/// For tests that need KVM: `true` when it is usable. Otherwise prints one line
+/// `SKIPPED(kvm) <test>: <reason>` and returns `false`, unless `XSAVE_RIG_REQUIRE_KVM=1`
+/// (set by CI on machines with `/dev/kvm`), in which case it panics: a KVM test must not be
+/// skipped where KVM exists.
+pub fn kvm_or_skip(test: &str) -> bool {
+    match kvm_unavailable() {
+        None => true,
+        Some(why) if std::env::var("XSAVE_RIG_REQUIRE_KVM").as_deref() == Ok("1") => {
+            panic!("{test}: KVM required (XSAVE_RIG_REQUIRE_KVM=1) but unusable: {why}")
+        }
+        Some(why) => {
+            eprintln!("SKIPPED(kvm) {test}: {why}");
+            false
+        }
+    }
 }
 
 /// Executes cases on the oracle itself under some contract: a stand-in for a historical
