@@ -8,7 +8,7 @@
 //! Host-dependent parts (component offsets, the supported CPUID table) are resolved only when
 //! a case is rendered for a host ([`XsaveImage::render`], [`CpuidTable::render`]).
 
-use crate::hexnum::{bytes_hex, opt_u64_hex, u32_hex, u64_hex};
+use crate::hexnum::{bytes_hex, opt_u64_hex, u32_hex, u64_hex, vec_u32_hex};
 use crate::host::HostFacts;
 use crate::layout::{self, put};
 use serde::{Deserialize, Serialize};
@@ -124,7 +124,7 @@ pub enum CpuidBase {
         #[serde(with = "u64_hex")]
         xcr0_mask: u64,
         /// Leaves (functions) removed from the base.
-        #[serde(default)]
+        #[serde(default, with = "vec_u32_hex")]
         drop_leaves: Vec<u32>,
     },
     /// Only the `KVM_GET_SUPPORTED_CPUID` entries of `leaves` (in the supported table's
@@ -132,6 +132,7 @@ pub enum CpuidBase {
     /// table.
     Subset {
         /// Leaves (functions) kept.
+        #[serde(with = "vec_u32_hex")]
         leaves: Vec<u32>,
         /// Mask applied to 0xD.0 EDX:EAX.
         #[serde(with = "u64_hex")]

@@ -130,3 +130,28 @@ pub mod bytes_hex {
         d.deserialize_bytes(V)
     }
 }
+
+/// `Vec<u32>` as hex strings in human-readable formats.
+pub mod vec_u32_hex {
+    use super::*;
+    /// Serialize.
+    pub fn serialize<S: Serializer>(v: &[u32], s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let human = s.is_human_readable();
+        let mut seq = s.serialize_seq(Some(v.len()))?;
+        for x in v {
+            if human {
+                seq.serialize_element(&format!("{x:#x}"))?;
+            } else {
+                seq.serialize_element(x)?;
+            }
+        }
+        seq.end()
+    }
+    /// Deserialize.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+        #[derive(Deserialize)]
+        struct W(#[serde(with = "super::u32_hex")] u32);
+        Ok(Vec::<W>::deserialize(d)?.into_iter().map(|w| w.0).collect())
+    }
+}

@@ -50,7 +50,11 @@ pub fn open_kvm() -> Result<kvm_ioctls::Kvm, BackendError> {
         return Err(BackendError::NoKvm(format!("{path}: {e}")));
     }
     let c = std::ffi::CString::new(path.clone()).map_err(|_| BackendError::NoKvm(format!("{path}: invalid path")))?;
-    kvm_ioctls::Kvm::new_with_path(c).map_err(|e| BackendError::NoKvm(format!("{path}: {e}")))
+    let kvm = kvm_ioctls::Kvm::new_with_path(c).map_err(|e| BackendError::NoKvm(format!("{path}: {e}")))?;
+    match kvm.get_api_version() {
+        12 => Ok(kvm),
+        v => Err(BackendError::NoKvm(format!("{path}: not a KVM device (KVM_GET_API_VERSION returned {v})"))),
+    }
 }
 
 /// Why KVM cannot be used here, or `None` when it can.

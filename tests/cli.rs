@@ -1,0 +1,172 @@
+//! The command line as a user meets it: bad input gives one line and a non-zero exit, case
+//! files round-trip, replay exit codes, findings survive SIGKILL and campaigns resume, and a
+//! long real-KVM campaign leaks nothing.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn rig() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_xsave-rig"))
+}
+
+fn run(args: &[&str]) -> Output {
+    rig().args(args).output().expect("run xsave-rig")
+}
+
+fn assert_one_line_error(o: &Output, needle: &str) {
+    assert_eq!(o.status.code(), Some(2), "exit status; stderr: {}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+    assert!(err.starts_with("xsave-rig: error: ") && err.contains(needle), "{err:?} lacks {needle:?}");
+}
+
+#[test]
+fn missing_kvm_device_is_one_line() {
+    let o = rig().args(["probe"]).env("XSAVE_RIG_DEV_KVM", "/nonexistent/kvm").output().expect("run");
+    assert_one_line_error(&o, "/nonexistent/kvm");
+    let o = rig()
+        .args(["fuzz", "--iterations", "1", "--workdir", "/tmp/unused"])
+        .env("XSAVE_RIG_DEV_KVM", "/nonexistent/kvm")
+        .output()
+        .expect("run");
+    assert_one_line_error(&o, "cannot use KVM");
+}
+
+#[test]
+fn unreadable_kvm_device_is_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("kvm");
+    std::fs::write(&f, b"").expect("file");
+    let o = rig().args(["probe"]).env("XSAVE_RIG_DEV_KVM", &f).output().expect("run");
+    assert_one_line_error(&o, "cannot use KVM");
+}
+
+#[test]
+fn bad_flags_are_one_line() {
+    assert_one_line_error(&run(&["fuzz", "--contract", "V9"]), "V9");
+    assert_one_line_error(&run(&["fuzz", "--backend", "qemu"]), "qemu");
+    assert_one_line_error(&run(&["fuzz", "--duration", "soon"]), "soon");
+    assert_one_line_error(&run(&["fuzz", "--frobnicate"]), "frobnicate");
+    assert_one_line_error(
+        &run(&["fuzz", "--backend", "model:V3", "--quirks", "bogus", "--iterations", "1", "--workdir", "/tmp/unused2"]),
+        "bogus",
+    );
+}
+
+#[test]
+fn corrupt_case_files_are_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, bytes) in [("junk", &b"not a case"[..]), ("trunc", &b"XSRC\x01\x05"[..]), ("version", &b"XSRC\x63"[..]), ("empty", &b""[..])]
+    {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).expect("write");
+        let o = run(&["replay", "--backend", "model:V3", p.to_str().expect("utf8")]);
+        assert_one_line_error(&o, name);
+        let o = run(&["case", "show", p.to_str().expect("utf8")]);
+        assert_one_line_error(&o, name);
+    }
+    assert_one_line_error(&run(&["case", "show", "/nonexistent/case"]), "/nonexistent/case");
+}
+
+const CASE_JSON: &str = r#"{
+  "config": {"cpuid": {"base": {"Subset": {"leaves": ["0xd"], "xcr0_mask": "0x3"}}}},
+  "ops": [
+    {"set_xsave": {"xstate_bv": "0x7", "fcw": "0x37f", "mxcsr": "0x1f80", "xmm_seed": "0x5", "components": [{"bit": 2, "seed": "0x9"}]}},
+    "get_xsave"
+  ]
+}"#;
+
+#[test]
+fn case_encode_show_round_trip_and_replay_exit_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("c.json");
+    let bin = dir.path().join("c.bin");
+    std::fs::write(&json, CASE_JSON).expect("write");
+    let o = run(&["case", "encode", json.to_str().expect("utf8"), "-o", bin.to_str().expect("utf8")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(&bin).expect("bin").starts_with(b"XSRC"));
+    let shown = run(&["case", "show", bin.to_str().expect("utf8")]);
+    assert!(shown.status.success());
+    let a: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("show prints JSON");
+    let b: serde_json::Value = serde_json::from_slice(&run(&["case", "show", json.to_str().expect("utf8")]).stdout).expect("json");
+    assert_eq!(a, b);
+    // V3 model agrees with the V3 oracle (exit 0); the V2b model rejects the SET (exit 1).
+    let o = run(&["replay", "--backend", "model:V3", bin.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
+    let o = run(&["replay", "--backend", "model:V2b", "--json", bin.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("replay --json");
+    assert_eq!(v[0]["verdict"]["class"], "errno");
+    assert_eq!(v[0]["verdict"]["op"], "KVM_SET_XSAVE");
+}
+
+fn finding_dirs(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir.join("findings")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+}
+
+fn assert_findings_valid(dir: &Path) -> usize {
+    let f = finding_dirs(dir);
+    for p in &f {
+        let name = p.file_name().and_then(|n| n.to_str()).expect("name");
+        assert!(!name.starts_with('.'), "temporary directory left behind: {name}");
+        let case = xsave_oracle::Case::decode(&std::fs::read(p.join("case.bin")).expect("case.bin")).expect("decodes");
+        assert_eq!(xsave_oracle::Case::from_json(&std::fs::read_to_string(p.join("case.json")).expect("case.json")).expect("json"), case);
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p.join("verdict.json")).expect("verdict")).expect("verdict json");
+        assert_eq!(v["verdict"]["signature"], name);
+    }
+    f.len()
+}
+
+#[test]
+fn sigkill_then_resume_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wd = dir.path().to_str().expect("utf8");
+    let mut child = rig()
+        .args(["fuzz", "--backend", "model:V2b", "--duration", "60s", "--seed", "9", "--workdir", wd])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(2500));
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    let before = assert_findings_valid(dir.path());
+    assert!(before > 0, "no finding within 2.5 s of a V2b campaign");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("campaign.json")).expect("state")).expect("state json");
+    let done = state["next_iteration"].as_u64().expect("next_iteration");
+    assert!(done > 0);
+    // Without --resume the workdir is refused; with it the campaign continues.
+    let o = run(&["fuzz", "--backend", "model:V2b", "--iterations", "10", "--workdir", wd]);
+    assert_one_line_error(&o, "--resume");
+    let target = done + 2000;
+    let o = run(&["fuzz", "--backend", "model:V2b", "--resume", "--json", "--iterations", &target.to_string(), "--workdir", wd]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("summary");
+    assert_eq!(s["resumed"], true);
+    assert_eq!(s["next_iteration"].as_u64(), Some(target));
+    assert!(s["execs"].as_u64().expect("execs") >= target);
+    let after = assert_findings_valid(dir.path());
+    assert!(after >= before);
+    assert_eq!(s["findings"].as_u64(), Some(after as u64));
+}
+
+#[test]
+fn long_kvm_campaign_leaks_nothing() {
+    if !xsave_runner::kvm_or_skip("long_kvm_campaign_leaks_nothing") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = run(&["fuzz", "--iterations", "100000", "--seed", "3", "--json", "--workdir", dir.path().to_str().expect("utf8")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("summary");
+    assert_eq!(s["execs"].as_u64(), Some(100_000));
+    let r = &s["resources"];
+    eprintln!("100k-case campaign: {r} execs/s {}", s["execs_per_sec"]);
+    // The pooled VM (one VM fd, one vCPU fd) is all that is open beyond the start.
+    assert!(r["fds_end"].as_u64() <= r["fds_start"].as_u64().map(|n| n + 2), "fd growth: {r}");
+    assert!(r["kvm_vm_fds_end"].as_u64() <= Some(1), "VM leak: {r}");
+    assert!(r["peak_rss_kib"].as_u64().expect("rss") < 100 * 1024, "peak RSS {r}");
+    assert_eq!(s["divergent_cases"], 0, "{s}");
+}
