@@ -299,7 +299,7 @@ fn run(cli: Cli) -> Result<i32> {
                 signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install signal handler")?;
             }
             let tty = std::io::stderr().is_terminal() && !json;
-            let progress: Option<Box<dyn FnMut(&Summary)>> = if tty {
+            let progress: Option<campaign::Progress> = if tty {
                 Some(Box::new(|s: &Summary| {
                     eprint!(
                         "\r[{:>6.0}s] execs {:>9}  {:>7.0}/s  divergent {:>6}  findings {:>4}   ",

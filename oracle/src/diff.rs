@@ -196,7 +196,7 @@ fn classify_bytes(op: &Op, host: &HostFacts, diffs: &[ByteDiff], rules: &[Rule])
         Op::GetXcrs => return Class::Xcr0,
         _ => {}
     }
-    let pk = host.component(crate::xfeatures::PKRU_BIT).map(|c| c.offset as u32);
+    let pk = host.component(crate::xfeatures::PKRU_BIT).map(|c| c.offset);
     let in_header = diffs.iter().any(|d| (layout::HDR as u32..layout::EXT as u32).contains(&d.start));
     let in_legacy = diffs.iter().any(|d| d.start < layout::HDR as u32);
     let in_pkru = diffs.iter().any(|d| Some(d.start) >= pk && pk.is_some_and(|p| d.start < p + 8));

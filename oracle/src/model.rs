@@ -291,15 +291,17 @@ impl<'a> Model<'a> {
             }
         }
         let sup = host.supported_xcr0;
+        // Subleaves i >= 2 get host values only when the first (0xD, 0) match is a true
+        // index-0 entry (significant-index flag set); an unflagged 0xD entry matches every
+        // subleaf lookup and ends with the last (zero) write. This is the rule that explains
+        // every table measured on kvm_pvm hosts (oracle/tests/quirk.rs).
+        let true_d0 = find_entry(entries, 0xd, Some(0)).is_some_and(|d| entries[d].flags & CPUID_FLAG_SIGNIFICANT_INDEX != 0);
         for i in 0..64u32 {
             let Some(k) = find_entry(entries, 0xd, Some(i)) else { continue };
-            // Subleaf i >= 2 gets host values only while bit i is set in the table's current
-            // 0xD.0 EDX:EAX (which earlier iterations of this loop may have rewritten).
-            let cur = find_entry(entries, 0xd, Some(0)).map_or(0, |d| entries[d].eax as u64 | ((entries[d].edx as u64) << 32));
             let regs = match i {
                 0 => [sup as u32, entries[k].ebx, xstate_required_size(&host.components, sup, false), (sup >> 32) as u32],
                 1 => [raw(1).map_or(0, |e| e.eax & 0x7), entries[k].ebx, 0, 0],
-                _ if cur & sup & (1u64 << i) != 0 => raw(i).map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx]),
+                _ if true_d0 && sup & (1u64 << i) != 0 => raw(i).map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx]),
                 _ => [0; 4],
             };
             let e = &mut entries[k];

@@ -52,6 +52,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CampaignError + '_ {
     move |err| CampaignError::Io { path: path.to_path_buf(), err }
 }
 
+/// A live-progress callback.
+pub type Progress = Box<dyn FnMut(&Summary)>;
+
 /// What to run.
 pub struct CampaignConfig {
     /// Seed of the generator.
@@ -69,7 +72,7 @@ pub struct CampaignConfig {
     /// Set to stop cleanly (SIGINT/SIGTERM).
     pub stop: std::sync::Arc<AtomicBool>,
     /// Called about once a second with the running summary (live progress).
-    pub progress: Option<Box<dyn FnMut(&Summary)>>,
+    pub progress: Option<Progress>,
 }
 
 /// Persistent state (`campaign.json`) and the summary printed at the end.
