@@ -604,3 +604,12 @@ impl Case {
         Ok(())
     }
 }
+
+/// Decode `data`; if it is a case, check it round-trips through the binary and JSON forms.
+/// Panics on a violation (for fuzz targets and tests).
+pub fn check_round_trip(data: &[u8]) {
+    let Ok(case) = Case::decode(data) else { return };
+    let bin = case.encode();
+    assert_eq!(Case::decode(&bin).ok().as_ref(), Some(&case), "binary round-trip");
+    assert_eq!(Case::from_json(&case.to_json()).ok().as_ref(), Some(&case), "JSON round-trip");
+}

@@ -15,6 +15,7 @@ pub mod diff;
 pub mod gen;
 pub mod hexnum;
 pub mod host;
+pub mod invariants;
 pub mod layout;
 pub mod model;
 pub mod rules;

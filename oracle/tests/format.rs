@@ -88,3 +88,11 @@ fn generation_is_deterministic() {
         assert_eq!(generated(s), generated(s));
     }
 }
+
+#[test]
+fn model_invariants_hold_on_generated_cases() {
+    for s in 0..3_000u64 {
+        xsave_oracle::invariants::check(&generated(s));
+        xsave_oracle::case::check_round_trip(&generated(s).encode());
+    }
+}

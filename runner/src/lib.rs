@@ -6,8 +6,10 @@
 
 pub mod bench;
 pub mod campaign;
+pub mod differential;
 pub mod kvm;
 pub mod probe;
+pub mod seeds;
 pub mod store;
 pub mod sys;
 

@@ -154,3 +154,19 @@ fn pooled_equals_fresh() {
     }
     assert!(pooled.ioctl_stats().get("KVM_CREATE_VM").map_or(0, |s| s.count) <= 2, "pool not reused");
 }
+
+/// The committed seed corpus agrees with the oracle on this host's KVM.
+#[test]
+fn seed_corpus_agrees_on_kvm() {
+    if !kvm_or_skip("seed_corpus_agrees_on_kvm") {
+        return;
+    }
+    let host = &probed().host;
+    let model = ModelConfig { quirks: host.quirks.clone(), ..ModelConfig::default() };
+    let mut be = KvmBackend::new(host.clone(), true).expect("backend");
+    for (name, case) in xsave_runner::seeds::seed_corpus() {
+        let obs = be.execute(&case).expect("run");
+        let (_, v) = judge(&case, host, &model, &obs);
+        assert_eq!(v, Verdict::Agree, "seed {name}");
+    }
+}

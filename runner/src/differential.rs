@@ -1,0 +1,37 @@
+//! One-call differential check on this host's KVM, for fuzz targets: the backend, host facts
+//! and oracle configuration are set up once per process (probe, quirks auto).
+
+use crate::kvm::KvmBackend;
+use crate::probe::probe;
+use crate::Backend;
+use std::sync::{Mutex, OnceLock};
+use xsave_oracle::diff::{judge, Verdict};
+use xsave_oracle::{Case, HostFacts, ModelConfig};
+
+struct Rig {
+    backend: KvmBackend,
+    host: HostFacts,
+    model: ModelConfig,
+}
+
+fn rig() -> &'static Mutex<Rig> {
+    static RIG: OnceLock<Mutex<Rig>> = OnceLock::new();
+    RIG.get_or_init(|| {
+        let report = probe().unwrap_or_else(|e| panic!("differential_kvm needs KVM: {e}"));
+        let host = report.host;
+        let model = ModelConfig { quirks: host.quirks.clone(), ..ModelConfig::default() };
+        let backend = KvmBackend::new(host.clone(), true).unwrap_or_else(|e| panic!("{e}"));
+        Mutex::new(Rig { backend, host, model })
+    })
+}
+
+/// Run `case` on KVM and judge it; panics (a crash for libFuzzer) on a divergence or a
+/// backend failure.
+pub fn check_on_kvm(case: &Case) {
+    let mut rig = rig().lock().unwrap_or_else(|p| p.into_inner());
+    let Rig { backend, host, model } = &mut *rig;
+    let observed = backend.execute(case).unwrap_or_else(|e| panic!("backend: {e}"));
+    if let (_, Verdict::Diverge(d)) = judge(case, host, model, &observed) {
+        panic!("divergence {}: {}", d.signature, d.title);
+    }
+}

@@ -1,0 +1,158 @@
+//! The hand-written seed corpus (`corpus/seed/`): the probe battery plus cases aimed at single
+//! contract rules. `runner/tests/corpus.rs` checks the committed files match these (and writes
+//! them with `XSAVE_RIG_BLESS=1`).
+
+use crate::probe::probe_cases;
+use xsave_oracle::case::*;
+use xsave_oracle::xfeatures::*;
+
+fn table(entries: Vec<CpuidEntry>) -> CpuidTable {
+    CpuidTable { base: CpuidBase::Empty, entries, reverse: false }
+}
+
+fn d0(flags: u32, eax: u32) -> CpuidEntry {
+    CpuidEntry::new(0xd, 0, flags, [eax, 0, 0, 0])
+}
+
+fn img(bv: u64) -> XsaveImage {
+    let mut i = XsaveImage::init(bv);
+    i.st_seed = 0x11;
+    i.xmm_seed = 0x12;
+    i.components = (2..20).map(|bit| ComponentData { bit, seed: 0x100 + bit as u32 }).collect();
+    i.pkru = 0x5555_5554;
+    i
+}
+
+/// Named seed cases, in a fixed order.
+pub fn seed_corpus() -> Vec<(String, Case)> {
+    let supported = |mask: u64| Config {
+        cpuid: Some(CpuidTable { base: CpuidBase::Supported { xcr0_mask: mask, drop_leaves: vec![] }, entries: vec![], reverse: false }),
+        xcr0: None,
+    };
+    let mut v: Vec<(String, Case)> = probe_cases().into_iter().map(|(n, c)| (format!("probe-{n}"), c)).collect();
+    let mut bad_mxcsr = img(YMM);
+    bad_mxcsr.mxcsr = 0x1_1f80;
+    let mut pkru_bad_mxcsr = img(PKRU);
+    pkru_bad_mxcsr.mxcsr = 0x1_1f80;
+    let mut rsvd = img(FPSSE);
+    rsvd.hdr_reserved = vec![(47, 1)];
+    let mut patched = img(FPSSE | YMM);
+    patched.patches = vec![Patch { offset: 416, bytes: vec![0xa5; 96] }];
+    let extra: Vec<(&str, Case)> = vec![
+        (
+            "hidden-state-revealed",
+            Case {
+                config: Config::default(),
+                ops: vec![
+                    Op::SetXsave(img(!0 >> 44)),
+                    Op::GetXsave,
+                    Op::SetCpuid2(table(vec![d0(1, 0xffff)])),
+                    Op::GetXsave,
+                    Op::GetXsave2,
+                ],
+            },
+        ),
+        (
+            "state-test-save-restore",
+            Case {
+                config: supported(!0),
+                ops: vec![
+                    Op::SetXsave(img(FPSSE | YMM | AVX512 | PKRU)),
+                    Op::GetXsave2,
+                    Op::NewVcpu,
+                    Op::RestoreLast { force_xstate_bv: None },
+                    Op::GetXsave2,
+                ],
+            },
+        ),
+        (
+            "state-test-forced-bv-empty-cpuid",
+            Case {
+                config: Config { cpuid: Some(table(vec![])), xcr0: None },
+                ops: vec![Op::RestoreLast { force_xstate_bv: Some(0x2ff) }, Op::GetXsave],
+            },
+        ),
+        (
+            "set-unsupported-bit",
+            Case {
+                config: supported(!0),
+                ops: vec![Op::SetXsave(img(FPSSE | (1 << 8))), Op::SetXsave(img(FPSSE | XTILE_DATA)), Op::GetXsave],
+            },
+        ),
+        ("set-reserved-header-byte", Case { config: Config::default(), ops: vec![Op::SetXsave(rsvd), Op::GetXsave] }),
+        (
+            "mxcsr-checked-with-ymm-not-pkru",
+            Case { config: supported(!0), ops: vec![Op::SetXsave(bad_mxcsr), Op::SetXsave(pkru_bad_mxcsr), Op::GetXsave] },
+        ),
+        ("padding-and-sw-reserved-ignored", Case { config: supported(!0), ops: vec![Op::SetXsave(patched), Op::GetXsave] }),
+        (
+            "cpuid-duplicate-and-unflagged-0xd",
+            Case {
+                config: Config::default(),
+                ops: vec![
+                    Op::SetCpuid2(table(vec![d0(0, 3), d0(1, 7), CpuidEntry::new(0xd, 1, 1, [2, 0, 0, 0])])),
+                    Op::GetCpuid2 { capacity: 256 },
+                    Op::SetXsave(img(FPSSE | YMM)),
+                    Op::GetXsave,
+                ],
+            },
+        ),
+        (
+            "cpuid-e2big-and-vaddr",
+            Case {
+                config: Config::default(),
+                ops: vec![
+                    Op::SetCpuid2(table(vec![CpuidEntry::new(0x4000_0000, 0, 0, [0; 4]); 257])),
+                    Op::SetCpuid2(table(vec![CpuidEntry::new(0x8000_0008, 0, 1, [0x2728, 0, 0, 0])])),
+                    Op::GetCpuid2 { capacity: 0 },
+                ],
+            },
+        ),
+        (
+            "cpuid-amx-without-permission",
+            Case { config: Config::default(), ops: vec![Op::SetCpuid2(table(vec![d0(1, 0x60007)])), Op::GetCpuid2 { capacity: 4 }] },
+        ),
+        (
+            "get-cpuid2-too-small",
+            Case { config: supported(FPSSE), ops: vec![Op::GetCpuid2 { capacity: 1 }, Op::GetCpuid2 { capacity: 256 }] },
+        ),
+        (
+            "xcrs-odd-structs",
+            Case {
+                config: supported(!0),
+                ops: vec![
+                    Op::SetXcrs(XcrsImage {
+                        nr_xcrs: 3,
+                        flags: 0,
+                        xcrs: vec![Xcr { xcr: 1, reserved: 7, value: 0 }, Xcr { xcr: 0, reserved: 0, value: 7 }],
+                        padding_seed: 9,
+                    }),
+                    Op::GetXcrs,
+                    Op::SetXcrs(XcrsImage { nr_xcrs: 17, ..XcrsImage::xcr0(7) }),
+                    Op::SetXcrs(XcrsImage { flags: 1, ..XcrsImage::xcr0(7) }),
+                    Op::SetXcrs(XcrsImage { nr_xcrs: 0, ..XcrsImage::xcr0(0) }),
+                    Op::SetXcrs(XcrsImage::xcr0(5)),
+                    Op::SetXcrs(XcrsImage::xcr0(6)),
+                    Op::SetXcrs(XcrsImage::xcr0(0x27)),
+                    Op::SetXcrs(XcrsImage::xcr0(0xb)),
+                    Op::GetXcrs,
+                    Op::GetCpuid2 { capacity: 256 },
+                ],
+            },
+        ),
+    ];
+    v.extend(extra.into_iter().map(|(n, c)| (n.to_string(), c)));
+    v.into_iter().map(|(n, c)| (slug(&n), c)).collect()
+}
+
+fn slug(s: &str) -> String {
+    let mut out = String::new();
+    for ch in s.chars() {
+        if ch.is_ascii_alphanumeric() {
+            out.push(ch.to_ascii_lowercase());
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_matches('-').to_string()
+}
