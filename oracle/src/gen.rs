@@ -138,7 +138,11 @@ pub fn cpuid_table(u: &mut Unstructured) -> Result<CpuidTable> {
         }
     };
     let n = if matches!(base, CpuidBase::Empty) { u.int_in_range(0..=4usize)? } else { u.int_in_range(0..=2usize)? };
-    let entries = (0..n).map(|_| cpuid_entry(u)).collect::<Result<Vec<_>>>()?;
+    let mut entries = (0..n).map(|_| cpuid_entry(u)).collect::<Result<Vec<_>>>()?;
+    if chance(u, 1)? {
+        // More than KVM_MAX_CPUID_ENTRIES: E2BIG.
+        entries = vec![cpuid_entry(u)?; 257];
+    }
     Ok(CpuidTable { base, entries, reverse: chance(u, 5)? })
 }
 

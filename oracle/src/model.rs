@@ -242,15 +242,16 @@ impl<'a> Model<'a> {
         }
         rules.push(Rule::CpuidAccept);
         let mut unpredicted = Vec::new();
-        if self.quirk(Quirk::PvmCpuidRewrite) {
-            self.pvm_rewrite(&mut entries, &mut unpredicted, &mut rules);
-        }
+        let gsx_source = if self.quirk(Quirk::PvmCpuidRewrite) {
+            self.pvm_rewrite(&mut entries, &mut unpredicted, &mut rules)
+        } else {
+            find_entry(&entries, 0xd, Some(0)).map(|i| entries[i].eax as u64 | ((entries[i].edx as u64) << 32))
+        };
         self.vcpu.cpuid = entries;
         self.vcpu.cpuid_unpredicted = unpredicted;
-        match find_entry(&self.vcpu.cpuid, 0xd, Some(0)) {
-            Some(i) => {
-                let e = &self.vcpu.cpuid[i];
-                self.vcpu.gsx = (e.eax as u64 | ((e.edx as u64) << 32)) & self.host.supported_xcr0;
+        match gsx_source {
+            Some(x) => {
+                self.vcpu.gsx = x & self.host.supported_xcr0;
                 rules.push(Rule::CpuidGsxFirstMatch);
             }
             None => {
@@ -273,7 +274,12 @@ impl<'a> Model<'a> {
     }
 
     /// Quirk `pvm-cpuid-rewrite` (spec §8, re-measured on this rig's hosts): see [`Quirk`].
-    fn pvm_rewrite(&self, entries: &mut Vec<CpuidEntry>, unpredicted: &mut Vec<(usize, u8)>, rules: &mut Vec<Rule>) {
+    ///
+    /// Returns the EDX:EAX guest_supported_xcr0 is derived from (before masking with the
+    /// supported set): the host derives it between two rewrite passes. The first pass writes
+    /// the raw host CPUID.0xD.i (i < 20, XFEATURE_MAX) into the first match of each (0xD, i);
+    /// the second (the table that reads back) is described on [`Quirk::PvmCpuidRewrite`].
+    fn pvm_rewrite(&self, entries: &mut Vec<CpuidEntry>, unpredicted: &mut Vec<(usize, u8)>, rules: &mut Vec<Rule>) -> Option<u64> {
         let host = self.host;
         let raw = |i: u32| host.host_cpuid_0xd.iter().find(|e| e.index == i).copied();
         let before = entries.len();
@@ -290,6 +296,15 @@ impl<'a> Model<'a> {
                 }
             }
         }
+        let mut first_pass = entries.clone();
+        for i in 0..20u32 {
+            if let Some(k) = find_entry(&first_pass, 0xd, Some(i)) {
+                let r = raw(i).map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx]);
+                let e = &mut first_pass[k];
+                (e.eax, e.ebx, e.ecx, e.edx) = (r[0], r[1], r[2], r[3]);
+            }
+        }
+        let gsx_source = find_entry(&first_pass, 0xd, Some(0)).map(|d| first_pass[d].eax as u64 | ((first_pass[d].edx as u64) << 32));
         let sup = host.supported_xcr0;
         // Subleaves i >= 2 get host values only when the first (0xD, 0) match is a true
         // index-0 entry (significant-index flag set); an unflagged 0xD entry matches every
@@ -316,6 +331,7 @@ impl<'a> Model<'a> {
             }
             rules.push(Rule::QuirkPvmHostOwned);
         }
+        gsx_source
     }
 
     /// The stored table with runtime-owned fields applied (spec §6.3, corrected: APIC set).

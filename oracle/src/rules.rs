@@ -46,7 +46,6 @@ rules! {
     GetPkruFromVcpu = "get.pkru.upkru", "§3.2", "reported PKRU = vcpu->arch.pkru, pad bytes zero";
     GetV0LegacyRaw = "get.v0.legacy_raw", "§9 V0", "V0: the 512 legacy bytes as last stored, whatever XSTATE_BV";
     GetHiddenRevealed = "get.hidden.revealed", "§3.2", "state accepted while masked is reported once CPUID widens the mask";
-    SetXfdDropped = "set.xfd.dropped", "§4.2", "XFD-disabled bits silently dropped";
     SetRejectUnsupported = "set.reject.unsupported", "§4.3", "XSTATE_BV outside supported_xcr0: EINVAL";
     SetRejectUserXfeatures = "set.reject.user_xfeatures", "§4.4a", "XSTATE_BV outside user_xfeatures: EINVAL";
     SetRejectXcompBv = "set.reject.xcomp_bv", "§4.4b", "XCOMP_BV non-zero: EINVAL";

@@ -95,3 +95,27 @@ fn dropped_leaves_vanish() {
     let t = read_back(vec![e(0x1d, 0, 0, 1), e(0xd, 5, 1, 1), e(0x14, 0, 0, 1)]);
     assert_eq!(t.iter().map(|r| r[0]).collect::<Vec<_>>(), vec![0xd, 0x14]);
 }
+
+/// guest_supported_xcr0 as SET then GET of every supported bit reveals it.
+fn visible_gsx(entries: Vec<CpuidEntry>) -> u64 {
+    let h = pvm_host();
+    let case =
+        Case { config: Config::default(), ops: vec![Op::SetCpuid2(table(entries)), Op::SetXsave(XsaveImage::init(0xe7)), Op::GetXsave] };
+    let t = predict(&case, &h, &ModelConfig { contract: Contract::V3, quirks: vec![Quirk::PvmCpuidRewrite] });
+    bv(ok(&t.results[2]))
+}
+
+#[test]
+fn guest_xcr0_comes_from_the_first_rewrite_pass() {
+    // Measured: an unflagged 0xD entry whose last first-pass write is subleaf 17 (EAX 0x40)
+    // gives guest XCR0 bit 6, although the table then reads back EAX 0.
+    assert_eq!(visible_gsx(vec![e(0xd, 0x12, 1, 0), e(0xd, 0x13, 1, 0), e(0xd, 0, 0, 3)]), 0x43);
+    assert_eq!(read_back(vec![e(0xd, 0x12, 1, 0), e(0xd, 0x13, 1, 0), e(0xd, 0, 0, 3)])[2], [0xd, 0, 0, 0, 0x240, 0, 0]);
+    for others in [vec![], vec![e(0xd, 0x12, 1, 0)], vec![e(0xd, 0x13, 1, 0)], vec![e(0xd, 7, 1, 0)], vec![e(0xd, 0x3f, 1, 0)]] {
+        let mut t = others.clone();
+        t.push(e(0xd, 0, 0, 3));
+        assert_eq!(visible_gsx(t), 3, "{others:?}");
+    }
+    assert_eq!(visible_gsx(vec![e(0xd, 0, 1, 3)]), 0xe7);
+    assert_eq!(visible_gsx(vec![e(0xd, 1, 0, 0x1b)]), 3);
+}

@@ -1,0 +1,34 @@
+//! Every rule id is reached by generated cases on some host and contract: no rule is dead.
+
+use arbitrary::{Arbitrary, Unstructured};
+use rand::{rngs::SmallRng, RngCore, SeedableRng};
+use std::collections::BTreeSet;
+use xsave_oracle::host::{HostFacts, Quirk};
+use xsave_oracle::model::{predict, Contract, ModelConfig};
+use xsave_oracle::rules::Rule;
+use xsave_oracle::Case;
+
+#[test]
+fn every_rule_is_reachable() {
+    let plain = HostFacts::synthetic(0x2e7, 0xffff);
+    let mut amx = HostFacts::synthetic(0x602ff, 0xffff);
+    amx.guest_perm = 0x602ff;
+    let mut pvm = HostFacts::synthetic(0x2e7, 0xffff);
+    pvm.quirks = vec![Quirk::PvmCpuidRewrite];
+    pvm.pvm_dropped_leaves = vec![0x1d, 0x14];
+    let mut seen = BTreeSet::new();
+    let mut rng = SmallRng::seed_from_u64(5);
+    let mut bytes = vec![0u8; 2048];
+    for i in 0..20_000u32 {
+        rng.fill_bytes(&mut bytes);
+        let Ok(case) = Case::arbitrary(&mut Unstructured::new(&bytes)) else { continue };
+        let c = Contract::ALL[i as usize % Contract::ALL.len()];
+        for (host, quirks) in [(&plain, vec![]), (&amx, vec![]), (&pvm, vec![Quirk::PvmCpuidRewrite])] {
+            for r in predict(&case, host, &ModelConfig { contract: c, quirks }).results {
+                seen.extend(r.rules);
+            }
+        }
+    }
+    let missing: Vec<&str> = Rule::ALL.iter().filter(|r| !seen.contains(r)).map(|r| r.id()).collect();
+    assert!(missing.is_empty(), "rules no generated case reaches: {missing:?}");
+}
