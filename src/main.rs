@@ -11,6 +11,7 @@ use xsave_oracle::diff::{judge, Verdict};
 use xsave_oracle::{Case, Contract, HostFacts, ModelConfig, Quirk};
 use xsave_runner::campaign::{self, CampaignConfig, Summary};
 use xsave_runner::kvm::KvmBackend;
+use xsave_runner::minimize;
 use xsave_runner::probe::{self, ProbeReport};
 use xsave_runner::{Backend, ModelBackend};
 
@@ -79,6 +80,37 @@ enum Cmd {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+        /// Executions the minimizer may spend on each new finding (0: no minimization).
+        #[arg(long, default_value_t = 2000)]
+        minimize_budget: u64,
+    },
+    /// Shrink a diverging case while it keeps the same signature (deterministic).
+    Minimize {
+        /// The case (binary or JSON).
+        case: PathBuf,
+        /// Output file (default: CASE.min).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Maximum executions.
+        #[arg(long, default_value_t = 20_000)]
+        budget: u64,
+        #[command(flatten)]
+        backend: BackendArgs,
+        #[command(flatten)]
+        oracle: OracleArgs,
+    },
+    /// Write a standalone C reproducer of a case (libc and <linux/kvm.h> only).
+    Repro {
+        /// The case (binary or JSON).
+        case: PathBuf,
+        /// Emit C (the only language so far).
+        #[arg(long, required = true)]
+        c: bool,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        oracle: OracleArgs,
     },
     /// Run case files and print observation, prediction and verdict (exit 0 agree, 1 divergence).
     Replay {
@@ -290,7 +322,7 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Fuzz { backend, oracle, iterations, duration, seed, workdir, resume, json } => {
+        Cmd::Fuzz { backend, oracle, iterations, duration, seed, workdir, resume, json, minimize_budget } => {
             let host = backend_host(&backend, &oracle)?;
             let model = model_config(&oracle, &host)?;
             let mut be = make_backend(&backend, &host)?;
@@ -318,6 +350,7 @@ fn run(cli: Cli) -> Result<i32> {
                 model,
                 stop,
                 progress,
+                minimize_budget,
             };
             let s = campaign::run(be.as_mut(), cfg)?;
             if tty {
@@ -360,6 +393,40 @@ fn run(cli: Cli) -> Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             }
             Ok(code)
+        }
+        Cmd::Minimize { case, output, budget, backend, oracle } => {
+            let c = load_case(&case)?;
+            let host = backend_host(&backend, &oracle)?;
+            let model = model_config(&oracle, &host)?;
+            let mut be = make_backend(&backend, &host)?;
+            let Some(sig) = minimize::signature_of(be.as_mut(), &host, &model, &c)? else {
+                bail!("{}: the case does not diverge on {} (oracle {}), nothing to minimize", case.display(), be.name(), model.contract);
+            };
+            let (min, stats) = minimize::minimize(be.as_mut(), &host, &model, &c, &sig, budget)?;
+            let out = output.unwrap_or_else(|| case.with_extension("min"));
+            std::fs::write(&out, min.encode()).with_context(|| format!("cannot write {}", out.display()))?;
+            println!("signature  {sig}");
+            println!("steps      {} -> {}", stats.steps_before, stats.steps_after);
+            println!("bytes      {} -> {}", stats.bytes_before, stats.bytes_after);
+            println!("execs      {}{}", stats.execs, if stats.budget_exhausted { " (budget exhausted)" } else { "" });
+            println!("written    {}", out.display());
+            Ok(0)
+        }
+        Cmd::Repro { case, c: _, output, oracle } => {
+            let cs = load_case(&case)?;
+            let (host, _) = host_facts(&oracle, false)?;
+            let model = model_config(&oracle, &host)?;
+            let expected = xsave_oracle::predict(&cs, &host, &model);
+            let title = format!("case {}", case.display());
+            let src = xsave_reports::repro::c_reproducer(&cs, &host, &model, &expected, &title);
+            std::fs::write(&output, src).with_context(|| format!("cannot write {}", output.display()))?;
+            println!(
+                "written {} (expectations: {} quirks [{}])",
+                output.display(),
+                model.contract,
+                model.quirks.iter().map(|q| q.name()).collect::<Vec<_>>().join(", ")
+            );
+            Ok(0)
         }
         Cmd::Case { cmd: CaseCmd::Show { file } } => {
             println!("{}", load_case(&file)?.to_json());

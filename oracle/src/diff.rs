@@ -8,9 +8,10 @@ use crate::case::{Case, Op, Origin, CPUID_ENTRY_SIZE};
 use crate::hexnum::bytes_hex;
 use crate::host::{HostFacts, Quirk};
 use crate::layout;
-use crate::model::{predict, ModelConfig};
+use crate::model::{predict, Model, ModelConfig};
 use crate::rules::Rule;
 use crate::trace::{OpResult, Ret, Trace};
+use crate::xfeatures::{self, FPSSE};
 use serde::{Deserialize, Serialize};
 
 /// Divergence classes (spec §12).
@@ -247,6 +248,69 @@ fn deciding_rule(rules: &[Rule]) -> Option<Rule> {
     rules.last().copied()
 }
 
+/// The kind of a region, for signatures: independent of the host's layout and of which
+/// register or component carried the difference.
+fn region_kind(region: &str) -> &'static str {
+    match region {
+        "FCW" | "FSW" | "FTW" | "FTW reserved byte" | "FOP" | "FIP" | "FDP" => "x87",
+        "MXCSR" | "MXCSR_MASK" => "mxcsr",
+        "legacy padding" => "padding",
+        "sw_reserved" => "sw_reserved",
+        "XSTATE_BV" | "XCOMP_BV" | "header reserved" => "header",
+        "beyond components" => "tail",
+        r if r.starts_with("ST") => "x87",
+        r if r.starts_with("XMM") => "xmm",
+        r if r.starts_with("PKRU") => "pkru",
+        r if r.starts_with("entry") => "cpuid-entry",
+        r if r.starts_with("xcrs") || r == "nr_xcrs" || r == "flags" || r == "padding" => "xcrs",
+        r if r == "nent" => "cpuid-nent",
+        _ => "component",
+    }
+}
+
+/// The ioctl behind an op, for signatures (a restore is a KVM_SET_XSAVE).
+fn ioctl_of(op: &Op) -> &'static str {
+    match op {
+        Op::RestoreLast { .. } => "KVM_SET_XSAVE",
+        o => o.name(),
+    }
+}
+
+/// A short reason for the title: which xfeatures explain the difference.
+fn explain(case: &Case, host: &HostFacts, cfg: &ModelConfig, step: usize, exp: &OpResult, obs: &OpResult) -> Option<String> {
+    let mut m = Model::new(host, cfg);
+    let steps = case.steps();
+    for (origin, op) in steps.iter().take(step) {
+        m.step(*origin, op);
+    }
+    let (_, op) = steps.get(step)?;
+    let gsx = m.guest_supported_xcr0() | FPSSE;
+    if let Some(bv) = m.set_xstate_bv(op) {
+        let hidden = bv & host.supported_xcr0 & !gsx;
+        return match (exp.ret, obs.ret) {
+            (Ret::Ok(_), Ret::Err(_)) if hidden != 0 => {
+                Some(format!("{} supported by host, not exposed to guest", xfeatures::describe(hidden)))
+            }
+            (Ret::Ok(_), Ret::Err(_)) => Some(format!("XSTATE_BV {}", xfeatures::describe(bv))),
+            (Ret::Err(_), Ret::Ok(_)) => exp.rules.last().map(|r| format!("{} ({})", r.describe(), r.id())),
+            _ => None,
+        };
+    }
+    if matches!(**op, Op::GetXsave | Op::GetXsave2) && exp.data.len() == obs.data.len() && exp.data.len() >= layout::EXT {
+        let (e, o) = (layout::le64(&exp.data, layout::XSTATE_BV), layout::le64(&obs.data, layout::XSTATE_BV));
+        if o & !e & !gsx != 0 {
+            return Some(format!("{} reported although not exposed to guest", xfeatures::describe(o & !e)));
+        }
+        if e & !o != 0 {
+            return Some(format!("{} not reported", xfeatures::describe(e & !o)));
+        }
+        if o & !e != 0 {
+            return Some(format!("{} reported unexpectedly", xfeatures::describe(o & !e)));
+        }
+    }
+    None
+}
+
 /// Compare `expected` with `observed` for `case` on `host`.
 pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, observed: &Trace) -> Verdict {
     let steps = case.steps();
@@ -277,23 +341,25 @@ pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, 
             }
             let mut regions: Vec<String> = bytes.iter().map(|b| coarse(&b.region)).collect();
             regions.dedup();
-            let what = format!("{} differ from {}", regions.join(", "), cfg.contract);
+            let verb = if regions.len() == 1 { "differs" } else { "differ" };
+            let what = format!("{} {verb} from {}", regions.join(", "), cfg.contract);
             (classify_bytes(op, host, &bytes, &exp.rules), bytes, None, what)
         };
         let rule = deciding_rule(&exp.rules);
-        let mut regions: Vec<String> = bytes.iter().map(|b| coarse(&b.region)).collect();
-        regions.sort();
-        regions.dedup();
+        let mut kinds: Vec<&str> = bytes.iter().map(|b| region_kind(&b.region)).collect();
+        kinds.sort();
+        kinds.dedup();
         let key = format!(
             "{}|{}|{}|{}|{}|{}",
             class.name(),
-            op.name(),
+            ioctl_of(op),
             exp.ret,
             obs.ret,
-            regions.join(","),
+            kinds.join(","),
             if bytes.is_empty() { rule.map_or("", |r| r.id()) } else { "" }
         );
-        let title = format!("{}: {}{}", op.name(), what, rule.map(|r| format!(" ({})", r.id())).unwrap_or_default());
+        let why = explain(case, host, cfg, k, exp, obs).or_else(|| rule.map(|r| r.id().to_string()));
+        let title = format!("{}: {}{}", ioctl_of(op), what, why.map(|w| format!(" ({w})")).unwrap_or_default());
         return Verdict::Diverge(Box::new(Divergence {
             class,
             symptom_class: class,

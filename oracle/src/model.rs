@@ -149,6 +149,21 @@ impl<'a> Model<'a> {
         }
     }
 
+    /// The vCPU's guest_supported_xcr0 (for explanations).
+    pub fn guest_supported_xcr0(&self) -> u64 {
+        self.vcpu.gsx
+    }
+
+    /// The XSTATE_BV a SET step would pass to the kernel.
+    pub fn set_xstate_bv(&self, op: &Op) -> Option<u64> {
+        match op {
+            Op::SetXsave(img) => Some(img.render(self.host, self.vcpu.uabi_size)).map(|b| le64(&b, layout::XSTATE_BV)),
+            Op::RestoreLast { force_xstate_bv: Some(bv) } => Some(*bv),
+            Op::RestoreLast { force_xstate_bv: None } => Some(self.last_get.as_deref().map_or(0, |b| le64(b, layout::XSTATE_BV))),
+            _ => None,
+        }
+    }
+
     fn quirk(&self, q: Quirk) -> bool {
         self.cfg.quirks.contains(&q)
     }

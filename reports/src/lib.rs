@@ -2,6 +2,8 @@
 //!
 //! Human-readable rendering of verdicts and campaign summaries.
 
+pub mod repro;
+
 use std::fmt::Write;
 use xsave_oracle::diff::{Divergence, Verdict};
 use xsave_oracle::trace::Trace;

@@ -7,6 +7,7 @@
 //!   divergence, created atomically the moment it is found;
 //! - `stats.jsonl`: one line per second (execs, execs/s, findings) for plotting.
 
+use crate::minimize::{minimize, MinStats};
 use crate::store::{create_dir_atomic, write_atomic};
 use crate::{Backend, BackendError};
 use arbitrary::{Arbitrary, Unstructured};
@@ -19,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use xsave_oracle::diff::{judge, Verdict};
 use xsave_oracle::trace::Trace;
-use xsave_oracle::{Case, ModelConfig, Op};
+use xsave_oracle::{Case, HostFacts, ModelConfig, Op};
 
 /// The case for iteration `i` of a campaign seeded with `seed` (reproducible, O(1) to seek).
 pub fn case_for(seed: u64, i: u64) -> Case {
@@ -73,6 +74,8 @@ pub struct CampaignConfig {
     pub stop: std::sync::Arc<AtomicBool>,
     /// Called about once a second with the running summary (live progress).
     pub progress: Option<Progress>,
+    /// Executions the minimizer may spend on each new finding (0: keep findings as found).
+    pub minimize_budget: u64,
 }
 
 /// Persistent state (`campaign.json`) and the summary printed at the end.
@@ -219,7 +222,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
         let i = s.next_iteration;
         let case = case_for(cfg.seed, i);
         let observed = backend.execute(&case)?;
-        let (expected, verdict) = judge(&case, &host, &cfg.model, &observed);
+        let (_, verdict) = judge(&case, &host, &cfg.model, &observed);
         s.next_iteration += 1;
         s.execs += 1;
         if let Verdict::Diverge(d) = &verdict {
@@ -232,21 +235,8 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
                 s.findings += 1;
                 s.new_signatures.push(d.signature.clone());
                 if let Some(dir) = &cfg.workdir {
-                    let rec = FindingRecord {
-                        verdict: &verdict,
-                        backend: s.backend.clone(),
-                        seed: cfg.seed,
-                        iteration: i,
-                        expected: &expected,
-                        observed: &observed,
-                    };
-                    let json = serde_json::to_vec_pretty(&rec).map_err(|e| CampaignError::State(e.to_string()))?;
                     let dest = dir.join("findings").join(&d.signature);
-                    create_dir_atomic(
-                        &dest,
-                        &[("case.bin", &case.encode()), ("case.json", case.to_json().as_bytes()), ("verdict.json", &json)],
-                    )
-                    .map_err(io(&dest))?;
+                    write_finding(backend, &host, &cfg, &dest, &case, &d.signature, i)?;
                 }
             }
         }
@@ -272,6 +262,49 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
     s.resources.peak_rss_kib = peak_rss_kib();
     save(&cfg, &s)?;
     Ok(s)
+}
+
+/// Minimize a new finding (if a budget is set) and write it atomically: `case.bin` and
+/// `case.json` (minimized), `original.bin`, `verdict.json` (verdict and both traces of the
+/// minimized case), `minimize.json`.
+fn write_finding(
+    backend: &mut dyn Backend,
+    host: &HostFacts,
+    cfg: &CampaignConfig,
+    dest: &Path,
+    case: &Case,
+    sig: &str,
+    i: u64,
+) -> Result<(), CampaignError> {
+    let (min, stats) = if cfg.minimize_budget > 0 {
+        minimize(backend, host, &cfg.model, case, sig, cfg.minimize_budget)?
+    } else {
+        (case.clone(), MinStats::default())
+    };
+    let observed = backend.execute(&min)?;
+    let (expected, verdict) = judge(&min, host, &cfg.model, &observed);
+    let rec = FindingRecord {
+        verdict: &verdict,
+        backend: backend.name(),
+        seed: cfg.seed,
+        iteration: i,
+        expected: &expected,
+        observed: &observed,
+    };
+    let json = serde_json::to_vec_pretty(&rec).map_err(|e| CampaignError::State(e.to_string()))?;
+    let mjson = serde_json::to_vec_pretty(&stats).map_err(|e| CampaignError::State(e.to_string()))?;
+    create_dir_atomic(
+        dest,
+        &[
+            ("case.bin", &min.encode()),
+            ("case.json", min.to_json().as_bytes()),
+            ("original.bin", &case.encode()),
+            ("verdict.json", &json),
+            ("minimize.json", &mjson),
+        ],
+    )
+    .map_err(io(dest))?;
+    Ok(())
 }
 
 fn save(cfg: &CampaignConfig, s: &Summary) -> Result<(), CampaignError> {

@@ -23,6 +23,7 @@ fn findings(contract: Contract, iterations: u64) -> Vec<serde_json::Value> {
         model: ModelConfig::default(),
         stop: Arc::new(AtomicBool::new(false)),
         progress: None,
+        minimize_budget: 500,
     };
     let s = run(&mut be, cfg).expect("campaign");
     assert_eq!(s.execs, iterations);

@@ -30,6 +30,7 @@ fn campaign(host: &HostFacts, quirks: Vec<Quirk>, n: u64, seed: u64) -> Summary 
         model: ModelConfig { quirks, ..ModelConfig::default() },
         stop: Arc::new(AtomicBool::new(false)),
         progress: None,
+        minimize_budget: 0,
     };
     run(&mut be, cfg).expect("campaign")
 }
