@@ -263,7 +263,7 @@ fn region_kind(region: &str) -> &'static str {
         r if r.starts_with("PKRU") => "pkru",
         r if r.starts_with("entry") => "cpuid-entry",
         r if r.starts_with("xcrs") || r == "nr_xcrs" || r == "flags" || r == "padding" => "xcrs",
-        r if r == "nent" => "cpuid-nent",
+        "nent" => "cpuid-nent",
         _ => "component",
     }
 }
