@@ -112,6 +112,14 @@ enum Cmd {
         #[command(flatten)]
         oracle: OracleArgs,
     },
+    /// Write report.json, report.md, report.sarif and report.html for a campaign workdir.
+    Report {
+        /// The campaign's workdir.
+        workdir: PathBuf,
+        /// Output directory (default: WORKDIR/report).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Run case files and print observation, prediction and verdict (exit 0 agree, 1 divergence).
     Replay {
         /// Case files (binary or .json).
@@ -206,21 +214,27 @@ fn load_case(path: &Path) -> Result<Case> {
     case.with_context(|| format!("{}: corrupt case", path.display()))
 }
 
-/// Host facts and the probe report they came from (if any).
-fn host_facts(o: &OracleArgs, need_kvm: bool) -> Result<(HostFacts, Option<ProbeReport>)> {
+/// Host facts, and the fingerprint they came from (a probe report, the file given, or a
+/// synthetic host marked as such).
+fn host_facts(o: &OracleArgs, need_kvm: bool) -> Result<(HostFacts, serde_json::Value)> {
     if let Some(p) = &o.host_facts {
         let text = std::fs::read_to_string(p).with_context(|| format!("cannot read host facts {}", p.display()))?;
         let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))?;
-        let host = v.get("host").cloned().unwrap_or(v);
+        let host = v.get("host").cloned().unwrap_or_else(|| v.clone());
         let host: HostFacts = serde_json::from_value(host).with_context(|| format!("{}: not a probe report or host facts", p.display()))?;
-        return Ok((host, None));
+        let fp = if v.get("host").is_some() { v } else { serde_json::json!({ "host": v }) };
+        return Ok((host, fp));
     }
     match xsave_runner::kvm_unavailable() {
         Some(why) if need_kvm => bail!("{why}"),
-        Some(_) => Ok((HostFacts::synthetic(0x2e7, 0xffff), None)),
+        Some(_) => {
+            let host = HostFacts::synthetic(0x2e7, 0xffff);
+            let fp = serde_json::json!({ "synthetic": true, "contract": "V3", "host": host });
+            Ok((host, fp))
+        }
         None => {
             let r = probe::probe()?;
-            Ok((r.host.clone(), Some(r)))
+            Ok((r.host.clone(), serde_json::to_value(&r)?))
         }
     }
 }
@@ -248,14 +262,16 @@ fn make_backend(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn Backend>> {
     })
 }
 
-/// Host facts for a backend: a model backend has no host quirks.
-fn backend_host(b: &BackendArgs, o: &OracleArgs) -> Result<HostFacts> {
-    let (mut host, _) = host_facts(o, b.backend == BackendKind::Kvm)?;
-    if b.backend != BackendKind::Kvm {
+/// Host facts for a backend (a model backend has no host quirks) and their fingerprint.
+fn backend_host(b: &BackendArgs, o: &OracleArgs) -> Result<(HostFacts, serde_json::Value)> {
+    let (mut host, mut fp) = host_facts(o, b.backend == BackendKind::Kvm)?;
+    if let BackendKind::Model(c) = b.backend {
         host.quirks.clear();
         host.pvm_dropped_leaves.clear();
+        fp["host"] = serde_json::to_value(&host)?;
+        fp["model_backend"] = serde_json::json!(c.name());
     }
-    Ok(host)
+    Ok((host, fp))
 }
 
 fn print_probe(r: &ProbeReport) {
@@ -323,9 +339,15 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Fuzz { backend, oracle, iterations, duration, seed, workdir, resume, json, minimize_budget } => {
-            let host = backend_host(&backend, &oracle)?;
+            let (host, fingerprint) = backend_host(&backend, &oracle)?;
             let model = model_config(&oracle, &host)?;
             let mut be = make_backend(&backend, &host)?;
+            std::fs::create_dir_all(&workdir).with_context(|| format!("cannot create {}", workdir.display()))?;
+            let fp_path = workdir.join("host.json");
+            if !fp_path.exists() {
+                xsave_runner::store::write_atomic(&fp_path, &serde_json::to_vec_pretty(&fingerprint)?)
+                    .with_context(|| format!("cannot write {}", fp_path.display()))?;
+            }
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install signal handler")?;
@@ -365,7 +387,7 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Replay { files, backend, oracle, json } => {
             let cases = files.iter().map(|f| load_case(f).map(|c| (f.clone(), c))).collect::<Result<Vec<_>>>()?;
-            let host = backend_host(&backend, &oracle)?;
+            let (host, _) = backend_host(&backend, &oracle)?;
             let model = model_config(&oracle, &host)?;
             let mut be = make_backend(&backend, &host)?;
             let mut code = 0;
@@ -396,7 +418,7 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Minimize { case, output, budget, backend, oracle } => {
             let c = load_case(&case)?;
-            let host = backend_host(&backend, &oracle)?;
+            let (host, _) = backend_host(&backend, &oracle)?;
             let model = model_config(&oracle, &host)?;
             let mut be = make_backend(&backend, &host)?;
             let Some(sig) = minimize::signature_of(be.as_mut(), &host, &model, &c)? else {
@@ -426,6 +448,26 @@ fn run(cli: Cli) -> Result<i32> {
                 model.contract,
                 model.quirks.iter().map(|q| q.name()).collect::<Vec<_>>().join(", ")
             );
+            Ok(0)
+        }
+        Cmd::Report { workdir, output } => {
+            let r = xsave_reports::report::load(&workdir)?;
+            let out = output.unwrap_or_else(|| workdir.join("report"));
+            std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+            let files: [(&str, Vec<u8>); 4] = [
+                ("report.json", serde_json::to_vec_pretty(&r)?),
+                ("report.md", xsave_reports::render::markdown(&r).into_bytes()),
+                ("report.sarif", serde_json::to_vec_pretty(&xsave_reports::render::sarif(&r))?),
+                ("report.html", xsave_reports::render::html(&r).into_bytes()),
+            ];
+            for (name, bytes) in files {
+                let p = out.join(name);
+                xsave_runner::store::write_atomic(&p, &bytes).with_context(|| format!("cannot write {}", p.display()))?;
+            }
+            println!("{} findings reported in {}", r.findings.len(), out.display());
+            for sk in &r.skipped {
+                eprintln!("xsave-rig: skipped {sk}");
+            }
             Ok(0)
         }
         Cmd::Case { cmd: CaseCmd::Show { file } } => {

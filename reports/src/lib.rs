@@ -2,6 +2,8 @@
 //!
 //! Human-readable rendering of verdicts and campaign summaries.
 
+pub mod render;
+pub mod report;
 pub mod repro;
 
 use std::fmt::Write;

@@ -211,6 +211,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
     let base_ioctls = backend.ioctls();
     let mut last_tick = Instant::now();
     let mut last_execs = s.execs;
+    save(&cfg, &s)?;
     loop {
         if cfg.stop.load(Ordering::Relaxed) {
             s.interrupted = true;

@@ -1,0 +1,287 @@
+//! Renderings of a [`Report`]: Markdown, SARIF 2.1.0 and one self-contained HTML page.
+
+use crate::report::{xsave_regions, FindingReport, Report};
+use std::fmt::Write;
+use xsave_oracle::diff::Class;
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn s(v: &serde_json::Value, k: &str) -> String {
+    match v.get(k) {
+        Some(serde_json::Value::String(x)) => x.clone(),
+        Some(x) if !x.is_null() => x.to_string(),
+        _ => "?".into(),
+    }
+}
+
+fn is_xsave(f: &FindingReport) -> bool {
+    f.divergence.op.starts_with("KVM_GET_XSAVE") && f.expected_data.len() >= 576 && f.expected_data.len() == f.observed_data.len()
+}
+
+/// `report.md`.
+pub fn markdown(r: &Report) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "# xsave-rig report\n");
+    let _ = writeln!(o, "| host | |\n|---|---|");
+    for k in ["kernel_release", "kvm_module", "contract", "supported_xcr0", "xsave_size"] {
+        let _ = writeln!(o, "| {k} | {} |", s(&r.host, k));
+    }
+    let _ = writeln!(o, "| quirks | {} |\n", s(&r.host, "quirks"));
+    let _ = writeln!(o, "| campaign | |\n|---|---|");
+    for k in ["backend", "contract", "quirks", "seed", "execs", "execs_per_sec", "divergent_cases", "findings", "seconds"] {
+        let _ = writeln!(o, "| {k} | {} |", s(&r.campaign, k));
+    }
+    let _ = writeln!(o, "\n## Findings ({})\n", r.findings.len());
+    let host = r.host_facts();
+    for f in &r.findings {
+        let d = &f.divergence;
+        let _ = writeln!(o, "### {}\n", d.title);
+        let _ = writeln!(
+            o,
+            "- signature `{}`, class `{}` (symptom `{}`), judged under {} with quirks [{}]",
+            f.signature,
+            d.class.name(),
+            d.symptom_class.name(),
+            d.contract,
+            d.quirks.iter().map(|q| q.name()).collect::<Vec<_>>().join(", ")
+        );
+        let _ = writeln!(
+            o,
+            "- first divergence at step {} ({}): `{}` returned {} where {} was expected",
+            d.step, d.origin, d.op, d.observed_ret, d.expected_ret
+        );
+        if let Some(q) = d.explained_by {
+            let _ = writeln!(o, "- explained by host quirk `{}`", q.name());
+        }
+        if let Some(m) = &f.minimize {
+            let _ = writeln!(
+                o,
+                "- minimized from {} to {} steps ({} to {} bytes)",
+                s(m, "steps_before"),
+                s(m, "steps_after"),
+                s(m, "bytes_before"),
+                s(m, "bytes_after")
+            );
+        }
+        let _ = writeln!(o, "- rules: {}\n", d.rules.iter().map(|r| format!("`{}`", r.id())).collect::<Vec<_>>().join(", "));
+        let _ = writeln!(o, "| step | origin | ioctl | expected | observed |\n|---|---|---|---|---|");
+        for st in &f.steps {
+            let mark = if st.index == d.step { " **←**" } else { "" };
+            let _ = writeln!(o, "| {} | {} | {} | {} | {}{mark} |", st.index, st.origin, st.op, st.expected, st.observed);
+        }
+        let rows = match (&host, is_xsave(f)) {
+            (Some(h), true) => xsave_regions(h, &f.expected_data, &f.observed_data),
+            _ => d.bytes.clone(),
+        };
+        if !rows.is_empty() {
+            let _ = writeln!(o, "\n| region | bytes | expected | observed |\n|---|---|---|---|");
+            for b in rows {
+                let _ = writeln!(
+                    o,
+                    "| {} | {}..{} | `{}` | `{}` |",
+                    b.region,
+                    b.start,
+                    b.end,
+                    trunc(&hex(&b.expected)),
+                    trunc(&hex(&b.observed))
+                );
+            }
+        }
+        let _ =
+            writeln!(o, "\nMinimized case (`xsave-rig replay findings/{}/case.bin`):\n\n```json\n{}\n```\n", f.signature, f.case.to_json());
+    }
+    for sk in &r.skipped {
+        let _ = writeln!(o, "- skipped: {sk}");
+    }
+    o
+}
+
+fn trunc(h: &str) -> String {
+    if h.len() > 64 {
+        format!("{}…", &h[..64])
+    } else {
+        h.to_string()
+    }
+}
+
+const CLASSES: &[Class] = &[
+    Class::Errno,
+    Class::Header,
+    Class::LegacyArea,
+    Class::ComponentData,
+    Class::Pkru,
+    Class::Size,
+    Class::HiddenState,
+    Class::CpuidConfig,
+    Class::Xcr0,
+];
+
+fn class_help(c: Class) -> &'static str {
+    match c {
+        Class::Errno => {
+            "An XSAVE ioctl succeeded or failed differently from the contract (e.g. SET rejecting guest-unsupported host features)."
+        }
+        Class::Header => "GET reported a different XSTATE_BV, XCOMP_BV or reserved header bytes (masked save).",
+        Class::LegacyArea => "GET's legacy area (x87 fields, MXCSR, padding, sw_reserved) differs from the contract.",
+        Class::ComponentData => "Extended component bytes differ (stale data, gap zeroing, layout).",
+        Class::Pkru => "PKRU value or its pad bytes differ.",
+        Class::Size => "Bytes written, KVM_CAP_XSAVE2 or buffer size rules differ.",
+        Class::HiddenState => "State accepted while masked did (not) reappear after a CPUID change.",
+        Class::CpuidConfig => "KVM_SET_CPUID2/KVM_GET_CPUID2 handling or guest_supported_xcr0 derivation differs.",
+        Class::Xcr0 => "XCR0 value or KVM_SET_XCRS rules differ.",
+    }
+}
+
+/// `report.sarif` (SARIF 2.1.0): one rule per divergence class, one result per finding.
+pub fn sarif(r: &Report) -> serde_json::Value {
+    let rules: Vec<serde_json::Value> = CLASSES
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "id": c.name(),
+                "name": c.name(),
+                "shortDescription": { "text": format!("KVM XSAVE ABI divergence: {}", c.name()) },
+                "fullDescription": { "text": class_help(*c) },
+                "defaultConfiguration": { "level": "error" }
+            })
+        })
+        .collect();
+    let results: Vec<serde_json::Value> = r
+        .findings
+        .iter()
+        .map(|f| {
+            let d = &f.divergence;
+            serde_json::json!({
+                "ruleId": d.class.name(),
+                "ruleIndex": CLASSES.iter().position(|c| *c == d.class).unwrap_or(0),
+                "level": if d.explained_by.is_some() { "note" } else { "error" },
+                "message": { "text": d.title },
+                "locations": [{
+                    "physicalLocation": { "artifactLocation": { "uri": format!("findings/{}/case.json", f.signature) }, "region": { "startLine": 1 } },
+                    "logicalLocations": [{ "name": d.op, "kind": "function" }]
+                }],
+                "partialFingerprints": { "xsaveRigSignature/v1": f.signature },
+                "properties": { "signature": f.signature, "step": d.step, "contract": d.contract, "quirks": d.quirks, "explainedBy": d.explained_by }
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "$schema": "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{
+            "tool": { "driver": { "name": "xsave-rig", "version": env!("CARGO_PKG_VERSION"), "informationUri": "https://www.kernel.org/doc/html/latest/virt/kvm/api.html", "rules": rules } },
+            "results": results,
+            "properties": { "host": r.host.get("kernel_release").cloned().unwrap_or(serde_json::Value::Null) }
+        }]
+    })
+}
+
+fn esc(t: &str) -> String {
+    t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// An SVG line plot of `ys` against `xs`.
+fn plot(title: &str, xs: &[f64], ys: &[f64], color: &str) -> String {
+    let (w, h, pad) = (560.0, 180.0, 36.0);
+    let xmax = xs.iter().cloned().fold(1e-9, f64::max);
+    let ymax = ys.iter().cloned().fold(1e-9, f64::max);
+    let pts: Vec<String> = xs
+        .iter()
+        .zip(ys)
+        .map(|(x, y)| format!("{:.1},{:.1}", pad + x / xmax * (w - 2.0 * pad), h - pad - y / ymax * (h - 2.0 * pad)))
+        .collect();
+    format!(
+        r##"<figure><svg width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="{t}"><rect width="{w}" height="{h}" fill="#fbfbfd"/><line x1="{pad}" y1="{b}" x2="{r}" y2="{b}" stroke="#888"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{b}" stroke="#888"/><polyline fill="none" stroke="{color}" stroke-width="2" points="{p}"/><text x="{pad}" y="14" font-size="12">{t} (max {ymax:.0})</text><text x="{r}" y="{bt}" font-size="11" text-anchor="end">{xmax:.0} s</text></svg></figure>"##,
+        t = esc(title),
+        b = h - pad,
+        r = w - pad,
+        bt = h - 8.0,
+        p = pts.join(" ")
+    )
+}
+
+/// `report.html`: one self-contained page (no network).
+pub fn html(r: &Report) -> String {
+    let mut o = String::new();
+    let host = r.host_facts();
+    let _ = write!(
+        o,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>xsave-rig report</title><style>
+body{{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}} h1{{margin-top:0}}
+table{{border-collapse:collapse;margin:8px 0}} td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top;font-size:13px}}
+th{{background:#f0f0f5}} code,.hex{{font-family:ui-monospace,monospace;font-size:12px;word-break:break-all}}
+.diff td.exp{{background:#e6ffe6}} .diff td.obs{{background:#ffe6e6}} .same td.exp,.same td.obs{{background:#fff}}
+.finding{{border:1px solid #bbb;border-radius:6px;padding:12px;margin:16px 0}} .cls{{display:inline-block;background:#335;color:#fff;border-radius:4px;padding:1px 6px;font-size:12px}}
+.plots{{display:flex;gap:16px;flex-wrap:wrap}} .mark{{font-weight:bold;color:#b00}}
+</style></head><body><h1>xsave-rig report</h1>"#
+    );
+    let _ = write!(o, "<h2>Host</h2><table>");
+    for k in ["kernel_release", "kvm_module", "contract", "supported_xcr0", "host_xcr0", "xsave_size", "mxcsr_mask"] {
+        let _ = write!(o, "<tr><th>{k}</th><td>{}</td></tr>", esc(&s(&r.host, k)));
+    }
+    let _ = write!(o, "<tr><th>quirks modelled</th><td>{}</td></tr></table>", esc(&s(&r.campaign, "quirks")));
+    let _ = write!(o, "<h2>Campaign</h2><table>");
+    for k in ["backend", "contract", "seed", "execs", "execs_per_sec", "divergent_cases", "findings", "seconds", "by_class"] {
+        let _ = write!(o, "<tr><th>{k}</th><td>{}</td></tr>", esc(&s(&r.campaign, k)));
+    }
+    let _ = write!(o, "</table>");
+    let xs: Vec<f64> = r.stats.iter().map(|p| p.seconds).collect();
+    let _ = write!(
+        o,
+        "<div class=\"plots\">{}{}</div><p>Contract coverage over time is not recorded yet; the plots show throughput and distinct findings.</p>",
+        plot("execs/s", &xs, &r.stats.iter().map(|p| p.execs_per_sec).collect::<Vec<_>>(), "#2a6fdb"),
+        plot("findings", &xs, &r.stats.iter().map(|p| p.findings as f64).collect::<Vec<_>>(), "#c0392b")
+    );
+    let _ = write!(o, "<h2>Findings ({})</h2>", r.findings.len());
+    for f in &r.findings {
+        let d = &f.divergence;
+        let _ = write!(o, "<section class=\"finding\" id=\"{sig}\"><h3>{}</h3><p><span class=\"cls\">{}</span> <code>{sig}</code> — judged under {} with quirks [{}]{}</p>", esc(&d.title), d.class.name(), esc(&d.contract), esc(&d.quirks.iter().map(|q| q.name()).collect::<Vec<_>>().join(", ")), d.explained_by.map(|q| format!("; explained by host quirk <b>{}</b>", q.name())).unwrap_or_default(), sig = esc(&f.signature));
+        let _ = write!(o, "<table><tr><th>step</th><th>origin</th><th>ioctl</th><th>expected</th><th>observed</th></tr>");
+        for st in &f.steps {
+            let mark = if st.index == d.step { " class=\"mark\"" } else { "" };
+            let _ = write!(
+                o,
+                "<tr{mark}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                st.index,
+                esc(&st.origin),
+                esc(&st.op),
+                esc(&st.expected),
+                esc(&st.observed)
+            );
+        }
+        let _ = write!(o, "</table>");
+        let rows = match (&host, is_xsave(f)) {
+            (Some(h), true) => xsave_regions(h, &f.expected_data, &f.observed_data),
+            _ => d.bytes.clone(),
+        };
+        if !rows.is_empty() {
+            let _ = write!(o, "<table><tr><th>region</th><th>bytes</th><th>expected</th><th>observed</th></tr>");
+            for b in rows {
+                let cls = if b.expected == b.observed { "same" } else { "diff" };
+                let _ = write!(
+                    o,
+                    "<tr class=\"{cls}\"><td>{}</td><td>{}..{}</td><td class=\"exp hex\">{}</td><td class=\"obs hex\">{}</td></tr>",
+                    esc(&b.region),
+                    b.start,
+                    b.end,
+                    hex(&b.expected),
+                    hex(&b.observed)
+                );
+            }
+            let _ = write!(o, "</table>");
+        }
+        let _ =
+            write!(o, "<details><summary>minimized case</summary><pre><code>{}</code></pre></details></section>", esc(&f.case.to_json()));
+    }
+    if !r.skipped.is_empty() {
+        let _ = write!(o, "<h2>Skipped files</h2><ul>");
+        for sk in &r.skipped {
+            let _ = write!(o, "<li>{}</li>", esc(sk));
+        }
+        let _ = write!(o, "</ul>");
+    }
+    let _ = write!(o, "<p>Generated by {}.</p></body></html>", esc(&r.generated_by));
+    o
+}

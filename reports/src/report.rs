@@ -1,0 +1,244 @@
+//! The report model (`report.json`, schema version [`SCHEMA_VERSION`]) and its loading from a
+//! campaign workdir.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use xsave_oracle::diff::{ByteDiff, Divergence, Verdict};
+use xsave_oracle::trace::Trace;
+use xsave_oracle::{Case, HostFacts};
+
+/// Version of the `report.json` schema; bumped on incompatible changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Why a workdir could not be reported.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// A file could not be read.
+    #[error("{path}: {err}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        err: std::io::Error,
+    },
+    /// A file is not what it should be.
+    #[error("{path}: {why}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ReportError> {
+    std::fs::read(path).map_err(|err| ReportError::Io { path: path.to_path_buf(), err })
+}
+
+fn json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
+    serde_json::from_slice(&read(path)?).map_err(|e| ReportError::Corrupt { path: path.to_path_buf(), why: e.to_string() })
+}
+
+/// One sample of `stats.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct StatPoint {
+    /// Seconds since the campaign started.
+    pub seconds: f64,
+    /// Cases executed.
+    pub execs: u64,
+    /// Cases per second in the last interval.
+    pub execs_per_sec: f64,
+    /// Distinct findings so far.
+    pub findings: u64,
+}
+
+/// One executed step as the report shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepView {
+    /// Index.
+    pub index: usize,
+    /// Where it came from.
+    pub origin: String,
+    /// The ioctl.
+    pub op: String,
+    /// Predicted return.
+    pub expected: String,
+    /// Observed return.
+    pub observed: String,
+}
+
+/// One finding.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FindingReport {
+    /// Signature (directory name).
+    pub signature: String,
+    /// The divergence of the minimized case.
+    pub divergence: Divergence,
+    /// The minimized case.
+    pub case: Case,
+    /// Its executed steps with both returns.
+    pub steps: Vec<StepView>,
+    /// Minimization figures, if the campaign minimized it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimize: Option<serde_json::Value>,
+    /// Predicted output of the diverging step (XSAVE images for the byte view).
+    #[serde(with = "xsave_oracle::hexnum::bytes_hex")]
+    pub expected_data: Vec<u8>,
+    /// Observed output of the diverging step.
+    #[serde(with = "xsave_oracle::hexnum::bytes_hex")]
+    pub observed_data: Vec<u8>,
+}
+
+/// A whole report.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// xsave-rig version that wrote it.
+    pub generated_by: String,
+    /// Host fingerprint (`host.json`: a probe report, or host facts).
+    pub host: serde_json::Value,
+    /// Campaign summary (`campaign.json`).
+    pub campaign: serde_json::Value,
+    /// Samples over time (`stats.jsonl`).
+    pub stats: Vec<StatPoint>,
+    /// Findings, by signature.
+    pub findings: Vec<FindingReport>,
+    /// Files that could not be used (named, never silently dropped).
+    pub skipped: Vec<String>,
+}
+
+impl Report {
+    /// The host facts, if the fingerprint carries them.
+    pub fn host_facts(&self) -> Option<HostFacts> {
+        serde_json::from_value(self.host.get("host")?.clone()).ok()
+    }
+}
+
+#[derive(Deserialize)]
+struct VerdictFile {
+    verdict: Verdict,
+    expected: Trace,
+    observed: Trace,
+}
+
+/// Read a campaign workdir.
+pub fn load(dir: &Path) -> Result<Report, ReportError> {
+    let campaign: serde_json::Value = json(&dir.join("campaign.json"))?;
+    let host: serde_json::Value = if dir.join("host.json").exists() { json(&dir.join("host.json"))? } else { serde_json::json!({}) };
+    let mut skipped = Vec::new();
+    let stats_path = dir.join("stats.jsonl");
+    let stats = match std::fs::read_to_string(&stats_path) {
+        Ok(text) => text
+            .lines()
+            .enumerate()
+            .filter_map(|(n, l)| match serde_json::from_str(l) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    skipped.push(format!("{}:{}: {e}", stats_path.display(), n + 1));
+                    None
+                }
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let mut findings = Vec::new();
+    let fdir = dir.join("findings");
+    let mut entries: Vec<PathBuf> = match std::fs::read_dir(&fdir) {
+        Ok(d) => {
+            d.flatten().map(|e| e.path()).filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))).collect()
+        }
+        Err(_) => Vec::new(),
+    };
+    entries.sort();
+    for p in entries {
+        match load_finding(&p) {
+            Ok(f) => findings.push(f),
+            Err(e) => skipped.push(e.to_string()),
+        }
+    }
+    Ok(Report {
+        schema_version: SCHEMA_VERSION,
+        generated_by: format!("xsave-rig {}", env!("CARGO_PKG_VERSION")),
+        host,
+        campaign,
+        stats,
+        findings,
+        skipped,
+    })
+}
+
+fn load_finding(p: &Path) -> Result<FindingReport, ReportError> {
+    let signature = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    let case_path = p.join("case.bin");
+    let case = Case::decode(&read(&case_path)?).map_err(|e| ReportError::Corrupt { path: case_path.clone(), why: e.to_string() })?;
+    let vpath = p.join("verdict.json");
+    let v: VerdictFile = json(&vpath)?;
+    let Verdict::Diverge(d) = v.verdict else {
+        return Err(ReportError::Corrupt { path: vpath, why: "verdict is not a divergence".into() });
+    };
+    let minimize = if p.join("minimize.json").exists() { Some(json(&p.join("minimize.json"))?) } else { None };
+    let steps = case
+        .steps()
+        .iter()
+        .enumerate()
+        .map(|(i, (origin, op))| StepView {
+            index: i,
+            origin: origin.to_string(),
+            op: op.name().to_string(),
+            expected: v.expected.results.get(i).map(|r| r.ret.to_string()).unwrap_or_default(),
+            observed: v.observed.results.get(i).map(|r| r.ret.to_string()).unwrap_or_default(),
+        })
+        .collect();
+    let data = |t: &Trace| t.results.get(d.step).map(|r| r.data.clone()).unwrap_or_default();
+    Ok(FindingReport {
+        signature,
+        expected_data: data(&v.expected),
+        observed_data: data(&v.observed),
+        divergence: *d,
+        case,
+        steps,
+        minimize,
+    })
+}
+
+/// Rows of the byte-level view of an XSAVE image diff: every region that differs, plus the
+/// header, each with expected and observed bytes.
+pub fn xsave_regions(host: &HostFacts, exp: &[u8], obs: &[u8]) -> Vec<ByteDiff> {
+    let mut spans: Vec<(usize, usize, String)> = vec![
+        (0, 2, "FCW".into()),
+        (2, 4, "FSW".into()),
+        (4, 6, "FTW + reserved".into()),
+        (6, 8, "FOP".into()),
+        (8, 16, "FIP".into()),
+        (16, 24, "FDP".into()),
+        (24, 28, "MXCSR".into()),
+        (28, 32, "MXCSR_MASK".into()),
+    ];
+    spans.extend((0..8).map(|i| (32 + 16 * i, 48 + 16 * i, format!("ST{i}"))));
+    spans.extend((0..16).map(|i| (160 + 16 * i, 176 + 16 * i, format!("XMM{i}"))));
+    spans.extend([
+        (416, 464, "legacy padding".into()),
+        (464, 512, "sw_reserved".into()),
+        (512, 520, "XSTATE_BV".into()),
+        (520, 528, "XCOMP_BV".into()),
+        (528, 576, "header reserved".into()),
+    ]);
+    let mut comps: Vec<_> = host.components.iter().collect();
+    comps.sort_by_key(|c| c.offset);
+    spans.extend(comps.iter().map(|c| {
+        (c.offset as usize, (c.offset + c.size) as usize, format!("{} (bit {}) @{}", xsave_oracle::xfeatures::name(c.bit), c.bit, c.offset))
+    }));
+    let n = exp.len().min(obs.len());
+    spans
+        .into_iter()
+        .filter(|(s, e, name)| *e <= n && (exp[*s..*e] != obs[*s..*e] || name == "XSTATE_BV"))
+        .map(|(s, e, region)| ByteDiff {
+            start: s as u32,
+            end: e as u32,
+            region,
+            expected: exp[s..e].to_vec(),
+            observed: obs[s..e].to_vec(),
+        })
+        .collect()
+}

