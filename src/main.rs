@@ -120,6 +120,41 @@ enum Cmd {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Migration pre-flight: simulate save on one host and load on another, over cases.
+    Migrate {
+        /// Source host fingerprint (`xsave-rig probe --json`).
+        #[arg(long)]
+        from: PathBuf,
+        /// Destination host fingerprint.
+        #[arg(long)]
+        to: PathBuf,
+        /// Case files to use (default: generated cases).
+        #[arg(long, conflicts_with = "iterations")]
+        cases: Option<PathBuf>,
+        /// Number of generated cases.
+        #[arg(long)]
+        iterations: Option<u64>,
+        /// Generator seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Predict whether a saved `kvm_xsave` image loads on a target host, and what reads back.
+    CheckState {
+        /// The state: 4096 bytes or the XSAVE2 size, as a VMM writes it.
+        state: PathBuf,
+        /// Target host fingerprint (`xsave-rig probe --json`).
+        #[arg(long)]
+        target: PathBuf,
+        /// Guest CPUID: a JSON CPUID table (as in a case) or a JSON array of entries.
+        #[arg(long)]
+        guest_cpuid: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run case files and print observation, prediction and verdict (exit 0 agree, 1 divergence).
     Replay {
         /// Case files (binary or .json).
@@ -272,6 +307,16 @@ fn backend_host(b: &BackendArgs, o: &OracleArgs) -> Result<(HostFacts, serde_jso
         fp["model_backend"] = serde_json::json!(c.name());
     }
     Ok((host, fp))
+}
+
+fn load_target(p: &Path) -> Result<xsave_runner::migrate::Target> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("cannot read fingerprint {}", p.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))?;
+    xsave_runner::migrate::Target::from_fingerprint(&p.display().to_string(), &v).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+}
+
+fn quirk_names(m: &ModelConfig) -> String {
+    m.quirks.iter().map(|q| q.name()).collect::<Vec<_>>().join(", ")
 }
 
 fn print_probe(r: &ProbeReport) {
@@ -469,6 +514,108 @@ fn run(cli: Cli) -> Result<i32> {
                 eprintln!("xsave-rig: skipped {sk}");
             }
             Ok(0)
+        }
+        Cmd::Migrate { from, to, cases, iterations, seed, json } => {
+            let (src, dst) = (load_target(&from)?, load_target(&to)?);
+            let list: Vec<(String, Case)> = match cases {
+                Some(dir) => {
+                    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                        .with_context(|| format!("cannot read {}", dir.display()))?
+                        .flatten()
+                        .map(|e| e.path())
+                        .collect();
+                    files.sort();
+                    files.iter().map(|f| load_case(f).map(|c| (f.display().to_string(), c))).collect::<Result<_>>()?
+                }
+                None => (0..iterations.unwrap_or(1000)).map(|i| (format!("seed {seed} case {i}"), campaign::case_for(seed, i))).collect(),
+            };
+            let results: Vec<xsave_runner::migrate::Migration> =
+                list.iter().filter_map(|(l, c)| xsave_runner::migrate::migrate_case(l, c, &src, &dst)).collect();
+            let count = |v: &str| results.iter().filter(|m| m.check.verdict == v).count();
+            let unmasked = results.iter().filter(|m| !m.unmasked.is_empty()).count();
+            let summary = serde_json::json!({
+                "from": {"file": from, "contract": src.model.contract, "quirks": src.model.quirks},
+                "to": {"file": to, "contract": dst.model.contract, "quirks": dst.model.quirks},
+                "cases": list.len(), "saved_states": results.len(),
+                "loads": count("loads"), "loads_with_loss": count("loads-with-loss"), "refused": count("refused"), "config_refused": count("config-refused"),
+                "unmasked_saves": unmasked,
+                "examples": results.iter().filter(|m| m.check.verdict != "loads" || !m.unmasked.is_empty()).take(10).collect::<Vec<_>>(),
+            });
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!(
+                    "from {} ({} [{}]) to {} ({} [{}])",
+                    from.display(),
+                    src.model.contract,
+                    quirk_names(&src.model),
+                    to.display(),
+                    dst.model.contract,
+                    quirk_names(&dst.model)
+                );
+                println!("cases {}  saved states {}", list.len(), results.len());
+                println!(
+                    "loads {}  loads with loss {}  refused {}  guest config refused {}",
+                    count("loads"),
+                    count("loads-with-loss"),
+                    count("refused"),
+                    count("config-refused")
+                );
+                println!("unmasked saves (source saved features its guest does not have): {unmasked}");
+                for m in results.iter().filter(|m| m.check.verdict != "loads" || !m.unmasked.is_empty()).take(10) {
+                    println!(
+                        "  {}: saved {} -> {} ({}){}",
+                        m.case,
+                        m.saved_xstate_bv,
+                        m.check.verdict,
+                        m.check.reason,
+                        if m.unmasked.is_empty() { String::new() } else { format!(" [unmasked save: {}]", m.unmasked.join("|")) }
+                    );
+                }
+            }
+            Ok(if count("refused") + count("loads-with-loss") > 0 { 1 } else { 0 })
+        }
+        Cmd::CheckState { state, target, guest_cpuid, json } => {
+            let bytes = std::fs::read(&state).with_context(|| format!("cannot read {}", state.display()))?;
+            if bytes.len() < 4096 {
+                bail!("{}: {} bytes; a kvm_xsave image is at least 4096", state.display(), bytes.len());
+            }
+            let dst = load_target(&target)?;
+            let cpuid = match guest_cpuid {
+                None => None,
+                Some(p) => {
+                    let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+                    let t = match serde_json::from_str::<xsave_oracle::case::CpuidTable>(&text) {
+                        Ok(t) => t,
+                        Err(_) => {
+                            let entries: Vec<xsave_oracle::case::CpuidEntry> = serde_json::from_str(&text)
+                                .with_context(|| format!("{}: neither a CPUID table nor an array of entries", p.display()))?;
+                            xsave_oracle::case::CpuidTable { base: xsave_oracle::case::CpuidBase::Empty, entries, reverse: false }
+                        }
+                    };
+                    Some(t)
+                }
+            };
+            let setup: Vec<xsave_oracle::Op> = cpuid.into_iter().map(xsave_oracle::Op::SetCpuid2).collect();
+            let r = xsave_runner::migrate::check_state(&bytes, &setup, &dst, None);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("target            {} ({} [{}])", target.display(), dst.model.contract, quirk_names(&dst.model));
+                println!("state XSTATE_BV   {}", r.state_xstate_bv);
+                println!("KVM_SET_XSAVE     {} ({})", r.set_ret, r.verdict);
+                println!("reason            {}", r.reason);
+                if let Some(rule) = &r.rule {
+                    println!("rule              {rule}");
+                }
+                if let Some(bv) = &r.restored_xstate_bv {
+                    println!("KVM_GET_XSAVE     XSTATE_BV {bv}");
+                }
+                if !r.lost.is_empty() {
+                    println!("lost              {}", r.lost.join(", "));
+                }
+            }
+            Ok(if r.verdict == "loads" { 0 } else { 1 })
         }
         Cmd::Case { cmd: CaseCmd::Show { file } } => {
             println!("{}", load_case(&file)?.to_json());
