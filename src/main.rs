@@ -11,6 +11,7 @@ use xsave_oracle::diff::{judge, Verdict};
 use xsave_oracle::{Case, Contract, HostFacts, ModelConfig, Quirk};
 use xsave_runner::campaign::{self, CampaignConfig, Summary};
 use xsave_runner::kvm::KvmBackend;
+use xsave_runner::lab;
 use xsave_runner::minimize;
 use xsave_runner::probe::{self, ProbeReport};
 use xsave_runner::{Backend, ModelBackend};
@@ -83,6 +84,9 @@ enum Cmd {
         /// Executions the minimizer may spend on each new finding (0: no minimization).
         #[arg(long, default_value_t = 2000)]
         minimize_budget: u64,
+        /// Give every case a guest CPUID strictly narrower than the host's supported set.
+        #[arg(long)]
+        narrow_cpuid: bool,
     },
     /// Shrink a diverging case while it keeps the same signature (deterministic).
     Minimize {
@@ -155,6 +159,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The kernel lab: stock or own kernels under QEMU TCG, the rig running inside.
+    Lab {
+        #[command(subcommand)]
+        cmd: LabCmd,
+    },
     /// Run case files and print observation, prediction and verdict (exit 0 agree, 1 divergence).
     Replay {
         /// Case files (binary or .json).
@@ -183,6 +192,37 @@ enum Cmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Download and prepare a kernel: debian:5.10, debian:6.1, debian:6.12, debian:7 or an
+    /// exact Debian linux-image-amd64 version; or --kernel-image PATH [--modules DIR].
+    Fetch {
+        /// Kernel spec.
+        kernel: Option<String>,
+        /// A kernel image of your own (bzImage).
+        #[arg(long)]
+        kernel_image: Option<PathBuf>,
+        /// Its modules directory (lib/modules/<release>), unless KVM is built in.
+        #[arg(long)]
+        modules: Option<PathBuf>,
+    },
+    /// Boot a kernel and run `xsave-rig ARGS` inside; results come back to the host.
+    Run {
+        /// Kernel: debian:X, a cached id, or an image path.
+        #[arg(long)]
+        kernel: String,
+        /// Seconds before the guest counts as hung.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        /// Where the initramfs, console log and results go (default: a directory under the cache).
+        #[arg(long)]
+        scratch: Option<PathBuf>,
+        /// The xsave-rig subcommand and its arguments.
+        #[arg(last = true, required = true)]
+        args: Vec<String>,
     },
 }
 
@@ -309,6 +349,21 @@ fn backend_host(b: &BackendArgs, o: &OracleArgs) -> Result<(HostFacts, serde_jso
     Ok((host, fp))
 }
 
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    if !from.exists() {
+        return Ok(());
+    }
+    if from.is_dir() {
+        std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+        for e in std::fs::read_dir(from)?.flatten() {
+            copy_tree(&e.path(), &to.join(e.file_name()))?;
+        }
+    } else {
+        std::fs::copy(from, to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    }
+    Ok(())
+}
+
 fn load_target(p: &Path) -> Result<xsave_runner::migrate::Target> {
     let text = std::fs::read_to_string(p).with_context(|| format!("cannot read fingerprint {}", p.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))?;
@@ -332,6 +387,14 @@ fn print_probe(r: &ProbeReport) {
     println!("host XCR0        {}", r.host_xcr0);
     println!("XSAVE2 size      {}", r.xsave_size);
     println!("MXCSR mask       {}", r.mxcsr_mask);
+    println!(
+        "CPUID 0x12.1     {}",
+        if r.host.cpuid_sgx_xfrm_masked { "masked by guest XCR0, FP|SSE forced (6.1-era)" } else { "stored as given" }
+    );
+    println!(
+        "GET_CPUID2 nent  {}",
+        if r.host.get_cpuid2_keeps_nent { "left as the caller's on success (before 6.5)" } else { "written back on success (6.5+)" }
+    );
     for c in &r.components {
         println!(
             "component        bit {:>2} {:<10} offset {:>5} size {:>5}",
@@ -383,7 +446,7 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Fuzz { backend, oracle, iterations, duration, seed, workdir, resume, json, minimize_budget } => {
+        Cmd::Fuzz { backend, oracle, iterations, duration, seed, workdir, resume, json, minimize_budget, narrow_cpuid } => {
             let (host, fingerprint) = backend_host(&backend, &oracle)?;
             let model = model_config(&oracle, &host)?;
             let mut be = make_backend(&backend, &host)?;
@@ -418,6 +481,7 @@ fn run(cli: Cli) -> Result<i32> {
                 stop,
                 progress,
                 minimize_budget,
+                narrow_cpuid,
             };
             let s = campaign::run(be.as_mut(), cfg)?;
             if tty {
@@ -616,6 +680,35 @@ fn run(cli: Cli) -> Result<i32> {
                 }
             }
             Ok(if r.verdict == "loads" { 0 } else { 1 })
+        }
+        Cmd::Lab { cmd: LabCmd::Fetch { kernel, kernel_image, modules } } => {
+            let k = match (kernel, kernel_image) {
+                (_, Some(img)) => lab::local_kernel(&img, modules.as_deref())?,
+                (Some(spec), None) => lab::kernel(&spec)?,
+                (None, None) => bail!("lab fetch needs a kernel spec (debian:6.12, …) or --kernel-image PATH"),
+            };
+            println!("{}  release {}  {} modules  ({})", k.id, k.release, k.modules.len(), k.packages.join(", "));
+            Ok(0)
+        }
+        Cmd::Lab { cmd: LabCmd::Run { kernel, timeout, scratch, args } } => {
+            let k = lab::kernel(&kernel)?;
+            let scratch = scratch.unwrap_or_else(|| lab::cache_dir().join("runs").join(&k.id));
+            let host_workdir = args.iter().position(|a| a == "--workdir").and_then(|i| args.get(i + 1)).map(PathBuf::from);
+            let out = lab::run(&k, &args, &scratch, Duration::from_secs(timeout))?;
+            lab::passthrough(&out.stdout);
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+            if let Some(w) = host_workdir {
+                copy_tree(&out.outdir.join("workdir"), &w)?;
+            }
+            eprintln!(
+                "xsave-rig lab: {} booted in {:.1} s, ran {:.1} s, {:.1} s wall; console log {}",
+                k.id,
+                out.boot_seconds,
+                out.run_seconds,
+                out.wall_seconds,
+                out.console.display()
+            );
+            Ok(out.status)
         }
         Cmd::Case { cmd: CaseCmd::Show { file } } => {
             println!("{}", load_case(&file)?.to_json());

@@ -84,6 +84,14 @@ pub struct HostFacts {
     /// Quirks the probe detected on this host (modelled only when asked).
     #[serde(default)]
     pub quirks: Vec<Quirk>,
+    /// `KVM_GET_CPUID2` leaves the caller's `nent` on success (kernels before 6.5, commit
+    /// ab322c43cce9); 6.5+ writes back the stored count. Measured by the probe.
+    #[serde(default)]
+    pub get_cpuid2_keeps_nent: bool,
+    /// The stored CPUID.0x12.1 (SGX XFRM) is masked by guest_supported_xcr0 with FP|SSE forced
+    /// on (seen on 6.1; not on 5.10, 6.12 or 7.x). Measured by the probe.
+    #[serde(default)]
+    pub cpuid_sgx_xfrm_masked: bool,
     /// Under [`Quirk::PvmCpuidRewrite`]: leaves the host silently drops from a
     /// `KVM_SET_CPUID2` table (measured by the probe, set and read back).
     #[serde(default)]
@@ -151,6 +159,8 @@ impl HostFacts {
             host_cpuid_0xd,
             supported_cpuid,
             quirks: Vec::new(),
+            get_cpuid2_keeps_nent: false,
+            cpuid_sgx_xfrm_masked: false,
             pvm_dropped_leaves: Vec::new(),
         }
     }

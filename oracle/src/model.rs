@@ -238,7 +238,8 @@ impl<'a> Model<'a> {
             }
         }
         let mut amx = false;
-        if let Some(i) = find_entry(&entries, 0xd, Some(0)) {
+        // The dynamic-feature (AMX) check arrived with KVM_CAP_XSAVE2 in 5.17.
+        if let (true, Some(i)) = (self.contract().has_xsave2(), find_entry(&entries, 0xd, Some(0))) {
             let x = entries[i].eax as u64 | ((entries[i].edx as u64) << 32);
             if x & USER_DYNAMIC != 0 {
                 if self.host.guest_perm & USER_DYNAMIC == 0 {
@@ -361,6 +362,13 @@ impl<'a> Model<'a> {
             t[i].ecx &= !(1 << 4);
             rules.push(Rule::CpuidRuntimeOspke);
         }
+        if self.host.cpuid_sgx_xfrm_masked {
+            if let Some(i) = find_entry(&t, 0x12, Some(1)) {
+                t[i].ecx = (t[i].ecx & self.vcpu.gsx as u32) | FPSSE as u32;
+                t[i].edx &= (self.vcpu.gsx >> 32) as u32;
+                rules.push(Rule::CpuidSgxXfrm);
+            }
+        }
         if let Some(i) = find_entry(&t, 0xd, Some(0)) {
             t[i].ebx = xstate_required_size(&self.host.components, self.vcpu.xcr0, false);
             rules.push(Rule::CpuidRuntimeXsaveSize);
@@ -381,11 +389,19 @@ impl<'a> Model<'a> {
         }
         let mut rules = vec![Rule::CpuidGetTable];
         let t = self.runtime_table(&mut rules);
-        let mut data = Vec::with_capacity(4 + n * CPUID_ENTRY_SIZE);
-        data.extend_from_slice(&(n as u32).to_le_bytes());
+        let shown = if self.host.get_cpuid2_keeps_nent {
+            rules.push(Rule::CpuidGetCallerNent);
+            capacity
+        } else {
+            n
+        };
+        let mut data = Vec::with_capacity(4 + shown * CPUID_ENTRY_SIZE);
+        data.extend_from_slice(&(shown as u32).to_le_bytes());
         for e in &t {
             data.extend_from_slice(&e.to_bytes());
         }
+        // The caller's buffer is zeroed; entries the kernel did not write stay zero.
+        data.resize(4 + shown * CPUID_ENTRY_SIZE, 0);
         let mut unpredicted = Vec::new();
         for &(k, regs) in &self.vcpu.cpuid_unpredicted {
             for r in 0..4u32 {
@@ -632,7 +648,7 @@ impl<'a> Model<'a> {
         if x & AVX512 != 0 && (x & YMM == 0 || x & AVX512 != AVX512) {
             return Err(Rule::Xcr0RejectAvx512);
         }
-        if self.contract() != Contract::V0 && x & XTILE != 0 && x & XTILE != XTILE {
+        if self.contract().has_xsave2() && x & XTILE != 0 && x & XTILE != XTILE {
             return Err(Rule::Xcr0RejectAmx);
         }
         Ok(())

@@ -85,6 +85,8 @@ rules! {
     CpuidV2UserXfeatures = "cpuid.v2.user_xfeatures", "§9 V2", "V2a/V2b: user_xfeatures := guest_supported_xcr0 (V2b: | FP|SSE)";
     CpuidGetE2big = "cpuid.get.e2big", "§6", "GET_CPUID2 with nent below the stored count: E2BIG";
     CpuidGetTable = "cpuid.get.table", "§6.1", "GET_CPUID2 returns the stored table in order, nent = count";
+    CpuidGetCallerNent = "cpuid.get.caller_nent", "§6 (pre-6.5)", "before 6.5, a successful GET_CPUID2 leaves the caller's nent; entries beyond the table untouched";
+    CpuidSgxXfrm = "cpuid.runtime.sgx_xfrm", "§6.3 (6.1)", "CPUID.0x12.1 ECX/EDX masked by guest_supported_xcr0, FP|SSE forced on";
     CpuidRuntimeOsxsave = "cpuid.runtime.osxsave", "§6.3", "leaf 1 ECX.OSXSAVE follows CR4.OSXSAVE (0)";
     CpuidRuntimeApic = "cpuid.runtime.apic", "§6.3", "leaf 1 EDX.APIC follows APIC-base enable";
     CpuidRuntimeOspke = "cpuid.runtime.ospke", "§6.3", "leaf 7 ECX.OSPKE follows CR4.PKE (0)";

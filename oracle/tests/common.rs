@@ -35,6 +35,8 @@ pub fn host207() -> HostFacts {
             CpuidEntry::new(0x8000_0008, 0, 0, [0x3030, 0, 0, 0]),
         ],
         quirks: vec![],
+        get_cpuid2_keeps_nent: false,
+        cpuid_sgx_xfrm_masked: false,
         pvm_dropped_leaves: vec![],
     }
 }

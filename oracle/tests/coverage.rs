@@ -13,6 +13,9 @@ fn every_rule_is_reachable() {
     let plain = HostFacts::synthetic(0x2e7, 0xffff);
     let mut amx = HostFacts::synthetic(0x602ff, 0xffff);
     amx.guest_perm = 0x602ff;
+    let mut old = HostFacts::synthetic(0x2e7, 0xffff);
+    old.get_cpuid2_keeps_nent = true;
+    old.cpuid_sgx_xfrm_masked = true;
     let mut pvm = HostFacts::synthetic(0x2e7, 0xffff);
     pvm.quirks = vec![Quirk::PvmCpuidRewrite];
     pvm.pvm_dropped_leaves = vec![0x1d, 0x14];
@@ -23,7 +26,7 @@ fn every_rule_is_reachable() {
         rng.fill_bytes(&mut bytes);
         let Ok(case) = Case::arbitrary(&mut Unstructured::new(&bytes)) else { continue };
         let c = Contract::ALL[i as usize % Contract::ALL.len()];
-        for (host, quirks) in [(&plain, vec![]), (&amx, vec![]), (&pvm, vec![Quirk::PvmCpuidRewrite])] {
+        for (host, quirks) in [(&plain, vec![]), (&amx, vec![]), (&old, vec![]), (&pvm, vec![Quirk::PvmCpuidRewrite])] {
             for r in predict(&case, host, &ModelConfig { contract: c, quirks }).results {
                 seen.extend(r.rules);
             }

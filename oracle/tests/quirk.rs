@@ -31,6 +31,8 @@ fn pvm_host() -> HostFacts {
         host_cpuid_0xd: raw.iter().map(|&(i, r)| CpuidEntry::new(0xd, i, 1, r)).collect(),
         supported_cpuid: vec![],
         quirks: vec![Quirk::PvmCpuidRewrite],
+        get_cpuid2_keeps_nent: false,
+        cpuid_sgx_xfrm_masked: false,
         pvm_dropped_leaves: vec![0x1d, 0x1e, 0x24],
     }
 }

@@ -30,6 +30,34 @@ pub fn case_for(seed: u64, i: u64) -> Case {
     Case::arbitrary(&mut Unstructured::new(&bytes)).unwrap_or_else(|_| Case { ops: vec![Op::GetXsave], ..Case::default() })
 }
 
+/// Make `case`'s guest CPUID strictly narrower than the host: its configuration exposes
+/// FP|SSE plus a pseudo-random subset of `supported` that leaves out at least one supported
+/// feature (when the host has any beyond FP|SSE). Deterministic in `(case, i)`.
+pub fn narrow(mut case: Case, supported: u64, i: u64) -> Case {
+    use xsave_oracle::case::{CpuidBase, CpuidTable};
+    use xsave_oracle::xfeatures::FPSSE;
+    let extra: Vec<u64> = (2..64).map(|b| 1u64 << b).filter(|b| supported & b != 0).collect();
+    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5bd1_e995;
+    let mut mask = FPSSE;
+    for b in &extra {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if x & 1 == 1 {
+            mask |= b;
+        }
+    }
+    if let Some(first) = extra.get((x as usize >> 8) % extra.len().max(1)) {
+        mask &= !first;
+    }
+    let base = match case.config.cpuid.as_ref().map(|t| &t.base) {
+        Some(CpuidBase::Supported { drop_leaves, .. }) => CpuidBase::Supported { xcr0_mask: mask, drop_leaves: drop_leaves.clone() },
+        _ => CpuidBase::Subset { leaves: vec![1, 7, 0xd], xcr0_mask: mask },
+    };
+    case.config.cpuid = Some(CpuidTable { base, entries: vec![], reverse: false });
+    case
+}
+
 /// Errors of a campaign (not findings).
 #[derive(Debug, thiserror::Error)]
 pub enum CampaignError {
@@ -76,6 +104,8 @@ pub struct CampaignConfig {
     pub progress: Option<Progress>,
     /// Executions the minimizer may spend on each new finding (0: keep findings as found).
     pub minimize_budget: u64,
+    /// Give every case a guest CPUID strictly narrower than the host ([`narrow`]).
+    pub narrow_cpuid: bool,
 }
 
 /// Persistent state (`campaign.json`) and the summary printed at the end.
@@ -107,6 +137,9 @@ pub struct Summary {
     pub execs_per_sec: f64,
     /// ioctls issued by the backend in this session.
     pub ioctls: u64,
+    /// Whether every case had a guest CPUID narrower than the host.
+    #[serde(default)]
+    pub narrow_cpuid: bool,
     /// Whether this session resumed an earlier one.
     pub resumed: bool,
     /// Whether the run was interrupted (SIGINT/SIGTERM).
@@ -162,6 +195,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
         contract: cfg.model.contract.name().to_string(),
         quirks: cfg.model.quirks.iter().map(|q| q.name().to_string()).collect(),
         seed: cfg.seed,
+        narrow_cpuid: cfg.narrow_cpuid,
         ..Summary::default()
     };
     let mut known: std::collections::HashSet<String> = Default::default();
@@ -221,7 +255,10 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
             break;
         }
         let i = s.next_iteration;
-        let case = case_for(cfg.seed, i);
+        let mut case = case_for(cfg.seed, i);
+        if cfg.narrow_cpuid {
+            case = narrow(case, host.supported_xcr0, i);
+        }
         let observed = backend.execute(&case)?;
         let (_, verdict) = judge(&case, &host, &cfg.model, &observed);
         s.next_iteration += 1;

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod campaign;
 pub mod differential;
 pub mod kvm;
+pub mod lab;
 pub mod migrate;
 pub mod minimize;
 pub mod probe;

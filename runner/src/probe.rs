@@ -129,6 +129,8 @@ pub fn host_facts() -> Result<HostFacts, BackendError> {
         host_cpuid_0xd,
         supported_cpuid,
         quirks: Vec::new(),
+        get_cpuid2_keeps_nent: false,
+        cpuid_sgx_xfrm_masked: false,
         pvm_dropped_leaves: Vec::new(),
     })
 }
@@ -146,6 +148,31 @@ fn quirk_case() -> Case {
         reverse: false,
     };
     Case { config: Config { cpuid: Some(table), xcr0: None }, ops: vec![Op::GetCpuid2 { capacity: 256 }] }
+}
+
+/// Does a successful `KVM_GET_CPUID2` leave the caller's `nent` (kernels before 6.5)?
+pub fn measure_keeps_nent(backend: &mut dyn Backend) -> Result<bool, BackendError> {
+    let table = CpuidTable { base: CpuidBase::Empty, entries: vec![CpuidEntry::new(0x4000_0000, 0, 0, [0; 4])], reverse: false };
+    let case = Case { config: Config { cpuid: Some(table), xcr0: None }, ops: vec![Op::GetCpuid2 { capacity: 3 }] };
+    let obs = backend.execute(&case)?;
+    Ok(obs.results.last().is_some_and(|r| r.data.get(..4) == Some(&3u32.to_le_bytes()[..])))
+}
+
+/// Does `KVM_SET_CPUID2` mask CPUID.0x12.1 ECX/EDX with guest XCR0 (FP|SSE forced)?
+pub fn measure_sgx_xfrm(backend: &mut dyn Backend) -> Result<bool, BackendError> {
+    let table = CpuidTable {
+        base: CpuidBase::Empty,
+        entries: vec![
+            CpuidEntry::new(0xd, 0, CPUID_FLAG_SIGNIFICANT_INDEX, [FPSSE as u32, 0, 0, 0]),
+            CpuidEntry::new(0x12, 1, CPUID_FLAG_SIGNIFICANT_INDEX, [0, 0, !0, !0]),
+        ],
+        reverse: false,
+    };
+    let case = Case { config: Config { cpuid: Some(table), xcr0: None }, ops: vec![Op::GetCpuid2 { capacity: 64 }] };
+    let obs = backend.execute(&case)?;
+    let Some(d) = obs.results.last().map(|r| &r.data) else { return Ok(false) };
+    let entries: Vec<CpuidEntry> = d.get(4..).unwrap_or_default().chunks_exact(CPUID_ENTRY_SIZE).map(CpuidEntry::from_bytes).collect();
+    Ok(entries.iter().any(|e| e.function == 0x12 && e.index == 1 && e.ecx == FPSSE as u32))
 }
 
 /// Leaves the probe offers to find which ones a rewriting host drops.
@@ -259,6 +286,9 @@ pub fn probe() -> Result<ProbeReport, BackendError> {
     let mut host = host_facts()?;
     let kvm = open_kvm()?;
     let caps = Capabilities { xsave: kvm.check_extension_raw(55), xcrs: kvm.check_extension_raw(56), xsave2: kvm.check_extension_raw(208) };
+    let mut backend = KvmBackend::new(host.clone(), false)?;
+    host.get_cpuid2_keeps_nent = measure_keeps_nent(&mut backend)?;
+    host.cpuid_sgx_xfrm_masked = measure_sgx_xfrm(&mut backend)?;
     let mut backend = KvmBackend::new(host.clone(), false)?;
     let (quirks, mut quirk_evidence) = detect_quirks(&mut backend)?;
     host.quirks = quirks.clone();

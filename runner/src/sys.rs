@@ -125,7 +125,7 @@ pub fn set_cpuid2(vcpu: &impl AsRawFd, buf: &mut AlignedBuf) -> IoResult {
 /// `KVM_GET_CPUID2` with room for `capacity` entries; `buf` receives header and entries.
 pub fn get_cpuid2(vcpu: &impl AsRawFd, buf: &mut AlignedBuf, capacity: u32) -> IoResult {
     buf.ensure(8 + capacity as usize * 40);
-    buf.bytes_mut()[..8].fill(0);
+    buf.bytes_mut()[..8 + capacity as usize * 40].fill(0);
     buf.bytes_mut()[..4].copy_from_slice(&capacity.to_le_bytes());
     ioctl_buf(vcpu.as_raw_fd(), KVM_GET_CPUID2, buf)
 }

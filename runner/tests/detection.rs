@@ -24,6 +24,7 @@ fn findings(contract: Contract, iterations: u64) -> Vec<serde_json::Value> {
         stop: Arc::new(AtomicBool::new(false)),
         progress: None,
         minimize_budget: 500,
+        narrow_cpuid: false,
     };
     let s = run(&mut be, cfg).expect("campaign");
     assert_eq!(s.execs, iterations);

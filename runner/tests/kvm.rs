@@ -31,6 +31,7 @@ fn campaign(host: &HostFacts, quirks: Vec<Quirk>, n: u64, seed: u64) -> Summary 
         stop: Arc::new(AtomicBool::new(false)),
         progress: None,
         minimize_budget: 0,
+        narrow_cpuid: false,
     };
     run(&mut be, cfg).expect("campaign")
 }
