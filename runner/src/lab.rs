@@ -454,11 +454,11 @@ impl Cpio {
         self.buf.extend_from_slice(hdr.as_bytes());
         self.buf.extend_from_slice(name.as_bytes());
         self.buf.push(0);
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
         self.buf.extend_from_slice(data);
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
     }
