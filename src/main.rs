@@ -164,6 +164,22 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LabCmd,
     },
+    /// Run case files on this machine's KVM and record per-step digests and verdicts (used
+    /// inside lab guests by `lab matrix`).
+    #[command(hide = true)]
+    ExecCases {
+        /// Directory of case files.
+        dir: PathBuf,
+        /// Output directory (probe.json, records.jsonl).
+        #[arg(long)]
+        workdir: PathBuf,
+        /// Only the cases named in this file (one per line).
+        #[arg(long)]
+        only: Option<PathBuf>,
+        /// Keep full traces.
+        #[arg(long)]
+        full: bool,
+    },
     /// Run case files and print observation, prediction and verdict (exit 0 agree, 1 divergence).
     Replay {
         /// Case files (binary or .json).
@@ -184,6 +200,8 @@ enum Cmd {
     },
     /// Raw ioctl throughput next to the rig's, measured in the same run.
     Bench {
+        #[command(flatten)]
+        backend: BenchBackend,
         /// Seconds per side.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
@@ -193,6 +211,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args, Clone)]
+struct BenchBackend {
+    /// `lab:<kernel>`: measure inside that kernel's lab guest too, next to this host.
+    #[arg(long)]
+    backend: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -220,9 +245,43 @@ enum LabCmd {
         /// Where the initramfs, console log and results go (default: a directory under the cache).
         #[arg(long)]
         scratch: Option<PathBuf>,
+        /// Replace the guest's /init with this script (for testing failure handling).
+        #[arg(long, hide = true)]
+        init_script: Option<PathBuf>,
         /// The xsave-rig subcommand and its arguments.
         #[arg(last = true, required = true)]
         args: Vec<String>,
+    },
+    /// The same cases on several kernels (and this host): per-kernel verdicts and the cases
+    /// whose behaviour differs between kernels.
+    Matrix {
+        /// Comma-separated kernels (debian:5.10,debian:6.1,…, cached ids or image paths).
+        #[arg(long, value_delimiter = ',', required = true)]
+        kernels: Vec<String>,
+        /// Also run the cases on this host's /dev/kvm.
+        #[arg(long)]
+        host: bool,
+        /// Case files to run (default: generated cases).
+        #[arg(long, conflicts_with = "iterations")]
+        cases: Option<PathBuf>,
+        /// Number of generated cases.
+        #[arg(long, default_value_t = 1000)]
+        iterations: u64,
+        /// Generator seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Give generated cases a guest CPUID narrower than the lab's supported set.
+        #[arg(long)]
+        narrow_cpuid: bool,
+        /// Where cases, per-kernel results and matrix.{json,md} go.
+        #[arg(long, default_value = "xsave-matrix")]
+        workdir: PathBuf,
+        /// Seconds per guest before it counts as hung.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+        /// Print the matrix as JSON instead of Markdown.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -243,18 +302,20 @@ enum CaseCmd {
     },
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum BackendKind {
     Kvm,
     Model(Contract),
+    Lab(String),
 }
 
 fn parse_backend(s: &str) -> Result<BackendKind, String> {
     match s {
         "kvm" => Ok(BackendKind::Kvm),
-        _ => match s.strip_prefix("model:") {
-            Some(v) => parse_contract(v).map(BackendKind::Model),
-            None => Err(format!("unknown backend {s:?} (expected kvm or model:V0..V3)")),
+        _ => match (s.strip_prefix("model:"), s.strip_prefix("lab:")) {
+            (Some(v), _) => parse_contract(v).map(BackendKind::Model),
+            (_, Some(k)) if !k.is_empty() => Ok(BackendKind::Lab(k.to_string())),
+            _ => Err(format!("unknown backend {s:?} (expected kvm, model:V0..V3 or lab:<kernel>)")),
         },
     }
 }
@@ -331,22 +392,217 @@ fn model_config(o: &OracleArgs, host: &HostFacts) -> Result<ModelConfig> {
 }
 
 fn make_backend(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn Backend>> {
-    Ok(match b.backend {
+    Ok(match &b.backend {
         BackendKind::Kvm => Box::new(KvmBackend::new(host.clone(), !b.no_pool)?),
-        BackendKind::Model(contract) => Box::new(ModelBackend::new(host.clone(), ModelConfig { contract, quirks: Vec::new() })),
+        BackendKind::Model(contract) => Box::new(ModelBackend::new(host.clone(), ModelConfig { contract: *contract, quirks: Vec::new() })),
+        BackendKind::Lab(k) => bail!("lab:{k} runs the whole command inside the guest (internal error: not delegated)"),
     })
+}
+
+/// `--backend lab:K`: run this very command inside kernel K's lab guest with `--backend kvm`,
+/// bring results back, and exit with the guest's status.
+fn delegate_to_lab(kernel: &str) -> Result<i32> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--backend") {
+        args[i + 1] = "kvm".into();
+    }
+    for a in args.iter_mut() {
+        if a.starts_with("--backend=lab:") {
+            *a = "--backend=kvm".into();
+        }
+    }
+    let k = lab::kernel(kernel)?;
+    let scratch = lab::cache_dir().join("runs").join(&k.id);
+    let host_workdir = args.iter().position(|a| a == "--workdir").and_then(|i| args.get(i + 1)).map(PathBuf::from);
+    let out = lab::run(&k, &args, &scratch, Duration::from_secs(1800))?;
+    lab::passthrough(&out.stdout);
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    if let Some(w) = host_workdir {
+        copy_tree(&out.outdir.join("workdir"), &w)?;
+    }
+    eprintln!(
+        "xsave-rig lab: ran on {} (booted in {:.1} s, ran {:.1} s; console log {})",
+        k.id,
+        out.boot_seconds,
+        out.run_seconds,
+        out.console.display()
+    );
+    Ok(out.status)
 }
 
 /// Host facts for a backend (a model backend has no host quirks) and their fingerprint.
 fn backend_host(b: &BackendArgs, o: &OracleArgs) -> Result<(HostFacts, serde_json::Value)> {
     let (mut host, mut fp) = host_facts(o, b.backend == BackendKind::Kvm)?;
-    if let BackendKind::Model(c) = b.backend {
+    if let BackendKind::Model(c) = &b.backend {
         host.quirks.clear();
         host.pvm_dropped_leaves.clear();
         fp["host"] = serde_json::to_value(&host)?;
         fp["model_backend"] = serde_json::json!(c.name());
     }
     Ok((host, fp))
+}
+
+fn read_case_dir(dir: &Path) -> Result<Vec<(String, Case)>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files.iter().map(|f| load_case(f).map(|c| (f.file_name().and_then(|n| n.to_str()).unwrap_or("case").to_string(), c))).collect()
+}
+
+fn read_records(dir: &Path) -> Result<(ProbeReport, Vec<xsave_runner::matrix::ExecRecord>)> {
+    let p: ProbeReport =
+        serde_json::from_slice(&std::fs::read(dir.join("probe.json")).with_context(|| format!("no probe.json in {}", dir.display()))?)?;
+    let text = std::fs::read_to_string(dir.join("records.jsonl")).with_context(|| format!("no records.jsonl in {}", dir.display()))?;
+    let recs = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .with_context(|| format!("{}: corrupt records", dir.display()))?;
+    Ok((p, recs))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_matrix(
+    kernels: &[String],
+    host: bool,
+    cases: Option<PathBuf>,
+    iterations: u64,
+    seed: u64,
+    narrow: bool,
+    workdir: &Path,
+    timeout: Duration,
+) -> Result<xsave_runner::matrix::Matrix> {
+    use xsave_runner::matrix::{build, exec_cases};
+    let cdir = workdir.join("cases");
+    let list: Vec<(String, Case)> = match cases {
+        Some(d) => read_case_dir(&d)?,
+        None => (0..iterations)
+            .map(|i| {
+                let c = campaign::case_for(seed, i);
+                let c = if narrow { campaign::narrow(c, 0x207, i) } else { c };
+                (format!("{i:06}.case"), c)
+            })
+            .collect(),
+    };
+    // Every kernel must get the same input bytes: render CPUID bases (which depend on each
+    // kernel's KVM_GET_SUPPORTED_CPUID) against one fixed reference table.
+    let reference = HostFacts::synthetic(0x207, 0xffff);
+    let list: Vec<(String, Case)> = list.into_iter().map(|(n, c)| (n, materialize(c, &reference))).collect();
+    let _ = std::fs::remove_dir_all(&cdir);
+    std::fs::create_dir_all(&cdir).with_context(|| format!("cannot create {}", cdir.display()))?;
+    for (n, c) in &list {
+        std::fs::write(cdir.join(n), c.encode())?;
+    }
+    // Pass 1: every case on every column.
+    let mut columns = Vec::new();
+    let mut hosts = Vec::new();
+    let mut pass1 = Vec::new();
+    let mut kernels_used = Vec::new();
+    for spec in kernels {
+        let k = lab::kernel(spec)?;
+        let out = workdir.join("kernels").join(&k.id).join("pass1");
+        let _ = std::fs::remove_dir_all(&out);
+        let args: Vec<String> = vec!["exec-cases".into(), cdir.display().to_string(), "--workdir".into(), out.display().to_string()];
+        let r = lab::run(&k, &args, &workdir.join("kernels").join(&k.id).join("scratch"), timeout)?;
+        if r.status != 0 {
+            bail!(
+                "{}: exec-cases exited {} in the guest: {} (console log {})",
+                k.id,
+                r.status,
+                String::from_utf8_lossy(&r.stderr).trim(),
+                r.console.display()
+            );
+        }
+        copy_tree(&r.outdir.join("workdir"), &out)?;
+        let (p, recs) = read_records(&out)?;
+        columns.push(column(&k.id, &p, &recs, r.boot_seconds, r.run_seconds));
+        hosts.push(p.host.clone());
+        pass1.push(recs);
+        kernels_used.push(Some(k));
+    }
+    if host {
+        let p = probe::probe()?;
+        let t = std::time::Instant::now();
+        let recs = exec_cases(&p, &list, false)?;
+        columns.push(column("host", &p, &recs, 0.0, t.elapsed().as_secs_f64()));
+        hosts.push(p.host.clone());
+        pass1.push(recs);
+        kernels_used.push(None);
+    }
+    // Pass 2: full traces of the cases that differ.
+    let differing: Vec<String> = (0..list.len())
+        .filter(|&i| pass1.iter().filter_map(|r| r.get(i)).map(|r| &r.digest).collect::<std::collections::BTreeSet<_>>().len() > 1)
+        .map(|i| list[i].0.clone())
+        .take(100)
+        .collect();
+    let mut full = std::collections::BTreeMap::new();
+    if !differing.is_empty() {
+        let only = workdir.join("differing.txt");
+        std::fs::write(&only, differing.join("\n"))?;
+        for (col, k) in columns.iter().zip(&kernels_used) {
+            let recs = match k {
+                Some(k) => {
+                    let out = workdir.join("kernels").join(&k.id).join("pass2");
+                    let _ = std::fs::remove_dir_all(&out);
+                    let args: Vec<String> = vec![
+                        "exec-cases".into(),
+                        cdir.display().to_string(),
+                        "--workdir".into(),
+                        out.display().to_string(),
+                        "--only".into(),
+                        only.display().to_string(),
+                        "--full".into(),
+                    ];
+                    let r = lab::run(k, &args, &workdir.join("kernels").join(&k.id).join("scratch"), timeout)?;
+                    copy_tree(&r.outdir.join("workdir"), &out)?;
+                    read_records(&out)?.1
+                }
+                None => {
+                    let sel: Vec<(String, Case)> = list.iter().filter(|(n, _)| differing.contains(n)).cloned().collect();
+                    exec_cases(&probe::probe()?, &sel, true)?
+                }
+            };
+            for r in recs {
+                if let Some(t) = r.trace {
+                    full.insert((col.kernel.clone(), r.case.clone()), t);
+                }
+            }
+        }
+    }
+    let m = build(&list, columns, &hosts, &pass1, &full);
+    xsave_runner::store::write_atomic(&workdir.join("matrix.json"), &serde_json::to_vec_pretty(&m)?)?;
+    xsave_runner::store::write_atomic(&workdir.join("matrix.md"), xsave_runner::matrix::markdown(&m).as_bytes())?;
+    Ok(m)
+}
+
+/// Replace every CPUID base by the explicit entries it renders to on `reference`.
+fn materialize(mut case: Case, reference: &HostFacts) -> Case {
+    use xsave_oracle::case::{CpuidBase, CpuidTable};
+    let fix = |t: &CpuidTable| CpuidTable { base: CpuidBase::Empty, entries: t.render(reference), reverse: false };
+    case.config.cpuid = case.config.cpuid.as_ref().map(fix);
+    for op in &mut case.ops {
+        if let xsave_oracle::Op::SetCpuid2(t) = op {
+            *t = fix(t);
+        }
+    }
+    case
+}
+
+fn column(name: &str, p: &ProbeReport, recs: &[xsave_runner::matrix::ExecRecord], boot: f64, run: f64) -> xsave_runner::matrix::Column {
+    xsave_runner::matrix::Column {
+        kernel: name.to_string(),
+        contract: p.contract.clone(),
+        quirks: p.quirks.iter().map(|q| q.name().to_string()).collect(),
+        release: p.kernel_release.clone(),
+        v3_divergences: recs.iter().filter(|r| r.v3 != "agree").count(),
+        own_divergences: recs.iter().filter(|r| r.own != "agree").count(),
+        boot_seconds: boot,
+        run_seconds: run,
+    }
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
@@ -444,6 +700,28 @@ fn run(cli: Cli) -> Result<i32> {
             } else {
                 print_probe(&r);
             }
+            Ok(0)
+        }
+        Cmd::Fuzz { backend: BackendArgs { backend: BackendKind::Lab(k), .. }, .. }
+        | Cmd::Replay { backend: BackendArgs { backend: BackendKind::Lab(k), .. }, .. } => delegate_to_lab(&k),
+        Cmd::Bench { backend: BenchBackend { backend: Some(k) }, seconds, .. } => {
+            let k = k.strip_prefix("lab:").ok_or_else(|| anyhow::anyhow!("bench --backend takes lab:<kernel>"))?.to_string();
+            let kern = lab::kernel(&k)?;
+            let args: Vec<String> = vec!["bench".into(), "--json".into(), "--seconds".into(), seconds.to_string()];
+            let out = lab::run(&kern, &args, &lab::cache_dir().join("runs").join(&kern.id), Duration::from_secs(1800))?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let lab_r: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("lab bench output: {}", String::from_utf8_lossy(&out.stderr).trim()))?;
+            let host_r = match xsave_runner::kvm_unavailable() {
+                None => {
+                    let (host, _) = host_facts(&OracleArgs { contract: Contract::V3, quirks: "auto".into(), host_facts: None }, true)?;
+                    let model = ModelConfig { quirks: host.quirks.clone(), ..ModelConfig::default() };
+                    serde_json::to_value(xsave_runner::bench::bench(&host, &model, seconds)?)?
+                }
+                Some(why) => serde_json::json!({ "unavailable": why }),
+            };
+            let both = serde_json::json!({ "lab": { "kernel": kern.id, "bench": lab_r }, "host": host_r });
+            println!("{}", serde_json::to_string_pretty(&both)?);
             Ok(0)
         }
         Cmd::Fuzz { backend, oracle, iterations, duration, seed, workdir, resume, json, minimize_budget, narrow_cpuid } => {
@@ -690,11 +968,15 @@ fn run(cli: Cli) -> Result<i32> {
             println!("{}  release {}  {} modules  ({})", k.id, k.release, k.modules.len(), k.packages.join(", "));
             Ok(0)
         }
-        Cmd::Lab { cmd: LabCmd::Run { kernel, timeout, scratch, args } } => {
+        Cmd::Lab { cmd: LabCmd::Run { kernel, timeout, scratch, init_script, args } } => {
             let k = lab::kernel(&kernel)?;
+            let init = match init_script {
+                Some(p) => Some(std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?),
+                None => None,
+            };
             let scratch = scratch.unwrap_or_else(|| lab::cache_dir().join("runs").join(&k.id));
             let host_workdir = args.iter().position(|a| a == "--workdir").and_then(|i| args.get(i + 1)).map(PathBuf::from);
-            let out = lab::run(&k, &args, &scratch, Duration::from_secs(timeout))?;
+            let out = lab::run_with(&k, &args, &scratch, Duration::from_secs(timeout), init.as_deref())?;
             lab::passthrough(&out.stdout);
             eprint!("{}", String::from_utf8_lossy(&out.stderr));
             if let Some(w) = host_workdir {
@@ -710,6 +992,39 @@ fn run(cli: Cli) -> Result<i32> {
             );
             Ok(out.status)
         }
+        Cmd::ExecCases { dir, workdir, only, full } => {
+            let only: Option<Vec<String>> = match only {
+                Some(p) => Some(
+                    std::fs::read_to_string(&p)
+                        .with_context(|| format!("cannot read {}", p.display()))?
+                        .lines()
+                        .map(str::to_string)
+                        .collect(),
+                ),
+                None => None,
+            };
+            let cases = read_case_dir(&dir)?.into_iter().filter(|(n, _)| only.as_ref().is_none_or(|o| o.contains(n))).collect::<Vec<_>>();
+            let report = probe::probe()?;
+            let recs = xsave_runner::matrix::exec_cases(&report, &cases, full)?;
+            std::fs::create_dir_all(&workdir).with_context(|| format!("cannot create {}", workdir.display()))?;
+            std::fs::write(workdir.join("probe.json"), serde_json::to_vec_pretty(&report)?)?;
+            let mut lines = String::new();
+            for r in &recs {
+                lines.push_str(&serde_json::to_string(r)?);
+                lines.push('\n');
+            }
+            std::fs::write(workdir.join("records.jsonl"), lines)?;
+            Ok(0)
+        }
+        Cmd::Lab { cmd: LabCmd::Matrix { kernels, host, cases, iterations, seed, narrow_cpuid, workdir, timeout, json } } => {
+            let m = run_matrix(&kernels, host, cases, iterations, seed, narrow_cpuid, &workdir, Duration::from_secs(timeout))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                print!("{}", xsave_runner::matrix::markdown(&m));
+            }
+            Ok(0)
+        }
         Cmd::Case { cmd: CaseCmd::Show { file } } => {
             println!("{}", load_case(&file)?.to_json());
             Ok(0)
@@ -719,7 +1034,7 @@ fn run(cli: Cli) -> Result<i32> {
             std::fs::write(&output, case.encode()).with_context(|| format!("cannot write {}", output.display()))?;
             Ok(0)
         }
-        Cmd::Bench { seconds, oracle, json } => {
+        Cmd::Bench { seconds, oracle, json, .. } => {
             let (host, _) = host_facts(&oracle, true)?;
             let model = model_config(&oracle, &host)?;
             let r = xsave_runner::bench::bench(&host, &model, seconds)?;

@@ -593,6 +593,11 @@ pub struct RunOutput {
 /// Boot `kernel` and run `xsave-rig ARGS` inside; `scratch` holds the initramfs, the console
 /// log and the extracted results (`scratch/out`).
 pub fn run(kernel: &Kernel, args: &[String], scratch: &Path, timeout: Duration) -> Result<RunOutput, LabError> {
+    run_with(kernel, args, scratch, timeout, None)
+}
+
+/// [`run`] with another `/init` script (tests use it to make guests panic or hang).
+pub fn run_with(kernel: &Kernel, args: &[String], scratch: &Path, timeout: Duration, init: Option<&str>) -> Result<RunOutput, LabError> {
     need("qemu-system-x86_64", "apt-get install qemu-system-x86")?;
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
@@ -630,7 +635,7 @@ pub fn run(kernel: &Kernel, args: &[String], scratch: &Path, timeout: Duration) 
     let cmd =
         format!("export XSAVE_RIG_CACHE=/tmp\nexec /bin/xsave-rig {}\n", gargs.iter().map(|a| sh_quote(a)).collect::<Vec<_>>().join(" "));
     cpio.file("lab/run.sh", cmd.as_bytes(), true);
-    cpio.file("init", INIT.as_bytes(), true);
+    cpio.file("init", init.unwrap_or(INIT).as_bytes(), true);
     let initrd = scratch.join("initrd.cpio");
     std::fs::write(&initrd, cpio.finish()).map_err(io(&initrd))?;
     let console = scratch.join("console.log");

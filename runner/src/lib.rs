@@ -9,6 +9,7 @@ pub mod campaign;
 pub mod differential;
 pub mod kvm;
 pub mod lab;
+pub mod matrix;
 pub mod migrate;
 pub mod minimize;
 pub mod probe;

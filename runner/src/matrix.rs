@@ -1,0 +1,217 @@
+//! The cross-kernel differential: the same cases on several kernels (and this host), grouped
+//! by identical behaviour, with the first differing step and bytes between groups.
+//!
+//! Pass 1 runs every case on every kernel and keeps, per case, each step's return and a
+//! digest of its bytes plus the verdicts under V3 and under the kernel's own probed contract.
+//! Pass 2 reruns only the cases whose behaviour differs, keeping full traces, so the table
+//! can show bytes without shipping every image out of every guest.
+
+use crate::kvm::KvmBackend;
+use crate::probe::ProbeReport;
+use crate::{Backend, BackendError};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use xsave_oracle::diff::{diff, fnv1a, judge, Verdict};
+use xsave_oracle::trace::Trace;
+use xsave_oracle::{Case, Contract, ModelConfig};
+
+/// One case's behaviour on one kernel.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExecRecord {
+    /// Case name.
+    pub case: String,
+    /// Per step: return value and a digest of the output bytes.
+    pub steps: Vec<(String, String)>,
+    /// Digest of the whole trace.
+    pub digest: String,
+    /// `agree` or the divergence signature under V3 (no quirks).
+    pub v3: String,
+    /// `agree` or the signature under the kernel's probed contract and quirks.
+    pub own: String,
+    /// The full trace (pass 2 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Trace>,
+}
+
+fn verdict_word(v: &Verdict) -> String {
+    match v {
+        Verdict::Agree => "agree".into(),
+        Verdict::Diverge(d) => d.signature.clone(),
+    }
+}
+
+/// Run named cases on this machine's KVM (inside a lab guest, or on the host) and record them.
+pub fn exec_cases(report: &ProbeReport, cases: &[(String, Case)], full: bool) -> Result<Vec<ExecRecord>, BackendError> {
+    let host = &report.host;
+    let own = ModelConfig { contract: Contract::parse(&report.contract).unwrap_or(Contract::V3), quirks: report.quirks.clone() };
+    let strict = ModelConfig::default();
+    let mut be = KvmBackend::new(host.clone(), true)?;
+    let mut out = Vec::with_capacity(cases.len());
+    for (name, case) in cases {
+        let t = be.execute(case)?;
+        let steps: Vec<(String, String)> = t.results.iter().map(|r| (r.ret.to_string(), format!("{:016x}", fnv1a(&r.data)))).collect();
+        let all: String = steps.iter().map(|(r, d)| format!("{r}:{d};")).collect();
+        out.push(ExecRecord {
+            case: name.clone(),
+            digest: format!("{:016x}", fnv1a(all.as_bytes())),
+            steps,
+            v3: verdict_word(&judge(case, host, &strict, &t).1),
+            own: verdict_word(&judge(case, host, &own, &t).1),
+            trace: full.then_some(t),
+        });
+    }
+    Ok(out)
+}
+
+/// One column of the matrix.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Column {
+    /// Kernel id (or `host`).
+    pub kernel: String,
+    /// Probe verdict: contract version.
+    pub contract: String,
+    /// Quirks found.
+    pub quirks: Vec<String>,
+    /// Kernel release.
+    pub release: String,
+    /// Cases diverging from the V3 oracle.
+    pub v3_divergences: usize,
+    /// Cases diverging from the oracle under the kernel's own contract.
+    pub own_divergences: usize,
+    /// Guest boot seconds (lab) and run seconds.
+    pub boot_seconds: f64,
+    /// Seconds running the cases.
+    pub run_seconds: f64,
+}
+
+/// A case whose behaviour differs between kernels.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Difference {
+    /// Case name.
+    pub case: String,
+    /// Kernels grouped by identical behaviour.
+    pub groups: Vec<Vec<String>>,
+    /// First step whose return or bytes differ between the first two groups.
+    pub first_step: usize,
+    /// The op there.
+    pub op: String,
+    /// Returns of the first two groups there.
+    pub rets: (String, String),
+    /// Differing regions and bytes (first group vs second), when full traces were fetched.
+    pub bytes: Vec<xsave_oracle::diff::ByteDiff>,
+}
+
+/// The whole matrix.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Matrix {
+    /// Cases run on every column.
+    pub cases: usize,
+    /// Columns.
+    pub columns: Vec<Column>,
+    /// Number of distinct behaviour groupings per case count (how many cases have 1, 2, … groups).
+    pub group_histogram: BTreeMap<usize, usize>,
+    /// Cases whose behaviour differs between kernels.
+    pub differences: Vec<Difference>,
+}
+
+/// Build the matrix from pass-1 records (per column) and pass-2 full traces.
+pub fn build(
+    cases: &[(String, Case)],
+    columns: Vec<Column>,
+    hosts: &[xsave_oracle::HostFacts],
+    pass1: &[Vec<ExecRecord>],
+    full: &BTreeMap<(String, String), Trace>,
+) -> Matrix {
+    let mut hist = BTreeMap::new();
+    let mut differences = Vec::new();
+    for (ci, (name, case)) in cases.iter().enumerate() {
+        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        for (k, recs) in pass1.iter().enumerate() {
+            let Some(r) = recs.get(ci) else { continue };
+            match groups.iter_mut().find(|(d, _)| *d == r.digest) {
+                Some((_, ks)) => ks.push(k),
+                None => groups.push((r.digest.clone(), vec![k])),
+            }
+        }
+        *hist.entry(groups.len()).or_default() += 1;
+        if groups.len() < 2 {
+            continue;
+        }
+        let (a, b) = (groups[0].1[0], groups[1].1[0]);
+        let (ra, rb) = (&pass1[a][ci], &pass1[b][ci]);
+        let first_step = ra.steps.iter().zip(&rb.steps).position(|(x, y)| x != y).unwrap_or(ra.steps.len().min(rb.steps.len()));
+        let steps = case.steps();
+        let op = steps.get(first_step).map(|(_, op)| op.name().to_string()).unwrap_or_else(|| "END".into());
+        let rets = (
+            ra.steps.get(first_step).map(|s| s.0.clone()).unwrap_or_default(),
+            rb.steps.get(first_step).map(|s| s.0.clone()).unwrap_or_default(),
+        );
+        let bytes = match (full.get(&(columns[a].kernel.clone(), name.clone())), full.get(&(columns[b].kernel.clone(), name.clone()))) {
+            (Some(ta), Some(tb)) => {
+                // The diff does not care which side is "expected": compare kernel a with kernel b.
+                let synthetic = xsave_oracle::HostFacts::synthetic(0x2ff, 0xffff);
+                match diff(case, hosts.get(a).unwrap_or(&synthetic), &ModelConfig::default(), ta, tb) {
+                    Verdict::Diverge(d) => d.bytes,
+                    Verdict::Agree => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
+        };
+        differences.push(Difference {
+            case: name.clone(),
+            groups: groups.iter().map(|(_, ks)| ks.iter().map(|&k| columns[k].kernel.clone()).collect()).collect(),
+            first_step,
+            op,
+            rets,
+            bytes,
+        });
+    }
+    Matrix { cases: cases.len(), columns, group_histogram: hist, differences }
+}
+
+/// Markdown rendering.
+pub fn markdown(m: &Matrix) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(o, "# xsave-rig kernel matrix\n\n{} cases on each column.\n", m.cases);
+    let _ = writeln!(o, "| kernel | release | contract | quirks | diverging from V3 | diverging from own contract | boot s | run s |\n|---|---|---|---|---|---|---|---|");
+    for c in &m.columns {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
+            c.kernel,
+            c.release,
+            c.contract,
+            c.quirks.join(", "),
+            c.v3_divergences,
+            c.own_divergences,
+            c.boot_seconds,
+            c.run_seconds
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nBehaviour groups per case: {}\n",
+        m.group_histogram.iter().map(|(g, n)| format!("{n} cases with {g} group(s)")).collect::<Vec<_>>().join(", ")
+    );
+    let _ = writeln!(o, "## Cases whose behaviour differs between kernels ({})\n", m.differences.len());
+    if !m.differences.is_empty() {
+        let _ = writeln!(o, "| case | groups | first differing step | returns | bytes |\n|---|---|---|---|---|");
+    }
+    for d in m.differences.iter().take(200) {
+        let groups: Vec<String> = d.groups.iter().map(|g| format!("{{{}}}", g.join(", "))).collect();
+        let bytes: Vec<String> = d.bytes.iter().take(3).map(|b| format!("{} {}..{}", b.region, b.start, b.end)).collect();
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} {} | {} vs {} | {} |",
+            d.case,
+            groups.join(" "),
+            d.first_step,
+            d.op,
+            d.rets.0,
+            d.rets.1,
+            bytes.join("; ")
+        );
+    }
+    o
+}

@@ -1,0 +1,215 @@
+//! The kernel lab on stock Debian kernels under QEMU TCG (no host KVM needed). Runs where
+//! qemu-system-x86_64 and busybox exist; elsewhere one `SKIPPED(lab)` line, except under CI,
+//! where a skip fails. Tests share one lock: they share the kernel cache and two cores.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+fn lab_or_skip(test: &str) -> bool {
+    let have = |t: &str| Command::new("sh").arg("-c").arg(format!("command -v {t}")).output().is_ok_and(|o| o.status.success());
+    if have("qemu-system-x86_64") && have("busybox") {
+        return true;
+    }
+    if std::env::var("CI").is_ok() {
+        panic!("{test}: qemu-system-x86 and busybox-static are required in CI (see .ci/run)");
+    }
+    eprintln!("SKIPPED(lab) {test}: qemu-system-x86_64 or busybox not installed");
+    false
+}
+
+fn rig(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xsave-rig")).args(args).output().expect("run xsave-rig")
+}
+
+fn json_of(o: &Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&o.stdout);
+    let start =
+        text.find(['{', '[']).unwrap_or_else(|| panic!("no JSON in output: {text}\nstderr: {}", String::from_utf8_lossy(&o.stderr)));
+    serde_json::from_str(&text[start..]).unwrap_or_else(|e| panic!("bad JSON ({e}): {text}"))
+}
+
+fn probe(kernel: &str) -> serde_json::Value {
+    let o = rig(&["lab", "run", "--kernel", kernel, "--timeout", "300", "--", "probe", "--json"]);
+    assert!(o.status.success(), "{kernel} probe: {}", String::from_utf8_lossy(&o.stderr));
+    json_of(&o)
+}
+
+fn campaign(kernel: &str, contract: &str, n: &str, dir: &Path) -> serde_json::Value {
+    let wd = dir.to_str().expect("utf8");
+    let o = rig(&[
+        "lab",
+        "run",
+        "--kernel",
+        kernel,
+        "--timeout",
+        "900",
+        "--",
+        "fuzz",
+        "--contract",
+        contract,
+        "--iterations",
+        n,
+        "--seed",
+        "11",
+        "--narrow-cpuid",
+        "--json",
+        "--workdir",
+        wd,
+    ]);
+    assert!(o.status.success(), "{kernel} campaign: {}", String::from_utf8_lossy(&o.stderr));
+    eprintln!("{kernel}: {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or(""));
+    json_of(&o)
+}
+
+/// 5 000 narrow-CPUID cases on 6.1, 6.12 and 7.x agree with V3; 5.10 probes as V0 and agrees
+/// with V0. Findings (if any) come back to the host workdir.
+#[test]
+fn stock_kernels_match_their_contract() {
+    if !lab_or_skip("stock_kernels_match_their_contract") {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    for (kernel, contract) in [("debian:6.12", "V3"), ("debian:6.1", "V3"), ("debian:7", "V3"), ("debian:5.10", "V0")] {
+        let p = probe(kernel);
+        assert_eq!(p["contract"], contract, "{kernel} probe: {p}");
+        assert_eq!(p["quirks"], serde_json::json!([]), "stock kernels have no quirks");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = campaign(kernel, contract, "5000", dir.path());
+        assert_eq!(s["execs"], 5000);
+        assert_eq!(s["narrow_cpuid"], true);
+        let found: Vec<String> = std::fs::read_dir(dir.path().join("findings"))
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+            .unwrap_or_default();
+        assert_eq!(s["divergent_cases"], 0, "{kernel}: divergences from {contract}: {found:?}");
+        assert!(dir.path().join("campaign.json").is_file(), "results came back to the host workdir");
+    }
+}
+
+fn expect_error(o: &Output, needle: &str) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+    assert!(err.contains("console log"), "the error names the console log: {err}");
+    err
+}
+
+fn no_qemu_left(marker: &Path) {
+    let o = Command::new("pgrep").arg("-f").arg(marker.to_str().expect("utf8")).output().expect("pgrep");
+    assert!(o.stdout.is_empty(), "QEMU left behind: {}", String::from_utf8_lossy(&o.stdout));
+}
+
+#[test]
+fn failure_paths_are_clear_and_leave_no_qemu() {
+    if !lab_or_skip("failure_paths_are_clear_and_leave_no_qemu") {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scratch = dir.path().join("scratch");
+    let s = scratch.to_str().expect("utf8");
+    // A guest whose init dies: the kernel panics.
+    let init = dir.path().join("panic.sh");
+    std::fs::write(&init, "#!/bin/busybox sh\nexit 1\n").expect("write");
+    let o = rig(&[
+        "lab",
+        "run",
+        "--kernel",
+        "debian:6.12",
+        "--timeout",
+        "300",
+        "--scratch",
+        s,
+        "--init-script",
+        init.to_str().expect("utf8"),
+        "--",
+        "probe",
+    ]);
+    expect_error(&o, "panicked");
+    no_qemu_left(&scratch);
+    // A guest that hangs past the timeout.
+    let init = dir.path().join("hang.sh");
+    std::fs::write(&init, "#!/bin/busybox sh\n/bin/busybox sleep 100000\n").expect("write");
+    let o = rig(&[
+        "lab",
+        "run",
+        "--kernel",
+        "debian:6.12",
+        "--timeout",
+        "20",
+        "--scratch",
+        s,
+        "--init-script",
+        init.to_str().expect("utf8"),
+        "--",
+        "probe",
+    ]);
+    expect_error(&o, "hung");
+    no_qemu_left(&scratch);
+    // A module that will not load: the stock image with a corrupt kvm_amd.
+    let k: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cache().join("kernels/debian-6.12.118-1/kernel.json")).unwrap_or_else(|_| {
+            assert!(rig(&["lab", "fetch", "debian:6.12"]).status.success());
+            std::fs::read(cache().join("kernels/debian-6.12.118-1/kernel.json")).expect("kernel.json")
+        }))
+        .expect("json");
+    let mods = dir.path().join("modules/6.12-broken");
+    std::fs::create_dir_all(&mods).expect("mkdir");
+    std::fs::write(mods.join("kvm-amd.ko"), b"not an ELF module").expect("write");
+    std::fs::write(mods.join("modules.builtin"), "kernel/drivers/virtio/virtio_pci.ko\nkernel/drivers/char/virtio_console.ko\n")
+        .expect("write");
+    let image = k["image"].as_str().expect("image");
+    let o = rig(&["lab", "fetch", "--kernel-image", image, "--modules", mods.to_str().expect("utf8")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = String::from_utf8_lossy(&o.stdout).split_whitespace().next().expect("id").to_string();
+    let o = rig(&["lab", "run", "--kernel", &id, "--timeout", "300", "--scratch", s, "--", "probe"]);
+    expect_error(&o, "module kvm_amd failed to load");
+    no_qemu_left(&scratch);
+    // No kernel image at all.
+    let o = rig(&["lab", "run", "--kernel", "/nonexistent/bzImage", "--", "probe"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+fn cache() -> std::path::PathBuf {
+    std::env::var("XSAVE_RIG_CACHE").map(Into::into).unwrap_or_else(|_| {
+        let base = std::env::var("XDG_CACHE_HOME")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| std::path::PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache"));
+        base.join("xsave-rig")
+    })
+}
+
+#[test]
+fn matrix_groups_kernels_by_behaviour() {
+    if !lab_or_skip("matrix_groups_kernels_by_behaviour") {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = rig(&[
+        "lab",
+        "matrix",
+        "--kernels",
+        "debian:6.1,debian:6.12",
+        "--iterations",
+        "300",
+        "--seed",
+        "5",
+        "--narrow-cpuid",
+        "--workdir",
+        dir.path().to_str().expect("utf8"),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("matrix.json")).expect("matrix.json")).expect("json");
+    assert_eq!(m["cases"], 300);
+    for c in m["columns"].as_array().expect("columns") {
+        assert_eq!(c["contract"], "V3");
+        assert_eq!(c["own_divergences"], 0, "{c}");
+    }
+    // 6.1 predates 6.5's GET_CPUID2 nent write-back: the two kernels differ on GET_CPUID2.
+    let diffs = m["differences"].as_array().expect("differences");
+    assert!(diffs.iter().any(|d| d["op"] == "KVM_GET_CPUID2"), "no GET_CPUID2 difference between 6.1 and 6.12");
+    assert!(std::fs::read_to_string(dir.path().join("matrix.md")).expect("md").contains("| debian-6.1.192-2 |"));
+}
