@@ -87,6 +87,9 @@ enum Cmd {
         /// Give every case a guest CPUID strictly narrower than the host's supported set.
         #[arg(long)]
         narrow_cpuid: bool,
+        /// Pure random generation: no contract-coverage feedback, no corpus.
+        #[arg(long)]
+        no_feedback: bool,
     },
     /// Shrink a diverging case while it keeps the same signature (deterministic).
     Minimize {
@@ -193,6 +196,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Corpus tools.
+    Corpus {
+        #[command(subcommand)]
+        cmd: CorpusCmd,
+    },
     /// Inspect or write case files.
     Case {
         #[command(subcommand)]
@@ -280,6 +288,21 @@ enum LabCmd {
         #[arg(long, default_value_t = 1800)]
         timeout: u64,
         /// Print the matrix as JSON instead of Markdown.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CorpusCmd {
+    /// Contract coverage of a directory of cases (also libFuzzer/honggfuzz output folders):
+    /// every rule with the cases that reach it, and the rules no case reaches.
+    Coverage {
+        /// Directory of case files.
+        dir: PathBuf,
+        #[command(flatten)]
+        oracle: OracleArgs,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -686,6 +709,12 @@ fn print_summary(s: &Summary) {
         println!("  explained by a host quirk: {}", s.explained_by_quirk);
     }
     println!("findings         {} ({} new)", s.findings, s.new_signatures.len());
+    if s.corpus > 0 {
+        println!(
+            "contract rules   {}/{} reached, {} coverage points, corpus {}",
+            s.rules_covered, s.rules_total, s.coverage_points, s.corpus
+        );
+    }
     if s.interrupted {
         println!("interrupted      yes (state saved; continue with --resume)");
     }
@@ -724,7 +753,7 @@ fn run(cli: Cli) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&both)?);
             Ok(0)
         }
-        Cmd::Fuzz { backend, oracle, iterations, duration, seed, workdir, resume, json, minimize_budget, narrow_cpuid } => {
+        Cmd::Fuzz { backend, oracle, iterations, duration, seed, workdir, resume, json, minimize_budget, narrow_cpuid, no_feedback } => {
             let (host, fingerprint) = backend_host(&backend, &oracle)?;
             let model = model_config(&oracle, &host)?;
             let mut be = make_backend(&backend, &host)?;
@@ -742,8 +771,8 @@ fn run(cli: Cli) -> Result<i32> {
             let progress: Option<campaign::Progress> = if tty {
                 Some(Box::new(|s: &Summary| {
                     eprint!(
-                        "\r[{:>6.0}s] execs {:>9}  {:>7.0}/s  divergent {:>6}  findings {:>4}   ",
-                        s.seconds, s.execs, s.execs_per_sec, s.divergent_cases, s.findings
+                        "\r[{:>6.0}s] execs {:>9}  {:>7.0}/s  rules {}/{}  corpus {:>5}  divergent {:>6}  findings {:>4}   ",
+                        s.seconds, s.execs, s.execs_per_sec, s.rules_covered, s.rules_total, s.corpus, s.divergent_cases, s.findings
                     )
                 }))
             } else {
@@ -760,6 +789,7 @@ fn run(cli: Cli) -> Result<i32> {
                 progress,
                 minimize_budget,
                 narrow_cpuid,
+                feedback: !no_feedback,
             };
             let s = campaign::run(be.as_mut(), cfg)?;
             if tty {
@@ -1022,6 +1052,64 @@ fn run(cli: Cli) -> Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&m)?);
             } else {
                 print!("{}", xsave_runner::matrix::markdown(&m));
+            }
+            Ok(0)
+        }
+        Cmd::Corpus { cmd: CorpusCmd::Coverage { dir, oracle, json } } => {
+            let (host, _) = host_facts(&oracle, false)?;
+            let model = model_config(&oracle, &host)?;
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .with_context(|| format!("cannot read {}", dir.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            let mut reach: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+            let mut skipped = Vec::new();
+            for f in &files {
+                let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("?").to_string();
+                let Ok(c) = std::fs::read(f)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| Case::decode(&b).map_err(|e| e.to_string()))
+                    .map_err(|e| skipped.push(format!("{name}: {e}")))
+                else {
+                    continue;
+                };
+                let exp = xsave_oracle::predict(&c, &host, &model);
+                for p in xsave_oracle::coverage::points(&c, &exp) {
+                    reach.entry(p.to_string()).or_default().push(name.clone());
+                }
+            }
+            let rules: Vec<(&str, usize)> =
+                xsave_oracle::rules::Rule::ALL.iter().map(|r| (r.id(), reach.get(r.id()).map_or(0, |v| v.len()))).collect();
+            let unreached: Vec<&str> = rules.iter().filter(|(_, n)| *n == 0).map(|(id, _)| *id).collect();
+            if json {
+                let v = serde_json::json!({
+                    "cases": files.len() - skipped.len(), "skipped": skipped,
+                    "rules_covered": rules.len() - unreached.len(), "rules_total": rules.len(),
+                    "points": reach.iter().map(|(p, cs)| serde_json::json!({"point": p, "cases": cs.len(), "examples": cs.iter().take(3).collect::<Vec<_>>()})).collect::<Vec<_>>(),
+                    "unreached_rules": unreached,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{} cases, contract rules {}/{} reached (oracle {} quirks [{}])",
+                    files.len() - skipped.len(),
+                    rules.len() - unreached.len(),
+                    rules.len(),
+                    model.contract,
+                    quirk_names(&model)
+                );
+                for (p, cs) in &reach {
+                    println!("  {:<34} {:>6} cases  e.g. {}", p, cs.len(), cs.iter().take(2).cloned().collect::<Vec<_>>().join(", "));
+                }
+                for u in &unreached {
+                    println!("  {u:<34}      0 cases  UNREACHED");
+                }
+                for sk in &skipped {
+                    eprintln!("xsave-rig: skipped {sk}");
+                }
             }
             Ok(0)
         }

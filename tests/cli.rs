@@ -170,3 +170,26 @@ fn long_kvm_campaign_leaks_nothing() {
     assert!(r["peak_rss_kib"].as_u64().expect("rss") < 100 * 1024, "peak RSS {r}");
     assert_eq!(s["divergent_cases"], 0, "{s}");
 }
+
+#[test]
+fn corpus_coverage_lists_points_and_names_bad_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for e in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/corpus/seed")).expect("seeds").flatten() {
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).expect("copy");
+    }
+    std::fs::write(dir.path().join("crash-deadbeef"), b"\x00\x01garbage").expect("write");
+    let o = run(&[
+        "corpus",
+        "coverage",
+        "--json",
+        "--host-facts",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/synthetic-host.json"),
+        dir.path().to_str().expect("utf8"),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["cases"], 22);
+    assert!(v["skipped"][0].as_str().expect("skipped").contains("crash-deadbeef"));
+    assert!(v["rules_covered"].as_u64().expect("n") > 30);
+    assert!(v["points"].as_array().expect("points").iter().any(|p| p["point"] == "set.reject.xcomp_bv"));
+}

@@ -5,3 +5,6 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         xsave_oracle::invariants::check(&case);
     }
 });
+libfuzzer_sys::fuzz_mutator!(|data: &mut [u8], size: usize, max_size: usize, seed: u32| {
+    xsave_oracle::mutate::mutate_in_place(data, size, max_size, seed)
+});

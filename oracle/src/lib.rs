@@ -11,6 +11,7 @@
 //! Host departures from upstream ([`host::Quirk`]) are modelled only when asked.
 
 pub mod case;
+pub mod coverage;
 pub mod diff;
 pub mod gen;
 pub mod hexnum;
@@ -18,6 +19,7 @@ pub mod host;
 pub mod invariants;
 pub mod layout;
 pub mod model;
+pub mod mutate;
 pub mod rules;
 pub mod trace;
 pub mod xfeatures;

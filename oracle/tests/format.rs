@@ -96,3 +96,23 @@ fn model_invariants_hold_on_generated_cases() {
         xsave_oracle::case::check_round_trip(&generated(s).encode());
     }
 }
+
+#[test]
+fn mutations_stay_valid_cases() {
+    let mut rng = SmallRng::seed_from_u64(11);
+    let mut bytes = generated(3).encode();
+    for i in 0..20_000u32 {
+        let mut entropy = [0u8; 64];
+        rng.fill_bytes(&mut entropy);
+        bytes = xsave_oracle::mutate::mutate_bytes(&bytes, &entropy);
+        let c = Case::decode(&bytes).unwrap_or_else(|e| panic!("mutation {i} produced an undecodable case: {e}"));
+        assert!(!c.ops.is_empty());
+        if i % 500 == 0 {
+            bytes = generated(i as u64).encode();
+        }
+    }
+    // libFuzzer's in-place form respects max_size.
+    let mut buf = vec![0u8; 64];
+    let n = xsave_oracle::mutate::mutate_in_place(&mut buf, 0, 64, 7);
+    assert!(n <= 64);
+}

@@ -58,6 +58,15 @@ pub fn narrow(mut case: Case, supported: u64, i: u64) -> Case {
     case
 }
 
+/// A structure-aware mutant of a corpus entry, reproducible from `(seed, i)`.
+pub fn mutated(corpus: &[Case], seed: u64, i: u64) -> Case {
+    let mut rng = SmallRng::seed_from_u64(seed ^ i.wrapping_mul(0xa076_1d64_78bd_642f).rotate_left(29));
+    let mut entropy = [0u8; 256];
+    rng.fill_bytes(&mut entropy);
+    let base = &corpus[(rng.next_u64() % corpus.len() as u64) as usize];
+    Case::decode(&xsave_oracle::mutate::mutate_bytes(&base.encode(), &entropy)).unwrap_or_else(|_| base.clone())
+}
+
 /// Errors of a campaign (not findings).
 #[derive(Debug, thiserror::Error)]
 pub enum CampaignError {
@@ -106,6 +115,9 @@ pub struct CampaignConfig {
     pub minimize_budget: u64,
     /// Give every case a guest CPUID strictly narrower than the host ([`narrow`]).
     pub narrow_cpuid: bool,
+    /// Contract-coverage feedback: keep cases reaching new points in `WORKDIR/corpus/` and
+    /// derive half of the cases by structure-aware mutation of corpus entries.
+    pub feedback: bool,
 }
 
 /// Persistent state (`campaign.json`) and the summary printed at the end.
@@ -137,6 +149,18 @@ pub struct Summary {
     pub execs_per_sec: f64,
     /// ioctls issued by the backend in this session.
     pub ioctls: u64,
+    /// Contract rules reached so far (of [`xsave_oracle::coverage::rule_count`]).
+    #[serde(default)]
+    pub rules_covered: usize,
+    /// Rules there are.
+    #[serde(default)]
+    pub rules_total: usize,
+    /// Coverage points (rules and per-ioctl outcomes) reached.
+    #[serde(default)]
+    pub coverage_points: usize,
+    /// Cases kept in the feedback corpus.
+    #[serde(default)]
+    pub corpus: usize,
     /// Whether every case had a guest CPUID narrower than the host.
     #[serde(default)]
     pub narrow_cpuid: bool,
@@ -239,6 +263,30 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
         }
         s.findings = known.len() as u64;
     }
+    let mut points: std::collections::BTreeSet<String> = Default::default();
+    let mut shapes: std::collections::HashSet<u64> = Default::default();
+    let mut corpus: Vec<Case> = Vec::new();
+    let corpus_dir = cfg.workdir.as_ref().map(|d| d.join("corpus"));
+    if let (true, Some(cd)) = (cfg.feedback, &corpus_dir) {
+        std::fs::create_dir_all(cd).map_err(io(cd))?;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(cd)
+            .map_err(io(cd))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "case"))
+            .collect();
+        files.sort();
+        for f in files {
+            // Unreadable entries are skipped here; `corpus coverage` names them.
+            if let Ok(c) = std::fs::read(&f).map_err(|_| ()).and_then(|b| Case::decode(&b).map_err(|_| ())) {
+                let exp = xsave_oracle::predict(&c, &host, &cfg.model);
+                points.extend(xsave_oracle::coverage::points(&c, &exp).iter().map(|p| p.to_string()));
+                shapes.insert(xsave_oracle::coverage::shape(&c));
+                corpus.push(c);
+            }
+        }
+    }
+    s.rules_total = xsave_oracle::coverage::rule_count();
     s.resources.fds_start = fd_links().len();
     let start = Instant::now();
     let base_seconds = s.seconds;
@@ -255,12 +303,28 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
             break;
         }
         let i = s.next_iteration;
-        let mut case = case_for(cfg.seed, i);
+        let mut case = if cfg.feedback && !corpus.is_empty() && i % 2 == 1 { mutated(&corpus, cfg.seed, i) } else { case_for(cfg.seed, i) };
         if cfg.narrow_cpuid {
             case = narrow(case, host.supported_xcr0, i);
         }
         let observed = backend.execute(&case)?;
-        let (_, verdict) = judge(&case, &host, &cfg.model, &observed);
+        let (expected, verdict) = judge(&case, &host, &cfg.model, &observed);
+        if cfg.feedback {
+            let before = points.len();
+            points.extend(xsave_oracle::coverage::points(&case, &expected).iter().map(|p| p.to_string()));
+            let new_shape = shapes.insert(xsave_oracle::coverage::shape(&case));
+            if points.len() > before || new_shape {
+                if let Some(cd) = &corpus_dir {
+                    let bytes = case.encode();
+                    let path = cd.join(format!("{:016x}.case", xsave_oracle::diff::fnv1a(&bytes)));
+                    write_atomic(&path, &bytes).map_err(io(&path))?;
+                }
+                corpus.push(case.clone());
+            }
+            s.coverage_points = points.len();
+            s.rules_covered = points.iter().filter(|p| xsave_oracle::rules::Rule::from_id(p).is_some()).count();
+            s.corpus = corpus.len();
+        }
         s.next_iteration += 1;
         s.execs += 1;
         if let Verdict::Diverge(d) = &verdict {
@@ -353,7 +417,7 @@ fn save(cfg: &CampaignConfig, s: &Summary) -> Result<(), CampaignError> {
     let json = serde_json::to_vec_pretty(s).map_err(|e| CampaignError::State(e.to_string()))?;
     write_atomic(&state, &json).map_err(io(&state))?;
     let stats = dir.join("stats.jsonl");
-    let line = serde_json::json!({"seconds": s.seconds, "execs": s.execs, "execs_per_sec": s.execs_per_sec, "findings": s.findings});
+    let line = serde_json::json!({"seconds": s.seconds, "execs": s.execs, "execs_per_sec": s.execs_per_sec, "findings": s.findings, "rules_covered": s.rules_covered, "coverage_points": s.coverage_points, "corpus": s.corpus});
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&stats).map_err(io(&stats))?;
     writeln!(f, "{line}").map_err(io(&stats))?;
     Ok(())

@@ -25,6 +25,7 @@ fn findings(contract: Contract, iterations: u64) -> Vec<serde_json::Value> {
         progress: None,
         minimize_budget: 500,
         narrow_cpuid: false,
+        feedback: false,
     };
     let s = run(&mut be, cfg).expect("campaign");
     assert_eq!(s.execs, iterations);
@@ -86,4 +87,38 @@ fn v0_found_in_legacy_area_and_header_validation() {
 #[test]
 fn v3_model_agrees_with_v3_oracle() {
     assert!(findings(Contract::V3, 2000).is_empty());
+}
+
+#[test]
+fn feedback_grows_a_corpus_and_reaches_more_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = HostFacts::synthetic(0x2e7, 0xffff);
+    let run_with = |feedback: bool, wd: &std::path::Path| {
+        let mut be = ModelBackend::new(host.clone(), ModelConfig::default());
+        let cfg = CampaignConfig {
+            seed: 3,
+            iterations: Some(3000),
+            duration: None,
+            workdir: Some(wd.to_path_buf()),
+            resume: false,
+            model: ModelConfig::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+            progress: None,
+            minimize_budget: 0,
+            narrow_cpuid: false,
+            feedback,
+        };
+        run(&mut be, cfg).expect("campaign")
+    };
+    let s = run_with(true, &dir.path().join("fb"));
+    assert!(s.corpus > 10, "corpus {}", s.corpus);
+    assert_eq!(std::fs::read_dir(dir.path().join("fb/corpus")).expect("corpus dir").count(), s.corpus);
+    assert!(s.rules_covered > 30 && s.rules_covered <= s.rules_total, "{} / {}", s.rules_covered, s.rules_total);
+    // Every corpus file is a valid case.
+    for e in std::fs::read_dir(dir.path().join("fb/corpus")).expect("dir").flatten() {
+        xsave_oracle::Case::decode(&std::fs::read(e.path()).expect("read")).expect("corpus entry decodes");
+    }
+    // Resuming reloads the corpus and continues.
+    let again = run_with(true, &dir.path().join("fb2"));
+    assert_eq!(again.execs, 3000);
 }

@@ -32,6 +32,7 @@ fn campaign(host: &HostFacts, quirks: Vec<Quirk>, n: u64, seed: u64) -> Summary 
         progress: None,
         minimize_budget: 0,
         narrow_cpuid: false,
+        feedback: false,
     };
     run(&mut be, cfg).expect("campaign")
 }
