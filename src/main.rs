@@ -295,6 +295,45 @@ enum LabCmd {
 
 #[derive(Subcommand)]
 enum CorpusCmd {
+    /// Merge corpus directories (also libFuzzer/honggfuzz output folders) into OUT, one file
+    /// per distinct case.
+    Merge {
+        /// Input directories.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Output directory.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Keep the smallest set of cases with the same contract coverage (in place, or into -o).
+    Minimize {
+        /// Corpus directory.
+        dir: PathBuf,
+        /// Write the kept cases here instead of deleting the others from DIR.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        oracle: OracleArgs,
+    },
+    /// Pack a corpus into one archive with a manifest (format, rig version, host fingerprint,
+    /// contract, counts).
+    Pack {
+        /// Corpus directory.
+        dir: PathBuf,
+        /// Archive to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        oracle: OracleArgs,
+    },
+    /// Unpack an archive, validating it; bad members are named and skipped.
+    Unpack {
+        /// The archive.
+        file: PathBuf,
+        /// Output directory.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Contract coverage of a directory of cases (also libFuzzer/honggfuzz output folders):
     /// every rule with the cases that reach it, and the rules no case reaches.
     Coverage {
@@ -1054,6 +1093,60 @@ fn run(cli: Cli) -> Result<i32> {
                 print!("{}", xsave_runner::matrix::markdown(&m));
             }
             Ok(0)
+        }
+        Cmd::Corpus { cmd: CorpusCmd::Merge { dirs, output } } => {
+            let (added, skipped) = xsave_runner::corpus::merge(&dirs, &output)?;
+            for sk in &skipped {
+                eprintln!("xsave-rig: skipped {sk}");
+            }
+            println!("{added} new cases merged into {}", output.display());
+            Ok(0)
+        }
+        Cmd::Corpus { cmd: CorpusCmd::Minimize { dir, output, oracle } } => {
+            let (host, _) = host_facts(&oracle, false)?;
+            let model = model_config(&oracle, &host)?;
+            let (cases, skipped) = xsave_runner::corpus::read_dir(&dir)?;
+            for sk in &skipped {
+                eprintln!("xsave-rig: skipped {sk}");
+            }
+            let cov = xsave_runner::corpus::coverage_of(&cases, &host, &model);
+            let keep = xsave_runner::corpus::minimize(&cases, &cov);
+            match &output {
+                Some(out) => {
+                    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+                    for (n, b, _) in cases.iter().filter(|(n, _, _)| keep.contains(n)) {
+                        xsave_runner::store::write_atomic(&out.join(n), b)?;
+                    }
+                }
+                None => {
+                    for (n, _, _) in cases.iter().filter(|(n, _, _)| !keep.contains(n)) {
+                        std::fs::remove_file(dir.join(n)).with_context(|| format!("cannot remove {n}"))?;
+                    }
+                }
+            }
+            let points: std::collections::BTreeSet<&String> = cov.iter().flatten().collect();
+            println!("kept {} of {} cases, {} coverage points", keep.len(), cases.len(), points.len());
+            Ok(0)
+        }
+        Cmd::Corpus { cmd: CorpusCmd::Pack { dir, output, oracle } } => {
+            let fp = match (&oracle.host_facts, xsave_runner::kvm_unavailable()) {
+                (Some(_), _) | (None, None) => Some(host_facts(&oracle, false)?.1),
+                (None, Some(_)) => None,
+            };
+            let (n, skipped) = xsave_runner::corpus::pack(&dir, &output, fp, oracle.contract.name())?;
+            for sk in &skipped {
+                eprintln!("xsave-rig: skipped {sk}");
+            }
+            println!("packed {n} cases into {}", output.display());
+            Ok(0)
+        }
+        Cmd::Corpus { cmd: CorpusCmd::Unpack { file, output } } => {
+            let (m, n, skipped) = xsave_runner::corpus::unpack(&file, &output)?;
+            for sk in &skipped {
+                eprintln!("xsave-rig: skipped {sk}");
+            }
+            println!("unpacked {n} of {} cases into {} (rig {}, contract {})", m.cases, output.display(), m.rig_version, m.contract);
+            Ok(if skipped.is_empty() { 0 } else { 1 })
         }
         Cmd::Corpus { cmd: CorpusCmd::Coverage { dir, oracle, json } } => {
             let (host, _) = host_facts(&oracle, false)?;

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod campaign;
+pub mod corpus;
 pub mod differential;
 pub mod kvm;
 pub mod lab;

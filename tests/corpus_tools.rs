@@ -1,0 +1,79 @@
+//! Corpus tools: merge is idempotent, minimize keeps contract coverage, pack/unpack
+//! round-trips, and corrupt archives or members are named, never a panic.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const HOST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/synthetic-host.json");
+const SEEDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/corpus/seed");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xsave-rig")).args(args).output().expect("run xsave-rig")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn names(d: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(d).expect("dir").flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    v.sort();
+    v
+}
+
+fn points(d: &Path) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["corpus", "coverage", "--json", "--host-facts", HOST, d.to_str().expect("utf8")])).expect("json");
+    let mut p: Vec<String> =
+        v["points"].as_array().expect("points").iter().map(|p| p["point"].as_str().expect("str").to_string()).collect();
+    p.sort();
+    serde_json::json!(p)
+}
+
+#[test]
+fn merge_minimize_pack_unpack() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let d = |n: &str| t.path().join(n);
+    let s = |p: &Path| p.to_str().expect("utf8").to_string();
+    // A second corpus from a short feedback campaign (model backend).
+    ok(&["fuzz", "--backend", "model:V3", "--host-facts", HOST, "--iterations", "1500", "--workdir", &s(&d("w"))]);
+    ok(&["corpus", "merge", SEEDS, &s(&d("w/corpus")), "-o", &s(&d("merged"))]);
+    let first = names(&d("merged"));
+    let again = ok(&["corpus", "merge", SEEDS, &s(&d("w/corpus")), &s(&d("merged")), "-o", &s(&d("merged"))]);
+    assert!(again.starts_with("0 new cases"), "merge is idempotent: {again}");
+    assert_eq!(names(&d("merged")), first);
+    ok(&["corpus", "minimize", &s(&d("merged")), "-o", &s(&d("min")), "--host-facts", HOST]);
+    assert!(names(&d("min")).len() < first.len());
+    assert_eq!(points(&d("min")), points(&d("merged")), "minimize keeps contract coverage");
+    ok(&["corpus", "pack", &s(&d("min")), "-o", &s(&d("c.tar")), "--host-facts", HOST]);
+    ok(&["corpus", "unpack", &s(&d("c.tar")), "-o", &s(&d("un"))]);
+    assert_eq!(names(&d("un")), names(&d("min")), "pack/unpack round-trips");
+    for n in names(&d("un")) {
+        assert_eq!(std::fs::read(d("un").join(&n)).expect("a"), std::fs::read(d("min").join(&n)).expect("b"));
+    }
+
+    // A corrupt member: named and skipped, the others unpacked.
+    let mut tar = std::fs::read(d("c.tar")).expect("tar");
+    let pos = tar.windows(4).rposition(|w| w == b"XSRC").expect("a member");
+    tar[pos + 6] ^= 0xff;
+    std::fs::write(d("bad-member.tar"), &tar).expect("write");
+    let o = run(&["corpus", "unpack", &s(&d("bad-member.tar")), "-o", &s(&d("un2"))]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("skipped cases/") && err.contains("hash"), "{err}");
+    assert_eq!(names(&d("un2")).len(), names(&d("min")).len() - 1);
+
+    // A truncated archive and a foreign file: one-line errors.
+    let tar = std::fs::read(d("c.tar")).expect("tar");
+    std::fs::write(d("trunc.tar"), &tar[..700]).expect("write");
+    std::fs::write(d("foreign.tar"), b"this is not a tar archive at all, just text....................").expect("write");
+    for f in ["trunc.tar", "foreign.tar"] {
+        let o = run(&["corpus", "unpack", &s(&d(f)), "-o", &s(&d("un3"))]);
+        assert_eq!(o.status.code(), Some(2), "{f}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(f), "{err}");
+    }
+}
