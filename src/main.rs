@@ -206,8 +206,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CaseCmd,
     },
-    /// Raw ioctl throughput next to the rig's, measured in the same run.
+    /// Raw ioctl throughput next to the rig's, measured in the same run (`bench detect`: how fast
+    /// the engine finds each historical contract).
     Bench {
+        #[command(subcommand)]
+        sub: Option<BenchSub>,
         #[command(flatten)]
         backend: BenchBackend,
         /// Seconds per side.
@@ -215,6 +218,23 @@ enum Cmd {
         seconds: f64,
         #[command(flatten)]
         oracle: OracleArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchSub {
+    /// Each historical contract (model backend) against the V3 oracle: execs and seconds to
+    /// the first divergence of its class, median over seeds.
+    Detect {
+        /// Seeds per contract.
+        #[arg(long, default_value_t = 7)]
+        seeds: u64,
+        /// Execution budget per seed.
+        #[arg(long, default_value_t = 100_000)]
+        budget: u64,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -772,6 +792,28 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Fuzz { backend: BackendArgs { backend: BackendKind::Lab(k), .. }, .. }
         | Cmd::Replay { backend: BackendArgs { backend: BackendKind::Lab(k), .. }, .. } => delegate_to_lab(&k),
+        Cmd::Bench { sub: Some(BenchSub::Detect { seeds, budget, json }), .. } => {
+            let rows = xsave_runner::bench::detect(seeds, budget)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<10} {:<5} {:<12} {:>6} {:>12} {:>12}", "engine", "model", "class", "found", "median execs", "median s");
+                for r in &rows {
+                    println!(
+                        "{:<10} {:<5} {:<12} {:>3}/{:<2} {:>12} {:>12}",
+                        r.engine,
+                        r.contract,
+                        r.class,
+                        r.found,
+                        r.seeds,
+                        r.median_execs.map_or("-".into(), |e| e.to_string()),
+                        r.median_seconds.map_or("-".into(), |s| format!("{s:.4}"))
+                    );
+                }
+                println!("libFuzzer: not measured here (see fuzz/; the targets run in CI with a bounded -runs)");
+            }
+            Ok(0)
+        }
         Cmd::Bench { backend: BenchBackend { backend: Some(k) }, seconds, .. } => {
             let k = k.strip_prefix("lab:").ok_or_else(|| anyhow::anyhow!("bench --backend takes lab:<kernel>"))?.to_string();
             let kern = lab::kernel(&k)?;
@@ -829,6 +871,7 @@ fn run(cli: Cli) -> Result<i32> {
                 minimize_budget,
                 narrow_cpuid,
                 feedback: !no_feedback,
+                stop_on_class: None,
             };
             let s = campaign::run(be.as_mut(), cfg)?;
             if tty {

@@ -147,3 +147,73 @@ fn rig_loop(host: &HostFacts, model: &ModelConfig, dur: Duration, shape: impl Fn
             .collect(),
     })
 }
+
+/// One row of the detection benchmark.
+#[derive(Clone, Debug, Serialize)]
+pub struct DetectRow {
+    /// Engine.
+    pub engine: String,
+    /// Historical contract the model backend runs.
+    pub contract: String,
+    /// Class counted as detection.
+    pub class: String,
+    /// Seeds run.
+    pub seeds: usize,
+    /// Seeds that found it within the budget.
+    pub found: usize,
+    /// Median execs to the first divergence of the class.
+    pub median_execs: Option<u64>,
+    /// Median seconds.
+    pub median_seconds: Option<f64>,
+}
+
+fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> Option<T> {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.get(v.len() / 2).copied()
+}
+
+/// Each historical contract (model backend) judged by the V3 oracle, with the built-in
+/// engine (feedback on), over `seeds` seeds: execs and seconds to the first divergence of the
+/// class that contract's bug shows as.
+pub fn detect(seeds: u64, budget: u64) -> Result<Vec<DetectRow>, crate::campaign::CampaignError> {
+    use crate::campaign::{run, CampaignConfig};
+    use xsave_oracle::diff::Class;
+    use xsave_oracle::Contract;
+    let host = HostFacts::synthetic(0x2e7, 0xffff);
+    let mut rows = Vec::new();
+    for (contract, class) in
+        [(Contract::V2b, Class::Errno), (Contract::V2a, Class::Errno), (Contract::V1, Class::Header), (Contract::V0, Class::LegacyArea)]
+    {
+        let mut hits = Vec::new();
+        for seed in 0..seeds {
+            let mut be = crate::ModelBackend::new(host.clone(), ModelConfig { contract, quirks: vec![] });
+            let cfg = CampaignConfig {
+                seed: 1000 + seed,
+                iterations: Some(budget),
+                duration: None,
+                workdir: None,
+                resume: false,
+                model: ModelConfig::default(),
+                stop: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                progress: None,
+                minimize_budget: 0,
+                narrow_cpuid: false,
+                feedback: true,
+                stop_on_class: Some(class),
+            };
+            if let Some(h) = run(&mut be, cfg)?.first_hit {
+                hits.push(h);
+            }
+        }
+        rows.push(DetectRow {
+            engine: "built-in".into(),
+            contract: contract.name().into(),
+            class: class.name().into(),
+            seeds: seeds as usize,
+            found: hits.len(),
+            median_execs: median(hits.iter().map(|h| h.0).collect()),
+            median_seconds: median(hits.iter().map(|h| h.1).collect()),
+        });
+    }
+    Ok(rows)
+}

@@ -118,6 +118,8 @@ pub struct CampaignConfig {
     /// Contract-coverage feedback: keep cases reaching new points in `WORKDIR/corpus/` and
     /// derive half of the cases by structure-aware mutation of corpus entries.
     pub feedback: bool,
+    /// Stop at the first divergence of this class (detection benchmarks).
+    pub stop_on_class: Option<xsave_oracle::diff::Class>,
 }
 
 /// Persistent state (`campaign.json`) and the summary printed at the end.
@@ -161,6 +163,9 @@ pub struct Summary {
     /// Cases kept in the feedback corpus.
     #[serde(default)]
     pub corpus: usize,
+    /// Execs and seconds at the first divergence of `stop_on_class`, when it was hit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_hit: Option<(u64, f64)>,
     /// Whether every case had a guest CPUID narrower than the host.
     #[serde(default)]
     pub narrow_cpuid: bool,
@@ -299,7 +304,10 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
             s.interrupted = true;
             break;
         }
-        if cfg.iterations.is_some_and(|n| s.next_iteration >= n) || cfg.duration.is_some_and(|d| start.elapsed() >= d) {
+        if cfg.iterations.is_some_and(|n| s.next_iteration >= n)
+            || cfg.duration.is_some_and(|d| start.elapsed() >= d)
+            || s.first_hit.is_some()
+        {
             break;
         }
         let i = s.next_iteration;
@@ -328,6 +336,9 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
         s.next_iteration += 1;
         s.execs += 1;
         if let Verdict::Diverge(d) = &verdict {
+            if cfg.stop_on_class == Some(d.class) && s.first_hit.is_none() {
+                s.first_hit = Some((s.execs, start.elapsed().as_secs_f64()));
+            }
             s.divergent_cases += 1;
             *s.by_class.entry(d.class.name().to_string()).or_default() += 1;
             if d.explained_by.is_some() {

@@ -26,6 +26,7 @@ fn findings(contract: Contract, iterations: u64) -> Vec<serde_json::Value> {
         minimize_budget: 500,
         narrow_cpuid: false,
         feedback: false,
+        stop_on_class: None,
     };
     let s = run(&mut be, cfg).expect("campaign");
     assert_eq!(s.execs, iterations);
@@ -107,6 +108,7 @@ fn feedback_grows_a_corpus_and_reaches_more_rules() {
             minimize_budget: 0,
             narrow_cpuid: false,
             feedback,
+            stop_on_class: None,
         };
         run(&mut be, cfg).expect("campaign")
     };
@@ -121,4 +123,14 @@ fn feedback_grows_a_corpus_and_reaches_more_rules() {
     // Resuming reloads the corpus and continues.
     let again = run_with(true, &dir.path().join("fb2"));
     assert_eq!(again.execs, 3000);
+}
+
+#[test]
+fn detection_benchmark_finds_all_four_historical_contracts() {
+    let rows = xsave_runner::bench::detect(5, 20_000).expect("detect");
+    assert_eq!(rows.len(), 4);
+    for r in rows {
+        assert_eq!(r.found, r.seeds, "{} not found by every seed: {r:?}", r.contract);
+        assert!(r.median_execs.is_some_and(|e| e < 5000), "{r:?}");
+    }
 }

@@ -33,6 +33,7 @@ fn campaign(host: &HostFacts, quirks: Vec<Quirk>, n: u64, seed: u64) -> Summary 
         minimize_budget: 0,
         narrow_cpuid: false,
         feedback: false,
+        stop_on_class: None,
     };
     run(&mut be, cfg).expect("campaign")
 }
