@@ -40,8 +40,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CorpusError + '_ {
     move |err| CorpusError::Io { path: path.to_path_buf(), err }
 }
 
-/// Valid cases of `dir` (name, bytes, case) and the files skipped, with the reason.
-pub fn read_dir(dir: &Path) -> Result<(Vec<(String, Vec<u8>, Case)>, Vec<String>), CorpusError> {
+/// A corpus member: file name, bytes, decoded case.
+pub type Member = (String, Vec<u8>, Case);
+
+/// Valid cases of `dir` and the files skipped, with the reason.
+pub fn read_dir(dir: &Path) -> Result<(Vec<Member>, Vec<String>), CorpusError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir).map_err(io(dir))?.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
     files.sort();
     let mut ok = Vec::new();
@@ -89,12 +92,12 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(usize, Vec<String>), Corpu
 }
 
 /// Points each case reaches under `model` on `host`.
-pub fn coverage_of(cases: &[(String, Vec<u8>, Case)], host: &HostFacts, model: &ModelConfig) -> Vec<BTreeSet<String>> {
+pub fn coverage_of(cases: &[Member], host: &HostFacts, model: &ModelConfig) -> Vec<BTreeSet<String>> {
     cases.iter().map(|(_, _, c)| points(c, &predict(c, host, model)).iter().map(|p| p.to_string()).collect()).collect()
 }
 
 /// Greedy set cover: the names of a small subset with the same coverage.
-pub fn minimize(cases: &[(String, Vec<u8>, Case)], cov: &[BTreeSet<String>]) -> Vec<String> {
+pub fn minimize(cases: &[Member], cov: &[BTreeSet<String>]) -> Vec<String> {
     let all: BTreeSet<&String> = cov.iter().flatten().collect();
     let mut covered: BTreeSet<&String> = BTreeSet::new();
     let mut chosen = Vec::new();
