@@ -90,6 +90,12 @@ enum Cmd {
         /// Pure random generation: no contract-coverage feedback, no corpus.
         #[arg(long)]
         no_feedback: bool,
+        /// Worker processes sharing the workdir's findings and corpus (each resumable).
+        #[arg(long, default_value_t = 1)]
+        jobs: u64,
+        /// Internal: run as worker K of N (`K/N`).
+        #[arg(long, hide = true)]
+        worker: Option<String>,
     },
     /// Shrink a diverging case while it keeps the same signature (deterministic).
     Minimize {
@@ -524,6 +530,126 @@ fn backend_host(b: &BackendArgs, o: &OracleArgs) -> Result<(HostFacts, serde_jso
     Ok((host, fp))
 }
 
+/// `fuzz --jobs N`: this command N times as workers (`--worker K/N`), sharing the workdir.
+fn run_jobs(jobs: u64, workdir: &Path, json: bool, stop: &AtomicBool, pass_host: bool) -> Result<i32> {
+    use std::sync::atomic::Ordering;
+    let exe = std::env::current_exe().context("cannot find own executable")?;
+    let mut base: Vec<String> = Vec::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--jobs" | "--worker" => {
+                it.next();
+            }
+            "--json" => {}
+            _ if a.starts_with("--jobs=") || a.starts_with("--worker=") => {}
+            _ => base.push(a),
+        }
+    }
+    if pass_host && workdir.join("host.json").exists() {
+        base.push("--host-facts".into());
+        base.push(workdir.join("host.json").display().to_string());
+    }
+    let mut children = Vec::new();
+    for k in 0..jobs {
+        let child = std::process::Command::new(&exe)
+            .args(&base)
+            .args(["--json", "--worker", &format!("{k}/{jobs}")])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start worker {k}"))?;
+        children.push(child);
+    }
+    let tty = std::io::stderr().is_terminal() && !json;
+    let mut outputs = vec![None; children.len()];
+    let started = std::time::Instant::now();
+    let mut signalled = false;
+    while outputs.iter().any(|o| o.is_none()) {
+        if stop.load(Ordering::Relaxed) && !signalled {
+            for c in &children {
+                xsave_runner::sys::terminate(c.id());
+            }
+            signalled = true;
+        }
+        for (k, c) in children.iter_mut().enumerate() {
+            if outputs[k].is_none() {
+                if let Some(st) = c.try_wait()? {
+                    let mut out = String::new();
+                    if let Some(mut so) = c.stdout.take() {
+                        std::io::Read::read_to_string(&mut so, &mut out)?;
+                    }
+                    outputs[k] = Some((st, out));
+                }
+            }
+        }
+        if tty {
+            let execs: u64 = (0..jobs)
+                .filter_map(|k| std::fs::read(workdir.join("workers").join(k.to_string()).join("campaign.json")).ok())
+                .filter_map(|b| serde_json::from_slice::<Summary>(&b).ok())
+                .map(|s| s.execs)
+                .sum();
+            let findings = std::fs::read_dir(workdir.join("findings")).map(|d| d.count()).unwrap_or(0);
+            eprint!(
+                "\r[{:>6.0}s] {jobs} workers  execs {:>9}  {:>7.0}/s  findings {:>4}   ",
+                started.elapsed().as_secs_f64(),
+                execs,
+                execs as f64 / started.elapsed().as_secs_f64().max(1e-3),
+                findings
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if tty {
+        eprintln!();
+    }
+    let mut total = Summary::default();
+    let mut failed = Vec::new();
+    for (k, o) in outputs.into_iter().enumerate() {
+        let (st, out) = o.unwrap_or_default();
+        match serde_json::from_str::<Summary>(out.trim()) {
+            Ok(s) => {
+                total.backend = s.backend;
+                total.contract = s.contract;
+                total.quirks = s.quirks;
+                total.seed = s.seed;
+                total.execs += s.execs;
+                total.divergent_cases += s.divergent_cases;
+                total.explained_by_quirk += s.explained_by_quirk;
+                total.execs_per_sec += s.execs_per_sec;
+                total.seconds = total.seconds.max(s.seconds);
+                total.findings = total.findings.max(s.findings);
+                total.rules_covered = total.rules_covered.max(s.rules_covered);
+                total.rules_total = s.rules_total;
+                total.coverage_points = total.coverage_points.max(s.coverage_points);
+                total.corpus = total.corpus.max(s.corpus);
+                total.resumed |= s.resumed;
+                total.interrupted |= s.interrupted;
+                total.new_signatures.extend(s.new_signatures);
+                total.resources.peak_rss_kib = total.resources.peak_rss_kib.max(s.resources.peak_rss_kib);
+                for (c, n) in s.by_class {
+                    *total.by_class.entry(c).or_default() += n;
+                }
+            }
+            Err(_) => failed.push(format!("worker {k} ({st})")),
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{} failed; their state is kept in {}/workers/ (rerun with --resume)", failed.join(", "), workdir.display());
+    }
+    total.findings = std::fs::read_dir(workdir.join("findings"))
+        .map(|d| d.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count() as u64)
+        .unwrap_or(0);
+    if json {
+        let mut v = serde_json::to_value(&total)?;
+        v["jobs"] = serde_json::json!(jobs);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("workers          {jobs}");
+        print_summary(&total);
+    }
+    Ok(0)
+}
+
 fn read_case_dir(dir: &Path) -> Result<Vec<(String, Case)>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
@@ -834,7 +960,21 @@ fn run(cli: Cli) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&both)?);
             Ok(0)
         }
-        Cmd::Fuzz { backend, oracle, iterations, duration, seed, workdir, resume, json, minimize_budget, narrow_cpuid, no_feedback } => {
+        Cmd::Fuzz {
+            backend,
+            oracle,
+            iterations,
+            duration,
+            seed,
+            workdir,
+            resume,
+            json,
+            minimize_budget,
+            narrow_cpuid,
+            no_feedback,
+            jobs,
+            worker,
+        } => {
             let (host, fingerprint) = backend_host(&backend, &oracle)?;
             let model = model_config(&oracle, &host)?;
             let mut be = make_backend(&backend, &host)?;
@@ -848,6 +988,20 @@ fn run(cli: Cli) -> Result<i32> {
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install signal handler")?;
             }
+            if jobs > 1 && worker.is_none() {
+                return run_jobs(jobs, &workdir, json, &stop, oracle.host_facts.is_none());
+            }
+            let worker = match worker
+                .as_deref()
+                .map(|w| w.split_once('/').and_then(|(k, n)| Some((k.parse::<u64>().ok()?, n.parse::<u64>().ok()?))))
+            {
+                None => None,
+                Some(Some((k, n))) if k < n => {
+                    xsave_runner::sys::die_with_parent();
+                    Some((k, n))
+                }
+                Some(_) => bail!("--worker takes K/N with K < N"),
+            };
             let tty = std::io::stderr().is_terminal() && !json;
             let progress: Option<campaign::Progress> = if tty {
                 Some(Box::new(|s: &Summary| {
@@ -859,9 +1013,13 @@ fn run(cli: Cli) -> Result<i32> {
             } else {
                 None
             };
+            let total = if duration.is_none() { Some(iterations.unwrap_or(10_000)) } else { None };
             let cfg = CampaignConfig {
                 seed,
-                iterations: if duration.is_none() { Some(iterations.unwrap_or(10_000)) } else { None },
+                iterations: match (total, worker) {
+                    (Some(t), Some((k, n))) => Some(t.saturating_sub(k).div_ceil(n)),
+                    (t, _) => t,
+                },
                 duration,
                 workdir: Some(workdir),
                 resume,
@@ -872,6 +1030,7 @@ fn run(cli: Cli) -> Result<i32> {
                 narrow_cpuid,
                 feedback: !no_feedback,
                 stop_on_class: None,
+                worker,
             };
             let s = campaign::run(be.as_mut(), cfg)?;
             if tty {

@@ -193,3 +193,72 @@ fn corpus_coverage_lists_points_and_names_bad_files() {
     assert!(v["rules_covered"].as_u64().expect("n") > 30);
     assert!(v["points"].as_array().expect("points").iter().any(|p| p["point"] == "set.reject.xcomp_bv"));
 }
+
+#[test]
+fn sigkill_during_parallel_campaign_then_resume() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wd = dir.path().to_str().expect("utf8");
+    let mut parent = rig()
+        .args([
+            "fuzz",
+            "--jobs",
+            "2",
+            "--backend",
+            "model:V2b",
+            "--duration",
+            "60s",
+            "--seed",
+            "21",
+            "--workdir",
+            wd,
+            "--minimize-budget",
+            "50",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(3000));
+    parent.kill().expect("SIGKILL the parent");
+    parent.wait().expect("wait");
+    // Workers die with their parent (SIGTERM) and save their state.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = assert_findings_valid(dir.path());
+    assert!(before > 0, "no finding before the kill");
+    let done: Vec<u64> = (0..2)
+        .map(|k| {
+            let p = dir.path().join(format!("workers/{k}/campaign.json"));
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).expect("worker state")).expect("json");
+            v["next_iteration"].as_u64().expect("n")
+        })
+        .collect();
+    let target = (done[0].max(done[1]) + 1000) * 2;
+    let o = run(&[
+        "fuzz",
+        "--jobs",
+        "2",
+        "--backend",
+        "model:V2b",
+        "--resume",
+        "--json",
+        "--iterations",
+        &target.to_string(),
+        "--seed",
+        "21",
+        "--workdir",
+        wd,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("summary");
+    assert_eq!(s["resumed"], true);
+    assert_eq!(s["jobs"], 2);
+    for k in 0..2 {
+        let p = dir.path().join(format!("workers/{k}/campaign.json"));
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).expect("state")).expect("json");
+        assert_eq!(v["next_iteration"].as_u64(), Some(target / 2), "worker {k} continued to its share");
+        assert!(v["next_iteration"].as_u64() > Some(done[k]));
+    }
+    let after = assert_findings_valid(dir.path());
+    assert!(after >= before);
+    assert_eq!(s["findings"].as_u64(), Some(after as u64));
+}

@@ -200,6 +200,7 @@ pub fn detect(seeds: u64, budget: u64) -> Result<Vec<DetectRow>, crate::campaign
                 narrow_cpuid: false,
                 feedback: true,
                 stop_on_class: Some(class),
+                worker: None,
             };
             if let Some(h) = run(&mut be, cfg)?.first_hit {
                 hits.push(h);

@@ -120,6 +120,9 @@ pub struct CampaignConfig {
     pub feedback: bool,
     /// Stop at the first divergence of this class (detection benchmarks).
     pub stop_on_class: Option<xsave_oracle::diff::Class>,
+    /// Worker `k` of `n` in a parallel campaign: runs global iterations `k, k+n, k+2n, …`,
+    /// keeps its state in `WORKDIR/workers/<k>/`, shares `findings/` and `corpus/`.
+    pub worker: Option<(u64, u64)>,
 }
 
 /// Persistent state (`campaign.json`) and the summary printed at the end.
@@ -229,8 +232,11 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
     };
     let mut known: std::collections::HashSet<String> = Default::default();
     if let Some(dir) = &cfg.workdir {
-        let state = dir.join("campaign.json");
+        let state = state_dir(&cfg).unwrap_or_else(|| dir.clone()).join("campaign.json");
         std::fs::create_dir_all(dir.join("findings")).map_err(io(dir))?;
+        if let Some(sd) = state_dir(&cfg) {
+            std::fs::create_dir_all(&sd).map_err(io(&sd))?;
+        }
         if state.exists() {
             if !cfg.resume {
                 return Err(CampaignError::State(format!(
@@ -310,7 +316,10 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
         {
             break;
         }
-        let i = s.next_iteration;
+        let i = match cfg.worker {
+            Some((k, n)) => k + n * s.next_iteration,
+            None => s.next_iteration,
+        };
         let mut case = if cfg.feedback && !corpus.is_empty() && i % 2 == 1 { mutated(&corpus, cfg.seed, i) } else { case_for(cfg.seed, i) };
         if cfg.narrow_cpuid {
             case = narrow(case, host.supported_xcr0, i);
@@ -369,6 +378,12 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
     s.seconds = base_seconds + start.elapsed().as_secs_f64();
     s.ioctls = backend.ioctls() - base_ioctls;
     s.execs_per_sec = if s.seconds > 0.0 { s.execs as f64 / s.seconds } else { 0.0 };
+    if let Some(dir) = &cfg.workdir {
+        // Workers share findings/: count what is on disk.
+        s.findings = std::fs::read_dir(dir.join("findings"))
+            .map(|d| d.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count() as u64)
+            .unwrap_or(s.findings);
+    }
     let links = fd_links();
     s.resources.fds_end = links.len();
     s.resources.kvm_vm_fds_end = links.iter().filter(|l| l.contains("kvm-vm")).count();
@@ -420,8 +435,18 @@ fn write_finding(
     Ok(())
 }
 
+/// Where a campaign keeps `campaign.json` and `stats.jsonl`: the workdir, or the worker's
+/// own directory under it.
+fn state_dir(cfg: &CampaignConfig) -> Option<PathBuf> {
+    let dir = cfg.workdir.as_ref()?;
+    Some(match cfg.worker {
+        Some((k, _)) => dir.join("workers").join(k.to_string()),
+        None => dir.clone(),
+    })
+}
+
 fn save(cfg: &CampaignConfig, s: &Summary) -> Result<(), CampaignError> {
-    let Some(dir) = &cfg.workdir else {
+    let Some(dir) = state_dir(cfg) else {
         return Ok(());
     };
     let state = dir.join("campaign.json");

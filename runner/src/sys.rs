@@ -180,3 +180,20 @@ pub fn fxsave_mxcsr_mask() -> u32 {
     unsafe { core::arch::x86_64::_fxsave64(area.0.as_mut_ptr()) };
     u32::from_le_bytes([area.0[28], area.0[29], area.0[30], area.0[31]])
 }
+
+/// Ask the kernel to send SIGTERM to this process when its parent dies (parallel campaign
+/// workers must not outlive a killed parent).
+pub fn die_with_parent() {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory of ours.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0);
+    }
+}
+
+/// Send SIGTERM to process `pid` (a parallel campaign's worker).
+pub fn terminate(pid: u32) {
+    // SAFETY: kill(2) with a pid and a signal number touches no memory of ours.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+}

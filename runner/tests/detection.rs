@@ -27,6 +27,7 @@ fn findings(contract: Contract, iterations: u64) -> Vec<serde_json::Value> {
         narrow_cpuid: false,
         feedback: false,
         stop_on_class: None,
+        worker: None,
     };
     let s = run(&mut be, cfg).expect("campaign");
     assert_eq!(s.execs, iterations);
@@ -109,6 +110,7 @@ fn feedback_grows_a_corpus_and_reaches_more_rules() {
             narrow_cpuid: false,
             feedback,
             stop_on_class: None,
+            worker: None,
         };
         run(&mut be, cfg).expect("campaign")
     };

@@ -34,6 +34,7 @@ fn campaign(host: &HostFacts, quirks: Vec<Quirk>, n: u64, seed: u64) -> Summary 
         narrow_cpuid: false,
         feedback: false,
         stop_on_class: None,
+        worker: None,
     };
     run(&mut be, cfg).expect("campaign")
 }
