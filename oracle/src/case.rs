@@ -613,3 +613,18 @@ pub fn check_round_trip(data: &[u8]) {
     assert_eq!(Case::decode(&bin).ok().as_ref(), Some(&case), "binary round-trip");
     assert_eq!(Case::from_json(&case.to_json()).ok().as_ref(), Some(&case), "JSON round-trip");
 }
+
+/// A fuzzer input as a case: a case file decodes as itself; any other bytes are read
+/// structurally (`arbitrary`), so byte-level fuzzers without a custom mutator still reach the
+/// oracle on every input.
+pub fn from_fuzz_input(data: &[u8]) -> Case {
+    use arbitrary::Arbitrary;
+    Case::decode(data).unwrap_or_else(|_| {
+        let c = Case::arbitrary(&mut arbitrary::Unstructured::new(data)).unwrap_or_default();
+        if c.ops.is_empty() {
+            Case { ops: vec![Op::GetXsave], ..c }
+        } else {
+            c
+        }
+    })
+}
