@@ -40,11 +40,15 @@ pub fn seed_corpus() -> Vec<(String, Case)> {
     patched.patches = vec![Patch { offset: 416, bytes: vec![0xa5; 96] }];
     let extra: Vec<(&str, Case)> = vec![
         (
+            "sse-or-ymm-without-fp",
+            Case { config: supported(!0), ops: vec![Op::SetXsave(img(SSE)), Op::GetXsave, Op::SetXsave(img(YMM)), Op::GetXsave] },
+        ),
+        (
             "hidden-state-revealed",
             Case {
                 config: Config::default(),
                 ops: vec![
-                    Op::SetXsave(img(!0 >> 44)),
+                    Op::SetXsave(img(FPSSE | YMM | PKRU)),
                     Op::GetXsave,
                     Op::SetCpuid2(table(vec![d0(1, 0xffff)])),
                     Op::GetXsave,
