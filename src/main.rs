@@ -330,6 +330,10 @@ enum CorpusCmd {
         /// Output directory.
         #[arg(short, long)]
         output: PathBuf,
+        /// Read files that are not case files (e.g. honggfuzz's raw inputs) the way the fuzz
+        /// harnesses do, instead of skipping them.
+        #[arg(long)]
+        structural: bool,
     },
     /// Keep the smallest set of cases with the same contract coverage (in place, or into -o).
     Minimize {
@@ -1296,8 +1300,8 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Corpus { cmd: CorpusCmd::Merge { dirs, output } } => {
-            let (added, skipped) = xsave_runner::corpus::merge(&dirs, &output)?;
+        Cmd::Corpus { cmd: CorpusCmd::Merge { dirs, output, structural } } => {
+            let (added, skipped) = xsave_runner::corpus::merge(&dirs, &output, structural)?;
             for sk in &skipped {
                 eprintln!("xsave-rig: skipped {sk}");
             }

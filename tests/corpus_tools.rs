@@ -54,6 +54,15 @@ fn merge_minimize_pack_unpack() {
         assert_eq!(std::fs::read(d("un").join(&n)).expect("a"), std::fs::read(d("min").join(&n)).expect("b"));
     }
 
+    // Raw fuzzer inputs: skipped by default, imported with --structural.
+    std::fs::create_dir_all(d("raw")).expect("mkdir");
+    std::fs::write(d("raw/hfuzz-input"), b"\x07\x01\x02\x03 raw bytes from a byte-level fuzzer").expect("write");
+    let o = run(&["corpus", "merge", &s(&d("raw")), "-o", &s(&d("raw-out"))]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("hfuzz-input"));
+    assert_eq!(names(&d("raw-out")).len(), 0);
+    ok(&["corpus", "merge", "--structural", &s(&d("raw")), "-o", &s(&d("raw-out"))]);
+    assert_eq!(names(&d("raw-out")).len(), 1);
+
     // A corrupt member: named and skipped, the others unpacked.
     let mut tar = std::fs::read(d("c.tar")).expect("tar");
     let pos = tar.windows(4).rposition(|w| w == b"XSRC").expect("a member");

@@ -70,14 +70,27 @@ pub fn content_name(bytes: &[u8]) -> String {
     format!("{:016x}.case", fnv1a(bytes))
 }
 
-/// Merge `dirs` into `out`, one file per distinct case (content-named). Returns (added, skipped).
-pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(usize, Vec<String>), CorpusError> {
+/// Merge `dirs` into `out`, one file per distinct case (content-named). With `structural`,
+/// files that are not case files (a byte-level fuzzer's inputs) are read the way the fuzz
+/// harnesses read them ([`xsave_oracle::case::from_fuzz_input`]) instead of being skipped.
+/// Returns (added, skipped).
+pub fn merge(dirs: &[PathBuf], out: &Path, structural: bool) -> Result<(usize, Vec<String>), CorpusError> {
     std::fs::create_dir_all(out).map_err(io(out))?;
     let mut added = 0;
     let mut skipped = Vec::new();
     for d in dirs {
-        let (cases, sk) = read_dir(d)?;
-        skipped.extend(sk);
+        let (mut cases, sk) = read_dir(d)?;
+        if structural {
+            for line in sk {
+                let path = line.split(": ").next().unwrap_or_default();
+                match std::fs::read(path) {
+                    Ok(b) => cases.push((path.to_string(), b.clone(), xsave_oracle::case::from_fuzz_input(&b))),
+                    Err(_) => skipped.push(line),
+                }
+            }
+        } else {
+            skipped.extend(sk);
+        }
         for (_, _, c) in cases {
             // Re-encode: the canonical bytes, so equal cases from different engines dedup.
             let bytes = c.encode();
