@@ -923,7 +923,14 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Fuzz { backend: BackendArgs { backend: BackendKind::Lab(k), .. }, .. }
         | Cmd::Replay { backend: BackendArgs { backend: BackendKind::Lab(k), .. }, .. } => delegate_to_lab(&k),
         Cmd::Bench { sub: Some(BenchSub::Detect { seeds, budget, json }), .. } => {
-            let rows = xsave_runner::bench::detect(seeds, budget)?;
+            // The libFuzzer row needs the detect_model target built (cd fuzz && cargo fuzz build -s none).
+            let lf = std::env::var_os("XSAVE_RIG_DETECT_BIN").map(PathBuf::from).or_else(|| {
+                let exe = std::env::current_exe().ok()?;
+                let repo = exe.parent()?.parent()?.parent()?;
+                Some(repo.join("fuzz/target/x86_64-unknown-linux-gnu/release/detect_model"))
+            });
+            let lf = lf.filter(|p| p.is_file());
+            let rows = xsave_runner::bench::detect(seeds, budget, lf.as_deref())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
@@ -940,7 +947,9 @@ fn run(cli: Cli) -> Result<i32> {
                         r.median_seconds.map_or("-".into(), |s| format!("{s:.4}"))
                     );
                 }
-                println!("libFuzzer: not measured here (see fuzz/; the targets run in CI with a bounded -runs)");
+                if lf.is_none() {
+                    println!("libFuzzer: not measured (build it first: cd fuzz && cargo fuzz build -s none)");
+                }
             }
             Ok(0)
         }

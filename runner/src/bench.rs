@@ -175,7 +175,7 @@ fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> Option<T> {
 /// Each historical contract (model backend) judged by the V3 oracle, with the built-in
 /// engine (feedback on), over `seeds` seeds: execs and seconds to the first divergence of the
 /// class that contract's bug shows as.
-pub fn detect(seeds: u64, budget: u64) -> Result<Vec<DetectRow>, crate::campaign::CampaignError> {
+pub fn detect(seeds: u64, budget: u64, libfuzzer: Option<&std::path::Path>) -> Result<Vec<DetectRow>, crate::campaign::CampaignError> {
     use crate::campaign::{run, CampaignConfig};
     use xsave_oracle::diff::Class;
     use xsave_oracle::Contract;
@@ -215,6 +215,51 @@ pub fn detect(seeds: u64, budget: u64) -> Result<Vec<DetectRow>, crate::campaign
             median_execs: median(hits.iter().map(|h| h.0).collect()),
             median_seconds: median(hits.iter().map(|h| h.1).collect()),
         });
+        if let Some(bin) = libfuzzer {
+            let hits: Vec<(u64, f64)> = (0..seeds).filter_map(|seed| libfuzzer_hit(bin, contract, class, seed, budget)).collect();
+            rows.push(DetectRow {
+                engine: "libFuzzer".into(),
+                contract: contract.name().into(),
+                class: class.name().into(),
+                seeds: seeds as usize,
+                found: hits.len(),
+                median_execs: median(hits.iter().map(|h| h.0).collect()),
+                median_seconds: median(hits.iter().map(|h| h.1).collect()),
+            });
+        }
     }
     Ok(rows)
+}
+
+/// Run the `detect_model` libFuzzer target from an empty corpus until it crashes (detects).
+fn libfuzzer_hit(
+    bin: &std::path::Path,
+    contract: xsave_oracle::Contract,
+    class: xsave_oracle::diff::Class,
+    seed: u64,
+    budget: u64,
+) -> Option<(u64, f64)> {
+    let dir = std::env::temp_dir().join(format!("xsave-rig-detect-{}-{}-{seed}", std::process::id(), contract.name()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("corpus")).ok()?;
+    let start = Instant::now();
+    let out = std::process::Command::new(bin)
+        .env("XSAVE_RIG_DETECT_CONTRACT", contract.name())
+        .env("XSAVE_RIG_DETECT_CLASS", class.name())
+        .arg(format!("-seed={}", seed + 1))
+        .arg(format!("-runs={budget}"))
+        .arg("-print_final_stats=1")
+        .arg(format!("-artifact_prefix={}/", dir.display()))
+        .arg(dir.join("corpus"))
+        .output()
+        .ok()?;
+    let secs = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stderr);
+    let crashed = text.contains("deadly signal");
+    let execs = text.lines().find_map(|l| l.strip_prefix("stat::number_of_executed_units:")).and_then(|v| v.trim().parse().ok());
+    match (crashed, execs) {
+        (true, Some(e)) => Some((e, secs)),
+        _ => None,
+    }
 }

@@ -6,7 +6,7 @@ use crate::probe::probe;
 use crate::Backend;
 use std::sync::{Mutex, OnceLock};
 use xsave_oracle::diff::{judge, Verdict};
-use xsave_oracle::{Case, HostFacts, ModelConfig};
+use xsave_oracle::{Case, Contract, HostFacts, ModelConfig};
 
 struct Rig {
     backend: KvmBackend,
@@ -33,5 +33,25 @@ pub fn check_on_kvm(case: &Case) {
     let observed = backend.execute(case).unwrap_or_else(|e| panic!("backend: {e}"));
     if let (_, Verdict::Diverge(d)) = judge(case, host, model, &observed) {
         panic!("divergence {}: {}", d.signature, d.title);
+    }
+}
+
+/// For the detection benchmark's libFuzzer row: run `case` on the model of contract
+/// `$XSAVE_RIG_DETECT_CONTRACT` (synthetic host) and panic when the V3 oracle sees a
+/// divergence of class `$XSAVE_RIG_DETECT_CLASS`.
+pub fn check_detect(case: &Case) {
+    use xsave_oracle::diff::Class;
+    static CFG: OnceLock<(Contract, String)> = OnceLock::new();
+    let (contract, class) = CFG.get_or_init(|| {
+        let c = std::env::var("XSAVE_RIG_DETECT_CONTRACT").ok().and_then(|c| Contract::parse(&c)).unwrap_or(Contract::V2b);
+        let k = std::env::var("XSAVE_RIG_DETECT_CLASS").unwrap_or_else(|_| Class::Errno.name().to_string());
+        (c, k)
+    });
+    let host = HostFacts::synthetic(0x2e7, 0xffff);
+    let observed = xsave_oracle::predict(case, &host, &ModelConfig { contract: *contract, quirks: vec![] });
+    if let (_, Verdict::Diverge(d)) = judge(case, &host, &ModelConfig::default(), &observed) {
+        if d.class.name() == class {
+            panic!("detected {contract}: {}", d.title);
+        }
     }
 }

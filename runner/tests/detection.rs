@@ -129,7 +129,7 @@ fn feedback_grows_a_corpus_and_reaches_more_rules() {
 
 #[test]
 fn detection_benchmark_finds_all_four_historical_contracts() {
-    let rows = xsave_runner::bench::detect(5, 20_000).expect("detect");
+    let rows = xsave_runner::bench::detect(5, 20_000, None).expect("detect");
     assert_eq!(rows.len(), 4);
     for r in rows {
         assert_eq!(r.found, r.seeds, "{} not found by every seed: {r:?}", r.contract);
