@@ -505,18 +505,25 @@ fn delegate_to_lab(kernel: &str) -> Result<i32> {
     }
     let k = lab::kernel(kernel)?;
     let scratch = lab::cache_dir().join("runs").join(&k.id);
+    run_in_lab(&k, &args, &scratch, Duration::from_secs(1800), None)
+}
+
+/// Run `xsave-rig ARGS` in `k`'s lab guest: print its output, copy `--workdir` back, report
+/// timings, and return the guest's exit status.
+fn run_in_lab(k: &lab::Kernel, args: &[String], scratch: &Path, timeout: Duration, init: Option<&str>) -> Result<i32> {
     let host_workdir = args.iter().position(|a| a == "--workdir").and_then(|i| args.get(i + 1)).map(PathBuf::from);
-    let out = lab::run(&k, &args, &scratch, Duration::from_secs(1800))?;
+    let out = lab::run_with(k, args, scratch, timeout, init)?;
     lab::passthrough(&out.stdout);
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     if let Some(w) = host_workdir {
         copy_tree(&out.outdir.join("workdir"), &w)?;
     }
     eprintln!(
-        "xsave-rig lab: ran on {} (booted in {:.1} s, ran {:.1} s; console log {})",
+        "xsave-rig lab: {} booted in {:.1} s, ran {:.1} s, {:.1} s wall; console log {}",
         k.id,
         out.boot_seconds,
         out.run_seconds,
+        out.wall_seconds,
         out.console.display()
     );
     Ok(out.status)
@@ -1259,22 +1266,7 @@ fn run(cli: Cli) -> Result<i32> {
                 None => None,
             };
             let scratch = scratch.unwrap_or_else(|| lab::cache_dir().join("runs").join(&k.id));
-            let host_workdir = args.iter().position(|a| a == "--workdir").and_then(|i| args.get(i + 1)).map(PathBuf::from);
-            let out = lab::run_with(&k, &args, &scratch, Duration::from_secs(timeout), init.as_deref())?;
-            lab::passthrough(&out.stdout);
-            eprint!("{}", String::from_utf8_lossy(&out.stderr));
-            if let Some(w) = host_workdir {
-                copy_tree(&out.outdir.join("workdir"), &w)?;
-            }
-            eprintln!(
-                "xsave-rig lab: {} booted in {:.1} s, ran {:.1} s, {:.1} s wall; console log {}",
-                k.id,
-                out.boot_seconds,
-                out.run_seconds,
-                out.wall_seconds,
-                out.console.display()
-            );
-            Ok(out.status)
+            run_in_lab(&k, &args, &scratch, Duration::from_secs(timeout), init.as_deref())
         }
         Cmd::ExecCases { dir, workdir, only, full } => {
             let only: Option<Vec<String>> = match only {
@@ -1366,26 +1358,11 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Corpus { cmd: CorpusCmd::Coverage { dir, oracle, json } } => {
             let (host, _) = host_facts(&oracle, false)?;
             let model = model_config(&oracle, &host)?;
-            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-                .with_context(|| format!("cannot read {}", dir.display()))?
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_file())
-                .collect();
-            files.sort();
+            let (cases, skipped) = xsave_runner::corpus::read_dir(&dir)?;
             let mut reach: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-            let mut skipped = Vec::new();
-            for f in &files {
-                let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("?").to_string();
-                let Ok(c) = std::fs::read(f)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| Case::decode(&b).map_err(|e| e.to_string()))
-                    .map_err(|e| skipped.push(format!("{name}: {e}")))
-                else {
-                    continue;
-                };
-                let exp = xsave_oracle::predict(&c, &host, &model);
-                for p in xsave_oracle::coverage::points(&c, &exp) {
+            for (name, _, c) in &cases {
+                let exp = xsave_oracle::predict(c, &host, &model);
+                for p in xsave_oracle::coverage::points(c, &exp) {
                     reach.entry(p.to_string()).or_default().push(name.clone());
                 }
             }
@@ -1394,7 +1371,7 @@ fn run(cli: Cli) -> Result<i32> {
             let unreached: Vec<&str> = rules.iter().filter(|(_, n)| *n == 0).map(|(id, _)| *id).collect();
             if json {
                 let v = serde_json::json!({
-                    "cases": files.len() - skipped.len(), "skipped": skipped,
+                    "cases": cases.len(), "skipped": skipped,
                     "rules_covered": rules.len() - unreached.len(), "rules_total": rules.len(),
                     "points": reach.iter().map(|(p, cs)| serde_json::json!({"point": p, "cases": cs.len(), "examples": cs.iter().take(3).collect::<Vec<_>>()})).collect::<Vec<_>>(),
                     "unreached_rules": unreached,
@@ -1403,7 +1380,7 @@ fn run(cli: Cli) -> Result<i32> {
             } else {
                 println!(
                     "{} cases, contract rules {}/{} reached (oracle {} quirks [{}])",
-                    files.len() - skipped.len(),
+                    cases.len(),
                     rules.len() - unreached.len(),
                     rules.len(),
                     model.contract,

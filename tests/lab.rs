@@ -110,43 +110,28 @@ fn failure_paths_are_clear_and_leave_no_qemu() {
     let dir = tempfile::tempdir().expect("tempdir");
     let scratch = dir.path().join("scratch");
     let s = scratch.to_str().expect("utf8");
-    // A guest whose init dies: the kernel panics.
-    let init = dir.path().join("panic.sh");
-    std::fs::write(&init, "#!/bin/busybox sh\nexit 1\n").expect("write");
-    let o = rig(&[
-        "lab",
-        "run",
-        "--kernel",
-        "debian:6.12",
-        "--timeout",
-        "300",
-        "--scratch",
-        s,
-        "--init-script",
-        init.to_str().expect("utf8"),
-        "--",
-        "probe",
-    ]);
-    expect_error(&o, "panicked");
+    // A guest whose init dies (the kernel panics), and one that hangs past the timeout.
+    let with_init = |name: &str, script: &str, timeout: &str| {
+        let init = dir.path().join(name);
+        std::fs::write(&init, script).expect("write");
+        rig(&[
+            "lab",
+            "run",
+            "--kernel",
+            "debian:6.12",
+            "--timeout",
+            timeout,
+            "--scratch",
+            s,
+            "--init-script",
+            init.to_str().expect("utf8"),
+            "--",
+            "probe",
+        ])
+    };
+    expect_error(&with_init("panic.sh", "#!/bin/busybox sh\nexit 1\n", "300"), "panicked");
     no_qemu_left(&scratch);
-    // A guest that hangs past the timeout.
-    let init = dir.path().join("hang.sh");
-    std::fs::write(&init, "#!/bin/busybox sh\n/bin/busybox sleep 100000\n").expect("write");
-    let o = rig(&[
-        "lab",
-        "run",
-        "--kernel",
-        "debian:6.12",
-        "--timeout",
-        "20",
-        "--scratch",
-        s,
-        "--init-script",
-        init.to_str().expect("utf8"),
-        "--",
-        "probe",
-    ]);
-    expect_error(&o, "hung");
+    expect_error(&with_init("hang.sh", "#!/bin/busybox sh\n/bin/busybox sleep 100000\n", "20"), "hung");
     no_qemu_left(&scratch);
     // A module that will not load: the stock image with a corrupt kvm_amd.
     let k: serde_json::Value =

@@ -206,26 +206,19 @@ pub fn detect(seeds: u64, budget: u64, libfuzzer: Option<&std::path::Path>) -> R
                 hits.push(h);
             }
         }
-        rows.push(DetectRow {
-            engine: "built-in".into(),
+        let row = |engine: &str, hits: &[(u64, f64)]| DetectRow {
+            engine: engine.into(),
             contract: contract.name().into(),
             class: class.name().into(),
             seeds: seeds as usize,
             found: hits.len(),
             median_execs: median(hits.iter().map(|h| h.0).collect()),
             median_seconds: median(hits.iter().map(|h| h.1).collect()),
-        });
+        };
+        rows.push(row("built-in", &hits));
         if let Some(bin) = libfuzzer {
             let hits: Vec<(u64, f64)> = (0..seeds).filter_map(|seed| libfuzzer_hit(bin, contract, class, seed, budget)).collect();
-            rows.push(DetectRow {
-                engine: "libFuzzer".into(),
-                contract: contract.name().into(),
-                class: class.name().into(),
-                seeds: seeds as usize,
-                found: hits.len(),
-                median_execs: median(hits.iter().map(|h| h.0).collect()),
-                median_seconds: median(hits.iter().map(|h| h.1).collect()),
-            });
+            rows.push(row("libFuzzer", &hits));
         }
     }
     Ok(rows)
