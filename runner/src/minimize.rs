@@ -143,11 +143,7 @@ fn table_variants(t: &CpuidTable) -> Vec<CpuidTable> {
         v.push(CpuidTable { entries: t.entries[..half].to_vec(), ..t.clone() });
         v.push(CpuidTable { entries: t.entries[half..].to_vec(), ..t.clone() });
     }
-    for i in 0..t.entries.len() {
-        let mut e = t.entries.clone();
-        e.remove(i);
-        v.push(CpuidTable { entries: e, ..t.clone() });
-    }
+    v.extend(without_each(t, |y| &mut y.entries));
     for (i, e) in t.entries.iter().enumerate() {
         for r in [CpuidEntry { ebx: 0, ..*e }, CpuidEntry { ecx: 0, ..*e }, CpuidEntry { edx: 0, ..*e }, CpuidEntry { eax: 0, ..*e }] {
             if r != *e {
@@ -161,6 +157,18 @@ fn table_variants(t: &CpuidTable) -> Vec<CpuidTable> {
         v.push(CpuidTable { reverse: false, ..t.clone() });
     }
     v
+}
+
+/// One copy of `x` per element of the list `field` selects, with that element removed.
+fn without_each<T: Clone, E>(x: &T, field: impl Fn(&mut T) -> &mut Vec<E>) -> Vec<T> {
+    let n = field(&mut x.clone()).len();
+    (0..n)
+        .map(|i| {
+            let mut y = x.clone();
+            field(&mut y).remove(i);
+            y
+        })
+        .collect()
 }
 
 fn image_variants(x: &XsaveImage) -> Vec<XsaveImage> {
@@ -177,16 +185,8 @@ fn image_variants(x: &XsaveImage) -> Vec<XsaveImage> {
             v.push(y);
         }
     }
-    for i in 0..x.components.len() {
-        let mut y = x.clone();
-        y.components.remove(i);
-        v.push(y);
-    }
-    for i in 0..x.hdr_reserved.len() {
-        let mut y = x.clone();
-        y.hdr_reserved.remove(i);
-        v.push(y);
-    }
+    v.extend(without_each(x, |y| &mut y.components));
+    v.extend(without_each(x, |y| &mut y.hdr_reserved));
     let fields: [fn(&mut XsaveImage, &XsaveImage); 13] = [
         |y, i| y.xcomp_bv = i.xcomp_bv,
         |y, i| y.st_seed = i.st_seed,
