@@ -625,6 +625,7 @@ fn run_jobs(jobs: u64, workdir: &Path, json: bool, stop: &AtomicBool, pass_host:
                 total.seed = s.seed;
                 total.execs += s.execs;
                 total.divergent_cases += s.divergent_cases;
+                total.agree_unpredicted += s.agree_unpredicted;
                 total.explained_by_quirk += s.explained_by_quirk;
                 total.execs_per_sec += s.execs_per_sec;
                 total.seconds = total.seconds.max(s.seconds);
@@ -898,6 +899,9 @@ fn print_summary(s: &Summary) {
     println!("execs            {}{}", s.execs, if s.resumed { " (resumed)" } else { "" });
     println!("execs/s          {:.0}", s.execs_per_sec);
     println!("divergent cases  {}", s.divergent_cases);
+    if s.agree_unpredicted > 0 {
+        println!("agree, partly    {} (cases that agree but left host-owned bytes unpredicted)", s.agree_unpredicted);
+    }
     for (c, n) in &s.by_class {
         println!("  {c:<15} {n}");
     }
@@ -1077,7 +1081,8 @@ fn run(cli: Cli) -> Result<i32> {
                     code = 1;
                 }
                 if json {
-                    out.push(serde_json::json!({"file": f, "backend": be.name(), "contract": model.contract, "quirks": model.quirks, "verdict": verdict, "expected": expected, "observed": observed}));
+                    let unpredicted = xsave_oracle::diff::unpredicted(&case, &host, &expected);
+                    out.push(serde_json::json!({"file": f, "backend": be.name(), "contract": model.contract, "quirks": model.quirks, "verdict": verdict, "unpredicted": unpredicted, "expected": expected, "observed": observed}));
                 } else {
                     println!(
                         "== {} on {} (oracle {} quirks [{}])",
@@ -1086,7 +1091,7 @@ fn run(cli: Cli) -> Result<i32> {
                         model.contract,
                         model.quirks.iter().map(|q| q.name()).collect::<Vec<_>>().join(", ")
                     );
-                    print!("{}", xsave_reports::verdict_text(&case, &verdict, &expected, &observed));
+                    print!("{}", xsave_reports::verdict_text(&case, &host, &verdict, &expected, &observed));
                 }
             }
             if json {

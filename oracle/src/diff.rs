@@ -129,6 +129,55 @@ impl Verdict {
     }
 }
 
+/// What a prediction deliberately left unpredicted (host-owned fields under a modelled quirk):
+/// a verdict never claims more than was compared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unpredicted {
+    /// Bytes not compared, over all steps.
+    pub bytes: u32,
+    /// The regions they fall in, e.g. `CPUID leaf 0x1 ECX/EDX`.
+    pub regions: Vec<String>,
+}
+
+impl std::fmt::Display for Unpredicted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bytes not predicted: {}", self.bytes, self.regions.join(", "))
+    }
+}
+
+/// The bytes `expected` leaves unpredicted, or `None` when every byte was predicted.
+pub fn unpredicted(case: &Case, host: &HostFacts, expected: &Trace) -> Option<Unpredicted> {
+    let steps = case.steps();
+    let mut bytes = 0u32;
+    let mut regions: Vec<(String, Vec<&'static str>)> = Vec::new();
+    for (k, r) in expected.results.iter().enumerate() {
+        let Some((_, op)) = steps.get(k) else { break };
+        for &(s, e) in &r.unpredicted {
+            bytes += e.saturating_sub(s);
+            for i in (s as usize..e as usize).step_by(4) {
+                let (name, field) = match **op {
+                    Op::GetCpuid2 { .. } if i >= 4 => {
+                        let base = 4 + (i - 4) / CPUID_ENTRY_SIZE * CPUID_ENTRY_SIZE;
+                        let field = ["function", "index", "flags", "EAX", "EBX", "ECX", "EDX", "padding", "padding", "padding"]
+                            [((i - 4) % CPUID_ENTRY_SIZE) / 4];
+                        (format!("CPUID leaf {:#x}", layout::le32(&r.data, base)), field)
+                    }
+                    _ => (region_of(op, host, i), ""),
+                };
+                match regions.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, fields)) if !field.is_empty() && !fields.contains(&field) => fields.push(field),
+                    Some(_) => {}
+                    None => regions.push((name, if field.is_empty() { Vec::new() } else { vec![field] })),
+                }
+            }
+        }
+    }
+    (bytes > 0).then(|| Unpredicted {
+        bytes,
+        regions: regions.into_iter().map(|(n, f)| if f.is_empty() { n } else { format!("{n} {}", f.join("/")) }).collect(),
+    })
+}
+
 /// 64-bit FNV-1a (stable across builds and platforms).
 pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

@@ -7,17 +7,26 @@ pub mod report;
 pub mod repro;
 
 use std::fmt::Write;
-use xsave_oracle::diff::{Divergence, Verdict};
+use xsave_oracle::diff::{unpredicted, Divergence, Verdict};
 use xsave_oracle::trace::Trace;
-use xsave_oracle::Case;
+use xsave_oracle::{Case, HostFacts};
 
 /// A multi-line text explanation of `verdict` for `case`.
-pub fn verdict_text(case: &Case, verdict: &Verdict, expected: &Trace, observed: &Trace) -> String {
+///
+/// An agreement that left bytes unpredicted says so, with the count and the regions
+/// (`AGREE (8 bytes not predicted: CPUID leaf 0x1 ECX/EDX)`); it never claims more than was
+/// compared.
+pub fn verdict_text(case: &Case, host: &HostFacts, verdict: &Verdict, expected: &Trace, observed: &Trace) -> String {
     let mut s = String::new();
     match verdict {
-        Verdict::Agree => {
-            let _ = writeln!(s, "AGREE: {} steps, every return value and byte as predicted", observed.results.len());
-        }
+        Verdict::Agree => match unpredicted(case, host, expected) {
+            None => {
+                let _ = writeln!(s, "AGREE: {} steps, every return value and byte as predicted", observed.results.len());
+            }
+            Some(u) => {
+                let _ = writeln!(s, "AGREE ({u}): {} steps, every other return value and byte as predicted", observed.results.len());
+            }
+        },
         Verdict::Diverge(d) => divergence_text(&mut s, case, d, expected, observed),
     }
     s

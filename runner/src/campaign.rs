@@ -144,6 +144,10 @@ pub struct Summary {
     pub findings: u64,
     /// Diverging cases (including duplicates of known signatures).
     pub divergent_cases: u64,
+    /// Agreeing cases whose prediction left some bytes unpredicted (host-owned fields under a
+    /// modelled quirk): counted apart from cases that agree on every byte.
+    #[serde(default)]
+    pub agree_unpredicted: u64,
     /// Diverging cases per class.
     pub by_class: BTreeMap<String, u64>,
     /// Diverging cases a known host quirk explains.
@@ -344,6 +348,9 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
         }
         s.next_iteration += 1;
         s.execs += 1;
+        if verdict == Verdict::Agree && expected.results.iter().any(|r| !r.unpredicted.is_empty()) {
+            s.agree_unpredicted += 1;
+        }
         if let Verdict::Diverge(d) = &verdict {
             if cfg.stop_on_class == Some(d.class) && s.first_hit.is_none() {
                 s.first_hit = Some((s.execs, start.elapsed().as_secs_f64()));
