@@ -880,11 +880,14 @@ fn print_probe(r: &ProbeReport) {
             c.size
         );
     }
-    println!(
-        "contract         {} (matches: {})",
-        r.contract,
-        if r.contract_matches.is_empty() { "none".into() } else { r.contract_matches.join(", ") }
-    );
+    if r.contract_matches.is_empty() {
+        match &r.nearest {
+            Some(n) => println!("contract         unknown; {n}"),
+            None => println!("contract         unknown (matches: none)"),
+        }
+    } else {
+        println!("contract         {} (matches: {})", r.contract, r.contract_matches.join(", "));
+    }
     let q: Vec<&str> = r.quirks.iter().map(|q| q.name()).collect();
     println!("quirks           {}", if q.is_empty() { "none".into() } else { q.join(", ") });
     for e in &r.quirk_evidence {

@@ -40,6 +40,10 @@ pub struct ProbeReport {
     pub contract: String,
     /// Every version every probe case agrees with.
     pub contract_matches: Vec<String>,
+    /// The contract that agrees on the most probe cases, and where the host departs from it
+    /// (empty departures when it matches exactly): a diagnosis for a kernel matching none.
+    #[serde(default)]
+    pub nearest: Option<Nearest>,
     /// Named quirks found.
     pub quirks: Vec<Quirk>,
     /// What was measured to find them.
@@ -59,6 +63,139 @@ pub struct Capabilities {
     pub xcrs: i32,
     /// KVM_CAP_XSAVE2.
     pub xsave2: i32,
+}
+
+/// The nearest contract version and the probe cases where the host departs from it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Nearest {
+    /// The version whose departures have the fewest distinct causes (ioctl and deciding rule
+    /// of the first differing step), then the newest.
+    pub contract: String,
+    /// Probe cases that disagree with it.
+    pub departures: Vec<Departure>,
+}
+
+/// One probe case where the host departs from the nearest contract.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Departure {
+    /// Probe case name.
+    pub case: String,
+    /// Rule ids behind the prediction of the first differing step.
+    pub rules: Vec<String>,
+    /// What the contract predicts there (return value or bytes).
+    pub expected: String,
+    /// What the host did.
+    pub observed: String,
+    /// The divergence title.
+    pub title: String,
+    /// The ioctl of the first differing step.
+    pub op: String,
+}
+
+impl std::fmt::Display for Nearest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "nearest {}", self.contract)?;
+        if self.departures.is_empty() {
+            return Ok(());
+        }
+        write!(f, ", departs on: ")?;
+        for (i, d) in self.departures.iter().enumerate() {
+            let sep = if i > 0 { "; " } else { "" };
+            write!(
+                f,
+                "{sep}{} ({}: {} where {} predicts {})",
+                d.case,
+                d.rules.first().map_or("", String::as_str),
+                d.observed,
+                self.contract,
+                d.expected
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The result of judging the probe battery under every contract version.
+#[derive(Clone, Debug)]
+pub struct ContractMatch {
+    /// Versions every probe case agrees with, oldest first.
+    pub matches: Vec<Contract>,
+    /// The nearest version and the departures from it.
+    pub nearest: Option<Nearest>,
+    /// Per probe case, the versions it agrees with.
+    pub cases: Vec<ProbeCaseResult>,
+}
+
+/// Run the probe battery on `backend` and judge every case under every contract version
+/// (with `quirks` modelled): the versions that match, and the nearest one with the host's
+/// departures from it.
+pub fn match_contract(backend: &mut dyn Backend, host: &HostFacts, quirks: &[Quirk]) -> Result<ContractMatch, BackendError> {
+    let mut matches: Vec<Contract> = Contract::ALL.to_vec();
+    let mut cases = Vec::new();
+    let mut runs = Vec::new();
+    for (name, case) in probe_cases() {
+        let obs = backend.execute(&case)?;
+        let agrees: Vec<Contract> = Contract::ALL
+            .iter()
+            .copied()
+            .filter(|c| {
+                let cfg = ModelConfig { contract: *c, quirks: quirks.to_vec() };
+                diff(&case, host, &cfg, &predict(&case, host, &cfg), &obs) == Verdict::Agree
+            })
+            .collect();
+        matches.retain(|c| agrees.contains(c));
+        cases.push(ProbeCaseResult { name: name.to_string(), agrees_with: agrees.iter().map(|c| c.name().to_string()).collect() });
+        runs.push((name, case, obs, agrees));
+    }
+    // Nearest: the version whose departures have the fewest distinct causes (ioctl and
+    // deciding rule of the first differing step: one defect breaks one rule, however many
+    // probe cases show it; how many cases show it is an artifact of the battery), then the
+    // newest.
+    let nearest = Contract::ALL
+        .iter()
+        .map(|&c| {
+            let cfg = ModelConfig { contract: c, quirks: quirks.to_vec() };
+            let departures: Vec<Departure> = runs
+                .iter()
+                .filter(|r| !r.3.contains(&c))
+                .filter_map(|(name, case, obs, _)| {
+                    let exp = predict(case, host, &cfg);
+                    let Verdict::Diverge(d) = diff(case, host, &cfg, &exp, obs) else { return None };
+                    let (expected, observed) = match d.bytes.first() {
+                        Some(b) => (format!("{} {}", b.region, hex(&b.expected)), format!("{} {}", b.region, hex(&b.observed))),
+                        None => (d.expected_ret.to_string(), d.observed_ret.to_string()),
+                    };
+                    Some(Departure {
+                        case: name.to_string(),
+                        rules: d.rules.iter().map(|r| r.id().to_string()).collect(),
+                        expected,
+                        observed,
+                        title: d.title.clone(),
+                        op: d.op.clone(),
+                    })
+                })
+                .collect();
+            let mut causes: Vec<(&str, Option<&String>)> = departures.iter().map(|d| (d.op.as_str(), d.rules.first())).collect();
+            causes.sort();
+            causes.dedup();
+            let key = (std::cmp::Reverse(causes.len()), c);
+            (key, Nearest { contract: c.name().to_string(), departures })
+        })
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, n)| n);
+    Ok(ContractMatch { matches, nearest, cases })
+}
+
+/// Little-endian bytes of at most 8 as a hex number (`0x7` for `07 00 ...`), longer runs as
+/// hex bytes, for departure summaries.
+fn hex(b: &[u8]) -> String {
+    if b.len() <= 8 {
+        let mut a = [0u8; 8];
+        a[..b.len()].copy_from_slice(b);
+        format!("{:#x}", u64::from_le_bytes(a))
+    } else {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
 }
 
 /// One probe case's agreement per contract version.
@@ -233,14 +370,6 @@ pub fn detect_quirks(backend: &mut dyn Backend) -> Result<(Vec<Quirk>, Vec<Strin
     Ok((quirks, evidence))
 }
 
-fn hex(b: &[u8]) -> String {
-    // Registers are little-endian u32s: show them as numbers.
-    if b.len() == 4 {
-        return format!("{:#x}", u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn img(bv: u64) -> XsaveImage {
     let mut i = XsaveImage::init(bv);
     i.xmm_seed = 0x51;
@@ -298,22 +427,7 @@ pub fn probe() -> Result<ProbeReport, BackendError> {
         quirk_evidence.push(format!("KVM_SET_CPUID2 silently drops leaves [{}] (set, read back)", list.join(", ")));
     }
     let mut backend = KvmBackend::new(host.clone(), false)?;
-    let mut matches: Vec<Contract> = Contract::ALL.to_vec();
-    let mut probe_cases_out = Vec::new();
-    for (name, case) in probe_cases() {
-        let obs = backend.execute(&case)?;
-        let agrees: Vec<Contract> = Contract::ALL
-            .iter()
-            .copied()
-            .filter(|c| {
-                let cfg = ModelConfig { contract: *c, quirks: quirks.clone() };
-                diff(&case, &host, &cfg, &predict(&case, &host, &cfg), &obs) == Verdict::Agree
-            })
-            .collect();
-        matches.retain(|c| agrees.contains(c));
-        probe_cases_out
-            .push(ProbeCaseResult { name: name.to_string(), agrees_with: agrees.iter().map(|c| c.name().to_string()).collect() });
-    }
+    let m = match_contract(&mut backend, &host, &quirks)?;
     let d0 = host.supported_cpuid.iter().find(|e| e.function == 0xd && e.index == 0);
     Ok(ProbeReport {
         rig_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -327,11 +441,12 @@ pub fn probe() -> Result<ProbeReport, BackendError> {
         components: host.components.clone(),
         mxcsr_mask: format!("{:#x}", host.init_mxcsr_mask),
         host_xcr0: format!("{:#x}", host.host_xcr0),
-        contract: matches.last().map_or("unknown".to_string(), |c| c.name().to_string()),
-        contract_matches: matches.iter().map(|c| c.name().to_string()).collect(),
+        contract: m.matches.last().map_or("unknown".to_string(), |c| c.name().to_string()),
+        contract_matches: m.matches.iter().map(|c| c.name().to_string()).collect(),
+        nearest: m.nearest,
         quirks,
         quirk_evidence,
-        probe_cases: probe_cases_out,
+        probe_cases: m.cases,
         host,
     })
 }
