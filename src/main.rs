@@ -1042,6 +1042,7 @@ fn run(cli: Cli) -> Result<i32> {
             };
             let total = if duration.is_none() { Some(iterations.unwrap_or(10_000)) } else { None };
             let cfg = CampaignConfig {
+                guest: false,
                 seed,
                 iterations: match (total, worker) {
                     (Some(t), Some((k, n))) => Some(t.saturating_sub(k).div_ceil(n)),

@@ -16,8 +16,11 @@ use std::borrow::Cow;
 
 /// Magic bytes at the start of a binary case.
 pub const MAGIC: &[u8; 4] = b"XSRC";
-/// Current binary format version.
-pub const FORMAT_VERSION: u8 = 1;
+/// Current binary format version: 2 adds [`Op::RunGuest`]. A case without guest runs is still
+/// written as version 1, byte for byte as before, so existing corpora keep their names.
+pub const FORMAT_VERSION: u8 = 2;
+/// The oldest version this build reads.
+pub const FORMAT_VERSION_MIN: u8 = 1;
 
 /// Bounds enforced by the decoder (and respected by the generator).
 pub struct Limits {
@@ -48,7 +51,7 @@ pub enum DecodeError {
     #[error("not a case file (no XSRC magic)")]
     NoMagic,
     /// A version this build does not read.
-    #[error("unsupported case format version {0} (this build reads {FORMAT_VERSION})")]
+    #[error("unsupported case format version {0} (this build reads {FORMAT_VERSION_MIN} to {FORMAT_VERSION})")]
     Version(u8),
     /// The body is not a valid encoding.
     #[error("corrupt case body: {0}")]
@@ -439,6 +442,10 @@ pub enum Op {
     GetXcrs,
     /// `KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)` on the VM fd.
     CheckXsave2,
+    /// `KVM_RUN` on a guest program until it exits (format version 2). The step's return
+    /// value is the [`crate::guest::Exit`]; its data is the guest's own XSAVE image when the
+    /// program stores one.
+    RunGuest(crate::guest::GuestProgram),
 }
 
 impl Op {
@@ -455,6 +462,7 @@ impl Op {
             Op::SetXcrs(_) => "KVM_SET_XCRS",
             Op::GetXcrs => "KVM_GET_XCRS",
             Op::CheckXsave2 => "KVM_CHECK_EXTENSION(XSAVE2)",
+            Op::RunGuest(_) => "KVM_RUN",
         }
     }
 }
@@ -525,7 +533,7 @@ impl Case {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         out.extend_from_slice(MAGIC);
-        out.push(FORMAT_VERSION);
+        out.push(if self.ops.iter().any(|o| matches!(o, Op::RunGuest(_))) { FORMAT_VERSION } else { 1 });
         // postcard serialization of plain data into a Vec cannot fail.
         match postcard::to_extend(self, out) {
             Ok(v) => v,
@@ -540,7 +548,7 @@ impl Case {
         }
         let body = bytes.strip_prefix(MAGIC.as_slice()).ok_or(DecodeError::NoMagic)?;
         let (&ver, body) = body.split_first().ok_or(DecodeError::Version(0))?;
-        if ver != FORMAT_VERSION {
+        if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&ver) {
             return Err(DecodeError::Version(ver));
         }
         let (case, rest): (Case, &[u8]) = postcard::take_from_bytes(body).map_err(|e| DecodeError::Body(e.to_string()))?;
@@ -598,6 +606,7 @@ impl Case {
                     }
                 }
                 Op::SetXcrs(x) => lim("xcrs", x.xcrs.len(), LIMITS.xcrs)?,
+                Op::RunGuest(p) => lim("guest actions", p.actions.len(), crate::guest::MAX_ACTIONS)?,
                 _ => {}
             }
         }

@@ -36,6 +36,8 @@ pub enum Class {
     CpuidConfig,
     /// XCR0 value and SET_XCRS rules.
     Xcr0,
+    /// What the guest itself sees after a load (its exit, and its own XSAVE image).
+    GuestView,
 }
 
 impl Class {
@@ -51,6 +53,7 @@ impl Class {
             Class::HiddenState => "hidden-state",
             Class::CpuidConfig => "cpuid-config",
             Class::Xcr0 => "xcr0",
+            Class::GuestView => "guest-view",
         }
     }
 }
@@ -244,6 +247,7 @@ fn classify_bytes(op: &Op, host: &HostFacts, diffs: &[ByteDiff], rules: &[Rule])
     match op {
         Op::GetCpuid2 { .. } => return Class::CpuidConfig,
         Op::GetXcrs => return Class::Xcr0,
+        Op::RunGuest(_) => return Class::GuestView,
         _ => {}
     }
     let pk = host.component(crate::xfeatures::PKRU_BIT).map(|c| c.offset);
@@ -269,6 +273,7 @@ fn classify_ret(op: &Op) -> Class {
         Op::SetCpuid2(_) | Op::GetCpuid2 { .. } => Class::CpuidConfig,
         Op::SetXcrs(_) | Op::GetXcrs => Class::Xcr0,
         Op::CheckXsave2 => Class::Size,
+        Op::RunGuest(_) => Class::GuestView,
         _ => Class::Errno,
     }
 }
@@ -367,6 +372,8 @@ pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, 
         let (Some(exp), Some(obs)) = (expected.results.get(k), observed.results.get(k)) else {
             break;
         };
+        let (exp, _) = exp.resolve(obs);
+        let exp = &exp;
         let (class, bytes, lengths, what) = if exp.ret != obs.ret {
             let what = match (exp.ret, obs.ret) {
                 (Ret::Ok(_), Ret::Err(_)) => format!("{} where {} accepts", obs.ret, cfg.contract),
@@ -452,11 +459,24 @@ pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, 
     Verdict::Agree
 }
 
+/// `expected` with every hardware choice taken as `observed` shows it where the prediction
+/// allows it ([`OpResult::resolve`]).
+pub fn resolve(expected: &Trace, observed: &Trace) -> Trace {
+    Trace {
+        results: expected
+            .results
+            .iter()
+            .enumerate()
+            .map(|(k, e)| observed.results.get(k).map_or_else(|| e.clone(), |o| e.resolve(o).0))
+            .collect(),
+    }
+}
+
 /// Predict `case` under `cfg`, compare with `observed`, and when they diverge try each quirk
 /// the host is known to have but `cfg` does not model: if the prediction with that quirk
 /// agrees, the divergence is attributed to it (class [`Class::CpuidConfig`]).
 pub fn judge(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace) -> (Trace, Verdict) {
-    let expected = predict(case, host, cfg);
+    let expected = resolve(&predict(case, host, cfg), observed);
     let verdict = diff(case, host, cfg, &expected, observed);
     let Verdict::Diverge(mut d) = verdict else {
         return (expected, Verdict::Agree);

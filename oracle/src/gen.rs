@@ -3,6 +3,7 @@
 //! tables that omit, duplicate and reorder leaf 0xD, XCRS with odd counts and indices).
 
 use crate::case::*;
+use crate::guest::{GuestAction, GuestProgram};
 use crate::xfeatures::*;
 use arbitrary::{Arbitrary, Result, Unstructured};
 
@@ -174,6 +175,28 @@ pub fn xcrs_image(u: &mut Unstructured) -> Result<XcrsImage> {
     Ok(XcrsImage { nr_xcrs, flags, xcrs, padding_seed: if chance(u, 10)? { seed(u)? } else { 0 } })
 }
 
+/// One guest action, biased toward the register writes and stores that move state.
+pub fn guest_action(u: &mut Unstructured) -> Result<GuestAction> {
+    Ok(match u.int_in_range(0..=99u8)? {
+        0..=14 => GuestAction::Xmm { seed: seed(u)? },
+        15..=32 => GuestAction::Ymm { seed: seed(u)? },
+        33..=39 => GuestAction::Vzeroupper,
+        40..=46 => GuestAction::Ldmxcsr { value: if chance(u, 85)? { mxcsr(u)? & 0xffff } else { mxcsr(u)? } },
+        47..=52 => GuestAction::Fldcw { value: if chance(u, 50)? { 0x37f } else { u16::arbitrary(u)? | 0x3f } },
+        53..=58 => GuestAction::Fninit,
+        59..=66 => GuestAction::Opmask { seed: seed(u)? },
+        67..=76 => GuestAction::Zmm { seed: seed(u)? },
+        77..=80 => GuestAction::Wrpkru { value: u32::arbitrary(u)? },
+        _ => GuestAction::Xsave,
+    })
+}
+
+/// A guest program of 1 to 8 actions.
+pub fn guest_program(u: &mut Unstructured) -> Result<GuestProgram> {
+    let n = u.int_in_range(1..=8usize)?;
+    Ok(GuestProgram { actions: (0..n).map(|_| guest_action(u)).collect::<Result<Vec<_>>>()? })
+}
+
 /// One operation.
 pub fn op(u: &mut Unstructured) -> Result<Op> {
     Ok(match u.int_in_range(0..=99u8)? {
@@ -190,15 +213,37 @@ pub fn op(u: &mut Unstructured) -> Result<Op> {
     })
 }
 
+/// What generated cases may contain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GenOptions {
+    /// Guest runs ([`Op::RunGuest`]), drawn after everything else so a case without one is
+    /// exactly the case generated without this option from the same bytes.
+    pub guest: bool,
+}
+
+/// A case (the [`Arbitrary`] impl is `case(u, GenOptions::default())`).
+pub fn case(u: &mut Unstructured, opts: GenOptions) -> Result<Case> {
+    let cpuid = if chance(u, 70)? { Some(cpuid_table(u)?) } else { None };
+    let xcr0 = if cpuid.is_some() && chance(u, 40)? { Some(xcr0_value(u)?) } else { None };
+    let n = u.int_in_range(1..=20usize)?;
+    let mut ops = Vec::with_capacity(n);
+    for _ in 0..n {
+        ops.push(op(u)?);
+    }
+    if opts.guest && chance(u, 45)? {
+        for _ in 0..u.int_in_range(1..=3usize)? {
+            let at = u.int_in_range(0..=ops.len())?;
+            ops.insert(at, Op::RunGuest(guest_program(u)?));
+        }
+        if chance(u, 60)? {
+            ops.push(if chance(u, 80)? { Op::GetXsave } else { Op::GetXsave2 });
+        }
+    }
+    Ok(Case { config: Config { cpuid, xcr0 }, ops })
+}
+
 impl<'a> Arbitrary<'a> for Case {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Case> {
-        let cpuid = if chance(u, 70)? { Some(cpuid_table(u)?) } else { None };
-        let xcr0 = if cpuid.is_some() && chance(u, 40)? { Some(xcr0_value(u)?) } else { None };
-        let n = u.int_in_range(1..=20usize)?;
-        let mut ops = Vec::with_capacity(n);
-        for _ in 0..n {
-            ops.push(op(u)?);
-        }
-        Ok(Case { config: Config { cpuid, xcr0 }, ops })
+        case(u, GenOptions::default())
     }
 }

@@ -36,16 +36,23 @@ pub enum Quirk {
     /// dropped. Seen on `kvm_pvm` builds.
     #[serde(rename = "pvm-cpuid-rewrite")]
     PvmCpuidRewrite,
+    /// While the guest runs, hardware XCR0 stays the host's whatever the guest's XCR0 is (and
+    /// CR4.OSXSAVE is accepted without XSAVE in guest CPUID): guest code can use AVX with guest
+    /// XCR0 = 1, and its XSAVE covers the host's XCR0. Seen on `kvm_pvm` (spec §8.4); the probe
+    /// finds it by running a VMOVDQU with guest XCR0 = FP.
+    #[serde(rename = "pvm-hw-xcr0")]
+    PvmHwXcr0,
 }
 
 impl Quirk {
     /// Every quirk the rig knows.
-    pub const ALL: &'static [Quirk] = &[Quirk::PvmCpuidRewrite];
+    pub const ALL: &'static [Quirk] = &[Quirk::PvmCpuidRewrite, Quirk::PvmHwXcr0];
 
     /// Stable name used on the command line and in reports.
     pub fn name(self) -> &'static str {
         match self {
             Quirk::PvmCpuidRewrite => "pvm-cpuid-rewrite",
+            Quirk::PvmHwXcr0 => "pvm-hw-xcr0",
         }
     }
 

@@ -14,6 +14,7 @@ pub mod case;
 pub mod coverage;
 pub mod diff;
 pub mod gen;
+pub mod guest;
 pub mod hexnum;
 pub mod host;
 pub mod invariants;

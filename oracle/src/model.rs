@@ -5,7 +5,7 @@ use crate::case::{Case, CpuidEntry, Op, Origin, XcrsImage, CPUID_ENTRY_SIZE, CPU
 use crate::host::{HostFacts, Quirk};
 use crate::layout::{self, components_in_order, le32, le64, put, xstate_required_size};
 use crate::rules::Rule;
-use crate::trace::{OpResult, Ret, Trace, E2BIG, EINVAL, EPERM};
+use crate::trace::{Allowed, OpResult, Ret, Trace, E2BIG, EINVAL, EPERM};
 use crate::xfeatures::*;
 use serde::{Deserialize, Serialize};
 
@@ -105,6 +105,18 @@ struct Vcpu {
     uabi_size: usize,
     /// Bits accepted by the last SET while outside the GET mask (hidden state).
     hidden: u64,
+    /// Bits of `kbv` whose component is at its init value after a hardware save: the
+    /// processor may have saved them set or clear (rule `run.xinuse.free`).
+    kbv_free: u64,
+    /// Legacy-area bytes a hardware save may have rewritten: (offset, allowed values).
+    legacy_alts: Vec<(usize, Vec<Vec<u8>>, Rule)>,
+    /// The vCPU has run (KVM_RUN).
+    ran: bool,
+    /// FSW.ES and FSW.B are the processor's (recomputed by a hardware load).
+    fsw_derived: bool,
+    /// CR4.OSXSAVE and CR4.PKE as the rig's guest set-up left them.
+    cr4_osxsave: bool,
+    cr4_pke: bool,
 }
 
 /// The model of one vCPU under one contract on one host.
@@ -113,6 +125,8 @@ pub struct Model<'a> {
     cfg: &'a ModelConfig,
     vcpu: Vcpu,
     last_get: Option<Vec<u8>>,
+    /// Free XSTATE_BV bits of the last GET (a restore of it carries them).
+    last_get_free: u64,
 }
 
 fn ret_err(origin: Origin, e: i32, rules: Vec<Rule>) -> OpResult {
@@ -126,7 +140,7 @@ fn ret_ok(origin: Origin, v: i64, rules: Vec<Rule>) -> OpResult {
 impl<'a> Model<'a> {
     /// A model holding a fresh vCPU.
     pub fn new(host: &'a HostFacts, cfg: &'a ModelConfig) -> Model<'a> {
-        Model { host, cfg, vcpu: Self::fresh(host, cfg), last_get: None }
+        Model { host, cfg, vcpu: Self::fresh(host, cfg), last_get: None, last_get_free: 0 }
     }
 
     fn fresh(host: &HostFacts, cfg: &ModelConfig) -> Vcpu {
@@ -146,6 +160,12 @@ impl<'a> Model<'a> {
             user_xfeatures: host.default_user_xfeatures(),
             uabi_size: layout::KVM_XSAVE_SIZE,
             hidden: 0,
+            kbv_free: 0,
+            legacy_alts: Vec::new(),
+            ran: false,
+            fsw_derived: false,
+            cr4_osxsave: false,
+            cr4_pke: false,
         }
     }
 
@@ -194,13 +214,19 @@ impl<'a> Model<'a> {
                 if let Some(bv) = force_xstate_bv {
                     put(&mut buf, layout::XSTATE_BV, &bv.to_le_bytes());
                 }
-                self.set_xsave(origin, &buf)
+                let carried = if force_xstate_bv.is_none() { self.last_get_free } else { 0 };
+                let r = self.set_xsave(origin, &buf);
+                if r.ret == Ret::Ok(0) {
+                    self.vcpu.kbv_free = carried & self.vcpu.kbv;
+                }
+                r
             }
             Op::GetXsave => self.get_xsave(origin, false),
             Op::GetXsave2 => self.get_xsave(origin, true),
             Op::SetXcrs(x) => self.set_xcrs(origin, x),
             Op::GetXcrs => self.get_xcrs(origin),
             Op::CheckXsave2 => self.check_xsave2(origin),
+            Op::RunGuest(p) => self.run_guest(origin, p),
         }
     }
 
@@ -230,6 +256,15 @@ impl<'a> Model<'a> {
         let mut rules = Vec::with_capacity(4);
         if entries.len() > MAX_CPUID_ENTRIES {
             return ret_err(origin, E2BIG, vec![Rule::CpuidRejectE2big]);
+        }
+        if self.vcpu.ran && self.contract() >= Contract::V1 {
+            let mut scratch = Vec::new();
+            let stored = self.runtime_table(&mut scratch);
+            let saved = std::mem::replace(&mut self.vcpu.cpuid, entries);
+            let incoming = self.runtime_table(&mut scratch);
+            self.vcpu.cpuid = saved;
+            let equal = self.contract() > Contract::V1 && stored == incoming;
+            return if equal { ret_ok(origin, 0, vec![Rule::RunCpuidFrozen]) } else { ret_err(origin, EINVAL, vec![Rule::RunCpuidFrozen]) };
         }
         if let Some(i) = find_entry(&entries, 0x8000_0008, NOT_SIGNIFICANT) {
             let bits = (entries[i].eax >> 8) & 0xff;
@@ -354,13 +389,16 @@ impl<'a> Model<'a> {
     fn runtime_table(&self, rules: &mut Vec<Rule>) -> Vec<CpuidEntry> {
         let mut t = self.vcpu.cpuid.clone();
         if let Some(i) = find_entry(&t, 1, NOT_SIGNIFICANT) {
-            t[i].ecx &= !(1 << 27);
+            t[i].ecx = (t[i].ecx & !(1 << 27)) | ((self.vcpu.cr4_osxsave as u32) << 27);
             t[i].edx |= 1 << 9;
             rules.extend([Rule::CpuidRuntimeOsxsave, Rule::CpuidRuntimeApic]);
         }
         if let Some(i) = find_entry(&t, 7, Some(0)) {
-            t[i].ecx &= !(1 << 4);
+            t[i].ecx = (t[i].ecx & !(1 << 4)) | ((self.vcpu.cr4_pke as u32) << 4);
             rules.push(Rule::CpuidRuntimeOspke);
+        }
+        if self.vcpu.ran {
+            rules.push(Rule::RunCr4Runtime);
         }
         if self.host.cpuid_sgx_xfrm_masked {
             if let Some(i) = find_entry(&t, 0x12, Some(1)) {
@@ -414,7 +452,7 @@ impl<'a> Model<'a> {
         if !unpredicted.is_empty() {
             rules.push(Rule::QuirkPvmHostOwned);
         }
-        OpResult { origin, ret: Ret::Ok(0), data, unpredicted, rules }
+        OpResult { origin, ret: Ret::Ok(0), data, unpredicted, rules, allowed: Vec::new() }
     }
 
     // ---- XSAVE (§3, §4) --------------------------------------------------------------------
@@ -497,10 +535,252 @@ impl<'a> Model<'a> {
         if h & v.hidden != 0 {
             rules.push(Rule::GetHiddenRevealed);
         }
+        let allowed = self.get_choices(h, &mut rules);
+        self.last_get_free = v_free(&self.vcpu, h);
         let last = self.last_get.get_or_insert_with(Vec::new);
         last.clear();
         last.extend_from_slice(&out);
-        OpResult { origin, ret: Ret::Ok(0), data: out, unpredicted: Vec::new(), rules }
+        OpResult { origin, ret: Ret::Ok(0), data: out, unpredicted: Vec::new(), rules, allowed }
+    }
+
+    /// The hardware's choices a GET of reported features `h` may show after a run: XSTATE_BV
+    /// bits of components at their init value, what GET writes when such a bit is clear, and
+    /// legacy bytes a hardware save may rewrite.
+    fn get_choices(&self, h: u64, rules: &mut Vec<Rule>) -> Vec<Allowed> {
+        let v = &self.vcpu;
+        let mut allowed = Vec::new();
+        let free = v_free(v, h);
+        let legacy = self.contract() != Contract::V0;
+        if free != 0 {
+            let rule = Rule::RunXinuseFree;
+            rules.push(rule);
+            allowed.push(Allowed::FreeBits { at: layout::XSTATE_BV as u32, mask: free, rule });
+            let unless = |bits: u64, start: usize, alt: Vec<u8>| Allowed::Unless {
+                at: layout::XSTATE_BV as u32,
+                bits,
+                start: start as u32,
+                alt,
+                rule,
+            };
+            if legacy && free & FP != 0 {
+                let mut head = vec![0u8; layout::MXCSR];
+                put(&mut head, layout::FCW, &layout::FCW_INIT.to_le_bytes());
+                allowed.push(unless(FP, 0, head));
+                allowed.push(unless(FP, layout::ST, vec![0; layout::FP_END - layout::ST]));
+            }
+            let sy = h & (SSE | YMM);
+            if legacy && sy != 0 && sy & !free == 0 {
+                let mut m = layout::MXCSR_INIT.to_le_bytes().to_vec();
+                m.extend_from_slice(&self.host.init_mxcsr_mask.to_le_bytes());
+                allowed.push(unless(SSE | YMM, layout::MXCSR, m));
+            }
+            if legacy && free & SSE != 0 {
+                allowed.push(unless(SSE, layout::XMM, vec![0; layout::XMM_END - layout::XMM]));
+            }
+            for c in components_in_order(self.host, free) {
+                let size = if c.bit == PKRU_BIT { 8 } else { c.size as usize };
+                allowed.push(unless(1u64 << c.bit, c.offset as usize, vec![0; size]));
+            }
+        }
+        if legacy && h & FP != 0 && v.fsw_derived {
+            allowed.push(fsw_choice());
+            rules.push(Rule::RunFswDerived);
+        }
+        if legacy && h & FP != 0 {
+            for (start, values, rule) in &v.legacy_alts {
+                allowed.push(Allowed::OneOf { start: *start as u32, values: values.clone(), rule: *rule });
+                rules.push(*rule);
+            }
+        }
+        allowed
+    }
+
+    // ---- KVM_RUN (§7) ----------------------------------------------------------------------
+
+    /// Hardware XCR0 while the guest runs.
+    fn hw_xcr0(&self) -> u64 {
+        if self.quirk(Quirk::PvmHwXcr0) {
+            self.host.host_xcr0
+        } else {
+            self.vcpu.xcr0
+        }
+    }
+
+    /// CR4 bits the rig's guest set-up gets accepted: OSXSAVE needs XSAVE in the guest CPUID,
+    /// PKE needs PKU there (and the host's PKRU) — except under `pvm-hw-xcr0`.
+    fn setup_cr4(&mut self, rules: &mut Vec<Rule>) {
+        let t = &self.vcpu.cpuid;
+        let leaf1 = find_entry(t, 1, NOT_SIGNIFICANT).map_or(0, |i| t[i].ecx);
+        let leaf7 = find_entry(t, 7, Some(0)).map_or(0, |i| t[i].ecx);
+        let pvm = self.quirk(Quirk::PvmHwXcr0);
+        self.vcpu.cr4_osxsave = pvm || leaf1 & (1 << 26) != 0;
+        self.vcpu.cr4_pke = self.host.supported_xcr0 & PKRU != 0 && (pvm || leaf7 & (1 << 3) != 0);
+        rules.push(if pvm { Rule::QuirkPvmHwXcr0 } else { Rule::RunCr4Osxsave });
+    }
+
+    fn run_guest(&mut self, origin: Origin, prog: &crate::guest::GuestProgram) -> OpResult {
+        use crate::guest::{faults, output_size, Exit, GuestAction, Regs};
+        let host = self.host;
+        let mut rules = vec![Rule::RunEntryLoad];
+        self.setup_cr4(&mut rules);
+        let hw = if self.vcpu.cr4_osxsave { self.hw_xcr0() } else { FP | SSE };
+        if !self.quirk(Quirk::PvmHwXcr0) {
+            rules.push(Rule::RunHwXcr0Guest);
+        }
+        // Entry: the image is loaded; components whose bit is clear enter at init.
+        let mut regs = Regs { image: self.vcpu.kbuf.clone(), pkru: self.vcpu.upkru };
+        let k = self.vcpu.kbv;
+        if k & FP == 0 {
+            regs.image[..layout::MXCSR].fill(0);
+            put(&mut regs.image, layout::FCW, &layout::FCW_INIT.to_le_bytes());
+            for i in 0..8 {
+                regs.image[layout::ST + 16 * i..layout::ST + 16 * i + 10].fill(0);
+            }
+        }
+        if k & SSE == 0 {
+            regs.image[layout::XMM..layout::XMM_END].fill(0);
+        }
+        // A hardware load keeps only FCW's defined bits (7 and 13..15 read 0, 6 reads 1).
+        let fcw = (layout::le32(&regs.image, 0) & 0x1f3f) as u16 | 0x40;
+        put(&mut regs.image, layout::FCW, &fcw.to_le_bytes());
+        let stored_mxcsr = regs.image[layout::MXCSR..layout::MXCSR + 4].to_vec();
+        if k & (SSE | YMM) == 0 {
+            // The kernel's compacted restore (XRSTORS) initialises MXCSR when neither SSE nor
+            // YMM is in XSTATE_BV; a standard XRSTOR would load the stored value.
+            put(&mut regs.image, layout::MXCSR, &layout::MXCSR_INIT.to_le_bytes());
+        }
+        for c in host.components.iter().filter(|c| c.bit != PKRU_BIT && k & (1u64 << c.bit) == 0) {
+            if let Some(r) = regs.image.get_mut(c.offset as usize..(c.offset + c.size) as usize) {
+                r.fill(0);
+            }
+        }
+        let mut out = Vec::new();
+        let mut allowed = Vec::new();
+        let mut exit = Exit::End;
+        let stores = prog.actions.contains(&GuestAction::Xsave);
+        if stores {
+            out = vec![0u8; output_size(host)];
+        }
+        for a in &prog.actions {
+            let xsave_fault = *a == GuestAction::Xsave && !self.vcpu.cr4_osxsave;
+            if xsave_fault || faults(host, &regs, a, hw, self.vcpu.cr4_pke) {
+                exit = Exit::Shutdown;
+                rules.push(Rule::RunFault);
+                break;
+            }
+            if *a == GuestAction::Xsave {
+                allowed = self.guest_xsave(&regs, hw, &mut out);
+                if k & (SSE | YMM) == 0 && regs.image[layout::MXCSR..layout::MXCSR + 4] == layout::MXCSR_INIT.to_le_bytes() {
+                    allowed.push(Allowed::OneOf {
+                        start: layout::MXCSR as u32,
+                        values: vec![stored_mxcsr.clone()],
+                        rule: Rule::RunEntryMxcsr,
+                    });
+                }
+                rules.push(Rule::GuestXsave);
+                rules.extend(allowed.iter().map(Allowed::rule));
+            } else {
+                regs.apply(host, a);
+            }
+        }
+        if exit == Exit::End {
+            rules.push(Rule::RunEnd);
+        }
+        self.save_after_run(&regs, &mut rules);
+        self.vcpu.ran = true;
+        OpResult { origin, ret: Ret::Ok(exit as i64), data: out, unpredicted: Vec::new(), rules, allowed }
+    }
+
+    /// The guest's own `xsave64` with EDX:EAX = all ones into a zeroed area.
+    fn guest_xsave(&self, regs: &crate::guest::Regs, rfbm: u64, out: &mut [u8]) -> Vec<Allowed> {
+        let host = self.host;
+        let mut allowed = Vec::new();
+        let mut must = 0;
+        let mut free = 0;
+        for bit in (0..64u8).filter(|b| rfbm & (1u64 << b) != 0) {
+            if regs.is_init(host, bit) {
+                free |= 1u64 << bit;
+            } else {
+                must |= 1u64 << bit;
+            }
+        }
+        if rfbm & FP != 0 {
+            out[..layout::MXCSR].copy_from_slice(&regs.image[..layout::MXCSR]);
+            out[5] = 0;
+            for i in 0..8 {
+                let o = layout::ST + 16 * i;
+                out[o..o + 10].copy_from_slice(&regs.image[o..o + 10]);
+            }
+            if free & FP != 0 {
+                // Not in use: written as its init values (predicted) or left unwritten (zero).
+                allowed.push(Allowed::OneOf { start: 0, values: vec![vec![0; layout::MXCSR]], rule: Rule::GuestXsaveFpSkipped });
+            }
+            allowed.push(fip_choice(&regs.image));
+            allowed.push(fsw_choice());
+        }
+        if rfbm & (SSE | YMM) != 0 {
+            out[layout::MXCSR..layout::MXCSR + 4].copy_from_slice(&regs.image[layout::MXCSR..layout::MXCSR + 4]);
+            put(out, layout::MXCSR_MASK, &host.init_mxcsr_mask.to_le_bytes());
+        }
+        if rfbm & SSE != 0 {
+            out[layout::XMM..layout::XMM_END].copy_from_slice(&regs.image[layout::XMM..layout::XMM_END]);
+        }
+        for c in components_in_order(host, rfbm) {
+            let (s, e) = (c.offset as usize, (c.offset + c.size) as usize);
+            if c.bit == PKRU_BIT {
+                put(out, s, &regs.pkru.to_le_bytes());
+            } else if let (Some(dst), Some(src)) = (out.get_mut(s..e), regs.image.get(s..e)) {
+                dst.copy_from_slice(src);
+            }
+        }
+        put(out, layout::XSTATE_BV, &(must | free).to_le_bytes());
+        if free != 0 {
+            allowed.insert(0, Allowed::FreeBits { at: layout::XSTATE_BV as u32, mask: free, rule: Rule::RunXinuseFree });
+        }
+        allowed
+    }
+
+    /// The kernel saves the guest's registers when the run returns to userspace.
+    fn save_after_run(&mut self, regs: &crate::guest::Regs, rules: &mut Vec<Rule>) {
+        let host = self.host;
+        let xf = host.default_user_xfeatures() | (self.vcpu.user_xfeatures & host.supported_xcr0);
+        let v = &mut self.vcpu;
+        let old = v.kbuf.clone();
+        let n = v.kbuf.len().min(regs.image.len());
+        v.kbuf[..n].copy_from_slice(&regs.image[..n]);
+        // Bytes outside any register keep what the image had (padding, header).
+        v.kbuf[layout::PAD..layout::EXT].copy_from_slice(&old[layout::PAD..layout::EXT]);
+        put(&mut v.kbuf, layout::MXCSR_MASK, &host.init_mxcsr_mask.to_le_bytes());
+        v.upkru = regs.pkru;
+        let (mut must, mut free) = (0u64, 0u64);
+        for bit in (0..64u8).filter(|b| xf & (1u64 << b) != 0) {
+            if regs.is_init(host, bit) {
+                free |= 1u64 << bit;
+            } else {
+                must |= 1u64 << bit;
+            }
+        }
+        v.kbv = must | free;
+        v.kbv_free = free;
+        // Legacy bytes the processor's save may rewrite: FTW's reserved byte and ST reserved
+        // bytes (zero or unchanged), FIP (canonicalised).
+        v.legacy_alts.clear();
+        let mut byte5 = old[5..6].to_vec();
+        byte5[0] = 0;
+        v.legacy_alts.push((5, vec![byte5], Rule::RunReservedZero));
+        for i in 0..8 {
+            let o = layout::ST + 16 * i + 10;
+            v.legacy_alts.push((o, vec![vec![0; 6]], Rule::RunReservedZero));
+        }
+        if let Allowed::OneOf { values, .. } = fip_choice(&old) {
+            v.legacy_alts.push((8, values, Rule::RunFipCanonical));
+        }
+        v.fsw_derived = true;
+        rules.extend([Rule::RunSaved, Rule::RunMxcsrMaskHw]);
+        if free != 0 {
+            rules.push(Rule::RunXinuseFree);
+        }
+        self.vcpu.hidden = self.vcpu.kbv & !self.get_mask();
     }
 
     fn set_xsave(&mut self, origin: Origin, buf: &[u8]) -> OpResult {
@@ -557,7 +837,10 @@ impl<'a> Model<'a> {
     }
 
     fn get_mask(&self) -> u64 {
-        let v = &self.vcpu;
+        self.get_mask_of(&self.vcpu)
+    }
+
+    fn get_mask_of(&self, v: &Vcpu) -> u64 {
         match self.contract() {
             Contract::V3 => v.user_xfeatures & (v.gsx | FPSSE),
             Contract::V1 | Contract::V2a | Contract::V2b => v.user_xfeatures,
@@ -567,6 +850,11 @@ impl<'a> Model<'a> {
 
     fn accept(&mut self, bv: u64, mut rules: Vec<Rule>, origin: Origin) -> OpResult {
         self.vcpu.kbv = bv;
+        self.vcpu.kbv_free = 0;
+        if bv & FP != 0 || self.contract() == Contract::V0 {
+            self.vcpu.legacy_alts.clear();
+            self.vcpu.fsw_derived = false;
+        }
         self.vcpu.hidden = bv & !self.get_mask();
         rules.extend([Rule::SetKbvReplaced, Rule::SetAccept]);
         ret_ok(origin, 0, rules)
@@ -658,8 +946,27 @@ impl<'a> Model<'a> {
         let mut data = vec![0u8; KVM_XCRS_SIZE];
         put(&mut data, 0, &1u32.to_le_bytes());
         put(&mut data, 16, &self.vcpu.xcr0.to_le_bytes());
-        OpResult { origin, ret: Ret::Ok(0), data, unpredicted: Vec::new(), rules: vec![Rule::XcrsGet] }
+        OpResult { origin, ret: Ret::Ok(0), data, unpredicted: Vec::new(), rules: vec![Rule::XcrsGet], allowed: Vec::new() }
     }
+}
+
+/// FIP as the processor may hold it after loading `img`: canonicalised to a 48- or 57-bit
+/// linear address (rule `run.fip.canonical`).
+fn fip_choice(img: &[u8]) -> Allowed {
+    let fip = layout::le64(img, 8);
+    let sext = |bits: u32| (((fip << (64 - bits)) as i64) >> (64 - bits)) as u64;
+    Allowed::OneOf { start: 8, values: vec![sext(48).to_le_bytes().to_vec(), sext(57).to_le_bytes().to_vec()], rule: Rule::RunFipCanonical }
+}
+
+/// FSW.ES (bit 7) and FSW.B (bit 15) are derived by the processor from the exception flags and
+/// masks when it loads x87 state (rule `run.fsw.derived`).
+fn fsw_choice() -> Allowed {
+    Allowed::FreeBits { at: 0, mask: 0x8080 << 16, rule: Rule::RunFswDerived }
+}
+
+/// Free XSTATE_BV bits among the reported features `h`.
+fn v_free(v: &Vcpu, h: u64) -> u64 {
+    v.kbv_free & h
 }
 
 /// Predict every step of `case` on `host` under `cfg`.

@@ -96,6 +96,23 @@ rules! {
     QuirkPvmInject = "quirk.pvm.inject", "§8", "quirk pvm-cpuid-rewrite: leaf 1 without 0xD.0 gets host 0xD subleaves appended";
     QuirkPvmDrop = "quirk.pvm.drop", "§8", "quirk pvm-cpuid-rewrite: leaves the host does not keep are dropped from the table";
     QuirkPvmHostOwned = "quirk.pvm.host_owned", "§8", "quirk pvm-cpuid-rewrite: leaf 1 ECX/EDX and leaf 7 are host-derived (not predicted)";
+    RunEntryLoad = "run.entry.load", "§7 R1", "KVM_RUN loads the vCPU image: components with their XSTATE_BV bit clear enter as init, MXCSR as stored";
+    RunEnd = "run.end", "§7 R2", "a straight-line guest program ends with its MMIO write (KVM_EXIT_MMIO)";
+    RunFault = "run.fault", "§7 R2", "an action the vCPU cannot execute (#UD: feature not in hardware XCR0 or CR4; #GP: bad MXCSR) ends the run in a shutdown";
+    RunCr4Osxsave = "run.cr4.osxsave", "§7 R3", "CR4.OSXSAVE needs XSAVE in guest CPUID (else refused; VEX and XSAVE then fault)";
+    RunHwXcr0Guest = "run.hw_xcr0.guest", "§7 R3", "while the guest runs, hardware XCR0 is the guest's XCR0";
+    RunSaved = "run.saved", "§7 R4", "after the run the vCPU image holds the guest's registers; XSTATE_BV bit set for every component not at its init value";
+    RunXinuseFree = "run.xinuse.free", "§7 R4", "a component at its init value may be saved with its XSTATE_BV bit set or clear (XINUSE is the processor's choice, SDM 13.6)";
+    RunMxcsrMaskHw = "run.mxcsr_mask.hw", "§7 R5", "after a hardware save MXCSR_MASK is the processor's mask";
+    RunReservedZero = "run.reserved.hw", "§7 R5", "after a hardware save the FTW reserved byte and ST reserved bytes are the processor's (zero or unchanged)";
+    RunFipCanonical = "run.fip.canonical", "§7 R5", "after a hardware save FIP may be canonicalised to the linear-address width (sign-extended from bit 47 or 56)";
+    RunFswDerived = "run.fsw.derived", "§7 R5", "after a hardware load FSW.ES and FSW.B are recomputed from the exception flags and masks";
+    RunEntryMxcsr = "run.entry.mxcsr", "§7 R1", "with neither SSE nor YMM in XSTATE_BV, the kernel's compacted restore initialises MXCSR (a standard XRSTOR loads the stored value)";
+    RunCpuidFrozen = "run.cpuid.frozen", "§7 R6", "after the first KVM_RUN, KVM_SET_CPUID2 succeeds only with the identical table (EINVAL otherwise)";
+    RunCr4Runtime = "run.cr4.cpuid", "§6.3", "after a run CPUID.1 ECX.OSXSAVE and CPUID.7 ECX.OSPKE follow the CR4 the rig set";
+    GuestXsave = "guest.xsave", "§7 R7", "guest XSAVE: XSTATE_BV = in-use components & hardware XCR0, each component in RFBM written with its value";
+    GuestXsaveFpSkipped = "guest.xsave.fp_init", "§7 R7", "guest XSAVE of x87 state not in use writes its init values or leaves memory unwritten";
+    QuirkPvmHwXcr0 = "quirk.pvm.hw_xcr0", "§8.4", "quirk pvm-hw-xcr0: hardware XCR0 stays the host's while the guest runs, whatever the guest's XCR0";
 }
 
 impl Serialize for Rule {

@@ -1,6 +1,6 @@
 //! Every rule id is reached by generated cases on some host and contract: no rule is dead.
 
-use arbitrary::{Arbitrary, Unstructured};
+use arbitrary::Unstructured;
 use rand::{rngs::SmallRng, RngCore, SeedableRng};
 use std::collections::BTreeSet;
 use xsave_oracle::host::{HostFacts, Quirk};
@@ -17,16 +17,18 @@ fn every_rule_is_reachable() {
     old.get_cpuid2_keeps_nent = true;
     old.cpuid_sgx_xfrm_masked = true;
     let mut pvm = HostFacts::synthetic(0x2e7, 0xffff);
-    pvm.quirks = vec![Quirk::PvmCpuidRewrite];
+    pvm.quirks = vec![Quirk::PvmCpuidRewrite, Quirk::PvmHwXcr0];
     pvm.pvm_dropped_leaves = vec![0x1d, 0x14];
     let mut seen = BTreeSet::new();
     let mut rng = SmallRng::seed_from_u64(5);
     let mut bytes = vec![0u8; 2048];
     for i in 0..20_000u32 {
         rng.fill_bytes(&mut bytes);
-        let Ok(case) = Case::arbitrary(&mut Unstructured::new(&bytes)) else { continue };
+        let Ok(case) = xsave_oracle::gen::case(&mut Unstructured::new(&bytes), xsave_oracle::gen::GenOptions { guest: true }) else {
+            continue;
+        };
         let c = Contract::ALL[i as usize % Contract::ALL.len()];
-        for (host, quirks) in [(&plain, vec![]), (&amx, vec![]), (&old, vec![]), (&pvm, vec![Quirk::PvmCpuidRewrite])] {
+        for (host, quirks) in [(&plain, vec![]), (&amx, vec![]), (&old, vec![]), (&pvm, vec![Quirk::PvmCpuidRewrite, Quirk::PvmHwXcr0])] {
             for r in predict(&case, host, &ModelConfig { contract: c, quirks }).results {
                 seen.extend(r.rules);
             }

@@ -116,6 +116,7 @@ const CLASSES: &[Class] = &[
     Class::HiddenState,
     Class::CpuidConfig,
     Class::Xcr0,
+    Class::GuestView,
 ];
 
 fn class_help(c: Class) -> &'static str {
@@ -131,6 +132,7 @@ fn class_help(c: Class) -> &'static str {
         Class::HiddenState => "State accepted while masked did (not) reappear after a CPUID change.",
         Class::CpuidConfig => "KVM_SET_CPUID2/KVM_GET_CPUID2 handling or guest_supported_xcr0 derivation differs.",
         Class::Xcr0 => "XCR0 value or KVM_SET_XCRS rules differ.",
+        Class::GuestView => "What the guest itself saw differs: how its run ended, or its own XSAVE image of the state KVM loaded.",
     }
 }
 

@@ -188,6 +188,7 @@ pub fn detect(seeds: u64, budget: u64, libfuzzer: Option<&std::path::Path>) -> R
         for seed in 0..seeds {
             let mut be = crate::ModelBackend::new(host.clone(), ModelConfig { contract, quirks: vec![] });
             let cfg = CampaignConfig {
+                guest: false,
                 seed: 1000 + seed,
                 iterations: Some(budget),
                 duration: None,

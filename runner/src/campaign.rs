@@ -10,7 +10,7 @@
 use crate::minimize::{minimize, MinStats};
 use crate::store::{create_dir_atomic, write_atomic};
 use crate::{Backend, BackendError};
-use arbitrary::{Arbitrary, Unstructured};
+use arbitrary::Unstructured;
 use rand::{rngs::SmallRng, RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -19,15 +19,21 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use xsave_oracle::diff::{judge, Verdict};
+use xsave_oracle::gen::GenOptions;
 use xsave_oracle::trace::Trace;
 use xsave_oracle::{Case, HostFacts, ModelConfig, Op};
 
 /// The case for iteration `i` of a campaign seeded with `seed` (reproducible, O(1) to seek).
 pub fn case_for(seed: u64, i: u64) -> Case {
+    case_for_with(seed, i, GenOptions::default())
+}
+
+/// Case `i` of seed `seed` with generator options (guest runs or not).
+pub fn case_for_with(seed: u64, i: u64, opts: GenOptions) -> Case {
     let mut rng = SmallRng::seed_from_u64(seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17));
     let mut bytes = [0u8; 1536];
     rng.fill_bytes(&mut bytes);
-    Case::arbitrary(&mut Unstructured::new(&bytes)).unwrap_or_else(|_| Case { ops: vec![Op::GetXsave], ..Case::default() })
+    xsave_oracle::gen::case(&mut Unstructured::new(&bytes), opts).unwrap_or_else(|_| Case { ops: vec![Op::GetXsave], ..Case::default() })
 }
 
 /// Make `case`'s guest CPUID strictly narrower than the host: its configuration exposes
@@ -123,6 +129,8 @@ pub struct CampaignConfig {
     /// Worker `k` of `n` in a parallel campaign: runs global iterations `k, k+n, k+2n, …`,
     /// keeps its state in `WORKDIR/workers/<k>/`, shares `findings/` and `corpus/`.
     pub worker: Option<(u64, u64)>,
+    /// Generate guest runs (`KVM_RUN` of guest programs) in cases.
+    pub guest: bool,
 }
 
 /// Persistent state (`campaign.json`) and the summary printed at the end.
@@ -144,6 +152,12 @@ pub struct Summary {
     pub findings: u64,
     /// Diverging cases (including duplicates of known signatures).
     pub divergent_cases: u64,
+    /// Guest runs executed (`KVM_RUN` steps).
+    #[serde(default)]
+    pub guest_runs: u64,
+    /// Guest runs by how they ended (`end`, `shutdown`, ...), as observed.
+    #[serde(default)]
+    pub guest_exits: BTreeMap<String, u64>,
     /// Agreeing cases whose prediction left some bytes unpredicted (host-owned fields under a
     /// modelled quirk): counted apart from cases that agree on every byte.
     #[serde(default)]
@@ -324,7 +338,11 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
             Some((k, n)) => k + n * s.next_iteration,
             None => s.next_iteration,
         };
-        let mut case = if cfg.feedback && !corpus.is_empty() && i % 2 == 1 { mutated(&corpus, cfg.seed, i) } else { case_for(cfg.seed, i) };
+        let mut case = if cfg.feedback && !corpus.is_empty() && i % 2 == 1 {
+            mutated(&corpus, cfg.seed, i)
+        } else {
+            case_for_with(cfg.seed, i, GenOptions { guest: cfg.guest })
+        };
         if cfg.narrow_cpuid {
             case = narrow(case, host.supported_xcr0, i);
         }
@@ -348,6 +366,16 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
         }
         s.next_iteration += 1;
         s.execs += 1;
+        for (k, (_, op)) in case.steps().iter().enumerate() {
+            if let (xsave_oracle::Op::RunGuest(_), Some(r)) = (&**op, observed.results.get(k)) {
+                s.guest_runs += 1;
+                let name = match r.ret {
+                    xsave_oracle::Ret::Ok(v) => xsave_oracle::guest::Exit::from_code(v).map_or("other", |e| e.name()).to_string(),
+                    xsave_oracle::Ret::Err(e) => format!("error {}", xsave_oracle::trace::errno_name(e)),
+                };
+                *s.guest_exits.entry(name).or_default() += 1;
+            }
+        }
         if verdict == Verdict::Agree && expected.results.iter().any(|r| !r.unpredicted.is_empty()) {
             s.agree_unpredicted += 1;
         }

@@ -5,8 +5,14 @@
 //! kernel unchanged. With pooling on, one vCPU is reused across cases after a reset sequence
 //! that provably changes no observation (see [`KvmBackend::reset`] and the
 //! `pooled_equals_fresh` test).
+//!
+//! `Op::RunGuest` sets up a [`GuestVm`] on the current VM at its first run, then runs the
+//! program under the backend's watchdog ([`crate::guest`]). A vCPU that ran cannot be brought
+//! back by the pool (`KVM_SET_CPUID2` fails after a run), so it is replaced by a fresh VM for
+//! the next case; its guest memory goes with it.
 
-use crate::sys::{self, AlignedBuf};
+use crate::guest::{GuestVm, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_PAE, CR4_PKE};
+use crate::sys::{self, AlignedBuf, Watchdog};
 use crate::{Backend, BackendError};
 use kvm_bindings::{kvm_xcr, kvm_xcrs};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
@@ -14,6 +20,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Instant;
 use xsave_oracle::case::{Case, CpuidEntry, Op, XcrsImage, XsaveImage, CPUID_ENTRY_SIZE};
+use xsave_oracle::guest::{GuestAction, GuestProgram};
 use xsave_oracle::layout::{self, le32, put};
 use xsave_oracle::trace::{OpResult, Ret, Trace};
 use xsave_oracle::xfeatures::{PKRU, XTILE_DATA};
@@ -24,9 +31,13 @@ pub const CANARY: u8 = layout::CANARY;
 const CAP_XSAVE2: u64 = 208;
 
 struct Vm {
+    /// The guest of this VM (memory slot, sregs), set up by its first run. Declared first so
+    /// it is dropped (memory slot deleted, memory unmapped) before the descriptors close.
+    guest: Option<GuestVm>,
     vm: VmFd,
     vcpu: VcpuFd,
-    /// A case enabled a feature whose effect cannot be undone (AMX uabi growth).
+    /// A case enabled a feature whose effect cannot be undone (AMX uabi growth), or the vCPU
+    /// ran a guest (KVM refuses `KVM_SET_CPUID2` after a run).
     tainted: bool,
     /// State a SET was attempted on since the last reset (failed SETs included, so an
     /// atomicity bug in the kernel cannot leak state into the next case).
@@ -64,6 +75,9 @@ pub struct KvmBackend {
     xsave_size: usize,
     stats: BTreeMap<&'static str, IoctlStat>,
     last_get: Option<Vec<u8>>,
+    /// Interrupts runs that exceed [`crate::guest::TIMEOUT`]; created at the first run.
+    watchdog: Option<Watchdog>,
+    last_cr4: Option<u64>,
 }
 
 fn ret(r: sys::IoResult) -> Ret {
@@ -89,6 +103,8 @@ impl KvmBackend {
             xsave_size,
             stats: BTreeMap::new(),
             last_get: None,
+            watchdog: None,
+            last_cr4: None,
         })
     }
 
@@ -98,7 +114,7 @@ impl KvmBackend {
             timed(&mut self.stats, "KVM_CREATE_VM", || kvm.create_vm()).map_err(|e| BackendError::Setup(format!("KVM_CREATE_VM: {e}")))?;
         let vcpu = timed(&mut self.stats, "KVM_CREATE_VCPU", || vm.create_vcpu(0))
             .map_err(|e| BackendError::Setup(format!("KVM_CREATE_VCPU: {e}")))?;
-        Ok(Vm { vm, vcpu, tainted: false, dirty_cpuid: false, dirty_xcr0: false, dirty_xsave: false })
+        Ok(Vm { guest: None, vm, vcpu, tainted: false, dirty_cpuid: false, dirty_xcr0: false, dirty_xsave: false })
     }
 
     /// Bring the pooled vCPU back to the observable state of a fresh one: empty CPUID table
@@ -142,6 +158,71 @@ impl KvmBackend {
         &self.stats
     }
 
+    /// CR4 the last guest setup loaded (`None` before any run): PAE, OSFXSR, OSXMMEXCPT, plus
+    /// OSXSAVE unless KVM refused it (no XSAVE in the guest CPUID) and PKE where the host has
+    /// PKRU and KVM accepted it (PKU in the guest CPUID).
+    pub fn last_cr4(&self) -> Option<u64> {
+        self.last_cr4
+    }
+
+    /// `Op::RunGuest`: set up the guest on the first run of this vCPU, then run `prog`.
+    fn run_guest(&mut self, prog: &GuestProgram) -> Result<(Ret, Vec<u8>), BackendError> {
+        let vm = self.cur.as_mut().ok_or_else(|| BackendError::Setup("no vCPU".into()))?;
+        // Even a failed setup may have loaded sregs: never hand this vCPU to the next case.
+        vm.tainted = true;
+        let st = &mut self.stats;
+        if vm.guest.is_none() {
+            let mut g = match timed(st, "GUEST_SETUP(memslot,GET_SREGS)", || GuestVm::new(&vm.vm, &vm.vcpu)) {
+                Ok(g) => g,
+                Err(e) => return Ok((Ret::Err(e.errno), Vec::new())),
+            };
+            let base = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
+            let pke = if self.host.supported_xcr0 & PKRU != 0 { CR4_PKE } else { 0 };
+            // Stock KVM refuses CR4.OSXSAVE without XSAVE and CR4.PKE without PKU in the guest
+            // CPUID (EINVAL): drop PKE, then OSXSAVE too.
+            let tries: [(u64, &'static str); 3] = [
+                (base | CR4_OSXSAVE | pke, "KVM_SET_SREGS(cr4 full)"),
+                (base | CR4_OSXSAVE, "KVM_SET_SREGS(cr4 -PKE)"),
+                (base, "KVM_SET_SREGS(cr4 -PKE -OSXSAVE)"),
+            ];
+            let mut res = Err(libc::EINVAL);
+            for (i, (cr4, name)) in tries.into_iter().enumerate() {
+                if i == 1 && pke == 0 {
+                    continue;
+                }
+                res = timed(st, name, || g.load_sregs(&vm.vcpu, cr4)).map_err(|e| e.errno);
+                if res != Err(libc::EINVAL) {
+                    break;
+                }
+            }
+            if let Err(errno) = res {
+                return Ok((Ret::Err(errno), Vec::new()));
+            }
+            self.last_cr4 = Some(g.cr4());
+            vm.guest = Some(g);
+        }
+        let Some(g) = vm.guest.as_mut() else { unreachable!("guest set up above") };
+        let wd = match crate::guest::watchdog(&mut self.watchdog) {
+            Ok(w) => w,
+            Err(e) => return Err(BackendError::Setup(e.to_string())),
+        };
+        let vcpu = &mut vm.vcpu;
+        match timed(st, "KVM_RUN", || g.run(vcpu, prog, wd)) {
+            Ok(out) => {
+                let data = if prog.actions.contains(&GuestAction::Xsave) {
+                    let n = xsave_oracle::guest::output_size(&self.host).min(g.layout().output_size as usize);
+                    let mut d = vec![0u8; n];
+                    g.read_output(&mut d);
+                    d
+                } else {
+                    Vec::new()
+                };
+                Ok((Ret::Ok(out.exit as i64), data))
+            }
+            Err(e) => Ok((Ret::Err(e.errno), Vec::new())),
+        }
+    }
+
     fn fresh_vcpu(&mut self) -> Result<(), BackendError> {
         if self.pool && self.reset() {
             return Ok(());
@@ -155,6 +236,9 @@ impl KvmBackend {
         if *op == Op::NewVcpu {
             self.fresh_vcpu()?;
             return Ok((Ret::Ok(0), Vec::new()));
+        }
+        if let Op::RunGuest(prog) = op {
+            return self.run_guest(prog);
         }
         let vm = self.cur.as_ref().ok_or_else(|| BackendError::Setup("no vCPU".into()))?;
         let vcpu = &vm.vcpu;
@@ -251,6 +335,7 @@ impl KvmBackend {
                 let v = timed(st, "KVM_CHECK_EXTENSION", || vm.vm.check_extension_raw(CAP_XSAVE2 as libc::c_ulong));
                 (Ret::Ok(v as i64), Vec::new())
             }
+            Op::RunGuest(_) => unreachable!("handled by run_guest"),
         };
         if let Some(vm) = self.cur.as_mut() {
             vm.tainted |= taint;

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod campaign;
 pub mod corpus;
 pub mod differential;
+pub mod guest;
 pub mod kvm;
 pub mod lab;
 pub mod matrix;

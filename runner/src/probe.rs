@@ -9,6 +9,7 @@ use xsave_oracle::case::*;
 use xsave_oracle::diff::{diff, Verdict};
 use xsave_oracle::host::{Component, HostFacts, Quirk};
 use xsave_oracle::model::{predict, Contract, ModelConfig};
+use xsave_oracle::trace::Ret;
 use xsave_oracle::xfeatures::*;
 
 /// Probe output (`xsave-rig probe --json`). Also a portable host fingerprint.
@@ -356,10 +357,10 @@ pub fn detect_quirks(backend: &mut dyn Backend) -> Result<(Vec<Quirk>, Vec<Strin
         if d.bytes.is_empty() {
             evidence.push(format!("KVM_GET_CPUID2 after KVM_SET_CPUID2: {}", d.title));
         }
-        for q in Quirk::ALL {
-            let cfg = ModelConfig { quirks: vec![*q], ..ModelConfig::default() };
+        for q in [Quirk::PvmCpuidRewrite] {
+            let cfg = ModelConfig { quirks: vec![q], ..ModelConfig::default() };
             if diff(&case, &host, &cfg, &predict(&case, &host, &cfg), &obs) == Verdict::Agree {
-                quirks.push(*q);
+                quirks.push(q);
                 evidence.push(format!("the read-back table matches the model of quirk {}", q.name()));
             }
         }
@@ -367,7 +368,34 @@ pub fn detect_quirks(backend: &mut dyn Backend) -> Result<(Vec<Quirk>, Vec<Strin
             evidence.push("no known quirk explains the read-back table".into());
         }
     }
+    // Hardware XCR0 while the guest runs: a fresh vCPU (guest XCR0 = FP) executes VMOVDQU.
+    // Upstream this faults (#UD, shutdown); if it runs, hardware XCR0 is not the guest's.
+    let case = hw_xcr0_case();
+    let obs = backend.execute(&case)?;
+    let ran = obs.results.last().map(|r| r.ret);
+    match ran {
+        Some(Ret::Ok(0)) => {
+            quirks.push(Quirk::PvmHwXcr0);
+            evidence.push("a guest with XCR0 = FP ran VMOVDQU ymm without #UD: hardware XCR0 is not the guest's (pvm-hw-xcr0)".into());
+        }
+        Some(Ret::Ok(1)) => {
+            evidence.push("a guest with XCR0 = FP faulted on VMOVDQU ymm, as upstream: hardware XCR0 follows the guest".into())
+        }
+        other => evidence.push(format!("guest run with XCR0 = FP: unexpected result {other:?}")),
+    }
     Ok((quirks, evidence))
+}
+
+/// The probe's guest run: full supported CPUID, guest XCR0 left at FP, one VMOVDQU ymm.
+pub fn hw_xcr0_case() -> Case {
+    use xsave_oracle::guest::{GuestAction, GuestProgram};
+    Case {
+        config: Config {
+            cpuid: Some(CpuidTable { base: CpuidBase::Supported { xcr0_mask: !0, drop_leaves: vec![] }, entries: vec![], reverse: false }),
+            xcr0: None,
+        },
+        ops: vec![Op::RunGuest(GuestProgram { actions: vec![GuestAction::Ymm { seed: 0x61 }] })],
+    }
 }
 
 fn img(bv: u64) -> XsaveImage {

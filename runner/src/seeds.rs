@@ -38,6 +38,95 @@ pub fn seed_corpus() -> Vec<(String, Case)> {
     rsvd.hdr_reserved = vec![(47, 1)];
     let mut patched = img(FPSSE | YMM);
     patched.patches = vec![Patch { offset: 416, bytes: vec![0xa5; 96] }];
+    use xsave_oracle::guest::{GuestAction as A, GuestProgram};
+    let run = |actions: Vec<A>| Op::RunGuest(GuestProgram { actions });
+    let avx = Config { xcr0: Some(FPSSE | YMM), ..supported(!0) };
+    let avx512 = Config { xcr0: Some(FPSSE | YMM | AVX512), ..supported(!0) };
+    let mut pre_run = img(FPSSE | YMM);
+    pre_run.components.retain(|c| c.bit == 2);
+    pre_run.fip = 0x1122_3344_5566_7788;
+    pre_run.patches = vec![Patch { offset: 42, bytes: vec![0xa5; 6] }];
+    let guest: Vec<(&str, Case)> = vec![
+        (
+            // The selftest "touch relevant XSAVE state in guest": the guest writes x87, SSE and
+            // AVX state, the host saves it, restores it into a new vCPU, and the guest reads it.
+            "guest-touch-save-restore-readback",
+            Case {
+                config: avx.clone(),
+                ops: vec![
+                    run(vec![
+                        A::Fldcw { value: 0x27f },
+                        A::Xmm { seed: 0x21 },
+                        A::Ymm { seed: 0x22 },
+                        A::Ldmxcsr { value: 0x1f00 },
+                        A::Xsave,
+                    ]),
+                    Op::GetXsave,
+                    Op::NewVcpu,
+                    Op::RestoreLast { force_xstate_bv: None },
+                    run(vec![A::Xsave]),
+                    Op::GetXsave2,
+                ],
+            },
+        ),
+        (
+            "guest-touch-avx512-save-restore-readback",
+            Case {
+                config: avx512,
+                ops: vec![
+                    run(vec![A::Opmask { seed: 0x31 }, A::Zmm { seed: 0x32 }, A::Xsave]),
+                    Op::GetXsave,
+                    Op::NewVcpu,
+                    Op::RestoreLast { force_xstate_bv: None },
+                    run(vec![A::Xsave]),
+                    Op::GetXsave,
+                ],
+            },
+        ),
+        (
+            // The selftest "load XSAVE state into untouched vCPU".
+            "guest-load-into-untouched-vcpu",
+            Case {
+                config: avx.clone(),
+                ops: vec![
+                    Op::SetXsave(pre_run.clone()),
+                    Op::GetXsave,
+                    Op::NewVcpu,
+                    Op::RestoreLast { force_xstate_bv: None },
+                    run(vec![A::Xsave]),
+                    Op::GetXsave,
+                ],
+            },
+        ),
+        (
+            // The selftest "force load all supported XSAVE state": YMM forced in with a guest
+            // CPUID of FP|SSE (permissive load; V2b refuses it), then the guest runs and GET
+            // must keep YMM hidden (V1 reports it).
+            "guest-force-load-beyond-guest-cpuid",
+            Case { config: supported(FPSSE), ops: vec![Op::SetXsave(pre_run), run(vec![A::Xsave]), Op::GetXsave, Op::GetXsave2] },
+        ),
+        (
+            // Components put back to init in the guest (the init optimisation), a fault, and the
+            // CPUID table frozen after the first run.
+            "guest-init-optimisation-fault-and-frozen-cpuid",
+            Case {
+                config: avx,
+                ops: vec![
+                    run(vec![A::Ymm { seed: 0x41 }, A::Vzeroupper, A::Fninit, A::Xmm { seed: 0 }, A::Xsave]),
+                    Op::GetXsave,
+                    Op::GetCpuid2 { capacity: 256 },
+                    run(vec![A::Ldmxcsr { value: 0xffff_ffff }]),
+                    Op::SetCpuid2(table(vec![d0(1, 0x3)])),
+                    Op::GetXsave,
+                ],
+            },
+        ),
+        (
+            // A fresh vCPU has XCR0 = FP: AVX faults unless hardware XCR0 ignores the guest's.
+            "guest-avx-with-xcr0-fp",
+            Case { config: supported(!0), ops: vec![run(vec![A::Ymm { seed: 0x51 }, A::Xsave]), Op::GetXsave] },
+        ),
+    ];
     let extra: Vec<(&str, Case)> = vec![
         (
             "sse-or-ymm-without-fp",
@@ -146,6 +235,7 @@ pub fn seed_corpus() -> Vec<(String, Case)> {
         ),
     ];
     v.extend(extra.into_iter().map(|(n, c)| (n.to_string(), c)));
+    v.extend(guest.into_iter().map(|(n, c)| (n.to_string(), c)));
     v.into_iter().map(|(n, c)| (slug(&n), c)).collect()
 }
 

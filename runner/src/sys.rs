@@ -1,8 +1,12 @@
 //! The one place with `unsafe`: raw ioctls kvm-ioctls does not offer (or distorts: it refuses
-//! CPUID buffers above 256 entries before the kernel sees them), and two host queries
-//! (`arch_prctl`, FXSAVE). Every block states why it is sound.
+//! CPUID buffers above 256 entries before the kernel sees them), two host queries
+//! (`arch_prctl`, FXSAVE), and what guest programs need: guest memory (an anonymous mapping
+//! registered as a KVM memory slot, [`GuestMemory`]) and the per-thread watchdog timer that
+//! interrupts `KVM_RUN` ([`Watchdog`]). Every block states why it is sound.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 const KVMIO: u32 = 0xAE;
 const fn ioc(dir: u32, nr: u32, size: u32) -> u32 {
@@ -22,6 +26,8 @@ pub const KVM_GET_XSAVE: u32 = ioc(R, 0xa4, 4096);
 pub const KVM_SET_XSAVE: u32 = ioc(W, 0xa5, 4096);
 /// `KVM_GET_XSAVE2`.
 pub const KVM_GET_XSAVE2: u32 = ioc(R, 0xcf, 4096);
+/// `KVM_SET_USER_MEMORY_REGION` (`struct kvm_userspace_memory_region`, 32 bytes).
+pub const KVM_SET_USER_MEMORY_REGION: u32 = ioc(W, 0x46, 32);
 /// `KVM_X86_XCOMP_GUEST_SUPP` attribute of group 0.
 pub const KVM_X86_XCOMP_GUEST_SUPP: u64 = 0;
 
@@ -195,5 +201,222 @@ pub fn terminate(pid: u32) {
     // SAFETY: kill(2) with a pid and a signal number touches no memory of ours.
     unsafe {
         libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+}
+
+/// Guest physical memory: an anonymous private mapping registered as one KVM memory slot.
+///
+/// It keeps its own duplicate of the VM descriptor so that `Drop` deletes the memory slot
+/// *before* unmapping: the VM never keeps a slot pointing at unmapped (or later re-used) host
+/// memory, whatever the order the caller drops things in.
+///
+/// Concurrency invariant: the guest writes this memory only inside `KVM_RUN` of a vCPU of this
+/// VM. The rig runs one vCPU, from the thread that owns this value, and the host-side copies
+/// below take `&self`/`&mut self`, so they never overlap a guest write.
+pub struct GuestMemory {
+    ptr: *mut u8,
+    len: usize,
+    gpa: u64,
+    slot: u32,
+    vm: OwnedFd,
+}
+
+// SAFETY: the value exclusively owns its mapping and its descriptor; nothing in it is tied to
+// the creating thread, so moving it to another thread is sound (it is not `Sync`).
+unsafe impl Send for GuestMemory {}
+
+impl GuestMemory {
+    /// Map `len` zeroed bytes (a multiple of 4 KiB) and register them as memory slot `slot` at
+    /// guest-physical address `gpa` of the VM `vm`. The error is an errno.
+    pub fn new(vm: &impl AsRawFd, slot: u32, gpa: u64, len: usize) -> Result<GuestMemory, i32> {
+        if len == 0 || len & 0xfff != 0 || gpa & 0xfff != 0 {
+            return Err(libc::EINVAL);
+        }
+        // SAFETY: `dup` of a descriptor borrowed for the call; the result is checked.
+        let dup = unsafe { libc::dup(vm.as_raw_fd()) };
+        if dup < 0 {
+            return Err(errno());
+        }
+        // SAFETY: `dup` is a valid, open descriptor returned above and owned by nobody else.
+        let vm = unsafe { OwnedFd::from_raw_fd(dup) };
+        // SAFETY: a fresh anonymous private mapping at an address the kernel chooses: it
+        // aliases no Rust object. The result is checked against MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(errno());
+        }
+        let mem = GuestMemory { ptr: ptr.cast(), len, gpa, slot, vm };
+        mem.set_slot(len as u64)?;
+        Ok(mem)
+    }
+
+    fn set_slot(&self, size: u64) -> Result<(), i32> {
+        // struct kvm_userspace_memory_region { u32 slot, flags; u64 gpa, size, hva; }
+        let region: [u64; 4] = [u64::from(self.slot), self.gpa, size, self.ptr as u64];
+        // SAFETY: `self.vm` is a KVM VM descriptor and `region` a valid 32-byte
+        // `kvm_userspace_memory_region` (slot, flags 0) the kernel only reads. The host range it
+        // names is our own mapping of exactly `len` bytes, which stays mapped until `Drop`, and
+        // `Drop` deletes the slot (size 0) before unmapping.
+        let r = unsafe { libc::ioctl(self.vm.as_raw_fd(), KVM_SET_USER_MEMORY_REGION as libc::c_ulong, region.as_ptr()) };
+        if r < 0 {
+            Err(errno())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check(&self, offset: usize, n: usize) {
+        assert!(offset.checked_add(n).is_some_and(|end| end <= self.len), "guest memory access {offset:#x}+{n:#x} beyond {:#x}", self.len);
+    }
+
+    /// Copy `src` into guest memory at byte `offset`. Panics when out of bounds.
+    pub fn write(&mut self, offset: usize, src: &[u8]) {
+        self.check(offset, src.len());
+        // SAFETY: bounds checked above, so the destination lies inside our live mapping; `src`
+        // cannot overlap it (no Rust reference into the mapping is ever handed out), and no
+        // guest write is concurrent (the type's invariant, `&mut self`).
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(offset), src.len()) };
+    }
+
+    /// Set `n` bytes at `offset` to `byte`. Panics when out of bounds.
+    pub fn fill(&mut self, offset: usize, n: usize, byte: u8) {
+        self.check(offset, n);
+        // SAFETY: bounds checked above; exclusive access as in `write`.
+        unsafe { std::ptr::write_bytes(self.ptr.add(offset), byte, n) };
+    }
+
+    /// Copy `dst.len()` bytes at `offset` into `dst`. Panics when out of bounds.
+    pub fn read(&self, offset: usize, dst: &mut [u8]) {
+        self.check(offset, dst.len());
+        // SAFETY: bounds checked above; the source lies inside our live mapping, all of it
+        // initialised (anonymous memory is zero-filled); `dst` is a distinct Rust slice, and the
+        // guest is not running (the type's invariant).
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(offset), dst.as_mut_ptr(), dst.len()) };
+    }
+}
+
+impl Drop for GuestMemory {
+    fn drop(&mut self) {
+        // Delete the slot first. If that fails, leak the mapping on purpose: unmapping it could
+        // let the guest reach whatever the process maps there next.
+        if self.set_slot(0).is_err() {
+            return;
+        }
+        // SAFETY: exactly the mapping created in `new`; no Rust reference into it exists and
+        // KVM no longer has it in a memory slot.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+extern "C" fn on_watchdog_signal(_: libc::c_int) {}
+
+/// The signal the watchdog sends (a real-time signal nothing else in the process uses).
+pub fn watchdog_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 5
+}
+
+fn install_watchdog_handler() -> Result<(), i32> {
+    static RESULT: OnceLock<Result<(), i32>> = OnceLock::new();
+    *RESULT.get_or_init(|| {
+        // SAFETY: a zeroed `sigaction` is a valid "no flags, empty mask" value; the handler is
+        // async-signal-safe (it does nothing); the pointers passed are valid for the call.
+        let rc = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_watchdog_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&mut sa.sa_mask);
+            sa.sa_flags = 0; // no SA_RESTART: KVM_RUN must come back with EINTR
+            libc::sigaction(watchdog_signal(), &sa, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            Err(errno())
+        } else {
+            Ok(())
+        }
+    })
+}
+
+/// Kernel id of the calling thread.
+pub fn current_tid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// A POSIX timer sending [`watchdog_signal`] to the thread that created it: first at the
+/// deadline, then periodically until disarmed, so a signal landing just before `KVM_RUN`
+/// enters the guest (consumed by the no-op handler) is followed by one that interrupts the run
+/// with `EINTR`.
+#[derive(Debug)]
+pub struct Watchdog {
+    timer: libc::timer_t,
+    tid: i32,
+}
+
+// SAFETY: a `timer_t` is a process-wide id usable from any thread, exclusively owned here.
+// (After a move it still signals the creating thread; callers compare `tid`.)
+unsafe impl Send for Watchdog {}
+
+impl Watchdog {
+    /// A timer bound to the calling thread. The error is an errno.
+    pub fn for_current_thread() -> Result<Watchdog, i32> {
+        install_watchdog_handler()?;
+        let tid = current_tid();
+        let mut timer: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: all-zero is a valid `sigevent`; the fields set are the documented ones for
+        // SIGEV_THREAD_ID; `timer` is a valid out-pointer; the result is checked.
+        let rc = unsafe {
+            let mut sev: libc::sigevent = std::mem::zeroed();
+            sev.sigev_notify = libc::SIGEV_THREAD_ID;
+            sev.sigev_signo = watchdog_signal();
+            sev.sigev_notify_thread_id = tid;
+            libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut timer)
+        };
+        if rc != 0 {
+            return Err(errno());
+        }
+        Ok(Watchdog { timer, tid })
+    }
+
+    /// The thread the timer signals.
+    pub fn tid(&self) -> i32 {
+        self.tid
+    }
+
+    fn settime(&self, first: Duration, every: Duration) -> Result<(), i32> {
+        let ts = |d: Duration| libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as libc::c_long };
+        let spec = libc::itimerspec { it_interval: ts(every), it_value: ts(first) };
+        // SAFETY: `self.timer` is live (created in `for_current_thread`, deleted only in Drop);
+        // `spec` is a valid itimerspec; a null old-value pointer is allowed.
+        if unsafe { libc::timer_settime(self.timer, 0, &spec, std::ptr::null_mut()) } != 0 {
+            return Err(errno());
+        }
+        Ok(())
+    }
+
+    /// Fire after `after`, then every `every` until [`Watchdog::disarm`].
+    pub fn arm(&self, after: Duration, every: Duration) -> Result<(), i32> {
+        // A zero it_value would disarm the timer.
+        self.settime(after.max(Duration::from_nanos(1)), every.max(Duration::from_micros(100)))
+    }
+
+    /// Stop the timer. A signal already generated goes to the no-op handler when this call
+    /// returns to user space, so it cannot interrupt a later `KVM_RUN`.
+    pub fn disarm(&self) -> Result<(), i32> {
+        self.settime(Duration::ZERO, Duration::ZERO)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // SAFETY: created in `for_current_thread`, deleted exactly once.
+        unsafe { libc::timer_delete(self.timer) };
     }
 }

@@ -15,6 +15,7 @@ fn findings(contract: Contract, iterations: u64) -> Vec<serde_json::Value> {
     let host = HostFacts::synthetic(0x2e7, 0xffff);
     let mut be = ModelBackend::new(host, ModelConfig { contract, quirks: vec![] });
     let cfg = CampaignConfig {
+        guest: false,
         seed: 42,
         iterations: Some(iterations),
         duration: None,
@@ -98,6 +99,7 @@ fn feedback_grows_a_corpus_and_reaches_more_rules() {
     let run_with = |feedback: bool, wd: &std::path::Path| {
         let mut be = ModelBackend::new(host.clone(), ModelConfig::default());
         let cfg = CampaignConfig {
+            guest: false,
             seed: 3,
             iterations: Some(3000),
             duration: None,

@@ -22,6 +22,7 @@ fn probed() -> &'static ProbeReport {
 fn campaign(host: &HostFacts, quirks: Vec<Quirk>, n: u64, seed: u64) -> Summary {
     let mut be = KvmBackend::new(host.clone(), true).expect("backend");
     let cfg = CampaignConfig {
+        guest: false,
         seed,
         iterations: Some(n),
         duration: None,

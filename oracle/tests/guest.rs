@@ -1,0 +1,238 @@
+//! The guest-run rules (spec §7 as the project's docs/CONTRACT-RUN.md states them): one test per
+//! rule, on the worked-example host (XCR0 0x207, YMM at 576, PKRU at 2432).
+
+mod common;
+use common::*;
+use xsave_oracle::case::*;
+use xsave_oracle::diff::{diff, Verdict};
+use xsave_oracle::guest::{Exit, GuestAction as A, GuestProgram};
+use xsave_oracle::host::Quirk;
+use xsave_oracle::layout::{le64, put};
+use xsave_oracle::model::{predict, Contract, ModelConfig};
+use xsave_oracle::rules::Rule;
+use xsave_oracle::trace::{Ret, Trace, EINVAL};
+
+fn run(actions: Vec<A>) -> Op {
+    Op::RunGuest(GuestProgram { actions })
+}
+
+fn full_avx() -> Config {
+    Config {
+        cpuid: Some(CpuidTable { base: CpuidBase::Supported { xcr0_mask: !0, drop_leaves: vec![] }, entries: vec![], reverse: false }),
+        xcr0: Some(0x7),
+    }
+}
+
+fn exit(r: &xsave_oracle::OpResult) -> Exit {
+    match r.ret {
+        Ret::Ok(v) => Exit::from_code(v).expect("exit code"),
+        e => panic!("run failed: {e:?}"),
+    }
+}
+
+/// run.entry.load + guest.xsave: the guest sees exactly what SET loaded.
+#[test]
+fn guest_sees_the_loaded_state() {
+    let h = host207();
+    let t = v3(&h, full_avx(), vec![Op::SetXsave(img(0x7)), run(vec![A::Xsave])]);
+    let r = last(&t);
+    assert_eq!(exit(r), Exit::End);
+    assert!(r.rules.contains(&Rule::RunEntryLoad) && r.rules.contains(&Rule::GuestXsave) && r.rules.contains(&Rule::RunEnd));
+    let set = img(0x7).render(&h, 4096);
+    assert_eq!(&r.data[160..416], &set[160..416], "XMM as loaded");
+    assert_eq!(&r.data[576..832], &set[576..832], "YMM upper halves as loaded");
+    assert_eq!(&r.data[0..2], &set[0..2], "FCW as loaded");
+    assert_eq!(bv(&r.data) & 0x7, 0x7);
+}
+
+/// run.saved + get.mask.v3: guest-written YMM is saved and reported within the guest CPUID.
+#[test]
+fn guest_writes_are_saved_and_reported() {
+    let h = host207();
+    let t = v3(&h, full_avx(), vec![run(vec![A::Ymm { seed: 3 }]), Op::GetXsave]);
+    let g = ok(last(&t));
+    let input = A::Ymm { seed: 3 }.input();
+    assert_eq!(&g[576..592], &input[16..32]);
+    assert_eq!(&g[160..176], &input[0..16]);
+    assert_eq!(bv(g) & 0x6, 0x6);
+    assert!(t.results[2].rules.contains(&Rule::RunSaved));
+}
+
+/// run.xinuse.free: a component back at its init value may be saved with its bit set or
+/// clear; both observations agree, any other bit does not.
+#[test]
+fn xinuse_is_the_processors_choice() {
+    let h = host207();
+    let case = Case { config: full_avx(), ops: vec![run(vec![A::Ymm { seed: 3 }, A::Vzeroupper]), Op::GetXsave] };
+    let cfg = ModelConfig::default();
+    let exp = predict(&case, &h, &cfg);
+    let get = last(&exp);
+    assert!(get.rules.contains(&Rule::RunXinuseFree));
+    for observed_bv in [bv(&get.data), bv(&get.data) & !0x4] {
+        let mut obs = exp.clone();
+        for r in &mut obs.results {
+            r.rules.clear();
+            r.allowed.clear();
+        }
+        let n = obs.results.len() - 1;
+        put(&mut obs.results[n].data, 512, &observed_bv.to_le_bytes());
+        assert_eq!(diff(&case, &h, &cfg, &exp, &obs), Verdict::Agree, "bit 2 clear or set");
+    }
+    // SSE holds the pattern's low halves: its bit is not free.
+    let mut obs = exp.clone();
+    let n = obs.results.len() - 1;
+    put(&mut obs.results[n].data, 512, &(bv(&get.data) & !0x2).to_le_bytes());
+    assert!(matches!(diff(&case, &h, &cfg, &exp, &obs), Verdict::Diverge(_)));
+}
+
+/// run.fault + run.hw_xcr0.guest: AVX with guest XCR0 = FP faults on upstream KVM; under the
+/// pvm-hw-xcr0 quirk hardware XCR0 is the host's and it runs.
+#[test]
+fn avx_with_xcr0_fp_faults_unless_hardware_xcr0_is_the_hosts() {
+    let h = host207();
+    let ops = vec![run(vec![A::Ymm { seed: 1 }])];
+    let config = Config { xcr0: None, ..full_avx() };
+    let up = v3(&h, config.clone(), ops.clone());
+    assert_eq!(exit(last(&up)), Exit::Shutdown);
+    assert!(last(&up).rules.contains(&Rule::RunFault) && last(&up).rules.contains(&Rule::RunHwXcr0Guest));
+    let pvm = predict(&Case { config, ops }, &h, &ModelConfig { contract: Contract::V3, quirks: vec![Quirk::PvmHwXcr0] });
+    assert_eq!(exit(last(&pvm)), Exit::End);
+    assert!(last(&pvm).rules.contains(&Rule::QuirkPvmHwXcr0));
+}
+
+/// run.cr4.osxsave: without XSAVE in the guest CPUID, CR4.OSXSAVE is refused and XSAVE faults.
+#[test]
+fn xsave_needs_osxsave_from_guest_cpuid() {
+    let h = host207();
+    let t = v3(&h, Config::default(), vec![run(vec![A::Xmm { seed: 1 }, A::Xsave])]);
+    assert_eq!(exit(last(&t)), Exit::Shutdown);
+    assert!(last(&t).rules.contains(&Rule::RunCr4Osxsave));
+    // Legacy SSE needs no OSXSAVE.
+    let t = v3(&h, Config::default(), vec![run(vec![A::Xmm { seed: 1 }])]);
+    assert_eq!(exit(last(&t)), Exit::End);
+}
+
+/// run.fault: LDMXCSR of reserved bits is #GP.
+#[test]
+fn bad_mxcsr_faults() {
+    let h = host207();
+    let t = v3(&h, full_avx(), vec![run(vec![A::Ldmxcsr { value: 0xffff_ffff }])]);
+    assert_eq!(exit(last(&t)), Exit::Shutdown);
+}
+
+/// run.cpuid.frozen: after a run only the identical table is accepted (V2a on); V0 accepts.
+#[test]
+fn cpuid_is_frozen_after_a_run() {
+    let h = host207();
+    let narrow = set_cpuid(vec![CpuidEntry::new(0xd, 0, 1, [0x3, 0, 0, 0])]);
+    let t = v3(&h, full_avx(), vec![run(vec![]), narrow.clone()]);
+    assert_eq!(err(last(&t)), EINVAL);
+    assert!(last(&t).rules.contains(&Rule::RunCpuidFrozen));
+    let same = Op::SetCpuid2(full_avx().cpuid.expect("table"));
+    let t = v3(&h, full_avx(), vec![run(vec![]), same]);
+    assert_eq!(last(&t).ret, Ret::Ok(0));
+    let t = run_under(&h, Contract::V0, full_avx(), vec![run(vec![]), narrow]);
+    assert_eq!(last(&t).ret, Ret::Ok(0));
+}
+
+fn run_under(h: &xsave_oracle::HostFacts, c: Contract, config: Config, ops: Vec<Op>) -> Trace {
+    common::run(h, c, config, ops)
+}
+
+/// run.mxcsr_mask.hw: a hardware save writes the processor's MXCSR_MASK.
+#[test]
+fn mxcsr_mask_comes_from_hardware_after_a_run() {
+    let h = host207();
+    let mut i = img(0x7);
+    i.mxcsr_mask = 0;
+    let t = v3(&h, full_avx(), vec![Op::SetXsave(i), Op::GetXsave, run(vec![]), Op::GetXsave]);
+    assert_eq!(mxcsr(ok(&t.results[3])).1, 0, "before the run: as SET");
+    assert_eq!(mxcsr(ok(&t.results[5])).1, h.init_mxcsr_mask, "after the run: the processor's");
+    assert!(t.results[4].rules.contains(&Rule::RunMxcsrMaskHw));
+}
+
+/// run.reserved.hw + run.fip.canonical: reserved legacy bytes may read zero, FIP may be
+/// canonicalised; nothing else may change.
+#[test]
+fn legacy_bytes_the_processor_may_rewrite() {
+    let h = host207();
+    let mut i = img(0x7);
+    i.fip = 0x1122_3344_5566_7788;
+    i.patches = vec![Patch { offset: 42, bytes: vec![0xa5; 6] }];
+    let case = Case { config: full_avx(), ops: vec![Op::SetXsave(i), run(vec![]), Op::GetXsave] };
+    let cfg = ModelConfig::default();
+    let exp = predict(&case, &h, &cfg);
+    let n = exp.results.len() - 1;
+    let mut obs = exp.clone();
+    obs.results[n].data[42..48].fill(0);
+    put(&mut obs.results[n].data, 8, &0xff22_3344_5566_7788u64.to_le_bytes());
+    assert_eq!(diff(&case, &h, &cfg, &exp, &obs), Verdict::Agree);
+    put(&mut obs.results[n].data, 8, &0x0022_3344_5566_7788u64.to_le_bytes());
+    assert!(matches!(diff(&case, &h, &cfg, &exp, &obs), Verdict::Diverge(_)), "FIP truncated is not allowed");
+    assert!(exp.results[n].rules.contains(&Rule::RunReservedZero) && exp.results[n].rules.contains(&Rule::RunFipCanonical));
+}
+
+/// run.cr4.cpuid: after a run GET_CPUID2 shows OSXSAVE set (the rig's CR4).
+#[test]
+fn osxsave_follows_cr4_after_a_run() {
+    let h = host207();
+    let t = v3(&h, full_avx(), vec![Op::GetCpuid2 { capacity: 64 }, run(vec![]), Op::GetCpuid2 { capacity: 64 }]);
+    let leaf1_ecx = |d: &[u8]| {
+        let k = (0..(d.len() - 4) / 40).find(|k| xsave_oracle::layout::le32(d, 4 + k * 40) == 1).expect("leaf 1");
+        xsave_oracle::layout::le32(d, 4 + k * 40 + 20)
+    };
+    assert_eq!(leaf1_ecx(ok(&t.results[2])) & (1 << 27), 0);
+    assert_ne!(leaf1_ecx(ok(&t.results[4])) & (1 << 27), 0);
+    assert!(t.results[4].rules.contains(&Rule::RunCr4Runtime));
+}
+
+/// guest.xsave.fp_init: x87 at init may be written as init values or left unwritten.
+#[test]
+fn guest_xsave_of_init_x87() {
+    let h = host207();
+    let t = v3(&h, full_avx(), vec![run(vec![A::Xmm { seed: 5 }, A::Xsave])]);
+    let r = last(&t);
+    assert!(r.rules.contains(&Rule::GuestXsaveFpSkipped));
+    assert_eq!(le64(&r.data, 512) & 1, 1, "predicted in use; the processor may clear it");
+}
+
+/// The seed scenarios show the divergences the historical contracts cause (judged by V3).
+#[test]
+fn historical_contracts_diverge_on_forced_load() {
+    let h = host207();
+    let mut i = img(0x7);
+    i.components.retain(|c| c.bit == 2);
+    let config = Config {
+        cpuid: Some(CpuidTable { base: CpuidBase::Supported { xcr0_mask: 0x3, drop_leaves: vec![] }, entries: vec![], reverse: false }),
+        xcr0: None,
+    };
+    let case = Case { config, ops: vec![Op::SetXsave(i), run(vec![A::Xsave]), Op::GetXsave] };
+    let v3cfg = ModelConfig::default();
+    let exp = predict(&case, &h, &v3cfg);
+    let v2b = predict(&case, &h, &cfg(Contract::V2b));
+    match diff(&case, &h, &v3cfg, &exp, &v2b) {
+        Verdict::Diverge(d) => assert_eq!(d.op, "KVM_SET_XSAVE", "V2b refuses the forced load: {d:?}"),
+        Verdict::Agree => panic!("V2b not caught"),
+    }
+    let v1 = predict(&case, &h, &cfg(Contract::V1));
+    match diff(&case, &h, &v3cfg, &exp, &v1) {
+        Verdict::Diverge(d) => assert_eq!(d.op, "KVM_GET_XSAVE", "V1 reports guest-unsupported YMM: {d:?}"),
+        Verdict::Agree => panic!("V1 not caught"),
+    }
+}
+
+/// The program decoder never panics on random bytes (version 2 bodies).
+#[test]
+fn decoding_random_version_2_bodies_never_panics() {
+    let mut x = 0x1234_5678_9abc_def0u64;
+    for n in 0..20_000usize {
+        let mut b = b"XSRC\x02".to_vec();
+        for _ in 0..(n % 200) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.push(x as u8);
+        }
+        let _ = Case::decode(&b);
+    }
+}
