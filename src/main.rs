@@ -430,6 +430,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v * mult))
 }
 
+/// Write `bytes` to `path` atomically (temporary file, fsync, rename): a failure leaves
+/// nothing half-written, and a directory where a file is expected is a one-line error.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    xsave_runner::store::write_atomic(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
 fn load_case(path: &Path) -> Result<Case> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read case {}", path.display()))?;
     let case = if bytes.starts_with(xsave_oracle::case::MAGIC) {
@@ -440,6 +446,24 @@ fn load_case(path: &Path) -> Result<Case> {
         Case::from_json(&text)
     };
     case.with_context(|| format!("{}: corrupt case", path.display()))
+}
+
+/// The label a raw fuzzer input gets wherever it is shown.
+const RAW_LABEL: &str = "(raw fuzzer input, read structurally)";
+
+/// A case file, or a raw libFuzzer/honggfuzz input (neither `XSRC` nor JSON, not empty) read
+/// the way the fuzz harnesses read it; the flag says which. A corrupt `XSRC` file or a JSON
+/// file that is not a case stays an error.
+fn load_case_or_raw(path: &Path) -> Result<(Case, bool)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read case {}", path.display()))?;
+    let json_name = path.extension().is_some_and(|e| e == "json");
+    if !json_name && xsave_runner::corpus::is_raw_input(&bytes) {
+        return Ok((xsave_oracle::case::from_fuzz_input(&bytes), true));
+    }
+    if bytes.is_empty() {
+        bail!("{}: empty file, not a case", path.display());
+    }
+    load_case(path).map(|c| (c, false))
 }
 
 /// Host facts, and the fingerprint they came from (a probe report, the file given, or a
@@ -845,6 +869,20 @@ fn load_target(p: &Path) -> Result<xsave_runner::migrate::Target> {
     xsave_runner::migrate::Target::from_fingerprint(&p.display().to_string(), &v).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
 }
 
+/// `KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)` on a host: the standard-format size of the
+/// xfeatures KVM supports (XTILE_DATA only with the guest permission), at least 4096.
+fn xsave2_size(host: &HostFacts) -> usize {
+    use xsave_oracle::xfeatures::{XTILE_CFG, XTILE_DATA};
+    let mut filtered = host.supported_xcr0;
+    if filtered & XTILE_DATA != 0 {
+        filtered &= host.guest_perm;
+        if filtered & XTILE_DATA == 0 {
+            filtered &= !XTILE_CFG;
+        }
+    }
+    (xsave_oracle::layout::xstate_required_size(&host.components, filtered, false) as usize).max(4096)
+}
+
 fn quirk_names(m: &ModelConfig) -> String {
     m.quirks.iter().map(|q| q.name()).collect::<Vec<_>>().join(", ")
 }
@@ -1064,24 +1102,25 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Replay { files, backend, oracle, json } => {
-            let cases = files.iter().map(|f| load_case(f).map(|c| (f.clone(), c))).collect::<Result<Vec<_>>>()?;
+            let cases = files.iter().map(|f| load_case_or_raw(f).map(|(c, raw)| (f.clone(), c, raw))).collect::<Result<Vec<_>>>()?;
             let (host, _) = backend_host(&backend, &oracle)?;
             let model = model_config(&oracle, &host)?;
             let mut be = make_backend(&backend, &host)?;
             let mut code = 0;
             let mut out = Vec::new();
-            for (f, case) in cases {
+            for (f, case, raw) in cases {
                 let observed = be.execute(&case)?;
                 let (expected, verdict) = judge(&case, &host, &model, &observed);
                 if verdict != Verdict::Agree {
                     code = 1;
                 }
                 if json {
-                    out.push(serde_json::json!({"file": f, "backend": be.name(), "contract": model.contract, "quirks": model.quirks, "verdict": verdict, "expected": expected, "observed": observed}));
+                    out.push(serde_json::json!({"file": f, "raw_input": raw, "backend": be.name(), "contract": model.contract, "quirks": model.quirks, "verdict": verdict, "expected": expected, "observed": observed}));
                 } else {
                     println!(
-                        "== {} on {} (oracle {} quirks [{}])",
+                        "== {}{} on {} (oracle {} quirks [{}])",
                         f.display(),
+                        if raw { format!(" {RAW_LABEL}") } else { String::new() },
                         be.name(),
                         model.contract,
                         model.quirks.iter().map(|q| q.name()).collect::<Vec<_>>().join(", ")
@@ -1095,7 +1134,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(code)
         }
         Cmd::Minimize { case, output, budget, backend, oracle } => {
-            let c = load_case(&case)?;
+            let (c, raw) = load_case_or_raw(&case)?;
             let (host, _) = backend_host(&backend, &oracle)?;
             let model = model_config(&oracle, &host)?;
             let mut be = make_backend(&backend, &host)?;
@@ -1104,7 +1143,10 @@ fn run(cli: Cli) -> Result<i32> {
             };
             let (min, stats) = minimize::minimize(be.as_mut(), &host, &model, &c, &sig, budget)?;
             let out = output.unwrap_or_else(|| case.with_extension("min"));
-            std::fs::write(&out, min.encode()).with_context(|| format!("cannot write {}", out.display()))?;
+            write_file(&out, &min.encode())?;
+            if raw {
+                println!("input      {} {RAW_LABEL}", case.display());
+            }
             println!("signature  {sig}");
             println!("steps      {} -> {}", stats.steps_before, stats.steps_after);
             println!("bytes      {} -> {}", stats.bytes_before, stats.bytes_after);
@@ -1113,16 +1155,17 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Repro { case, c: _, output, oracle } => {
-            let cs = load_case(&case)?;
+            let (cs, raw) = load_case_or_raw(&case)?;
             let (host, _) = host_facts(&oracle, false)?;
             let model = model_config(&oracle, &host)?;
             let expected = xsave_oracle::predict(&cs, &host, &model);
-            let title = format!("case {}", case.display());
+            let title = if raw { format!("case {} {RAW_LABEL}", case.display()) } else { format!("case {}", case.display()) };
             let src = xsave_reports::repro::c_reproducer(&cs, &host, &model, &expected, &title);
-            std::fs::write(&output, src).with_context(|| format!("cannot write {}", output.display()))?;
+            write_file(&output, src.as_bytes())?;
             println!(
-                "written {} (expectations: {} quirks [{}])",
+                "written {}{} (expectations: {} quirks [{}])",
                 output.display(),
+                if raw { format!(" from {} {RAW_LABEL}", case.display()) } else { String::new() },
                 model.contract,
                 model.quirks.iter().map(|q| q.name()).collect::<Vec<_>>().join(", ")
             );
@@ -1210,10 +1253,15 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::CheckState { state, target, guest_cpuid, json } => {
             let bytes = std::fs::read(&state).with_context(|| format!("cannot read {}", state.display()))?;
-            if bytes.len() < 4096 {
-                bail!("{}: {} bytes; a kvm_xsave image is at least 4096", state.display(), bytes.len());
-            }
             let dst = load_target(&target)?;
+            let xsave2 = xsave2_size(&dst.host);
+            if bytes.len() != 4096 && bytes.len() != xsave2 {
+                bail!(
+                    "{}: {} bytes; a saved kvm_xsave image is 4096 bytes or the target's XSAVE2 size ({xsave2})",
+                    state.display(),
+                    bytes.len()
+                );
+            }
             let cpuid = match guest_cpuid {
                 None => None,
                 Some(p) => {
@@ -1283,13 +1331,13 @@ fn run(cli: Cli) -> Result<i32> {
             let report = probe::probe()?;
             let recs = xsave_runner::matrix::exec_cases(&report, &cases, full)?;
             std::fs::create_dir_all(&workdir).with_context(|| format!("cannot create {}", workdir.display()))?;
-            std::fs::write(workdir.join("probe.json"), serde_json::to_vec_pretty(&report)?)?;
+            write_file(&workdir.join("probe.json"), &serde_json::to_vec_pretty(&report)?)?;
             let mut lines = String::new();
             for r in &recs {
                 lines.push_str(&serde_json::to_string(r)?);
                 lines.push('\n');
             }
-            std::fs::write(workdir.join("records.jsonl"), lines)?;
+            write_file(&workdir.join("records.jsonl"), lines.as_bytes())?;
             Ok(0)
         }
         Cmd::Lab { cmd: LabCmd::Matrix { kernels, host, cases, iterations, seed, narrow_cpuid, workdir, timeout, json } } => {
@@ -1358,7 +1406,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Corpus { cmd: CorpusCmd::Coverage { dir, oracle, json } } => {
             let (host, _) = host_facts(&oracle, false)?;
             let model = model_config(&oracle, &host)?;
-            let (cases, skipped) = xsave_runner::corpus::read_dir(&dir)?;
+            let (cases, skipped, raw) = xsave_runner::corpus::read_dir_structural(&dir)?;
             let mut reach: std::collections::BTreeMap<String, Vec<String>> = Default::default();
             for (name, _, c) in &cases {
                 let exp = xsave_oracle::predict(c, &host, &model);
@@ -1371,7 +1419,7 @@ fn run(cli: Cli) -> Result<i32> {
             let unreached: Vec<&str> = rules.iter().filter(|(_, n)| *n == 0).map(|(id, _)| *id).collect();
             if json {
                 let v = serde_json::json!({
-                    "cases": cases.len(), "skipped": skipped,
+                    "cases": cases.len(), "skipped": skipped, "raw_inputs": raw,
                     "rules_covered": rules.len() - unreached.len(), "rules_total": rules.len(),
                     "points": reach.iter().map(|(p, cs)| serde_json::json!({"point": p, "cases": cs.len(), "examples": cs.iter().take(3).collect::<Vec<_>>()})).collect::<Vec<_>>(),
                     "unreached_rules": unreached,
@@ -1392,6 +1440,9 @@ fn run(cli: Cli) -> Result<i32> {
                 for u in &unreached {
                     println!("  {u:<34}      0 cases  UNREACHED");
                 }
+                if !raw.is_empty() {
+                    println!("{} of the cases are raw fuzzer inputs, read structurally: {}", raw.len(), raw.join(", "));
+                }
                 for sk in &skipped {
                     eprintln!("xsave-rig: skipped {sk}");
                 }
@@ -1399,12 +1450,16 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Case { cmd: CaseCmd::Show { file } } => {
-            println!("{}", load_case(&file)?.to_json());
+            let (case, raw) = load_case_or_raw(&file)?;
+            if raw {
+                eprintln!("xsave-rig: {} {RAW_LABEL}", file.display());
+            }
+            println!("{}", case.to_json());
             Ok(0)
         }
         Cmd::Case { cmd: CaseCmd::Encode { file, output } } => {
             let case = load_case(&file)?;
-            std::fs::write(&output, case.encode()).with_context(|| format!("cannot write {}", output.display()))?;
+            write_file(&output, &case.encode())?;
             Ok(0)
         }
         Cmd::Bench { seconds, oracle, json, .. } => {
@@ -1440,16 +1495,31 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+/// Clap's error as one line: every line before the usage block (the message and what it
+/// names, e.g. the missing `--output <OUTPUT>`), joined with single spaces.
+fn clap_one_line(text: &str) -> String {
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let joined = parts.join(" ");
+    let joined = joined.trim_start_matches("error: ").trim();
+    if joined.is_empty() {
+        "invalid arguments".into()
+    } else {
+        joined.to_string()
+    }
+}
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => e.exit(),
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
         Err(e) => {
-            // One line: clap's first line, without the usage block.
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
-            eprintln!("xsave-rig: error: {first} (see --help)");
+            eprintln!("xsave-rig: error: {} (see --help)", clap_one_line(&e.to_string()));
             std::process::exit(2);
         }
     };

@@ -57,7 +57,10 @@ fn bad_flags_are_one_line() {
 #[test]
 fn corrupt_case_files_are_one_line() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for (name, bytes) in [("junk", &b"not a case"[..]), ("trunc", &b"XSRC\x01\x05"[..]), ("version", &b"XSRC\x63"[..]), ("empty", &b""[..])]
+    // (Bytes that are neither XSRC nor JSON are raw fuzzer inputs, read structurally: see
+    // tests/fresh.rs.)
+    for (name, bytes) in
+        [("junk", &b"{not a case"[..]), ("trunc", &b"XSRC\x01\x05"[..]), ("version", &b"XSRC\x63"[..]), ("empty", &b""[..])]
     {
         let p = dir.path().join(name);
         std::fs::write(&p, bytes).expect("write");
@@ -177,7 +180,7 @@ fn corpus_coverage_lists_points_and_names_bad_files() {
     for e in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/corpus/seed")).expect("seeds").flatten() {
         std::fs::copy(e.path(), dir.path().join(e.file_name())).expect("copy");
     }
-    std::fs::write(dir.path().join("crash-deadbeef"), b"\x00\x01garbage").expect("write");
+    std::fs::write(dir.path().join("crash-deadbeef"), b"{\"not\": \"a case\"}").expect("write");
     let o = run(&[
         "corpus",
         "coverage",

@@ -1,0 +1,165 @@
+//! "Fresh machine, honest output": errors name what is missing, closed pipes end output
+//! quietly, bare relative output names work, raw fuzzer inputs are read structurally, and the
+//! exit statuses a pipeline can gate on.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const SYNTH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/synthetic-host.json");
+const SEEDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/corpus/seed");
+
+fn rig() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_xsave-rig"))
+}
+
+fn run(args: &[&str]) -> Output {
+    rig().args(args).output().expect("run xsave-rig")
+}
+
+fn run_in(dir: &Path, args: &[&str]) -> Output {
+    rig().args(args).current_dir(dir).output().expect("run xsave-rig")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+fn assert_one_line_error(o: &Output, needle: &str) {
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "exit status; stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+    assert!(err.starts_with("xsave-rig: error: ") && err.contains(needle), "{err:?} lacks {needle:?}");
+}
+
+fn seed_case() -> PathBuf {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(SEEDS).expect("seeds").flatten().map(|e| e.path()).collect();
+    v.sort();
+    v.into_iter().find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains("set-xsave"))).unwrap_or_else(|| {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(SEEDS).expect("seeds").flatten().map(|e| e.path()).collect();
+        v.sort();
+        v.remove(0)
+    })
+}
+
+/// A case that diverges on the V2b model backend under the V3 oracle.
+const V2B_CASE: &str = r#"{
+  "config": {"cpuid": {"base": {"Subset": {"leaves": ["0xd"], "xcr0_mask": "0x3"}}}},
+  "ops": [
+    {"set_xsave": {"xstate_bv": "0x7", "fcw": "0x37f", "mxcsr": "0x1f80", "xmm_seed": "0x5", "components": [{"bit": 2, "seed": "0x9"}]}},
+    "get_xsave"
+  ]
+}"#;
+
+#[test]
+fn missing_arguments_are_named() {
+    let o = run(&["repro", "c.case", "-o", "r.c"]);
+    assert_one_line_error(&o, "--c");
+    let o = run(&["case", "encode", "x.json"]);
+    assert_one_line_error(&o, "--output");
+    let o = run(&["fuzz", "--frobnicate"]);
+    assert_one_line_error(&o, "--frobnicate");
+    for a in [&["--help"][..], &["--version"], &["fuzz", "--help"]] {
+        let o = run(a);
+        assert_eq!(o.status.code(), Some(0), "{a:?}");
+        assert!(!o.stdout.is_empty());
+    }
+}
+
+#[test]
+fn check_state_refuses_meaningless_sizes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let st = dir.path().join("state.json");
+    std::fs::write(&st, vec![b' '; 19_588]).expect("write");
+    let o = run(&["check-state", st.to_str().expect("utf8"), "--target", SYNTH]);
+    assert_one_line_error(&o, "19588 bytes");
+    std::fs::write(&st, vec![0u8; 4096]).expect("write");
+    let o = run(&["check-state", st.to_str().expect("utf8"), "--target", SYNTH]);
+    assert_ne!(o.status.code(), Some(2), "{}", text(&o.stderr));
+}
+
+#[test]
+fn raw_fuzzer_inputs_are_read_structurally() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raw = dir.path().join("crash-0123456789abcdef");
+    std::fs::write(&raw, b"\x00\x01\x02\xff\x10garbage bytes from libFuzzer\x07\x08\x09").expect("write");
+    let rawp = raw.to_str().expect("utf8");
+    let o = run(&["replay", "--backend", "model:V3", "--host-facts", SYNTH, rawp]);
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("(raw fuzzer input, read structurally)"), "{}", text(&o.stdout));
+    let o = run(&["replay", "--backend", "model:V3", "--host-facts", SYNTH, "--json", rawp]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v[0]["raw_input"], true);
+    let o = run(&["case", "show", rawp]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("case show prints JSON");
+    assert!(text(&o.stderr).contains("raw fuzzer input"));
+    let out = dir.path().join("r.c");
+    let o = run(&["repro", rawp, "--c", "-o", out.to_str().expect("utf8"), "--host-facts", SYNTH]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("raw fuzzer input"));
+    assert!(std::fs::read_to_string(&out).expect("repro").contains("raw fuzzer input"));
+    // minimize: the raw input is read (it may or may not diverge; either way not "not a case").
+    let o = run(&["minimize", "--backend", "model:V2b", "--host-facts", SYNTH, rawp, "-o", dir.path().join("m").to_str().expect("utf8")]);
+    assert!(!text(&o.stderr).contains("not a case"), "{}", text(&o.stderr));
+    // corpus coverage counts and names it.
+    let cdir = dir.path().join("corpus");
+    std::fs::create_dir(&cdir).expect("dir");
+    std::fs::copy(&raw, cdir.join("crash-0123456789abcdef")).expect("copy");
+    std::fs::copy(seed_case(), cdir.join("seed.case")).expect("copy");
+    std::fs::write(cdir.join("bad.json"), "{\"not\": \"a case\"}").expect("write");
+    let o = run(&["corpus", "coverage", "--json", "--host-facts", SYNTH, cdir.to_str().expect("utf8")]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["cases"], 2, "{v}");
+    assert_eq!(v["raw_inputs"][0], "crash-0123456789abcdef");
+    assert!(v["skipped"][0].as_str().expect("skipped").contains("bad.json"));
+    let o = run(&["corpus", "coverage", "--host-facts", SYNTH, cdir.to_str().expect("utf8")]);
+    assert!(text(&o.stdout).contains("raw fuzzer inputs, read structurally: crash-0123456789abcdef"), "{}", text(&o.stdout));
+    // A JSON file that is not a case is still an error, and so is a corrupt XSRC file.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\"ops\": 3}").expect("write");
+    assert_one_line_error(&run(&["replay", "--backend", "model:V3", bad.to_str().expect("utf8")]), "bad.json");
+    let trunc = dir.path().join("trunc");
+    std::fs::write(&trunc, b"XSRC\x01\x05").expect("write");
+    assert_one_line_error(&run(&["case", "show", trunc.to_str().expect("utf8")]), "trunc");
+}
+
+#[test]
+fn bare_relative_output_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let case = seed_case();
+    let case = case.to_str().expect("utf8");
+    std::fs::write(d.join("c.json"), V2B_CASE).expect("write");
+    let cmds: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["case", "encode", "c.json", "-o", "c.bin"], "c.bin"),
+        (vec!["repro", case, "--c", "-o", "r.c", "--host-facts", SYNTH], "r.c"),
+        (vec!["minimize", "--backend", "model:V2b", "--host-facts", SYNTH, "c.json", "-o", "min.bin"], "min.bin"),
+        (vec!["corpus", "pack", SEEDS, "-o", "seed.tar", "--host-facts", SYNTH], "seed.tar"),
+        (vec!["corpus", "unpack", "seed.tar", "-o", "unpacked"], "unpacked"),
+        (vec!["corpus", "merge", SEEDS, "-o", "merged"], "merged"),
+        (vec!["corpus", "minimize", "merged", "-o", "kept", "--host-facts", SYNTH], "kept"),
+        (vec!["fuzz", "--backend", "model:V2b", "--host-facts", SYNTH, "--iterations", "200", "--workdir", "W"], "W/campaign.json"),
+        (vec!["report", "W", "-o", "rep"], "rep/report.html"),
+    ];
+    for (args, out) in &cmds {
+        let o = run_in(d, args);
+        assert!(matches!(o.status.code(), Some(0 | 1)), "{args:?}: {}", text(&o.stderr));
+        assert!(o.stderr.is_empty() || !text(&o.stderr).contains("error"), "{args:?}: {}", text(&o.stderr));
+        assert!(d.join(out).exists(), "{args:?} wrote no {out}");
+    }
+    // No temporary files are left behind.
+    for e in std::fs::read_dir(d).expect("dir").flatten() {
+        assert!(!e.file_name().to_string_lossy().contains(".tmp."), "left behind: {:?}", e.file_name());
+    }
+    // A directory where a file is expected: one line, nothing written.
+    std::fs::create_dir(d.join("adir")).expect("dir");
+    for args in [
+        vec!["case", "encode", "c.json", "-o", "adir"],
+        vec!["repro", case, "--c", "-o", "adir", "--host-facts", SYNTH],
+        vec!["corpus", "pack", SEEDS, "-o", "adir", "--host-facts", SYNTH],
+    ] {
+        assert_one_line_error(&run_in(d, &args), "adir");
+    }
+    assert_eq!(std::fs::read_dir(d.join("adir")).expect("dir").count(), 0);
+}
