@@ -1513,7 +1513,28 @@ fn clap_one_line(text: &str) -> String {
     }
 }
 
+/// A closed stdout (`xsave-rig … | head -1`) ends the output quietly with status 0: Rust
+/// ignores SIGPIPE, so `println!` on a closed pipe panics with "failed printing to stdout:
+/// Broken pipe"; this hook turns exactly that panic into `exit(0)` and leaves every other
+/// panic to the default hook.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 fn main() {
+    quiet_broken_pipe();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => e.exit(),

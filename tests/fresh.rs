@@ -163,3 +163,43 @@ fn bare_relative_output_names() {
     }
     assert_eq!(std::fs::read_dir(d.join("adir")).expect("dir").count(), 0);
 }
+
+/// Spawn with stdout piped, read `lines` lines (0: none), close the pipe, and wait.
+fn closed_pipe(args: &[&str], lines: usize) -> Output {
+    use std::io::BufRead;
+    let mut child = rig().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    {
+        let out = child.stdout.take().expect("stdout");
+        let mut r = std::io::BufReader::new(out);
+        for _ in 0..lines {
+            let mut l = String::new();
+            r.read_line(&mut l).expect("read");
+            assert!(!l.is_empty(), "no output line");
+        }
+    }
+    child.wait_with_output().expect("wait")
+}
+
+#[test]
+fn closed_stdout_ends_output_quietly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let case = seed_case();
+    // Far more than a pipe buffer of output: the writer meets the closed pipe for sure.
+    let mut args: Vec<&str> = vec!["replay", "--backend", "model:V3", "--host-facts", SYNTH];
+    let c = case.to_str().expect("utf8");
+    args.extend(std::iter::repeat_n(c, 3000));
+    let o = closed_pipe(&args, 1);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", text(&o.stderr));
+    assert!(o.stderr.is_empty(), "stderr: {}", text(&o.stderr));
+    // `case show … | head -1` and `fuzz … | head -4`: the pipe is closed before they print.
+    let o = closed_pipe(&["case", "show", c], 0);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", text(&o.stderr));
+    assert!(o.stderr.is_empty(), "stderr: {}", text(&o.stderr));
+    let wd = dir.path().join("w");
+    let o = closed_pipe(
+        &["fuzz", "--backend", "model:V2b", "--host-facts", SYNTH, "--iterations", "300", "--workdir", wd.to_str().expect("utf8")],
+        0,
+    );
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", text(&o.stderr));
+    assert!(o.stderr.is_empty(), "stderr: {}", text(&o.stderr));
+}
