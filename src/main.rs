@@ -33,20 +33,30 @@ struct OracleArgs {
     #[arg(long, default_value = "auto")]
     quirks: String,
     /// Host facts from a saved `probe --json` (default: probe this host, or a synthetic
-    /// Intel-layout host for model backends when /dev/kvm is absent).
+    /// Intel-layout host for model backends when /dev/kvm is absent). With `--backend kvm`
+    /// they must describe this host (supported XCR0, host XCR0, component layout, MXCSR mask).
     #[arg(long)]
     host_facts: Option<PathBuf>,
+    /// Use `--host-facts` with `--backend kvm` even where they differ from this host's.
+    #[arg(long)]
+    force_host_facts: bool,
 }
 
 #[derive(clap::Args, Clone)]
 struct BackendArgs {
-    /// Where cases run: `kvm` (this host's /dev/kvm) or `model:V0`…`model:V3` (the oracle
-    /// under that contract, standing in for a historical kernel).
+    /// Where cases run: `kvm` (this host's /dev/kvm), `model:V0`…`model:V3` (the oracle
+    /// under that contract, standing in for a historical kernel), or `lab:<kernel>` (the whole
+    /// command runs inside that kernel's lab guest under QEMU, e.g. `lab:debian:6.1`; see
+    /// `lab fetch`).
     #[arg(long, default_value = "kvm", value_parser = parse_backend)]
     backend: BackendKind,
     /// Create a fresh VM for every case instead of resetting a pooled vCPU.
     #[arg(long)]
     no_pool: bool,
+    /// Internal (set by `--backend lab:K` for the command it runs in the guest): the name
+    /// summaries, campaign.json and findings give the backend.
+    #[arg(long)]
+    backend_label: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -69,13 +79,15 @@ enum Cmd {
         /// Run time, e.g. 60s, 5m, 1h.
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
-        /// Generator seed.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
+        /// Generator seed (default 1; with --resume, the stored campaign's, which a different
+        /// --seed may not change).
+        #[arg(long)]
+        seed: Option<u64>,
         /// Workdir for state and findings (findings/<signature>/).
         #[arg(long, default_value = "xsave-work")]
         workdir: PathBuf,
-        /// Continue the campaign stored in --workdir.
+        /// Continue the campaign stored in --workdir (an error if there is none, or if its
+        /// backend, contract, quirks or seed differ from this command's).
         #[arg(long)]
         resume: bool,
         /// Print the summary as JSON.
@@ -93,8 +105,8 @@ enum Cmd {
         /// Worker processes sharing the workdir's findings and corpus (each resumable).
         #[arg(long, default_value_t = 1)]
         jobs: u64,
-        /// Internal: run as worker K of N (`K/N`).
-        #[arg(long, hide = true)]
+        /// Internal (set by --jobs for its worker processes): run as worker K of N (`K/N`).
+        #[arg(long)]
         worker: Option<String>,
     },
     /// Shrink a diverging case while it keeps the same signature (deterministic).
@@ -507,7 +519,36 @@ fn model_config(o: &OracleArgs, host: &HostFacts) -> Result<ModelConfig> {
     Ok(ModelConfig { contract: o.contract, quirks })
 }
 
+/// A backend under another name (`lab:K` for the guest's `kvm`).
+struct Labelled {
+    inner: Box<dyn Backend>,
+    label: String,
+}
+
+impl Backend for Labelled {
+    fn name(&self) -> String {
+        self.label.clone()
+    }
+    fn host(&self) -> &HostFacts {
+        self.inner.host()
+    }
+    fn execute(&mut self, case: &Case) -> Result<xsave_oracle::trace::Trace, xsave_runner::BackendError> {
+        self.inner.execute(case)
+    }
+    fn ioctls(&self) -> u64 {
+        self.inner.ioctls()
+    }
+}
+
 fn make_backend(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn Backend>> {
+    let be = make_backend_unlabelled(b, host)?;
+    Ok(match &b.backend_label {
+        Some(label) => Box::new(Labelled { inner: be, label: label.clone() }),
+        None => be,
+    })
+}
+
+fn make_backend_unlabelled(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn Backend>> {
     Ok(match &b.backend {
         BackendKind::Kvm => Box::new(KvmBackend::new(host.clone(), !b.no_pool)?),
         BackendKind::Model(contract) => Box::new(ModelBackend::new(host.clone(), ModelConfig { contract: *contract, quirks: Vec::new() })),
@@ -518,13 +559,14 @@ fn make_backend(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn Backend>> {
 /// `--backend lab:K`: run this very command inside kernel K's lab guest with `--backend kvm`,
 /// bring results back, and exit with the guest's status.
 fn delegate_to_lab(kernel: &str) -> Result<i32> {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(i) = args.iter().position(|a| a == "--backend") {
-        args[i + 1] = "kvm".into();
-    }
-    for a in args.iter_mut() {
-        if a.starts_with("--backend=lab:") {
-            *a = "--backend=kvm".into();
+    let mut args: Vec<String> = Vec::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let lab = if a == "--backend" { it.next() } else { a.strip_prefix("--backend=").map(str::to_string) };
+        match lab {
+            // The guest runs on its own /dev/kvm but names the backend as the user did.
+            Some(b) => args.extend(["--backend".into(), "kvm".into(), "--backend-label".into(), b]),
+            None => args.push(a),
         }
     }
     let k = lab::kernel(kernel)?;
@@ -553,9 +595,55 @@ fn run_in_lab(k: &lab::Kernel, args: &[String], scratch: &Path, timeout: Duratio
     Ok(out.status)
 }
 
+/// The first difference between host facts `given` (from `--host-facts`) and this host's
+/// measured ones: supported XCR0, host XCR0, component layout, MXCSR mask.
+fn host_difference(given: &HostFacts, here: &HostFacts) -> Option<String> {
+    if given.supported_xcr0 != here.supported_xcr0 {
+        return Some(format!("supported_xcr0 {:#x} there, {:#x} here", given.supported_xcr0, here.supported_xcr0));
+    }
+    if given.host_xcr0 != here.host_xcr0 {
+        return Some(format!("host_xcr0 {:#x} there, {:#x} here", given.host_xcr0, here.host_xcr0));
+    }
+    let sorted = |h: &HostFacts| {
+        let mut c: Vec<(u8, u32, u32, bool)> = h.components.iter().map(|c| (c.bit, c.offset, c.size, c.align64)).collect();
+        c.sort();
+        c
+    };
+    let (a, b) = (sorted(given), sorted(here));
+    if a != b {
+        let d = a.iter().zip(&b).find(|(x, y)| x != y);
+        return Some(match d {
+            Some((x, y)) => {
+                format!("component layout: bit {} offset {} size {} there, bit {} offset {} size {} here", x.0, x.1, x.2, y.0, y.1, y.2)
+            }
+            None => format!("component layout: {} components there, {} here", a.len(), b.len()),
+        });
+    }
+    if given.mxcsr_feature_mask != here.mxcsr_feature_mask || given.init_mxcsr_mask != here.init_mxcsr_mask {
+        return Some(format!(
+            "mxcsr mask {:#x}/{:#x} there, {:#x}/{:#x} here",
+            given.mxcsr_feature_mask, given.init_mxcsr_mask, here.mxcsr_feature_mask, here.init_mxcsr_mask
+        ));
+    }
+    None
+}
+
 /// Host facts for a backend (a model backend has no host quirks) and their fingerprint.
+/// `--host-facts` of another host on the kvm backend is refused unless `--force-host-facts`.
 fn backend_host(b: &BackendArgs, o: &OracleArgs) -> Result<(HostFacts, serde_json::Value)> {
     let (mut host, mut fp) = host_facts(o, b.backend == BackendKind::Kvm)?;
+    if let (BackendKind::Kvm, Some(p), false) = (&b.backend, &o.host_facts, o.force_host_facts) {
+        if let Some(why) = xsave_runner::kvm_unavailable() {
+            bail!("{why}");
+        }
+        let here = probe::host_facts()?;
+        if let Some(d) = host_difference(&host, &here) {
+            bail!(
+                "--host-facts {} describes another host ({d}); pass --force-host-facts to run this host's KVM against it anyway",
+                p.display()
+            );
+        }
+    }
     if let BackendKind::Model(c) = &b.backend {
         host.quirks.clear();
         host.pvm_dropped_leaves.clear();
@@ -566,6 +654,10 @@ fn backend_host(b: &BackendArgs, o: &OracleArgs) -> Result<(HostFacts, serde_jso
 }
 
 /// `fuzz --jobs N`: this command N times as workers (`--worker K/N`), sharing the workdir.
+/// The parent merges the workers' summaries into `WORKDIR/campaign.json` (written
+/// atomically, so `report WORKDIR` works): counts are summed (`next_iteration` is the sum of
+/// the workers' `next_iteration`, i.e. the cases run over all workers), `new_signatures` are
+/// deduplicated and sorted, and `jobs` is N. Exit status as for one campaign.
 fn run_jobs(jobs: u64, workdir: &Path, json: bool, stop: &AtomicBool, pass_host: bool) -> Result<i32> {
     use std::sync::atomic::Ordering;
     let exe = std::env::current_exe().context("cannot find own executable")?;
@@ -647,6 +739,9 @@ fn run_jobs(jobs: u64, workdir: &Path, json: bool, stop: &AtomicBool, pass_host:
                 total.contract = s.contract;
                 total.quirks = s.quirks;
                 total.seed = s.seed;
+                total.next_iteration += s.next_iteration;
+                total.narrow_cpuid = s.narrow_cpuid;
+                total.ioctls += s.ioctls;
                 total.execs += s.execs;
                 total.divergent_cases += s.divergent_cases;
                 total.explained_by_quirk += s.explained_by_quirk;
@@ -674,15 +769,23 @@ fn run_jobs(jobs: u64, workdir: &Path, json: bool, stop: &AtomicBool, pass_host:
     total.findings = std::fs::read_dir(workdir.join("findings"))
         .map(|d| d.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count() as u64)
         .unwrap_or(0);
+    total.new_signatures.sort();
+    total.new_signatures.dedup();
+    total.jobs = Some(jobs);
+    let state = workdir.join("campaign.json");
+    xsave_runner::store::write_atomic(&state, &serde_json::to_vec_pretty(&total)?)
+        .with_context(|| format!("cannot write {}", state.display()))?;
+    let code = exit_status(&total);
     if json {
         let mut v = serde_json::to_value(&total)?;
-        v["jobs"] = serde_json::json!(jobs);
+        v["exit_status"] = serde_json::json!(code);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("workers          {jobs}");
         print_summary(&total);
+        println!("{}", result_line(&total, code));
     }
-    Ok(0)
+    Ok(code)
 }
 
 fn read_case_dir(dir: &Path) -> Result<Vec<(String, Case)>> {
@@ -929,6 +1032,72 @@ fn print_probe(r: &ProbeReport) {
     }
 }
 
+/// `fuzz`'s exit status: 130 if interrupted (SIGINT/SIGTERM), else 1 with new findings, else 0.
+fn exit_status(s: &Summary) -> i32 {
+    if s.interrupted {
+        130
+    } else if s.new_signatures.is_empty() {
+        0
+    } else {
+        1
+    }
+}
+
+/// The summary's last line: what the exit status means.
+fn result_line(s: &Summary, code: i32) -> String {
+    let n = s.new_signatures.len();
+    let found = match n {
+        0 => "no new findings".to_string(),
+        1 => "1 new finding".to_string(),
+        n => format!("{n} new findings"),
+    };
+    if code == 130 {
+        format!("result           interrupted, {found} (exit 130)")
+    } else {
+        format!("result           {found} (exit {code})")
+    }
+}
+
+/// `fuzz --resume` must find a campaign in `workdir` run the same way (backend, contract,
+/// quirks, seed if given, jobs); without `--resume` a stored campaign is refused.
+fn check_resume(workdir: &Path, resume: bool, backend: &str, model: &ModelConfig, seed: Option<u64>, jobs: u64) -> Result<()> {
+    let main = workdir.join("campaign.json");
+    let worker0 = workdir.join("workers").join("0").join("campaign.json");
+    let state = [&main, &worker0].into_iter().find(|p| p.exists());
+    let Some(state) = state else {
+        if resume {
+            bail!("--resume: {} holds no campaign to continue (no {})", workdir.display(), main.display());
+        }
+        return Ok(());
+    };
+    if !resume {
+        bail!("{} holds a campaign: pass --resume to continue it, or use another --workdir", workdir.display());
+    }
+    let text = std::fs::read_to_string(state).with_context(|| format!("cannot read {}", state.display()))?;
+    let old: Summary = serde_json::from_str(&text).with_context(|| format!("{}: corrupt campaign state", state.display()))?;
+    let w = workdir.display();
+    // `kvm` and `kvm(fresh)` (--no-pool) run the same kernel.
+    let base = |b: &str| b.trim_end_matches("(fresh)").to_string();
+    if base(&old.backend) != base(backend) {
+        bail!("--resume: the campaign in {w} ran backend {}, not {backend}", old.backend);
+    }
+    if old.contract != model.contract.name() {
+        bail!("--resume: the campaign in {w} ran contract {}, not {}", old.contract, model.contract.name());
+    }
+    let quirks: Vec<String> = model.quirks.iter().map(|q| q.name().to_string()).collect();
+    if old.quirks != quirks {
+        bail!("--resume: the campaign in {w} ran quirks [{}], not [{}]", old.quirks.join(", "), quirks.join(", "));
+    }
+    if let Some(seed) = seed.filter(|s| *s != old.seed) {
+        bail!("--resume: the campaign in {w} ran seed {}, not {seed}", old.seed);
+    }
+    let old_jobs = if state == &worker0 { old.jobs.unwrap_or(2) } else { old.jobs.unwrap_or(1) };
+    if state == &main && old_jobs != jobs {
+        bail!("--resume: the campaign in {w} ran --jobs {old_jobs}, not {jobs}");
+    }
+    Ok(())
+}
+
 fn print_summary(s: &Summary) {
     println!("backend          {}", s.backend);
     println!("oracle           {} quirks [{}]", s.contract, s.quirks.join(", "));
@@ -1008,7 +1177,10 @@ fn run(cli: Cli) -> Result<i32> {
                 .with_context(|| format!("lab bench output: {}", String::from_utf8_lossy(&out.stderr).trim()))?;
             let host_r = match xsave_runner::kvm_unavailable() {
                 None => {
-                    let (host, _) = host_facts(&OracleArgs { contract: Contract::V3, quirks: "auto".into(), host_facts: None }, true)?;
+                    let (host, _) = host_facts(
+                        &OracleArgs { contract: Contract::V3, quirks: "auto".into(), host_facts: None, force_host_facts: false },
+                        true,
+                    )?;
                     let model = ModelConfig { quirks: host.quirks.clone(), ..ModelConfig::default() };
                     serde_json::to_value(xsave_runner::bench::bench(&host, &model, seconds)?)?
                 }
@@ -1036,6 +1208,10 @@ fn run(cli: Cli) -> Result<i32> {
             let (host, fingerprint) = backend_host(&backend, &oracle)?;
             let model = model_config(&oracle, &host)?;
             let mut be = make_backend(&backend, &host)?;
+            if worker.is_none() {
+                check_resume(&workdir, resume, &be.name(), &model, seed, jobs)?;
+            }
+            let seed = seed.unwrap_or(1);
             std::fs::create_dir_all(&workdir).with_context(|| format!("cannot create {}", workdir.display()))?;
             let fp_path = workdir.join("host.json");
             if !fp_path.exists() {
@@ -1094,12 +1270,16 @@ fn run(cli: Cli) -> Result<i32> {
             if tty {
                 eprintln!();
             }
+            let code = exit_status(&s);
             if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                let mut v = serde_json::to_value(&s)?;
+                v["exit_status"] = serde_json::json!(code);
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_summary(&s);
+                println!("{}", result_line(&s, code));
             }
-            Ok(0)
+            Ok(code)
         }
         Cmd::Replay { files, backend, oracle, json } => {
             let cases = files.iter().map(|f| load_case_or_raw(f).map(|(c, raw)| (f.clone(), c, raw))).collect::<Result<Vec<_>>>()?;

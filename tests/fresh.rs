@@ -203,3 +203,146 @@ fn closed_stdout_ends_output_quietly() {
     assert_eq!(o.status.code(), Some(0), "stderr: {}", text(&o.stderr));
     assert!(o.stderr.is_empty(), "stderr: {}", text(&o.stderr));
 }
+
+fn json_of(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {} / {}", text(&o.stdout), text(&o.stderr)))
+}
+
+#[test]
+fn fuzz_exit_statuses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wd = |n: &str| dir.path().join(n).to_str().expect("utf8").to_string();
+    // No divergence: exit 0; new findings: exit 1; the summary's last line says which.
+    let o = run(&["fuzz", "--backend", "model:V3", "--host-facts", SYNTH, "--iterations", "300", "--workdir", &wd("a")]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).trim_end().ends_with("no new findings (exit 0)"), "{}", text(&o.stdout));
+    let o = run(&["fuzz", "--backend", "model:V2b", "--host-facts", SYNTH, "--iterations", "300", "--workdir", &wd("b")]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let last = text(&o.stdout).trim_end().lines().last().unwrap_or_default().to_string();
+    assert!(last.starts_with("result") && last.contains("new finding") && last.ends_with("(exit 1)"), "{last}");
+    let o = run(&["fuzz", "--backend", "model:V2b", "--host-facts", SYNTH, "--iterations", "300", "--json", "--workdir", &wd("c")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(json_of(&o)["exit_status"], 1);
+    // Resuming with nothing new to find: exit 0.
+    let o =
+        run(&["fuzz", "--backend", "model:V2b", "--host-facts", SYNTH, "--iterations", "300", "--json", "--resume", "--workdir", &wd("c")]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    // SIGTERM: a clean stop, exit 130, state saved.
+    let child = rig()
+        .args(["fuzz", "--backend", "model:V3", "--host-facts", SYNTH, "--duration", "60s", "--workdir", &wd("d")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    xsave_runner::sys::terminate(child.id());
+    let o = child.wait_with_output().expect("wait");
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("interrupted") && text(&o.stdout).contains("(exit 130)"), "{}", text(&o.stdout));
+    assert!(dir.path().join("d/campaign.json").exists());
+}
+
+#[test]
+fn parallel_campaign_writes_a_reportable_campaign_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wd = dir.path().join("J2");
+    let w = wd.to_str().expect("utf8");
+    let args =
+        ["fuzz", "--jobs", "2", "--backend", "model:V2b", "--host-facts", SYNTH, "--minimize-budget", "50", "--json", "--workdir", w];
+    let o = rig().args(args).args(["--iterations", "3000"]).output().expect("run");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let s = json_of(&o);
+    assert_eq!(s["exit_status"], 1);
+    let sigs: Vec<String> = s["new_signatures"].as_array().expect("sigs").iter().map(|v| v.as_str().expect("str").to_string()).collect();
+    let mut sorted = sigs.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sigs, sorted, "new_signatures sorted and deduplicated");
+    assert_eq!(sigs.len() as u64, s["findings"].as_u64().expect("findings"));
+    let workers: u64 = (0..2)
+        .map(|k| {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(wd.join(format!("workers/{k}/campaign.json"))).expect("worker")).expect("json");
+            v["next_iteration"].as_u64().expect("n")
+        })
+        .sum();
+    assert_eq!(s["next_iteration"].as_u64(), Some(workers));
+    assert_eq!(workers, 3000);
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(wd.join("campaign.json")).expect("merged campaign.json")).expect("json");
+    assert_eq!(stored["jobs"], 2);
+    assert_eq!(stored["next_iteration"], s["next_iteration"]);
+    let o = run(&["report", w]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(wd.join("report/report.html").exists());
+    // Resume continues all workers; nothing new: exit 0.
+    let o = rig().args(args).args(["--iterations", "3000", "--resume"]).output().expect("run");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(json_of(&o)["new_signatures"], serde_json::json!([]));
+}
+
+#[test]
+fn resume_refuses_a_different_campaign() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wd = dir.path().join("W");
+    let w = wd.to_str().expect("utf8");
+    let base = ["fuzz", "--host-facts", SYNTH, "--iterations", "200", "--workdir", w];
+    // --resume on a missing or empty workdir is an error, not a fresh start.
+    assert_one_line_error(&rig().args(base).args(["--backend", "model:V2b", "--resume"]).output().expect("run"), "no campaign");
+    assert!(!wd.exists());
+    std::fs::create_dir(&wd).expect("mkdir");
+    assert_one_line_error(&rig().args(base).args(["--backend", "model:V2b", "--resume"]).output().expect("run"), "no campaign");
+    let o = rig().args(base).args(["--backend", "model:V2b", "--seed", "7"]).output().expect("run");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let o = rig().args(base).args(["--backend", "model:V3", "--resume"]).output().expect("run");
+    assert_one_line_error(&o, &format!("--resume: the campaign in {w} ran backend model:V2b, not model:V3"));
+    let o = rig().args(base).args(["--backend", "model:V2b", "--resume", "--seed", "8"]).output().expect("run");
+    assert_one_line_error(&o, "ran seed 7, not 8");
+    let o = rig().args(base).args(["--backend", "model:V2b", "--resume", "--contract", "V2b"]).output().expect("run");
+    assert_one_line_error(&o, "ran contract V3, not V2b");
+    let o = rig().args(base).args(["--backend", "model:V2b", "--resume", "--quirks", "pvm-cpuid-rewrite"]).output().expect("run");
+    assert_one_line_error(&o, "ran quirks [], not [pvm-cpuid-rewrite]");
+    let o = rig().args(base).args(["--backend", "model:V2b", "--resume", "--jobs", "2"]).output().expect("run");
+    assert_one_line_error(&o, "--jobs 1, not 2");
+    // The same campaign (seed given or not) resumes.
+    let o = rig().args(base).args(["--backend", "model:V2b", "--resume", "--seed", "7"]).output().expect("run");
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o.stderr));
+    let o = rig()
+        .args(["fuzz", "--host-facts", SYNTH, "--iterations", "400", "--workdir", w, "--backend", "model:V2b", "--resume", "--json"])
+        .output()
+        .expect("run");
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o.stderr));
+    assert_eq!(json_of(&o)["seed"], 7);
+}
+
+#[test]
+fn kvm_refuses_another_hosts_facts() {
+    if !xsave_runner::kvm_or_skip("kvm_refuses_another_hosts_facts") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = run(&["probe", "--json"]);
+    assert!(p.status.success());
+    let mine = dir.path().join("mine.json");
+    std::fs::write(&mine, &p.stdout).expect("write");
+    let mut other: serde_json::Value = serde_json::from_slice(&p.stdout).expect("json");
+    let sup = u64::from_str_radix(other["host"]["supported_xcr0"].as_str().expect("hex").trim_start_matches("0x"), 16).expect("hex");
+    other["host"]["supported_xcr0"] = serde_json::json!(format!("{:#x}", sup ^ (1 << 9)));
+    let theirs = dir.path().join("theirs.json");
+    std::fs::write(&theirs, other.to_string()).expect("write");
+    let wd = |n: &str| dir.path().join(n).to_str().expect("utf8").to_string();
+    let t = theirs.to_str().expect("utf8");
+    assert_one_line_error(&run(&["fuzz", "--host-facts", t, "--iterations", "5", "--workdir", &wd("a")]), "supported_xcr0");
+    assert_one_line_error(&run(&["fuzz", "--host-facts", SYNTH, "--iterations", "5", "--workdir", &wd("b")]), "describes another host");
+    let mut mx: serde_json::Value = serde_json::from_slice(&p.stdout).expect("json");
+    mx["host"]["mxcsr_feature_mask"] = serde_json::json!("0x1");
+    std::fs::write(&theirs, mx.to_string()).expect("write");
+    assert_one_line_error(&run(&["fuzz", "--host-facts", t, "--iterations", "5", "--workdir", &wd("c")]), "mxcsr mask");
+    // This host's own fingerprint is fine; --force-host-facts overrides; model backends never check.
+    let o = run(&["fuzz", "--host-facts", mine.to_str().expect("utf8"), "--iterations", "5", "--workdir", &wd("d")]);
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o.stderr));
+    let o = run(&["fuzz", "--host-facts", t, "--force-host-facts", "--iterations", "5", "--workdir", &wd("e")]);
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o.stderr));
+    let o = run(&["fuzz", "--backend", "model:V3", "--host-facts", t, "--iterations", "5", "--workdir", &wd("f")]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+}
