@@ -346,3 +346,26 @@ fn kvm_refuses_another_hosts_facts() {
     let o = run(&["fuzz", "--backend", "model:V3", "--host-facts", t, "--iterations", "5", "--workdir", &wd("f")]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
 }
+
+#[test]
+fn lab_fetch_without_the_archive_is_one_bounded_line() {
+    let have = Path::new("/usr/share/keyrings/debian-archive-keyring.gpg").exists()
+        && Command::new("apt-get").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !have {
+        eprintln!("SKIPPED lab_fetch_without_the_archive_is_one_bounded_line: apt-get or debian-archive-keyring missing");
+        return;
+    }
+    let cache = tempfile::tempdir().expect("tempdir");
+    let t = std::time::Instant::now();
+    // Port 9 (discard) on localhost: nothing listens, connections are refused.
+    let o = rig()
+        .args(["lab", "fetch", "debian:6.1"])
+        .env("XSAVE_RIG_CACHE", cache.path())
+        .env("XSAVE_RIG_APT_MIRROR", "http://127.0.0.1:9")
+        .output()
+        .expect("run");
+    assert!(t.elapsed() < std::time::Duration::from_secs(60), "took {:?}", t.elapsed());
+    assert_one_line_error(&o, "linux-image-amd64");
+    let err = text(&o.stderr);
+    assert!(err.contains("127.0.0.1:9") && (err.contains("refused") || err.contains("Could not connect")), "{err}");
+}
