@@ -17,11 +17,23 @@ use xsave_runner::probe::{self, ProbeReport};
 use xsave_runner::{Backend, ModelBackend};
 
 #[derive(Parser)]
-#[command(name = "xsave-rig", version, about = "Differential fuzzing rig for the Linux KVM x86 XSAVE userspace ABI", long_about = None)]
+#[command(name = "xsave-rig", version, about = "Differential fuzzing rig for the Linux KVM x86 XSAVE userspace ABI", long_about = None, after_help = ENV_HELP)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
 }
+
+/// Environment variables and exit statuses, shown under `--help`.
+const ENV_HELP: &str = "\
+Environment variables:
+  XSAVE_RIG_DEV_KVM      the KVM device node (default /dev/kvm)
+  XSAVE_RIG_CACHE        the lab's cache directory (default $XDG_CACHE_HOME/xsave-rig, else ~/.cache/xsave-rig)
+  XSAVE_RIG_APT_MIRROR   the Debian archive `lab fetch` downloads from (default http://deb.debian.org)
+  XSAVE_RIG_DETECT_BIN   the libFuzzer detect_model binary `bench detect` runs (default: fuzz/target/…/release/detect_model)
+  XSAVE_RIG_REQUIRE_KVM  tests only: 1 makes a real-KVM test fail instead of skipping when /dev/kvm is unusable
+
+Exit statuses: 0 success (fuzz: no new finding; replay: agreement), 1 a result to look at (fuzz: new
+findings; replay: divergence; migrate/check-state: a refused or lossy load), 2 error, 130 interrupted (fuzz).";
 
 #[derive(clap::Args, Clone)]
 struct OracleArgs {
@@ -185,9 +197,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LabCmd,
     },
-    /// Run case files on this machine's KVM and record per-step digests and verdicts (used
-    /// inside lab guests by `lab matrix`).
-    #[command(hide = true)]
+    /// Internal (run inside lab guests by `lab matrix`): run case files on this machine's KVM
+    /// and record per-step digests and verdicts.
     ExecCases {
         /// Directory of case files.
         dir: PathBuf,
@@ -250,7 +261,7 @@ enum BenchSub {
         /// Seeds per contract.
         #[arg(long, default_value_t = 7)]
         seeds: u64,
-        /// Execution budget per seed.
+        /// Execution budget per seed (a seed that finds nothing within it counts as not found).
         #[arg(long, default_value_t = 100_000)]
         budget: u64,
         /// Print JSON.
@@ -291,8 +302,8 @@ enum LabCmd {
         /// Where the initramfs, console log and results go (default: a directory under the cache).
         #[arg(long)]
         scratch: Option<PathBuf>,
-        /// Replace the guest's /init with this script (for testing failure handling).
-        #[arg(long, hide = true)]
+        /// Internal (for testing failure handling): replace the guest's /init with this script.
+        #[arg(long)]
         init_script: Option<PathBuf>,
         /// The xsave-rig subcommand and its arguments.
         #[arg(last = true, required = true)]

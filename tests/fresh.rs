@@ -369,3 +369,60 @@ fn lab_fetch_without_the_archive_is_one_bounded_line() {
     let err = text(&o.stderr);
     assert!(err.contains("127.0.0.1:9") && (err.contains("refused") || err.contains("Could not connect")), "{err}");
 }
+
+#[test]
+fn help_documents_every_flag_and_variable() {
+    let top = text(&run(&["--help"]).stdout);
+    for v in ["XSAVE_RIG_CACHE", "XSAVE_RIG_DETECT_BIN", "XSAVE_RIG_DEV_KVM", "XSAVE_RIG_APT_MIRROR", "exec-cases", "Exit statuses"] {
+        assert!(top.contains(v), "--help lacks {v}");
+    }
+    let fuzz = text(&run(&["fuzz", "--help"]).stdout);
+    for f in ["lab:<kernel>", "--worker", "--backend-label", "--force-host-facts", "Internal ("] {
+        assert!(fuzz.contains(f), "fuzz --help lacks {f}");
+    }
+    assert!(text(&run(&["lab", "run", "--help"]).stdout).contains("--init-script"));
+    assert!(text(&run(&["lab", "run", "--help"]).stdout).contains("--scratch"));
+    assert!(text(&run(&["bench", "detect", "--help"]).stdout).contains("--budget"));
+    assert!(text(&run(&["migrate", "--help"]).stdout).contains("--json"));
+    assert!(text(&run(&["check-state", "--help"]).stdout).contains("--json"));
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    for w in [
+        "exec-cases",
+        "--worker",
+        "--init-script",
+        "--scratch",
+        "--budget",
+        "--backend-label",
+        "XSAVE_RIG_CACHE",
+        "XSAVE_RIG_DETECT_BIN",
+        "XSAVE_RIG_APT_MIRROR",
+        "## Exit statuses",
+        "## Environment variables",
+        "corpus/model_contracts ../corpus/seed",
+    ] {
+        assert!(readme.contains(w), "README lacks {w}");
+    }
+    assert!(!readme.contains("model_contracts ../corpus/seed`"), "seeds must not be libFuzzer's first corpus directory");
+}
+
+/// `--backend lab:K` runs the guest's command with `--backend kvm --backend-label lab:K`: the
+/// summary, campaign.json and findings name `lab:K` (shown here on a model backend).
+#[test]
+fn backend_label_names_the_backend() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wd = dir.path().join("w");
+    let w = wd.to_str().expect("utf8");
+    let base = ["fuzz", "--backend", "model:V2b", "--host-facts", SYNTH, "--iterations", "200", "--workdir", w];
+    let o = rig().args(base).args(["--backend-label", "lab:debian:6.1"]).output().expect("run");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("backend          lab:debian:6.1"), "{}", text(&o.stdout));
+    let c: serde_json::Value = serde_json::from_slice(&std::fs::read(wd.join("campaign.json")).expect("state")).expect("json");
+    assert_eq!(c["backend"], "lab:debian:6.1");
+    let f = std::fs::read_dir(wd.join("findings")).expect("findings").flatten().next().expect("a finding").path();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(f.join("verdict.json")).expect("verdict")).expect("json");
+    assert_eq!(v["backend"], "lab:debian:6.1");
+    // Resuming it under its own name works; under another backend it is refused.
+    let o = rig().args(base).args(["--backend-label", "lab:debian:6.1", "--resume"]).output().expect("run");
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o.stderr));
+    assert_one_line_error(&rig().args(base).args(["--resume"]).output().expect("run"), "ran backend lab:debian:6.1, not model:V2b");
+}

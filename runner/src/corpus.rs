@@ -43,12 +43,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CorpusError + '_ {
 /// A corpus member: file name, bytes, decoded case.
 pub type Member = (String, Vec<u8>, Case);
 
+/// A directory's valid cases (raw fuzzer inputs included when read structurally), the files
+/// skipped with the reason, and the names of the raw inputs.
+pub type Scan = (Vec<Member>, Vec<String>, Vec<String>);
+
 /// Valid cases of `dir` and the files skipped, with the reason.
 pub fn read_dir(dir: &Path) -> Result<(Vec<Member>, Vec<String>), CorpusError> {
     scan(dir, false).map(|(ok, skipped, _)| (ok, skipped))
 }
 
-fn scan(dir: &Path, structural: bool) -> Result<(Vec<Member>, Vec<String>, Vec<String>), CorpusError> {
+fn scan(dir: &Path, structural: bool) -> Result<Scan, CorpusError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir).map_err(io(dir))?.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
     files.sort();
     let mut ok = Vec::new();
@@ -85,7 +89,7 @@ pub fn is_raw_input(bytes: &[u8]) -> bool {
 
 /// Like [`read_dir`], but raw byte-level fuzzer inputs ([`is_raw_input`]) are read
 /// structurally instead of skipped; their names are returned as the third element.
-pub fn read_dir_structural(dir: &Path) -> Result<(Vec<Member>, Vec<String>, Vec<String>), CorpusError> {
+pub fn read_dir_structural(dir: &Path) -> Result<Scan, CorpusError> {
     scan(dir, true)
 }
 
