@@ -402,7 +402,7 @@ fn help_documents_every_flag_and_variable() {
     ] {
         assert!(readme.contains(w), "README lacks {w}");
     }
-    assert!(!readme.contains("model_contracts ../corpus/seed`"), "seeds must not be libFuzzer's first corpus directory");
+    assert!(!readme.contains("-s none model_contracts ../corpus/seed"), "seeds must not be libFuzzer's first corpus directory");
 }
 
 /// `--backend lab:K` runs the guest's command with `--backend kvm --backend-label lab:K`: the
