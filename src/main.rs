@@ -17,11 +17,23 @@ use xsave_runner::probe::{self, ProbeReport};
 use xsave_runner::{Backend, ModelBackend};
 
 #[derive(Parser)]
-#[command(name = "xsave-rig", version, about = "Differential fuzzing rig for the Linux KVM x86 XSAVE userspace ABI", long_about = None)]
+#[command(name = "xsave-rig", version, about = "Differential fuzzing rig for the Linux KVM x86 XSAVE userspace ABI", long_about = None, after_help = ENV_HELP)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
 }
+
+/// Environment variables and exit statuses, shown under `--help`.
+const ENV_HELP: &str = "\
+Environment variables:
+  XSAVE_RIG_DEV_KVM      the KVM device node (default /dev/kvm)
+  XSAVE_RIG_CACHE        the lab's cache directory (default $XDG_CACHE_HOME/xsave-rig, else ~/.cache/xsave-rig)
+  XSAVE_RIG_APT_MIRROR   the Debian archive `lab fetch` downloads from (default http://deb.debian.org)
+  XSAVE_RIG_DETECT_BIN   the libFuzzer detect_model binary `bench detect` runs (default: fuzz/target/…/release/detect_model)
+  XSAVE_RIG_REQUIRE_KVM  tests only: 1 makes a real-KVM test fail instead of skipping when /dev/kvm is unusable
+
+Exit statuses: 0 success (fuzz: no new finding; replay: agreement), 1 a result to look at (fuzz: new
+findings; replay: divergence; migrate/check-state: a refused or lossy load), 2 error, 130 interrupted (fuzz).";
 
 #[derive(clap::Args, Clone)]
 struct OracleArgs {
@@ -33,20 +45,30 @@ struct OracleArgs {
     #[arg(long, default_value = "auto")]
     quirks: String,
     /// Host facts from a saved `probe --json` (default: probe this host, or a synthetic
-    /// Intel-layout host for model backends when /dev/kvm is absent).
+    /// Intel-layout host for model backends when /dev/kvm is absent). With `--backend kvm`
+    /// they must describe this host (supported XCR0, host XCR0, component layout, MXCSR mask).
     #[arg(long)]
     host_facts: Option<PathBuf>,
+    /// Use `--host-facts` with `--backend kvm` even where they differ from this host's.
+    #[arg(long)]
+    force_host_facts: bool,
 }
 
 #[derive(clap::Args, Clone)]
 struct BackendArgs {
-    /// Where cases run: `kvm` (this host's /dev/kvm) or `model:V0`…`model:V3` (the oracle
-    /// under that contract, standing in for a historical kernel).
+    /// Where cases run: `kvm` (this host's /dev/kvm), `model:V0`…`model:V3` (the oracle
+    /// under that contract, standing in for a historical kernel), or `lab:<kernel>` (the whole
+    /// command runs inside that kernel's lab guest under QEMU, e.g. `lab:debian:6.1`; see
+    /// `lab fetch`).
     #[arg(long, default_value = "kvm", value_parser = parse_backend)]
     backend: BackendKind,
     /// Create a fresh VM for every case instead of resetting a pooled vCPU.
     #[arg(long)]
     no_pool: bool,
+    /// Internal (set by `--backend lab:K` for the command it runs in the guest): the name
+    /// summaries, campaign.json and findings give the backend.
+    #[arg(long)]
+    backend_label: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -69,13 +91,15 @@ enum Cmd {
         /// Run time, e.g. 60s, 5m, 1h.
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
-        /// Generator seed.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
+        /// Generator seed (default 1; with --resume, the stored campaign's, which a different
+        /// --seed may not change).
+        #[arg(long)]
+        seed: Option<u64>,
         /// Workdir for state and findings (findings/<signature>/).
         #[arg(long, default_value = "xsave-work")]
         workdir: PathBuf,
-        /// Continue the campaign stored in --workdir.
+        /// Continue the campaign stored in --workdir (an error if there is none, or if its
+        /// backend, contract, quirks or seed differ from this command's).
         #[arg(long)]
         resume: bool,
         /// Print the summary as JSON.
@@ -90,11 +114,15 @@ enum Cmd {
         /// Pure random generation: no contract-coverage feedback, no corpus.
         #[arg(long)]
         no_feedback: bool,
+        /// Also generate guest runs: KVM_RUN of guest programs that write registers and store
+        /// the guest's own XSAVE image (opt-in while the guest model is completed; see README).
+        #[arg(long)]
+        guest: bool,
         /// Worker processes sharing the workdir's findings and corpus (each resumable).
         #[arg(long, default_value_t = 1)]
         jobs: u64,
-        /// Internal: run as worker K of N (`K/N`).
-        #[arg(long, hide = true)]
+        /// Internal (set by --jobs for its worker processes): run as worker K of N (`K/N`).
+        #[arg(long)]
         worker: Option<String>,
     },
     /// Shrink a diverging case while it keeps the same signature (deterministic).
@@ -173,9 +201,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LabCmd,
     },
-    /// Run case files on this machine's KVM and record per-step digests and verdicts (used
-    /// inside lab guests by `lab matrix`).
-    #[command(hide = true)]
+    /// Internal (run inside lab guests by `lab matrix`): run case files on this machine's KVM
+    /// and record per-step digests and verdicts.
     ExecCases {
         /// Directory of case files.
         dir: PathBuf,
@@ -238,7 +265,7 @@ enum BenchSub {
         /// Seeds per contract.
         #[arg(long, default_value_t = 7)]
         seeds: u64,
-        /// Execution budget per seed.
+        /// Execution budget per seed (a seed that finds nothing within it counts as not found).
         #[arg(long, default_value_t = 100_000)]
         budget: u64,
         /// Print JSON.
@@ -279,8 +306,8 @@ enum LabCmd {
         /// Where the initramfs, console log and results go (default: a directory under the cache).
         #[arg(long)]
         scratch: Option<PathBuf>,
-        /// Replace the guest's /init with this script (for testing failure handling).
-        #[arg(long, hide = true)]
+        /// Internal (for testing failure handling): replace the guest's /init with this script.
+        #[arg(long)]
         init_script: Option<PathBuf>,
         /// The xsave-rig subcommand and its arguments.
         #[arg(last = true, required = true)]
@@ -430,6 +457,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v * mult))
 }
 
+/// Write `bytes` to `path` atomically (temporary file, fsync, rename): a failure leaves
+/// nothing half-written, and a directory where a file is expected is a one-line error.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    xsave_runner::store::write_atomic(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
 fn load_case(path: &Path) -> Result<Case> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read case {}", path.display()))?;
     let case = if bytes.starts_with(xsave_oracle::case::MAGIC) {
@@ -440,6 +473,24 @@ fn load_case(path: &Path) -> Result<Case> {
         Case::from_json(&text)
     };
     case.with_context(|| format!("{}: corrupt case", path.display()))
+}
+
+/// The label a raw fuzzer input gets wherever it is shown.
+const RAW_LABEL: &str = "(raw fuzzer input, read structurally)";
+
+/// A case file, or a raw libFuzzer/honggfuzz input (neither `XSRC` nor JSON, not empty) read
+/// the way the fuzz harnesses read it; the flag says which. A corrupt `XSRC` file or a JSON
+/// file that is not a case stays an error.
+fn load_case_or_raw(path: &Path) -> Result<(Case, bool)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read case {}", path.display()))?;
+    let json_name = path.extension().is_some_and(|e| e == "json");
+    if !json_name && xsave_runner::corpus::is_raw_input(&bytes) {
+        return Ok((xsave_oracle::case::from_fuzz_input(&bytes), true));
+    }
+    if bytes.is_empty() {
+        bail!("{}: empty file, not a case", path.display());
+    }
+    load_case(path).map(|c| (c, false))
 }
 
 /// Host facts, and the fingerprint they came from (a probe report, the file given, or a
@@ -483,7 +534,36 @@ fn model_config(o: &OracleArgs, host: &HostFacts) -> Result<ModelConfig> {
     Ok(ModelConfig { contract: o.contract, quirks })
 }
 
+/// A backend under another name (`lab:K` for the guest's `kvm`).
+struct Labelled {
+    inner: Box<dyn Backend>,
+    label: String,
+}
+
+impl Backend for Labelled {
+    fn name(&self) -> String {
+        self.label.clone()
+    }
+    fn host(&self) -> &HostFacts {
+        self.inner.host()
+    }
+    fn execute(&mut self, case: &Case) -> Result<xsave_oracle::trace::Trace, xsave_runner::BackendError> {
+        self.inner.execute(case)
+    }
+    fn ioctls(&self) -> u64 {
+        self.inner.ioctls()
+    }
+}
+
 fn make_backend(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn Backend>> {
+    let be = make_backend_unlabelled(b, host)?;
+    Ok(match &b.backend_label {
+        Some(label) => Box::new(Labelled { inner: be, label: label.clone() }),
+        None => be,
+    })
+}
+
+fn make_backend_unlabelled(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn Backend>> {
     Ok(match &b.backend {
         BackendKind::Kvm => Box::new(KvmBackend::new(host.clone(), !b.no_pool)?),
         BackendKind::Model(contract) => Box::new(ModelBackend::new(host.clone(), ModelConfig { contract: *contract, quirks: Vec::new() })),
@@ -494,13 +574,14 @@ fn make_backend(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn Backend>> {
 /// `--backend lab:K`: run this very command inside kernel K's lab guest with `--backend kvm`,
 /// bring results back, and exit with the guest's status.
 fn delegate_to_lab(kernel: &str) -> Result<i32> {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(i) = args.iter().position(|a| a == "--backend") {
-        args[i + 1] = "kvm".into();
-    }
-    for a in args.iter_mut() {
-        if a.starts_with("--backend=lab:") {
-            *a = "--backend=kvm".into();
+    let mut args: Vec<String> = Vec::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let lab = if a == "--backend" { it.next() } else { a.strip_prefix("--backend=").map(str::to_string) };
+        match lab {
+            // The guest runs on its own /dev/kvm but names the backend as the user did.
+            Some(b) => args.extend(["--backend".into(), "kvm".into(), "--backend-label".into(), b]),
+            None => args.push(a),
         }
     }
     let k = lab::kernel(kernel)?;
@@ -529,9 +610,55 @@ fn run_in_lab(k: &lab::Kernel, args: &[String], scratch: &Path, timeout: Duratio
     Ok(out.status)
 }
 
+/// The first difference between host facts `given` (from `--host-facts`) and this host's
+/// measured ones: supported XCR0, host XCR0, component layout, MXCSR mask.
+fn host_difference(given: &HostFacts, here: &HostFacts) -> Option<String> {
+    if given.supported_xcr0 != here.supported_xcr0 {
+        return Some(format!("supported_xcr0 {:#x} there, {:#x} here", given.supported_xcr0, here.supported_xcr0));
+    }
+    if given.host_xcr0 != here.host_xcr0 {
+        return Some(format!("host_xcr0 {:#x} there, {:#x} here", given.host_xcr0, here.host_xcr0));
+    }
+    let sorted = |h: &HostFacts| {
+        let mut c: Vec<(u8, u32, u32, bool)> = h.components.iter().map(|c| (c.bit, c.offset, c.size, c.align64)).collect();
+        c.sort();
+        c
+    };
+    let (a, b) = (sorted(given), sorted(here));
+    if a != b {
+        let d = a.iter().zip(&b).find(|(x, y)| x != y);
+        return Some(match d {
+            Some((x, y)) => {
+                format!("component layout: bit {} offset {} size {} there, bit {} offset {} size {} here", x.0, x.1, x.2, y.0, y.1, y.2)
+            }
+            None => format!("component layout: {} components there, {} here", a.len(), b.len()),
+        });
+    }
+    if given.mxcsr_feature_mask != here.mxcsr_feature_mask || given.init_mxcsr_mask != here.init_mxcsr_mask {
+        return Some(format!(
+            "mxcsr mask {:#x}/{:#x} there, {:#x}/{:#x} here",
+            given.mxcsr_feature_mask, given.init_mxcsr_mask, here.mxcsr_feature_mask, here.init_mxcsr_mask
+        ));
+    }
+    None
+}
+
 /// Host facts for a backend (a model backend has no host quirks) and their fingerprint.
+/// `--host-facts` of another host on the kvm backend is refused unless `--force-host-facts`.
 fn backend_host(b: &BackendArgs, o: &OracleArgs) -> Result<(HostFacts, serde_json::Value)> {
     let (mut host, mut fp) = host_facts(o, b.backend == BackendKind::Kvm)?;
+    if let (BackendKind::Kvm, Some(p), false) = (&b.backend, &o.host_facts, o.force_host_facts) {
+        if let Some(why) = xsave_runner::kvm_unavailable() {
+            bail!("{why}");
+        }
+        let here = probe::host_facts()?;
+        if let Some(d) = host_difference(&host, &here) {
+            bail!(
+                "--host-facts {} describes another host ({d}); pass --force-host-facts to run this host's KVM against it anyway",
+                p.display()
+            );
+        }
+    }
     if let BackendKind::Model(c) = &b.backend {
         host.quirks.clear();
         host.pvm_dropped_leaves.clear();
@@ -542,6 +669,10 @@ fn backend_host(b: &BackendArgs, o: &OracleArgs) -> Result<(HostFacts, serde_jso
 }
 
 /// `fuzz --jobs N`: this command N times as workers (`--worker K/N`), sharing the workdir.
+/// The parent merges the workers' summaries into `WORKDIR/campaign.json` (written
+/// atomically, so `report WORKDIR` works): counts are summed (`next_iteration` is the sum of
+/// the workers' `next_iteration`, i.e. the cases run over all workers), `new_signatures` are
+/// deduplicated and sorted, and `jobs` is N. Exit status as for one campaign.
 fn run_jobs(jobs: u64, workdir: &Path, json: bool, stop: &AtomicBool, pass_host: bool) -> Result<i32> {
     use std::sync::atomic::Ordering;
     let exe = std::env::current_exe().context("cannot find own executable")?;
@@ -623,9 +754,16 @@ fn run_jobs(jobs: u64, workdir: &Path, json: bool, stop: &AtomicBool, pass_host:
                 total.contract = s.contract;
                 total.quirks = s.quirks;
                 total.seed = s.seed;
+                total.next_iteration += s.next_iteration;
+                total.narrow_cpuid = s.narrow_cpuid;
+                total.ioctls += s.ioctls;
                 total.execs += s.execs;
                 total.divergent_cases += s.divergent_cases;
                 total.agree_unpredicted += s.agree_unpredicted;
+                total.guest_runs += s.guest_runs;
+                for (k, n) in &s.guest_exits {
+                    *total.guest_exits.entry(k.clone()).or_default() += n;
+                }
                 total.explained_by_quirk += s.explained_by_quirk;
                 total.execs_per_sec += s.execs_per_sec;
                 total.seconds = total.seconds.max(s.seconds);
@@ -651,15 +789,23 @@ fn run_jobs(jobs: u64, workdir: &Path, json: bool, stop: &AtomicBool, pass_host:
     total.findings = std::fs::read_dir(workdir.join("findings"))
         .map(|d| d.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count() as u64)
         .unwrap_or(0);
+    total.new_signatures.sort();
+    total.new_signatures.dedup();
+    total.jobs = Some(jobs);
+    let state = workdir.join("campaign.json");
+    xsave_runner::store::write_atomic(&state, &serde_json::to_vec_pretty(&total)?)
+        .with_context(|| format!("cannot write {}", state.display()))?;
+    let code = exit_status(&total);
     if json {
         let mut v = serde_json::to_value(&total)?;
-        v["jobs"] = serde_json::json!(jobs);
+        v["exit_status"] = serde_json::json!(code);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("workers          {jobs}");
         print_summary(&total);
+        println!("{}", result_line(&total, code));
     }
-    Ok(0)
+    Ok(code)
 }
 
 fn read_case_dir(dir: &Path) -> Result<Vec<(String, Case)>> {
@@ -846,6 +992,20 @@ fn load_target(p: &Path) -> Result<xsave_runner::migrate::Target> {
     xsave_runner::migrate::Target::from_fingerprint(&p.display().to_string(), &v).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
 }
 
+/// `KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)` on a host: the standard-format size of the
+/// xfeatures KVM supports (XTILE_DATA only with the guest permission), at least 4096.
+fn xsave2_size(host: &HostFacts) -> usize {
+    use xsave_oracle::xfeatures::{XTILE_CFG, XTILE_DATA};
+    let mut filtered = host.supported_xcr0;
+    if filtered & XTILE_DATA != 0 {
+        filtered &= host.guest_perm;
+        if filtered & XTILE_DATA == 0 {
+            filtered &= !XTILE_CFG;
+        }
+    }
+    (xsave_oracle::layout::xstate_required_size(&host.components, filtered, false) as usize).max(4096)
+}
+
 fn quirk_names(m: &ModelConfig) -> String {
     m.quirks.iter().map(|q| q.name()).collect::<Vec<_>>().join(", ")
 }
@@ -895,6 +1055,72 @@ fn print_probe(r: &ProbeReport) {
     }
 }
 
+/// `fuzz`'s exit status: 130 if interrupted (SIGINT/SIGTERM), else 1 with new findings, else 0.
+fn exit_status(s: &Summary) -> i32 {
+    if s.interrupted {
+        130
+    } else if s.new_signatures.is_empty() {
+        0
+    } else {
+        1
+    }
+}
+
+/// The summary's last line: what the exit status means.
+fn result_line(s: &Summary, code: i32) -> String {
+    let n = s.new_signatures.len();
+    let found = match n {
+        0 => "no new findings".to_string(),
+        1 => "1 new finding".to_string(),
+        n => format!("{n} new findings"),
+    };
+    if code == 130 {
+        format!("result           interrupted, {found} (exit 130)")
+    } else {
+        format!("result           {found} (exit {code})")
+    }
+}
+
+/// `fuzz --resume` must find a campaign in `workdir` run the same way (backend, contract,
+/// quirks, seed if given, jobs); without `--resume` a stored campaign is refused.
+fn check_resume(workdir: &Path, resume: bool, backend: &str, model: &ModelConfig, seed: Option<u64>, jobs: u64) -> Result<()> {
+    let main = workdir.join("campaign.json");
+    let worker0 = workdir.join("workers").join("0").join("campaign.json");
+    let state = [&main, &worker0].into_iter().find(|p| p.exists());
+    let Some(state) = state else {
+        if resume {
+            bail!("--resume: {} holds no campaign to continue (no {})", workdir.display(), main.display());
+        }
+        return Ok(());
+    };
+    if !resume {
+        bail!("{} holds a campaign: pass --resume to continue it, or use another --workdir", workdir.display());
+    }
+    let text = std::fs::read_to_string(state).with_context(|| format!("cannot read {}", state.display()))?;
+    let old: Summary = serde_json::from_str(&text).with_context(|| format!("{}: corrupt campaign state", state.display()))?;
+    let w = workdir.display();
+    // `kvm` and `kvm(fresh)` (--no-pool) run the same kernel.
+    let base = |b: &str| b.trim_end_matches("(fresh)").to_string();
+    if base(&old.backend) != base(backend) {
+        bail!("--resume: the campaign in {w} ran backend {}, not {backend}", old.backend);
+    }
+    if old.contract != model.contract.name() {
+        bail!("--resume: the campaign in {w} ran contract {}, not {}", old.contract, model.contract.name());
+    }
+    let quirks: Vec<String> = model.quirks.iter().map(|q| q.name().to_string()).collect();
+    if old.quirks != quirks {
+        bail!("--resume: the campaign in {w} ran quirks [{}], not [{}]", old.quirks.join(", "), quirks.join(", "));
+    }
+    if let Some(seed) = seed.filter(|s| *s != old.seed) {
+        bail!("--resume: the campaign in {w} ran seed {}, not {seed}", old.seed);
+    }
+    let old_jobs = if state == &worker0 { old.jobs.unwrap_or(2) } else { old.jobs.unwrap_or(1) };
+    if state == &main && old_jobs != jobs {
+        bail!("--resume: the campaign in {w} ran --jobs {old_jobs}, not {jobs}");
+    }
+    Ok(())
+}
+
 fn print_summary(s: &Summary) {
     println!("backend          {}", s.backend);
     println!("oracle           {} quirks [{}]", s.contract, s.quirks.join(", "));
@@ -902,6 +1128,10 @@ fn print_summary(s: &Summary) {
     println!("execs            {}{}", s.execs, if s.resumed { " (resumed)" } else { "" });
     println!("execs/s          {:.0}", s.execs_per_sec);
     println!("divergent cases  {}", s.divergent_cases);
+    if s.guest_runs > 0 {
+        let exits: Vec<String> = s.guest_exits.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        println!("guest runs       {} ({})", s.guest_runs, exits.join(", "));
+    }
     if s.agree_unpredicted > 0 {
         println!("agree, partly    {} (cases that agree but left host-owned bytes unpredicted)", s.agree_unpredicted);
     }
@@ -977,7 +1207,10 @@ fn run(cli: Cli) -> Result<i32> {
                 .with_context(|| format!("lab bench output: {}", String::from_utf8_lossy(&out.stderr).trim()))?;
             let host_r = match xsave_runner::kvm_unavailable() {
                 None => {
-                    let (host, _) = host_facts(&OracleArgs { contract: Contract::V3, quirks: "auto".into(), host_facts: None }, true)?;
+                    let (host, _) = host_facts(
+                        &OracleArgs { contract: Contract::V3, quirks: "auto".into(), host_facts: None, force_host_facts: false },
+                        true,
+                    )?;
                     let model = ModelConfig { quirks: host.quirks.clone(), ..ModelConfig::default() };
                     serde_json::to_value(xsave_runner::bench::bench(&host, &model, seconds)?)?
                 }
@@ -999,12 +1232,17 @@ fn run(cli: Cli) -> Result<i32> {
             minimize_budget,
             narrow_cpuid,
             no_feedback,
+            guest,
             jobs,
             worker,
         } => {
             let (host, fingerprint) = backend_host(&backend, &oracle)?;
             let model = model_config(&oracle, &host)?;
             let mut be = make_backend(&backend, &host)?;
+            if worker.is_none() {
+                check_resume(&workdir, resume, &be.name(), &model, seed, jobs)?;
+            }
+            let seed = seed.unwrap_or(1);
             std::fs::create_dir_all(&workdir).with_context(|| format!("cannot create {}", workdir.display()))?;
             let fp_path = workdir.join("host.json");
             if !fp_path.exists() {
@@ -1042,7 +1280,6 @@ fn run(cli: Cli) -> Result<i32> {
             };
             let total = if duration.is_none() { Some(iterations.unwrap_or(10_000)) } else { None };
             let cfg = CampaignConfig {
-                guest: false,
                 seed,
                 iterations: match (total, worker) {
                     (Some(t), Some((k, n))) => Some(t.saturating_sub(k).div_ceil(n)),
@@ -1059,26 +1296,31 @@ fn run(cli: Cli) -> Result<i32> {
                 feedback: !no_feedback,
                 stop_on_class: None,
                 worker,
+                guest,
             };
             let s = campaign::run(be.as_mut(), cfg)?;
             if tty {
                 eprintln!();
             }
+            let code = exit_status(&s);
             if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                let mut v = serde_json::to_value(&s)?;
+                v["exit_status"] = serde_json::json!(code);
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_summary(&s);
+                println!("{}", result_line(&s, code));
             }
-            Ok(0)
+            Ok(code)
         }
         Cmd::Replay { files, backend, oracle, json } => {
-            let cases = files.iter().map(|f| load_case(f).map(|c| (f.clone(), c))).collect::<Result<Vec<_>>>()?;
+            let cases = files.iter().map(|f| load_case_or_raw(f).map(|(c, raw)| (f.clone(), c, raw))).collect::<Result<Vec<_>>>()?;
             let (host, _) = backend_host(&backend, &oracle)?;
             let model = model_config(&oracle, &host)?;
             let mut be = make_backend(&backend, &host)?;
             let mut code = 0;
             let mut out = Vec::new();
-            for (f, case) in cases {
+            for (f, case, raw) in cases {
                 let observed = be.execute(&case)?;
                 let (expected, verdict) = judge(&case, &host, &model, &observed);
                 if verdict != Verdict::Agree {
@@ -1086,11 +1328,12 @@ fn run(cli: Cli) -> Result<i32> {
                 }
                 if json {
                     let unpredicted = xsave_oracle::diff::unpredicted(&case, &host, &expected);
-                    out.push(serde_json::json!({"file": f, "backend": be.name(), "contract": model.contract, "quirks": model.quirks, "verdict": verdict, "unpredicted": unpredicted, "expected": expected, "observed": observed}));
+                    out.push(serde_json::json!({"file": f, "raw_input": raw, "backend": be.name(), "contract": model.contract, "quirks": model.quirks, "verdict": verdict, "unpredicted": unpredicted, "expected": expected, "observed": observed}));
                 } else {
                     println!(
-                        "== {} on {} (oracle {} quirks [{}])",
+                        "== {}{} on {} (oracle {} quirks [{}])",
                         f.display(),
+                        if raw { format!(" {RAW_LABEL}") } else { String::new() },
                         be.name(),
                         model.contract,
                         model.quirks.iter().map(|q| q.name()).collect::<Vec<_>>().join(", ")
@@ -1104,7 +1347,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(code)
         }
         Cmd::Minimize { case, output, budget, backend, oracle } => {
-            let c = load_case(&case)?;
+            let (c, raw) = load_case_or_raw(&case)?;
             let (host, _) = backend_host(&backend, &oracle)?;
             let model = model_config(&oracle, &host)?;
             let mut be = make_backend(&backend, &host)?;
@@ -1113,7 +1356,10 @@ fn run(cli: Cli) -> Result<i32> {
             };
             let (min, stats) = minimize::minimize(be.as_mut(), &host, &model, &c, &sig, budget)?;
             let out = output.unwrap_or_else(|| case.with_extension("min"));
-            std::fs::write(&out, min.encode()).with_context(|| format!("cannot write {}", out.display()))?;
+            write_file(&out, &min.encode())?;
+            if raw {
+                println!("input      {} {RAW_LABEL}", case.display());
+            }
             println!("signature  {sig}");
             println!("steps      {} -> {}", stats.steps_before, stats.steps_after);
             println!("bytes      {} -> {}", stats.bytes_before, stats.bytes_after);
@@ -1122,16 +1368,17 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Repro { case, c: _, output, oracle } => {
-            let cs = load_case(&case)?;
+            let (cs, raw) = load_case_or_raw(&case)?;
             let (host, _) = host_facts(&oracle, false)?;
             let model = model_config(&oracle, &host)?;
             let expected = xsave_oracle::predict(&cs, &host, &model);
-            let title = format!("case {}", case.display());
+            let title = if raw { format!("case {} {RAW_LABEL}", case.display()) } else { format!("case {}", case.display()) };
             let src = xsave_reports::repro::c_reproducer(&cs, &host, &model, &expected, &title);
-            std::fs::write(&output, src).with_context(|| format!("cannot write {}", output.display()))?;
+            write_file(&output, src.as_bytes())?;
             println!(
-                "written {} (expectations: {} quirks [{}])",
+                "written {}{} (expectations: {} quirks [{}])",
                 output.display(),
+                if raw { format!(" from {} {RAW_LABEL}", case.display()) } else { String::new() },
                 model.contract,
                 model.quirks.iter().map(|q| q.name()).collect::<Vec<_>>().join(", ")
             );
@@ -1219,10 +1466,15 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::CheckState { state, target, guest_cpuid, json } => {
             let bytes = std::fs::read(&state).with_context(|| format!("cannot read {}", state.display()))?;
-            if bytes.len() < 4096 {
-                bail!("{}: {} bytes; a kvm_xsave image is at least 4096", state.display(), bytes.len());
-            }
             let dst = load_target(&target)?;
+            let xsave2 = xsave2_size(&dst.host);
+            if bytes.len() != 4096 && bytes.len() != xsave2 {
+                bail!(
+                    "{}: {} bytes; a saved kvm_xsave image is 4096 bytes or the target's XSAVE2 size ({xsave2})",
+                    state.display(),
+                    bytes.len()
+                );
+            }
             let cpuid = match guest_cpuid {
                 None => None,
                 Some(p) => {
@@ -1292,13 +1544,13 @@ fn run(cli: Cli) -> Result<i32> {
             let report = probe::probe()?;
             let recs = xsave_runner::matrix::exec_cases(&report, &cases, full)?;
             std::fs::create_dir_all(&workdir).with_context(|| format!("cannot create {}", workdir.display()))?;
-            std::fs::write(workdir.join("probe.json"), serde_json::to_vec_pretty(&report)?)?;
+            write_file(&workdir.join("probe.json"), &serde_json::to_vec_pretty(&report)?)?;
             let mut lines = String::new();
             for r in &recs {
                 lines.push_str(&serde_json::to_string(r)?);
                 lines.push('\n');
             }
-            std::fs::write(workdir.join("records.jsonl"), lines)?;
+            write_file(&workdir.join("records.jsonl"), lines.as_bytes())?;
             Ok(0)
         }
         Cmd::Lab { cmd: LabCmd::Matrix { kernels, host, cases, iterations, seed, narrow_cpuid, workdir, timeout, json } } => {
@@ -1367,7 +1619,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Corpus { cmd: CorpusCmd::Coverage { dir, oracle, json } } => {
             let (host, _) = host_facts(&oracle, false)?;
             let model = model_config(&oracle, &host)?;
-            let (cases, skipped) = xsave_runner::corpus::read_dir(&dir)?;
+            let (cases, skipped, raw) = xsave_runner::corpus::read_dir_structural(&dir)?;
             let mut reach: std::collections::BTreeMap<String, Vec<String>> = Default::default();
             for (name, _, c) in &cases {
                 let exp = xsave_oracle::predict(c, &host, &model);
@@ -1380,7 +1632,7 @@ fn run(cli: Cli) -> Result<i32> {
             let unreached: Vec<&str> = rules.iter().filter(|(_, n)| *n == 0).map(|(id, _)| *id).collect();
             if json {
                 let v = serde_json::json!({
-                    "cases": cases.len(), "skipped": skipped,
+                    "cases": cases.len(), "skipped": skipped, "raw_inputs": raw,
                     "rules_covered": rules.len() - unreached.len(), "rules_total": rules.len(),
                     "points": reach.iter().map(|(p, cs)| serde_json::json!({"point": p, "cases": cs.len(), "examples": cs.iter().take(3).collect::<Vec<_>>()})).collect::<Vec<_>>(),
                     "unreached_rules": unreached,
@@ -1401,6 +1653,9 @@ fn run(cli: Cli) -> Result<i32> {
                 for u in &unreached {
                     println!("  {u:<34}      0 cases  UNREACHED");
                 }
+                if !raw.is_empty() {
+                    println!("{} of the cases are raw fuzzer inputs, read structurally: {}", raw.len(), raw.join(", "));
+                }
                 for sk in &skipped {
                     eprintln!("xsave-rig: skipped {sk}");
                 }
@@ -1408,12 +1663,16 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Case { cmd: CaseCmd::Show { file } } => {
-            println!("{}", load_case(&file)?.to_json());
+            let (case, raw) = load_case_or_raw(&file)?;
+            if raw {
+                eprintln!("xsave-rig: {} {RAW_LABEL}", file.display());
+            }
+            println!("{}", case.to_json());
             Ok(0)
         }
         Cmd::Case { cmd: CaseCmd::Encode { file, output } } => {
             let case = load_case(&file)?;
-            std::fs::write(&output, case.encode()).with_context(|| format!("cannot write {}", output.display()))?;
+            write_file(&output, &case.encode())?;
             Ok(0)
         }
         Cmd::Bench { seconds, oracle, json, .. } => {
@@ -1449,16 +1708,52 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+/// Clap's error as one line: every line before the usage block (the message and what it
+/// names, e.g. the missing `--output <OUTPUT>`), joined with single spaces.
+fn clap_one_line(text: &str) -> String {
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let joined = parts.join(" ");
+    let joined = joined.trim_start_matches("error: ").trim();
+    if joined.is_empty() {
+        "invalid arguments".into()
+    } else {
+        joined.to_string()
+    }
+}
+
+/// A closed stdout (`xsave-rig … | head -1`) ends the output quietly with status 0: Rust
+/// ignores SIGPIPE, so `println!` on a closed pipe panics with "failed printing to stdout:
+/// Broken pipe"; this hook turns exactly that panic into `exit(0)` and leaves every other
+/// panic to the default hook.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 fn main() {
+    quiet_broken_pipe();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => e.exit(),
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
         Err(e) => {
-            // One line: clap's first line, without the usage block.
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
-            eprintln!("xsave-rig: error: {first} (see --help)");
+            eprintln!("xsave-rig: error: {} (see --help)", clap_one_line(&e.to_string()));
             std::process::exit(2);
         }
     };

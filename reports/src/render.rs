@@ -8,11 +8,54 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// A number for people: integers as they are, other values rounded to 2 decimals (whole
+/// numbers from 1000 on).
+fn num(n: &serde_json::Number) -> String {
+    match (n.as_u64(), n.as_i64(), n.as_f64()) {
+        (Some(u), _, _) => u.to_string(),
+        (_, Some(i), _) => i.to_string(),
+        (_, _, Some(f)) if f.abs() >= 1000.0 => format!("{f:.0}"),
+        (_, _, Some(f)) => {
+            let t = format!("{f:.2}");
+            let t = t.trim_end_matches('0').trim_end_matches('.');
+            if t.is_empty() || t == "-" {
+                "0".into()
+            } else {
+                t.to_string()
+            }
+        }
+        _ => n.to_string(),
+    }
+}
+
+/// A JSON value as readable text: strings bare, numbers rounded, lists comma-separated,
+/// objects as `key: value` pairs.
+fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(x) => x.clone(),
+        serde_json::Value::Number(n) => num(n),
+        serde_json::Value::Null => "?".into(),
+        serde_json::Value::Bool(b) => b.to_string(),
+        serde_json::Value::Array(a) if a.is_empty() => "none".into(),
+        serde_json::Value::Array(a) => a.iter().map(text).collect::<Vec<_>>().join(", "),
+        serde_json::Value::Object(m) if m.is_empty() => "none".into(),
+        serde_json::Value::Object(m) => m.iter().map(|(k, v)| format!("{k}: {}", text(v))).collect::<Vec<_>>().join(", "),
+    }
+}
+
+/// Field `k` of `v` as readable text ([`text`]); `?` when absent.
 fn s(v: &serde_json::Value, k: &str) -> String {
+    v.get(k).map_or_else(|| "?".into(), text)
+}
+
+/// Field `k` of `v` as an HTML table cell body: nested objects become `key: value` lists.
+fn cell(v: &serde_json::Value, k: &str) -> String {
     match v.get(k) {
-        Some(serde_json::Value::String(x)) => x.clone(),
-        Some(x) if !x.is_null() => x.to_string(),
-        _ => "?".into(),
+        Some(serde_json::Value::Object(m)) if !m.is_empty() => {
+            let items: String = m.iter().map(|(k, v)| format!("<li>{}: {}</li>", esc(k), esc(&text(v)))).collect();
+            format!("<ul class=\"kv\">{items}</ul>")
+        }
+        _ => esc(&s(v, k)),
     }
 }
 
@@ -216,25 +259,26 @@ table{{border-collapse:collapse;margin:8px 0}} td,th{{border:1px solid #ccc;padd
 th{{background:#f0f0f5}} code,.hex{{font-family:ui-monospace,monospace;font-size:12px;word-break:break-all}}
 .diff td.exp{{background:#e6ffe6}} .diff td.obs{{background:#ffe6e6}} .same td.exp,.same td.obs{{background:#fff}}
 .finding{{border:1px solid #bbb;border-radius:6px;padding:12px;margin:16px 0}} .cls{{display:inline-block;background:#335;color:#fff;border-radius:4px;padding:1px 6px;font-size:12px}}
-.plots{{display:flex;gap:16px;flex-wrap:wrap}} .mark{{font-weight:bold;color:#b00}}
+.plots{{display:flex;gap:16px;flex-wrap:wrap}} .mark{{font-weight:bold;color:#b00}} ul.kv{{margin:0;padding-left:16px}}
 </style></head><body><h1>xsave-rig report</h1>"#
     );
     let _ = write!(o, "<h2>Host</h2><table>");
     for k in ["kernel_release", "kvm_module", "contract", "supported_xcr0", "host_xcr0", "xsave_size", "mxcsr_mask"] {
-        let _ = write!(o, "<tr><th>{k}</th><td>{}</td></tr>", esc(&s(&r.host, k)));
+        let _ = write!(o, "<tr><th>{k}</th><td>{}</td></tr>", cell(&r.host, k));
     }
-    let _ = write!(o, "<tr><th>quirks modelled</th><td>{}</td></tr></table>", esc(&s(&r.campaign, "quirks")));
+    let _ = write!(o, "<tr><th>quirks modelled</th><td>{}</td></tr></table>", cell(&r.campaign, "quirks"));
     let _ = write!(o, "<h2>Campaign</h2><table>");
     for k in ["backend", "contract", "seed", "execs", "execs_per_sec", "divergent_cases", "findings", "seconds", "by_class"] {
-        let _ = write!(o, "<tr><th>{k}</th><td>{}</td></tr>", esc(&s(&r.campaign, k)));
+        let _ = write!(o, "<tr><th>{k}</th><td>{}</td></tr>", cell(&r.campaign, k));
     }
     let _ = write!(o, "</table>");
     let xs: Vec<f64> = r.stats.iter().map(|p| p.seconds).collect();
     let _ = write!(
         o,
-        "<div class=\"plots\">{}{}</div><p>Contract coverage over time is not recorded yet; the plots show throughput and distinct findings.</p>",
+        "<div class=\"plots\">{}{}{}</div>",
         plot("execs/s", &xs, &r.stats.iter().map(|p| p.execs_per_sec).collect::<Vec<_>>(), "#2a6fdb"),
-        plot("findings", &xs, &r.stats.iter().map(|p| p.findings as f64).collect::<Vec<_>>(), "#c0392b")
+        plot("findings", &xs, &r.stats.iter().map(|p| p.findings as f64).collect::<Vec<_>>(), "#c0392b"),
+        plot("contract rules reached", &xs, &r.stats.iter().map(|p| p.rules_covered as f64).collect::<Vec<_>>(), "#27ae60")
     );
     let _ = write!(o, "<h2>Findings ({})</h2>", r.findings.len());
     for f in &r.findings {

@@ -50,6 +50,9 @@ pub struct StatPoint {
     pub execs_per_sec: f64,
     /// Distinct findings so far.
     pub findings: u64,
+    /// Contract rules reached so far (absent in workdirs written before it was recorded).
+    #[serde(default)]
+    pub rules_covered: usize,
 }
 
 /// One executed step as the report shows it.

@@ -194,8 +194,13 @@ pub struct Summary {
     pub resumed: bool,
     /// Whether the run was interrupted (SIGINT/SIGTERM).
     pub interrupted: bool,
-    /// Signatures found, in order of discovery (this session).
+    /// Signatures found, in order of discovery (this session). In the merged summary of a
+    /// parallel campaign: sorted and deduplicated over the workers.
     pub new_signatures: Vec<String>,
+    /// Worker processes of a parallel campaign (`fuzz --jobs N`): set in the merged
+    /// `campaign.json` the parent writes, absent for a single campaign.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<u64>,
     /// Process resources at the start and end of this session.
     pub resources: Resources,
 }

@@ -43,12 +43,21 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CorpusError + '_ {
 /// A corpus member: file name, bytes, decoded case.
 pub type Member = (String, Vec<u8>, Case);
 
+/// A directory's valid cases (raw fuzzer inputs included when read structurally), the files
+/// skipped with the reason, and the names of the raw inputs.
+pub type Scan = (Vec<Member>, Vec<String>, Vec<String>);
+
 /// Valid cases of `dir` and the files skipped, with the reason.
 pub fn read_dir(dir: &Path) -> Result<(Vec<Member>, Vec<String>), CorpusError> {
+    scan(dir, false).map(|(ok, skipped, _)| (ok, skipped))
+}
+
+fn scan(dir: &Path, structural: bool) -> Result<Scan, CorpusError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir).map_err(io(dir))?.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
     files.sort();
     let mut ok = Vec::new();
     let mut skipped = Vec::new();
+    let mut raw = Vec::new();
     for f in files {
         let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("?").to_string();
         if name.starts_with('.') {
@@ -58,11 +67,30 @@ pub fn read_dir(dir: &Path) -> Result<(Vec<Member>, Vec<String>), CorpusError> {
             Err(e) => skipped.push(format!("{}: {e}", f.display())),
             Ok(b) => match Case::decode(&b) {
                 Ok(c) => ok.push((name, b, c)),
+                Err(_) if structural && is_raw_input(&b) => {
+                    let c = xsave_oracle::case::from_fuzz_input(&b);
+                    raw.push(name.clone());
+                    ok.push((name, b, c));
+                }
                 Err(e) => skipped.push(format!("{}: {e}", f.display())),
             },
         }
     }
-    Ok((ok, skipped))
+    Ok((ok, skipped, raw))
+}
+
+/// Whether `bytes` are a raw byte-level fuzzer input (libFuzzer/honggfuzz): not empty, not a
+/// case file (no `XSRC` magic) and not JSON (text starting with `{` or `[`). Such inputs are
+/// read the way the fuzz harnesses read them ([`xsave_oracle::case::from_fuzz_input`]).
+pub fn is_raw_input(bytes: &[u8]) -> bool {
+    let json = std::str::from_utf8(bytes).is_ok_and(|t| t.trim_start().starts_with(['{', '[']));
+    !bytes.is_empty() && !bytes.starts_with(xsave_oracle::case::MAGIC) && !json
+}
+
+/// Like [`read_dir`], but raw byte-level fuzzer inputs ([`is_raw_input`]) are read
+/// structurally instead of skipped; their names are returned as the third element.
+pub fn read_dir_structural(dir: &Path) -> Result<Scan, CorpusError> {
+    scan(dir, true)
 }
 
 /// The content name of a case: `<fnv64 of its bytes>.case`.

@@ -132,7 +132,43 @@ const SUITES: &[(&str, &str)] = &[
     ("debian-security", "trixie-security"),
 ];
 
-/// The private apt configuration (created, and `apt-get update`d once a day).
+/// The Debian archive the lab downloads from: `$XSAVE_RIG_APT_MIRROR`, default
+/// `http://deb.debian.org` (suites under `<mirror>/debian` and `<mirror>/debian-security`).
+pub fn apt_mirror() -> String {
+    std::env::var("XSAVE_RIG_APT_MIRROR")
+        .ok()
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| "http://deb.debian.org".into())
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// apt options that bound every download: no retries, 10 s to connect or stall.
+const APT_BOUNDS: &str = "Acquire::Retries \"0\";\nAcquire::http::Timeout \"10\";\nAcquire::https::Timeout \"10\";\n";
+
+/// The first line of apt output saying the archive could not be reached (apt-get update
+/// warns and may still exit 0), reduced to its cause.
+fn apt_unreachable(output: &str) -> Option<String> {
+    let markers = [
+        "Failed to fetch",
+        "Could not connect",
+        "Unable to connect",
+        "Temporary failure resolving",
+        "Could not resolve",
+        "Connection failed",
+        "Connection timed out",
+    ];
+    let line = output.lines().find(|l| markers.iter().any(|m| l.contains(m)))?;
+    let line = line.trim().trim_start_matches("W: ").trim_start_matches("E: ").trim_start_matches("Err:").trim();
+    // "Failed to fetch <url>  <cause>": keep the cause.
+    let cause = match line.strip_prefix("Failed to fetch ") {
+        Some(rest) => rest.split_once("  ").map_or(rest, |(_, c)| c).trim(),
+        None => line,
+    };
+    Some(cause.to_string())
+}
+
+/// The private apt configuration (created, and `apt-get update`d once a day per mirror).
 fn apt_conf() -> Result<PathBuf, LabError> {
     need("apt-get", "the lab downloads Debian kernel packages with apt-get")?;
     let d = cache_dir().join("apt");
@@ -143,8 +179,8 @@ fn apt_conf() -> Result<PathBuf, LabError> {
     if !Path::new(keyring).exists() {
         return Err(LabError::Missing { tool: keyring.into(), hint: "apt-get install debian-archive-keyring".into() });
     }
-    let sources: String =
-        SUITES.iter().map(|(arch, s)| format!("deb [signed-by={keyring}] http://deb.debian.org/{arch} {s} main\n")).collect();
+    let mirror = apt_mirror();
+    let sources: String = SUITES.iter().map(|(arch, s)| format!("deb [signed-by={keyring}] {mirror}/{arch} {s} main\n")).collect();
     std::fs::write(d.join("etc/sources.list"), sources).map_err(io(&d))?;
     let status = d.join("state/status");
     if !status.exists() {
@@ -152,7 +188,7 @@ fn apt_conf() -> Result<PathBuf, LabError> {
     }
     let conf = d.join("etc/apt.conf");
     let text = format!(
-        "Dir::State \"{s}\";\nDir::State::Lists \"{l}\";\nDir::State::status \"{st}\";\nDir::Cache \"{c}\";\nDir::Etc::SourceList \"{src}\";\nDir::Etc::SourceParts \"/nonexistent\";\nAPT::Architecture \"amd64\";\nAPT::Architectures \"amd64\";\nAcquire::Languages \"none\";\nAPT::Sandbox::User \"root\";\n",
+        "Dir::State \"{s}\";\nDir::State::Lists \"{l}\";\nDir::State::status \"{st}\";\nDir::Cache \"{c}\";\nDir::Etc::SourceList \"{src}\";\nDir::Etc::SourceParts \"/nonexistent\";\nAPT::Architecture \"amd64\";\nAPT::Architectures \"amd64\";\nAcquire::Languages \"none\";\nAPT::Sandbox::User \"root\";\n{APT_BOUNDS}",
         s = d.join("state").display(),
         l = d.join("lists").display(),
         st = status.display(),
@@ -165,10 +201,26 @@ fn apt_conf() -> Result<PathBuf, LabError> {
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.elapsed().ok())
-        .is_some_and(|e| e < Duration::from_secs(86400));
+        .is_some_and(|e| e < Duration::from_secs(86400))
+        && std::fs::read_to_string(&stamp).is_ok_and(|m| m.trim() == mirror);
     if !fresh {
-        run_cmd("apt-get update (private lab configuration)", Command::new("apt-get").arg("-c").arg(&conf).args(["-q", "update"]))?;
-        std::fs::write(&stamp, "").map_err(io(&stamp))?;
+        let what = format!("apt-get update of the Debian archive {mirror} (looking for linux-image-amd64)");
+        let out = Command::new("apt-get")
+            .arg("-c")
+            .arg(&conf)
+            .args(["-q", "-o", "Acquire::http::Timeout=10", "-o", "Acquire::Retries=0", "update"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| LabError::Command { what: what.clone(), detail: e.to_string() })?;
+        let all = format!("{}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+        if let Some(cause) = apt_unreachable(&all) {
+            return Err(LabError::Kernel(format!("cannot reach the Debian archive {mirror} to look up linux-image-amd64: {cause}")));
+        }
+        if !out.status.success() {
+            let tail: Vec<&str> = all.lines().filter(|l| !l.trim().is_empty()).rev().take(3).collect();
+            return Err(LabError::Command { what, detail: tail.into_iter().rev().collect::<Vec<_>>().join(" / ") });
+        }
+        std::fs::write(&stamp, &mirror).map_err(io(&stamp))?;
     }
     Ok(conf)
 }
@@ -205,7 +257,10 @@ fn resolve_version(conf: &Path, spec: &str) -> Result<String, LabError> {
         }
     }
     best.ok_or_else(|| {
-        LabError::Kernel(format!("no Debian kernel matches {spec:?} (known linux-image-amd64 versions: {})", versions.join(", ")))
+        LabError::Kernel(format!(
+            "no Debian kernel matches {spec:?}: the archive serves linux-image-amd64 versions {}",
+            if versions.is_empty() { "(none)".to_string() } else { versions.join(", ") }
+        ))
     })
 }
 
@@ -255,7 +310,12 @@ pub fn fetch_debian(spec: &str) -> Result<Kernel, LabError> {
     for (p, v) in &pkgs {
         run_cmd(
             &format!("apt-get download {p}={v}"),
-            Command::new("apt-get").arg("-c").arg(&conf).args(["-q", "download", &format!("{p}={v}")]).current_dir(&debs),
+            Command::new("apt-get")
+                .arg("-c")
+                .arg(&conf)
+                .args(["-q", "-o", "Acquire::http::Timeout=10", "-o", "Acquire::Retries=0", "download", &format!("{p}={v}")])
+                .stdin(Stdio::null())
+                .current_dir(&debs),
         )?;
     }
     for e in std::fs::read_dir(&debs).map_err(io(&debs))?.flatten() {

@@ -357,12 +357,11 @@ pub fn detect_quirks(backend: &mut dyn Backend) -> Result<(Vec<Quirk>, Vec<Strin
         if d.bytes.is_empty() {
             evidence.push(format!("KVM_GET_CPUID2 after KVM_SET_CPUID2: {}", d.title));
         }
-        for q in [Quirk::PvmCpuidRewrite] {
-            let cfg = ModelConfig { quirks: vec![q], ..ModelConfig::default() };
-            if diff(&case, &host, &cfg, &predict(&case, &host, &cfg), &obs) == Verdict::Agree {
-                quirks.push(q);
-                evidence.push(format!("the read-back table matches the model of quirk {}", q.name()));
-            }
+        let q = Quirk::PvmCpuidRewrite;
+        let cfg = ModelConfig { quirks: vec![q], ..ModelConfig::default() };
+        if diff(&case, &host, &cfg, &predict(&case, &host, &cfg), &obs) == Verdict::Agree {
+            quirks.push(q);
+            evidence.push(format!("the read-back table matches the model of quirk {}", q.name()));
         }
         if quirks.is_empty() {
             evidence.push("no known quirk explains the read-back table".into());

@@ -4,17 +4,34 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
 
-/// Write `bytes` to `path` atomically.
+/// The directory holding `path`: its parent, or `.` for a bare relative name (whose
+/// `Path::parent()` is the empty path, which cannot be opened).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Write `bytes` to `path` atomically. An existing directory at `path` is an error (one
+/// line), and a failure leaves neither `path` changed nor a temporary file behind.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    if path.is_dir() {
+        return Err(io::Error::new(io::ErrorKind::IsADirectory, "is a directory, not a file"));
+    }
+    let dir = parent_dir(path);
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    {
+    let written = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    fs::rename(&tmp, path)?;
     sync_dir(dir)
 }
 
@@ -29,7 +46,7 @@ pub fn create_dir_atomic(dest: &Path, files: &[(&str, &[u8])]) -> io::Result<boo
     if dest.exists() {
         return Ok(false);
     }
-    let parent = dest.parent().unwrap_or(Path::new("."));
+    let parent = parent_dir(dest);
     fs::create_dir_all(parent)?;
     let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("dir");
     let tmp = parent.join(format!(".{name}.tmp.{}", std::process::id()));
