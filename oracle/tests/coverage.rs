@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use xsave_oracle::host::{HostFacts, Quirk};
 use xsave_oracle::model::{predict, Contract, ModelConfig};
 use xsave_oracle::rules::Rule;
-use xsave_oracle::Case;
 
 #[test]
 fn every_rule_is_reachable() {
