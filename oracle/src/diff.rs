@@ -476,7 +476,7 @@ pub fn resolve(expected: &Trace, observed: &Trace) -> Trace {
 /// the host is known to have but `cfg` does not model: if the prediction with that quirk
 /// agrees, the divergence is attributed to it (class [`Class::CpuidConfig`]).
 pub fn judge(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace) -> (Trace, Verdict) {
-    let expected = resolve(&predict(case, host, cfg), observed);
+    let expected = crate::model::predict_following(case, host, cfg, observed);
     let verdict = diff(case, host, cfg, &expected, observed);
     let Verdict::Diverge(mut d) = verdict else {
         return (expected, Verdict::Agree);

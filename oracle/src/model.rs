@@ -109,11 +109,16 @@ struct Vcpu {
     /// processor may have saved them set or clear (rule `run.xinuse.free`).
     kbv_free: u64,
     /// Legacy-area bytes a hardware save may have rewritten: (offset, allowed values).
-    legacy_alts: Vec<(usize, Vec<Vec<u8>>, Rule)>,
+    /// (offset, allowed values, rule, the GET-mask bits under which the bytes are reported).
+    legacy_alts: Vec<(usize, Vec<Vec<u8>>, Rule, u64)>,
     /// The vCPU has run (KVM_RUN).
     ran: bool,
     /// FSW.ES and FSW.B are the processor's (recomputed by a hardware load).
     fsw_derived: bool,
+    /// The other MXCSR the processor may have loaded at the last run's entry (rule
+    /// `run.entry.mxcsr`), while nothing has written MXCSR since; adopted when an observation
+    /// shows the choice ([`predict_following`]).
+    mxcsr_alt: Option<Vec<u8>>,
     /// CR4.OSXSAVE and CR4.PKE as the rig's guest set-up left them.
     cr4_osxsave: bool,
     cr4_pke: bool,
@@ -164,6 +169,7 @@ impl<'a> Model<'a> {
             legacy_alts: Vec::new(),
             ran: false,
             fsw_derived: false,
+            mxcsr_alt: None,
             cr4_osxsave: false,
             cr4_pke: false,
         }
@@ -586,8 +592,9 @@ impl<'a> Model<'a> {
             allowed.push(fsw_choice());
             rules.push(Rule::RunFswDerived);
         }
-        if legacy && h & FP != 0 {
-            for (start, values, rule) in &v.legacy_alts {
+        if legacy {
+            for (start, values, rule, under) in v.legacy_alts.iter().filter(|a| h & a.3 != 0) {
+                let _ = under;
                 allowed.push(Allowed::OneOf { start: *start as u32, values: values.clone(), rule: *rule });
                 rules.push(*rule);
             }
@@ -645,10 +652,18 @@ impl<'a> Model<'a> {
         put(&mut regs.image, layout::FCW, &fcw.to_le_bytes());
         let stored_mxcsr = regs.image[layout::MXCSR..layout::MXCSR + 4].to_vec();
         if k & (SSE | YMM) == 0 {
-            // The kernel's compacted restore (XRSTORS) initialises MXCSR when neither SSE nor
-            // YMM is in XSTATE_BV; a standard XRSTOR would load the stored value.
+            // Neither SSE nor YMM in XSTATE_BV: MXCSR enters at init (a compacted XRSTORS);
+            // with SSE clear the processor may load the stored value or initialise it.
             put(&mut regs.image, layout::MXCSR, &layout::MXCSR_INIT.to_le_bytes());
         }
+        let entry_mxcsr = regs.image[layout::MXCSR..layout::MXCSR + 4].to_vec();
+        let carried = self.vcpu.mxcsr_alt.take();
+        let mxcsr_alt = if k & SSE == 0 {
+            let other = if entry_mxcsr == stored_mxcsr { layout::MXCSR_INIT.to_le_bytes().to_vec() } else { stored_mxcsr.clone() };
+            (other != entry_mxcsr).then_some(other)
+        } else {
+            carried
+        };
         for c in host.components.iter().filter(|c| c.bit != PKRU_BIT && k & (1u64 << c.bit) == 0) {
             if let Some(r) = regs.image.get_mut(c.offset as usize..(c.offset + c.size) as usize) {
                 r.fill(0);
@@ -670,12 +685,8 @@ impl<'a> Model<'a> {
             }
             if *a == GuestAction::Xsave {
                 allowed = self.guest_xsave(&regs, hw, &mut out);
-                if k & (SSE | YMM) == 0 && regs.image[layout::MXCSR..layout::MXCSR + 4] == layout::MXCSR_INIT.to_le_bytes() {
-                    allowed.push(Allowed::OneOf {
-                        start: layout::MXCSR as u32,
-                        values: vec![stored_mxcsr.clone()],
-                        rule: Rule::RunEntryMxcsr,
-                    });
+                if let (Some(alt), true) = (&mxcsr_alt, regs.image[layout::MXCSR..layout::MXCSR + 4] == entry_mxcsr[..]) {
+                    allowed.push(Allowed::OneOf { start: layout::MXCSR as u32, values: vec![alt.clone()], rule: Rule::RunEntryMxcsr });
                 }
                 rules.push(Rule::GuestXsave);
                 rules.extend(allowed.iter().map(Allowed::rule));
@@ -687,6 +698,10 @@ impl<'a> Model<'a> {
             rules.push(Rule::RunEnd);
         }
         self.save_after_run(&regs, &mut rules);
+        if let (Some(alt), true) = (mxcsr_alt, regs.image[layout::MXCSR..layout::MXCSR + 4] == entry_mxcsr[..]) {
+            self.vcpu.legacy_alts.push((layout::MXCSR, vec![alt.clone()], Rule::RunEntryMxcsr, SSE | YMM));
+            self.vcpu.mxcsr_alt = Some(alt);
+        }
         self.vcpu.ran = true;
         OpResult { origin, ret: Ret::Ok(exit as i64), data: out, unpredicted: Vec::new(), rules, allowed }
     }
@@ -767,13 +782,13 @@ impl<'a> Model<'a> {
         v.legacy_alts.clear();
         let mut byte5 = old[5..6].to_vec();
         byte5[0] = 0;
-        v.legacy_alts.push((5, vec![byte5], Rule::RunReservedZero));
+        v.legacy_alts.push((5, vec![byte5], Rule::RunReservedZero, FP));
         for i in 0..8 {
             let o = layout::ST + 16 * i + 10;
-            v.legacy_alts.push((o, vec![vec![0; 6]], Rule::RunReservedZero));
+            v.legacy_alts.push((o, vec![vec![0; 6]], Rule::RunReservedZero, FP));
         }
         if let Allowed::OneOf { values, .. } = fip_choice(&old) {
-            v.legacy_alts.push((8, values, Rule::RunFipCanonical));
+            v.legacy_alts.push((8, values, Rule::RunFipCanonical, FP));
         }
         v.fsw_derived = true;
         rules.extend([Rule::RunSaved, Rule::RunMxcsrMaskHw]);
@@ -852,8 +867,12 @@ impl<'a> Model<'a> {
         self.vcpu.kbv = bv;
         self.vcpu.kbv_free = 0;
         if bv & FP != 0 || self.contract() == Contract::V0 {
-            self.vcpu.legacy_alts.clear();
+            self.vcpu.legacy_alts.retain(|a| a.0 == layout::MXCSR);
             self.vcpu.fsw_derived = false;
+        }
+        if bv & (FP | SSE | YMM) != 0 || self.contract() == Contract::V0 {
+            self.vcpu.legacy_alts.retain(|a| a.0 != layout::MXCSR);
+            self.vcpu.mxcsr_alt = None;
         }
         self.vcpu.hidden = bv & !self.get_mask();
         rules.extend([Rule::SetKbvReplaced, Rule::SetAccept]);
@@ -964,6 +983,19 @@ fn fsw_choice() -> Allowed {
     Allowed::FreeBits { at: 0, mask: 0x8080 << 16, rule: Rule::RunFswDerived }
 }
 
+impl Model<'_> {
+    /// Follow a processor choice an observation revealed (`used`: the rules of the choices the
+    /// observation took): the state keeps what the processor chose.
+    fn adopt(&mut self, used: &[Rule]) {
+        if used.contains(&Rule::RunEntryMxcsr) {
+            if let Some(alt) = self.vcpu.mxcsr_alt.take() {
+                put(&mut self.vcpu.kbuf, layout::MXCSR, &alt);
+                self.vcpu.legacy_alts.retain(|a| a.0 != layout::MXCSR);
+            }
+        }
+    }
+}
+
 /// Free XSTATE_BV bits among the reported features `h`.
 fn v_free(v: &Vcpu, h: u64) -> u64 {
     v.kbv_free & h
@@ -973,5 +1005,29 @@ fn v_free(v: &Vcpu, h: u64) -> u64 {
 pub fn predict(case: &Case, host: &HostFacts, cfg: &ModelConfig) -> Trace {
     let mut m = Model::new(host, cfg);
     let results = case.steps().iter().map(|(origin, op)| m.step(*origin, op)).collect();
+    Trace { results }
+}
+
+/// Predict every step, taking each hardware choice as `observed` shows it where the prediction
+/// allows it ([`OpResult::resolve`]), so later steps follow the choice the processor made:
+/// a restore of a GET whose FIP the processor canonicalised restores the canonical FIP.
+pub fn predict_following(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace) -> Trace {
+    let mut m = Model::new(host, cfg);
+    let mut results = Vec::new();
+    for (k, (origin, op)) in case.steps().iter().enumerate() {
+        let r = m.step(*origin, op);
+        let r = match observed.results.get(k) {
+            Some(o) if !r.allowed.is_empty() => {
+                let (resolved, used) = r.resolve(o);
+                m.adopt(&used);
+                if matches!(**op, Op::GetXsave | Op::GetXsave2) && resolved.ret == Ret::Ok(0) {
+                    m.last_get = Some(resolved.data.clone());
+                }
+                resolved
+            }
+            _ => r,
+        };
+        results.push(r);
+    }
     Trace { results }
 }
