@@ -114,10 +114,10 @@ enum Cmd {
         /// Pure random generation: no contract-coverage feedback, no corpus.
         #[arg(long)]
         no_feedback: bool,
-        /// Also generate guest runs: KVM_RUN of guest programs that write registers and store
-        /// the guest's own XSAVE image (opt-in while the guest model is completed; see README).
+        /// Generate no guest runs (KVM_RUN of guest programs that write registers and store the
+        /// guest's own XSAVE image): only the userspace-buffer ioctls, as before version 2.
         #[arg(long)]
-        guest: bool,
+        no_guest: bool,
         /// Worker processes sharing the workdir's findings and corpus (each resumable).
         #[arg(long, default_value_t = 1)]
         jobs: u64,
@@ -1232,7 +1232,7 @@ fn run(cli: Cli) -> Result<i32> {
             minimize_budget,
             narrow_cpuid,
             no_feedback,
-            guest,
+            no_guest,
             jobs,
             worker,
         } => {
@@ -1296,7 +1296,7 @@ fn run(cli: Cli) -> Result<i32> {
                 feedback: !no_feedback,
                 stop_on_class: None,
                 worker,
-                guest,
+                guest: !no_guest,
             };
             let s = campaign::run(be.as_mut(), cfg)?;
             if tty {

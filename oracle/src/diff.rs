@@ -8,7 +8,7 @@ use crate::case::{Case, Op, Origin, CPUID_ENTRY_SIZE};
 use crate::hexnum::bytes_hex;
 use crate::host::{HostFacts, Quirk};
 use crate::layout;
-use crate::model::{predict, Model, ModelConfig};
+use crate::model::{Model, ModelConfig};
 use crate::rules::Rule;
 use crate::trace::{OpResult, Ret, Trace};
 use crate::xfeatures::{self, FPSSE};
@@ -481,16 +481,28 @@ pub fn judge(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace)
     let Verdict::Diverge(mut d) = verdict else {
         return (expected, Verdict::Agree);
     };
-    for q in host.quirks.iter().filter(|q| !cfg.quirks.contains(q)) {
+    // Each missing quirk alone, then all of them together.
+    let missing: Vec<Quirk> = host.quirks.iter().copied().filter(|q| !cfg.quirks.contains(q)).collect();
+    let mut tries: Vec<Vec<Quirk>> = missing.iter().map(|q| vec![*q]).collect();
+    if missing.len() > 1 {
+        tries.push(missing.clone());
+    }
+    for qs in tries {
         let mut with = cfg.clone();
-        with.quirks.push(*q);
-        let alt = predict(case, host, &with);
+        with.quirks.extend(&qs);
+        let alt = crate::model::predict_following(case, host, &with, observed);
         if diff(case, host, &with, &alt, observed) == Verdict::Agree {
-            d.explained_by = Some(*q);
-            d.class = Class::CpuidConfig;
-            let key = format!("quirk|{}|{}", q.name(), d.signature);
+            // The quirk that names the case: the CPUID rewrite when it alone explains it.
+            let q = qs[0];
+            d.explained_by = Some(q);
+            d.class = match q {
+                Quirk::PvmCpuidRewrite => Class::CpuidConfig,
+                Quirk::PvmHwXcr0 => Class::GuestView,
+            };
+            let names: Vec<&str> = qs.iter().map(|q| q.name()).collect();
+            let key = format!("quirk|{}|{}", names.join("+"), d.signature);
             d.signature = format!("{}-{:016x}", d.class.name(), fnv1a(key.as_bytes()));
-            d.title = format!("{} [explained by host quirk {}]", d.title, q.name());
+            d.title = format!("{} [explained by host quirk {}]", d.title, names.join(" + "));
             break;
         }
     }

@@ -214,11 +214,17 @@ pub fn op(u: &mut Unstructured) -> Result<Op> {
 }
 
 /// What generated cases may contain.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GenOptions {
     /// Guest runs ([`Op::RunGuest`]), drawn after everything else so a case without one is
-    /// exactly the case generated without this option from the same bytes.
+    /// exactly the case generated without this option from the same bytes. On by default.
     pub guest: bool,
+}
+
+impl Default for GenOptions {
+    fn default() -> Self {
+        GenOptions { guest: true }
+    }
 }
 
 /// A case (the [`Arbitrary`] impl is `case(u, GenOptions::default())`).

@@ -46,6 +46,9 @@ pub fn seed_corpus() -> Vec<(String, Case)> {
     pre_run.components.retain(|c| c.bit == 2);
     pre_run.fip = 0x1122_3344_5566_7788;
     pre_run.patches = vec![Patch { offset: 42, bytes: vec![0xa5; 6] }];
+    let mut mxcsr_ymm = img(FP | YMM);
+    mxcsr_ymm.components.retain(|c| c.bit == 2);
+    mxcsr_ymm.mxcsr = 0x1f00;
     let guest: Vec<(&str, Case)> = vec![
         (
             // The selftest "touch relevant XSAVE state in guest": the guest writes x87, SSE and
@@ -119,6 +122,15 @@ pub fn seed_corpus() -> Vec<(String, Case)> {
                     Op::SetCpuid2(table(vec![d0(1, 0x3)])),
                     Op::GetXsave,
                 ],
+            },
+        ),
+        (
+            // MXCSR stored with SSE clear in XSTATE_BV: the processor may load it or initialise
+            // it at entry (run.entry.mxcsr); the guest's view and the later GET must agree.
+            "guest-mxcsr-entry-with-sse-clear",
+            Case {
+                config: supported(!0),
+                ops: vec![Op::SetXsave(mxcsr_ymm), run(vec![A::Xsave]), Op::GetXsave, run(vec![A::Xsave]), Op::GetXsave],
             },
         ),
         (
