@@ -82,7 +82,16 @@ fn reproducers_reproduce_on_kvm() {
             let bin = compile(&xsave_reports::repro::c_reproducer(&case, &host, model, &exp, &name), dir.path(), &format!("{name}-{tag}"));
             let out = Command::new(&bin).output().expect("run repro");
             let text = String::from_utf8_lossy(&out.stdout);
-            let want = if verdict == Verdict::Agree { 0 } else { 1 };
+            // Guest runs are not reproduced in C yet: such a reproducer stops with status 3 at
+            // the run step (after checking the steps before it).
+            let runs = case.ops.iter().any(|o| matches!(o, xsave_oracle::Op::RunGuest(_)));
+            let want = if runs {
+                3
+            } else if verdict == Verdict::Agree {
+                0
+            } else {
+                1
+            };
             assert_eq!(out.status.code(), Some(want), "{name} ({tag}): the C reproducer disagrees with the rig:\n{text}");
             if want == 1 && !host.quirks.is_empty() && name == "probe-cpuid-fp-sse-set-fp-sse-ymm-get" {
                 assert!(text.contains("bytes 512..513: observed"), "XSTATE_BV difference printed:\n{text}");
