@@ -223,8 +223,9 @@ impl Regs {
                 }
             }
             GuestAction::Ldmxcsr { value } => put(&mut self.image, layout::MXCSR, &value.to_le_bytes()),
-            // FCW bits 7 and 13..15 are reserved (read 0), bit 6 reads 1 (SDM 8.1.5).
-            GuestAction::Fldcw { value } => put(&mut self.image, layout::FCW, &((value & 0x1f3f) | 0x40).to_le_bytes()),
+            // FCW bits 6, 7 and 13..15 are reserved: what they read is the processor's choice
+            // (rule run.fcw.reserved, applied where the state is observed).
+            GuestAction::Fldcw { value } => put(&mut self.image, layout::FCW, &value.to_le_bytes()),
             GuestAction::Fninit => {
                 // TOP becomes 0, so ST(i) now names physical register i: the stack-ordered
                 // image rotates by the old TOP.

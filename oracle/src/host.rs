@@ -149,6 +149,7 @@ impl HostFacts {
             CpuidEntry::new(7, 0, 1, [0, 0, 0, 0]),
             CpuidEntry::new(0xd, 0, 1, [filtered as u32, fsize, fsize, (filtered >> 32) as u32]),
             CpuidEntry::new(0xd, 1, 1, [0x7, 0, 0, 0]),
+            CpuidEntry::new(0x8000_0001, 0, 0, [0, 0, 0x121, 0x2c10_0800]),
         ];
         supported_cpuid.extend(
             components

@@ -119,6 +119,9 @@ struct Vcpu {
     /// `run.entry.mxcsr`), while nothing has written MXCSR since; adopted when an observation
     /// shows the choice ([`predict_following`]).
     mxcsr_alt: Option<Vec<u8>>,
+    /// The last run ended in a shutdown: AMD resets the vCPU (INIT, CR4 0) until the next
+    /// run's set-up, Intel does not, so CR4's CPUID runtime bits are the vendor's choice.
+    cr4_free: bool,
     /// CR4.OSXSAVE and CR4.PKE as the rig's guest set-up left them.
     cr4_osxsave: bool,
     cr4_pke: bool,
@@ -170,6 +173,7 @@ impl<'a> Model<'a> {
             ran: false,
             fsw_derived: false,
             mxcsr_alt: None,
+            cr4_free: false,
             cr4_osxsave: false,
             cr4_pke: false,
         }
@@ -458,7 +462,18 @@ impl<'a> Model<'a> {
         if !unpredicted.is_empty() {
             rules.push(Rule::QuirkPvmHostOwned);
         }
-        OpResult { origin, ret: Ret::Ok(0), data, unpredicted, rules, allowed: Vec::new() }
+        let mut allowed = Vec::new();
+        if self.vcpu.cr4_free {
+            let ecx_of = |k: usize| (4 + k * CPUID_ENTRY_SIZE + 20) as u32;
+            if let Some(k) = find_entry(&t, 1, NOT_SIGNIFICANT) {
+                allowed.push(Allowed::FreeBits { at: ecx_of(k), mask: 1 << 27, rule: Rule::RunShutdownInit });
+            }
+            if let Some(k) = find_entry(&t, 7, Some(0)) {
+                allowed.push(Allowed::FreeBits { at: ecx_of(k), mask: 1 << 4, rule: Rule::RunShutdownInit });
+            }
+            rules.push(Rule::RunShutdownInit);
+        }
+        OpResult { origin, ret: Ret::Ok(0), data, unpredicted, rules, allowed }
     }
 
     // ---- XSAVE (§3, §4) --------------------------------------------------------------------
@@ -629,7 +644,16 @@ impl<'a> Model<'a> {
         use crate::guest::{faults, output_size, Exit, GuestAction, Regs};
         let host = self.host;
         let mut rules = vec![Rule::RunEntryLoad];
-        self.setup_cr4(&mut rules);
+        if !self.vcpu.ran {
+            // The rig's long-mode set-up (KVM_SET_SREGS with EFER.LME|LMA) needs LM in the
+            // guest CPUID upstream; PVM does not consult it.
+            let t = &self.vcpu.cpuid;
+            let lm = find_entry(t, 0x8000_0001, NOT_SIGNIFICANT).is_some_and(|i| t[i].edx & (1 << 29) != 0);
+            if !lm && !self.quirk(Quirk::PvmHwXcr0) {
+                return ret_err(origin, EINVAL, vec![Rule::RunSetupLongMode]);
+            }
+            self.setup_cr4(&mut rules);
+        }
         let hw = if self.vcpu.cr4_osxsave { self.hw_xcr0() } else { FP | SSE };
         if !self.quirk(Quirk::PvmHwXcr0) {
             rules.push(Rule::RunHwXcr0Guest);
@@ -647,9 +671,7 @@ impl<'a> Model<'a> {
         if k & SSE == 0 {
             regs.image[layout::XMM..layout::XMM_END].fill(0);
         }
-        // A hardware load keeps only FCW's defined bits (7 and 13..15 read 0, 6 reads 1).
-        let fcw = (layout::le32(&regs.image, 0) & 0x1f3f) as u16 | 0x40;
-        put(&mut regs.image, layout::FCW, &fcw.to_le_bytes());
+        // FCW's reserved bits after the load are the processor's choice (run.fcw.reserved).
         let stored_mxcsr = regs.image[layout::MXCSR..layout::MXCSR + 4].to_vec();
         if k & (SSE | YMM) == 0 {
             // Neither SSE nor YMM in XSTATE_BV: MXCSR enters at init (a compacted XRSTORS);
@@ -698,6 +720,7 @@ impl<'a> Model<'a> {
             rules.push(Rule::RunEnd);
         }
         self.save_after_run(&regs, &mut rules);
+        self.vcpu.cr4_free = exit == Exit::Shutdown;
         if let (Some(alt), true) = (mxcsr_alt, regs.image[layout::MXCSR..layout::MXCSR + 4] == entry_mxcsr[..]) {
             self.vcpu.legacy_alts.push((layout::MXCSR, vec![alt.clone()], Rule::RunEntryMxcsr, SSE | YMM));
             self.vcpu.mxcsr_alt = Some(alt);
@@ -732,6 +755,9 @@ impl<'a> Model<'a> {
             }
             allowed.push(fip_choice(&regs.image));
             allowed.push(fsw_choice());
+            for (start, values, rule) in x87_choices(&regs.image) {
+                allowed.push(Allowed::OneOf { start: start as u32, values, rule });
+            }
         }
         if rfbm & (SSE | YMM) != 0 {
             out[layout::MXCSR..layout::MXCSR + 4].copy_from_slice(&regs.image[layout::MXCSR..layout::MXCSR + 4]);
@@ -783,6 +809,9 @@ impl<'a> Model<'a> {
         let mut byte5 = old[5..6].to_vec();
         byte5[0] = 0;
         v.legacy_alts.push((5, vec![byte5], Rule::RunReservedZero, FP));
+        for (start, values, rule) in x87_choices(&regs.image) {
+            v.legacy_alts.push((start, values, rule, FP));
+        }
         for i in 0..8 {
             let o = layout::ST + 16 * i + 10;
             v.legacy_alts.push((o, vec![vec![0; 6]], Rule::RunReservedZero, FP));
@@ -970,11 +999,23 @@ impl<'a> Model<'a> {
 }
 
 /// FIP as the processor may hold it after loading `img`: canonicalised to a 48- or 57-bit
-/// linear address (rule `run.fip.canonical`).
+/// linear address (rule `run.fip.canonical`), or zero (`run.x87_ptr.zero`).
 fn fip_choice(img: &[u8]) -> Allowed {
     let fip = layout::le64(img, 8);
     let sext = |bits: u32| (((fip << (64 - bits)) as i64) >> (64 - bits)) as u64;
-    Allowed::OneOf { start: 8, values: vec![sext(48).to_le_bytes().to_vec(), sext(57).to_le_bytes().to_vec()], rule: Rule::RunFipCanonical }
+    let values = vec![sext(48).to_le_bytes().to_vec(), sext(57).to_le_bytes().to_vec(), vec![0; 8]];
+    Allowed::OneOf { start: 8, values, rule: Rule::RunFipCanonical }
+}
+
+/// x87 bytes whose saved value is the processor's choice after a load of `img`: FCW's reserved
+/// bits may read as loaded or normalised (`run.fcw.reserved`), and FOP, FIP and FDP may read
+/// zero (`run.x87_ptr.zero`: AMD saves them only with FSW.ES, QEMU's TCG never).
+fn x87_choices(img: &[u8]) -> Vec<(usize, Vec<Vec<u8>>, Rule)> {
+    let fcw = layout::le32(img, 0) as u16;
+    let mut v = vec![(layout::FCW, vec![((fcw & 0x1f3f) | 0x40).to_le_bytes().to_vec(), fcw.to_le_bytes().to_vec()], Rule::RunFcwReserved)];
+    v.push((6, vec![vec![0; 2]], Rule::RunX87PtrEs));
+    v.push((16, vec![vec![0; 8]], Rule::RunX87PtrEs));
+    v
 }
 
 /// FSW.ES (bit 7) and FSW.B (bit 15) are derived by the processor from the exception flags and

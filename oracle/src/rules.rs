@@ -106,6 +106,10 @@ rules! {
     RunMxcsrMaskHw = "run.mxcsr_mask.hw", "§7 R5", "after a hardware save MXCSR_MASK is the processor's mask";
     RunReservedZero = "run.reserved.hw", "§7 R5", "after a hardware save the FTW reserved byte and ST reserved bytes are the processor's (zero or unchanged)";
     RunFipCanonical = "run.fip.canonical", "§7 R5", "after a hardware save FIP may be canonicalised to the linear-address width (sign-extended from bit 47 or 56)";
+    RunSetupLongMode = "run.setup.long_mode", "§7 R3", "the rig's long-mode set-up (EFER.LME) is refused with EINVAL unless the guest CPUID has LM (0x80000001 EDX bit 29)";
+    RunFcwReserved = "run.fcw.reserved", "§7 R5", "after a hardware load FCW's reserved bits read as loaded or normalised (7, 13..15 zero; 6 one)";
+    RunX87PtrEs = "run.x87_ptr.zero", "§7 R5", "after a hardware load FOP, FIP and FDP may be saved as zero (AMD saves them only with FSW.ES; QEMU's TCG never saves them)";
+    RunShutdownInit = "run.shutdown.init", "§7 R2", "after a shutdown AMD (SVM) resets the vCPU with INIT (CR4 0: CPUID OSXSAVE/OSPKE clear until the next set-up), Intel does not: those bits are the vendor's choice";
     RunFswDerived = "run.fsw.derived", "§7 R5", "after a hardware load FSW.ES and FSW.B are recomputed from the exception flags and masks";
     RunEntryMxcsr = "run.entry.mxcsr", "§7 R1", "with neither SSE nor YMM in XSTATE_BV, the kernel's compacted restore initialises MXCSR (a standard XRSTOR loads the stored value)";
     RunCpuidFrozen = "run.cpuid.frozen", "§7 R6", "after the first KVM_RUN, KVM_SET_CPUID2 succeeds only with the identical table (EINVAL otherwise)";

@@ -32,6 +32,7 @@ pub fn host207() -> HostFacts {
             CpuidEntry::new(0xd, 1, 1, [0xf, 0, 0, 0]),
             CpuidEntry::new(0xd, 2, 1, [256, 576, 0, 0]),
             CpuidEntry::new(0xd, 9, 1, [8, 2432, 0, 0]),
+            CpuidEntry::new(0x8000_0001, 0, 0, [0, 0, 0x121, 0x2c10_0800]),
             CpuidEntry::new(0x8000_0008, 0, 0, [0x3030, 0, 0, 0]),
         ],
         quirks: vec![],

@@ -104,12 +104,37 @@ fn avx_with_xcr0_fp_faults_unless_hardware_xcr0_is_the_hosts() {
 #[test]
 fn xsave_needs_osxsave_from_guest_cpuid() {
     let h = host207();
-    let t = v3(&h, Config::default(), vec![run(vec![A::Xmm { seed: 1 }, A::Xsave])]);
+    let no_xsave = Config {
+        cpuid: Some(CpuidTable {
+            base: CpuidBase::Subset { leaves: vec![0x8000_0001, 0xd], xcr0_mask: !0 },
+            entries: vec![],
+            reverse: false,
+        }),
+        xcr0: None,
+    };
+    let t = v3(&h, no_xsave.clone(), vec![run(vec![A::Xmm { seed: 1 }, A::Xsave])]);
     assert_eq!(exit(last(&t)), Exit::Shutdown);
     assert!(last(&t).rules.contains(&Rule::RunCr4Osxsave));
     // Legacy SSE needs no OSXSAVE.
-    let t = v3(&h, Config::default(), vec![run(vec![A::Xmm { seed: 1 }])]);
+    let t = v3(&h, no_xsave, vec![run(vec![A::Xmm { seed: 1 }])]);
     assert_eq!(exit(last(&t)), Exit::End);
+}
+
+/// run.setup.long_mode: without LM in the guest CPUID the rig's long-mode set-up is refused
+/// (EINVAL) and the vCPU has not run: its CPUID can still change. PVM does not check.
+#[test]
+fn long_mode_setup_needs_lm_in_guest_cpuid() {
+    let h = host207();
+    let t = v3(&h, Config::default(), vec![run(vec![A::Xmm { seed: 1 }]), set_cpuid(vec![CpuidEntry::new(0xd, 0, 1, [3, 0, 0, 0])])]);
+    assert_eq!(err(&t.results[0]), EINVAL);
+    assert!(t.results[0].rules.contains(&Rule::RunSetupLongMode));
+    assert_eq!(last(&t).ret, Ret::Ok(0), "not frozen: the vCPU never ran");
+    let pvm = predict(
+        &Case { config: Config::default(), ops: vec![run(vec![A::Xmm { seed: 1 }])] },
+        &h,
+        &ModelConfig { contract: Contract::V3, quirks: vec![Quirk::PvmHwXcr0] },
+    );
+    assert_eq!(exit(last(&pvm)), Exit::End);
 }
 
 /// run.fault: LDMXCSR of reserved bits is #GP.

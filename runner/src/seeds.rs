@@ -119,6 +119,7 @@ pub fn seed_corpus() -> Vec<(String, Case)> {
                     Op::GetXsave,
                     Op::GetCpuid2 { capacity: 256 },
                     run(vec![A::Ldmxcsr { value: 0xffff_ffff }]),
+                    Op::GetCpuid2 { capacity: 256 },
                     Op::SetCpuid2(table(vec![d0(1, 0x3)])),
                     Op::GetXsave,
                 ],
@@ -132,6 +133,11 @@ pub fn seed_corpus() -> Vec<(String, Case)> {
                 config: supported(!0),
                 ops: vec![Op::SetXsave(mxcsr_ymm), run(vec![A::Xsave]), Op::GetXsave, run(vec![A::Xsave]), Op::GetXsave],
             },
+        ),
+        (
+            // No CPUID at all: upstream refuses the long-mode set-up (no LM), PVM runs it.
+            "guest-setup-without-long-mode-in-cpuid",
+            Case { config: Config::default(), ops: vec![run(vec![A::Xmm { seed: 0x71 }, A::Xsave]), Op::GetXsave] },
         ),
         (
             // A fresh vCPU has XCR0 = FP: AVX faults unless hardware XCR0 ignores the guest's.
