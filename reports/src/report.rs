@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use xsave_oracle::diff::{ByteDiff, Divergence, Verdict};
 use xsave_oracle::trace::Trace;
 use xsave_oracle::{Case, HostFacts};
+use xsave_runner::store::{caps, read_bounded, read_bounded_string};
 
 /// Version of the `report.json` schema; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -32,7 +33,8 @@ pub enum ReportError {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ReportError> {
-    std::fs::read(path).map_err(|err| ReportError::Io { path: path.to_path_buf(), err })
+    let cap = if path.extension().is_some_and(|e| e == "bin") { caps::CASE } else { caps::JSON };
+    read_bounded(path, cap).map_err(|err| ReportError::Io { path: path.to_path_buf(), err })
 }
 
 fn json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
@@ -131,7 +133,7 @@ pub fn load(dir: &Path) -> Result<Report, ReportError> {
     let host: serde_json::Value = if dir.join("host.json").exists() { json(&dir.join("host.json"))? } else { serde_json::json!({}) };
     let mut skipped = Vec::new();
     let stats_path = dir.join("stats.jsonl");
-    let stats = match std::fs::read_to_string(&stats_path) {
+    let stats = match read_bounded_string(&stats_path, caps::STATS) {
         Ok(text) => text
             .lines()
             .enumerate()
@@ -143,7 +145,11 @@ pub fn load(dir: &Path) -> Result<Report, ReportError> {
                 }
             })
             .collect(),
-        Err(_) => Vec::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            skipped.push(format!("{}: {e}", stats_path.display()));
+            Vec::new()
+        }
     };
     let mut findings = Vec::new();
     let fdir = dir.join("findings");
