@@ -22,6 +22,9 @@ pub enum ReportError {
         /// The error.
         err: std::io::Error,
     },
+    /// The campaign state is unreadable or out of range (the message names the file).
+    #[error("{0}")]
+    State(String),
     /// A file is not what it should be.
     #[error("{path}: {why}")]
     Corrupt {
@@ -129,7 +132,14 @@ struct VerdictFile {
 
 /// Read a campaign workdir.
 pub fn load(dir: &Path) -> Result<Report, ReportError> {
-    let campaign: serde_json::Value = json(&dir.join("campaign.json"))?;
+    let state_path = dir.join("campaign.json");
+    // The state is checked as a campaign would check it on resume: schema and ranges.
+    let state = xsave_runner::campaign::load_state(&state_path).map_err(|e| ReportError::State(e.to_string()))?;
+    let mut campaign = serde_json::to_value(&state).map_err(|e| ReportError::Corrupt { path: state_path, why: e.to_string() })?;
+    if let Some(o) = campaign.as_object_mut() {
+        o.remove("corpus_order");
+        o.remove("own_signatures");
+    }
     let host: serde_json::Value = if dir.join("host.json").exists() { json(&dir.join("host.json"))? } else { serde_json::json!({}) };
     let mut skipped = Vec::new();
     let stats_path = dir.join("stats.jsonl");

@@ -636,7 +636,7 @@ fn finding_key(dir: &Path) -> Option<(u64, u64)> {
 ///
 /// First writer wins deterministically: a finding already on disk is replaced (atomically,
 /// by exchanging the directories) only by one with a lower (worker, iteration), under the
-/// lock `findings/.lock` that serializes the workers' decisions. Returns whether the
+/// lock `WORKDIR/findings.lock` that serializes the workers' decisions. Returns whether the
 /// signature was new on disk.
 fn write_finding(
     backend: &mut dyn Backend,
@@ -679,7 +679,7 @@ fn write_finding(
         ("minimize.json", &mjson),
     ];
     let parent = crate::store::parent_dir(dest);
-    let lock_path = parent.join(".lock");
+    let lock_path = crate::store::parent_dir(parent).join("findings.lock");
     let _lock = match crate::store::lock_waiting(&lock_path, Duration::from_secs(30), &AtomicBool::new(false)).map_err(io(&lock_path))? {
         Ok(l) => l,
         Err(holder) => return Err(CampaignError::State(format!("{}: held for 30 s by {holder}", lock_path.display()))),
