@@ -32,6 +32,7 @@ Environment variables:
   XSAVE_RIG_APT_MIRROR   the Debian archive `lab fetch` downloads from (default http://deb.debian.org)
   XSAVE_RIG_DETECT_BIN   the libFuzzer detect_model binary `bench detect` runs (default: fuzz/target/…/release/detect_model)
   XSAVE_RIG_REQUIRE_KVM  tests only: 1 makes a real-KVM test fail instead of skipping when /dev/kvm is unusable
+  XSAVE_RIG_CHECKPOINT_MS  tests only: milliseconds between campaign checkpoints (default 1000)
 
 Exit statuses: 0 success (fuzz: no new finding; replay: agreement), 1 a result to look at (fuzz: new
 findings; replay: divergence; migrate/check-state: a refused or lossy load), 2 error, 130 interrupted (fuzz).";
@@ -86,10 +87,12 @@ enum Cmd {
         backend: BackendArgs,
         #[command(flatten)]
         oracle: OracleArgs,
-        /// Number of cases (default 10000 when no --duration).
+        /// Total cases of the campaign (default 10000 when no --duration; on --resume the
+        /// stored total, unless given again).
         #[arg(long, conflicts_with = "duration")]
         iterations: Option<u64>,
-        /// Run time, e.g. 60s, 5m, 1h.
+        /// Total run time of the campaign, e.g. 60s, 5m, 1h (kept on --resume unless given
+        /// again).
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
         /// Generator seed (default 1; with --resume, the stored campaign's, which a different

@@ -90,7 +90,10 @@ fn debris(dir: &Path) -> Vec<String> {
 
 /// What must equal an uninterrupted run: the signatures with the (worker, iteration) that
 /// found each, and the corpus (names and bytes).
-fn outcome(dir: &Path) -> (Vec<(String, String)>, BTreeMap<String, Vec<u8>>) {
+/// Signatures with their (worker, iteration), and the corpus files.
+type Outcome = (Vec<(String, String)>, BTreeMap<String, Vec<u8>>);
+
+fn outcome(dir: &Path) -> Outcome {
     let mut sigs = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir.join("findings")) {
         for e in rd.flatten() {
@@ -294,7 +297,7 @@ fn trial(
     target: Target,
     delay: Duration,
     dir: &Path,
-    baseline: &(Vec<(String, String)>, BTreeMap<String, Vec<u8>>),
+    baseline: &Outcome,
 ) -> (bool, Vec<String>) {
     let w = dir.to_path_buf();
     let mut child: Child = rig()
@@ -341,9 +344,9 @@ fn trial(
 #[test]
 fn killed_and_resumed_campaigns_equal_uninterrupted_ones() {
     let trials: usize = std::env::var("XSAVE_RIG_KILL_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let mut backends = vec![("model:V2b", 600u64, 250u64)];
+    let mut backends = vec![("model:V2b", 300u64, 150u64)];
     if kvm_usable() {
-        backends.push(("kvm", 200, 250));
+        backends.push(("kvm", 120, 150));
     }
     let t = tempfile::tempdir().expect("tmp");
     let mut table = Vec::new();
@@ -358,15 +361,15 @@ fn killed_and_resumed_campaigns_equal_uninterrupted_ones() {
             let targets: &[Target] = if jobs == 1 { &[Target::Parent] } else { &[Target::Parent, Target::Workers, Target::Both] };
             for &sig in &[15, 9] {
                 for &target in targets {
-                    // Run the trials of a mode two at a time.
+                    // Run the trials of a mode three at a time.
                     let results: Vec<(bool, Vec<String>)> = std::thread::scope(|s| {
-                        let handles: Vec<_> = (0..2)
+                        let handles: Vec<_> = (0..3)
                             .map(|lane| {
                                 let baseline = &baseline;
                                 let root = t.path().to_path_buf();
                                 s.spawn(move || {
                                     (0..trials)
-                                        .filter(|n| n % 2 == lane)
+                                        .filter(|n| n % 3 == lane)
                                         .map(|n| {
                                             // Kill points spread over the run, deterministic per trial.
                                             let delay = Duration::from_millis((n as u64 * 7919 + sig as u64 * 31) % max_delay_ms);
