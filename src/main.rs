@@ -14,6 +14,7 @@ use xsave_runner::kvm::KvmBackend;
 use xsave_runner::lab;
 use xsave_runner::minimize;
 use xsave_runner::probe::{self, ProbeReport};
+use xsave_runner::store::{caps, escape};
 use xsave_runner::{Backend, ModelBackend};
 
 #[derive(Parser)]
@@ -31,6 +32,7 @@ Environment variables:
   XSAVE_RIG_APT_MIRROR   the Debian archive `lab fetch` downloads from (default http://deb.debian.org)
   XSAVE_RIG_DETECT_BIN   the libFuzzer detect_model binary `bench detect` runs (default: fuzz/target/…/release/detect_model)
   XSAVE_RIG_REQUIRE_KVM  tests only: 1 makes a real-KVM test fail instead of skipping when /dev/kvm is unusable
+  XSAVE_RIG_CHECKPOINT_MS  tests only: milliseconds between campaign checkpoints (default 1000)
 
 Exit statuses: 0 success (fuzz: no new finding; replay: agreement), 1 a result to look at (fuzz: new
 findings; replay: divergence; migrate/check-state: a refused or lossy load), 2 error, 130 interrupted (fuzz).";
@@ -85,10 +87,12 @@ enum Cmd {
         backend: BackendArgs,
         #[command(flatten)]
         oracle: OracleArgs,
-        /// Number of cases (default 10000 when no --duration).
+        /// Total cases of the campaign (default 10000 when no --duration; on --resume the
+        /// stored total, unless given again).
         #[arg(long, conflicts_with = "duration")]
         iterations: Option<u64>,
-        /// Run time, e.g. 60s, 5m, 1h.
+        /// Total run time of the campaign, e.g. 60s, 5m, 1h (kept on --resume unless given
+        /// again).
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
         /// Generator seed (default 1; with --resume, the stored campaign's, which a different
@@ -463,8 +467,18 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     xsave_runner::store::write_atomic(path, bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// A file given as input, read bounded and without blocking ([`xsave_runner::store::read_bounded`]).
+fn read_input(path: &Path, cap: u64) -> Result<Vec<u8>> {
+    xsave_runner::store::read_bounded(path, cap).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// [`read_input`] as UTF-8 text.
+fn read_text(path: &Path, cap: u64) -> Result<String> {
+    xsave_runner::store::read_bounded_string(path, cap).with_context(|| format!("cannot read {}", path.display()))
+}
+
 fn load_case(path: &Path) -> Result<Case> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read case {}", path.display()))?;
+    let bytes = read_input(path, caps::CASE)?;
     let case = if bytes.starts_with(xsave_oracle::case::MAGIC) {
         Case::decode(&bytes)
     } else {
@@ -482,7 +496,7 @@ const RAW_LABEL: &str = "(raw fuzzer input, read structurally)";
 /// the way the fuzz harnesses read it; the flag says which. A corrupt `XSRC` file or a JSON
 /// file that is not a case stays an error.
 fn load_case_or_raw(path: &Path) -> Result<(Case, bool)> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read case {}", path.display()))?;
+    let bytes = read_input(path, caps::CASE)?;
     let json_name = path.extension().is_some_and(|e| e == "json");
     if !json_name && xsave_runner::corpus::is_raw_input(&bytes) {
         return Ok((xsave_oracle::case::from_fuzz_input(&bytes), true));
@@ -497,7 +511,7 @@ fn load_case_or_raw(path: &Path) -> Result<(Case, bool)> {
 /// synthetic host marked as such).
 fn host_facts(o: &OracleArgs, need_kvm: bool) -> Result<(HostFacts, serde_json::Value)> {
     if let Some(p) = &o.host_facts {
-        let text = std::fs::read_to_string(p).with_context(|| format!("cannot read host facts {}", p.display()))?;
+        let text = read_text(p, caps::JSON)?;
         let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))?;
         let host = v.get("host").cloned().unwrap_or_else(|| v.clone());
         let host: HostFacts = serde_json::from_value(host).with_context(|| format!("{}: not a probe report or host facts", p.display()))?;
@@ -673,20 +687,27 @@ fn backend_host(b: &BackendArgs, o: &OracleArgs) -> Result<(HostFacts, serde_jso
 /// atomically, so `report WORKDIR` works): counts are summed (`next_iteration` is the sum of
 /// the workers' `next_iteration`, i.e. the cases run over all workers), `new_signatures` are
 /// deduplicated and sorted, and `jobs` is N. Exit status as for one campaign.
-fn run_jobs(jobs: u64, workdir: &Path, json: bool, stop: &AtomicBool, pass_host: bool) -> Result<i32> {
+fn run_jobs(jobs: u64, workdir: &Path, json: bool, stop: &AtomicBool, pass_host: bool, main: &Summary) -> Result<i32> {
     use std::sync::atomic::Ordering;
     let exe = std::env::current_exe().context("cannot find own executable")?;
     let mut base: Vec<String> = Vec::new();
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--jobs" | "--worker" => {
+            "--jobs" | "--worker" | "--iterations" | "--duration" => {
                 it.next();
             }
             "--json" => {}
-            _ if a.starts_with("--jobs=") || a.starts_with("--worker=") => {}
+            _ if ["--jobs=", "--worker=", "--iterations=", "--duration="].iter().any(|p| a.starts_with(p)) => {}
             _ => base.push(a),
         }
+    }
+    // The campaign's totals, resolved (given, or stored on resume).
+    if let Some(n) = main.iterations {
+        base.extend(["--iterations".into(), n.to_string()]);
+    }
+    if let Some(d) = main.duration_secs {
+        base.extend(["--duration".into(), format!("{d}s")]);
     }
     if pass_host && workdir.join("host.json").exists() {
         base.push("--host-facts".into());
@@ -726,8 +747,7 @@ fn run_jobs(jobs: u64, workdir: &Path, json: bool, stop: &AtomicBool, pass_host:
         }
         if tty {
             let execs: u64 = (0..jobs)
-                .filter_map(|k| std::fs::read(workdir.join("workers").join(k.to_string()).join("campaign.json")).ok())
-                .filter_map(|b| serde_json::from_slice::<Summary>(&b).ok())
+                .filter_map(|k| campaign::load_state(&workdir.join("workers").join(k.to_string()).join("campaign.json")).ok())
                 .map(|s| s.execs)
                 .sum();
             let findings = std::fs::read_dir(workdir.join("findings")).map(|d| d.count()).unwrap_or(0);
@@ -792,12 +812,18 @@ fn run_jobs(jobs: u64, workdir: &Path, json: bool, stop: &AtomicBool, pass_host:
     total.new_signatures.sort();
     total.new_signatures.dedup();
     total.jobs = Some(jobs);
+    total.iterations = main.iterations;
+    total.corpus_order = main.corpus_order.clone();
+    total.duration_secs = main.duration_secs;
     let state = workdir.join("campaign.json");
     xsave_runner::store::write_atomic(&state, &serde_json::to_vec_pretty(&total)?)
         .with_context(|| format!("cannot write {}", state.display()))?;
     let code = exit_status(&total);
     if json {
         let mut v = serde_json::to_value(&total)?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("corpus_order");
+        }
         v["exit_status"] = serde_json::json!(code);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -820,9 +846,8 @@ fn read_case_dir(dir: &Path) -> Result<Vec<(String, Case)>> {
 }
 
 fn read_records(dir: &Path) -> Result<(ProbeReport, Vec<xsave_runner::matrix::ExecRecord>)> {
-    let p: ProbeReport =
-        serde_json::from_slice(&std::fs::read(dir.join("probe.json")).with_context(|| format!("no probe.json in {}", dir.display()))?)?;
-    let text = std::fs::read_to_string(dir.join("records.jsonl")).with_context(|| format!("no records.jsonl in {}", dir.display()))?;
+    let p: ProbeReport = serde_json::from_slice(&read_input(&dir.join("probe.json"), caps::JSON)?)?;
+    let text = read_text(&dir.join("records.jsonl"), caps::STATS)?;
     let recs = text
         .lines()
         .map(serde_json::from_str)
@@ -987,7 +1012,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 }
 
 fn load_target(p: &Path) -> Result<xsave_runner::migrate::Target> {
-    let text = std::fs::read_to_string(p).with_context(|| format!("cannot read fingerprint {}", p.display()))?;
+    let text = read_text(p, caps::JSON)?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))?;
     xsave_runner::migrate::Target::from_fingerprint(&p.display().to_string(), &v).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
 }
@@ -1082,8 +1107,9 @@ fn result_line(s: &Summary, code: i32) -> String {
 }
 
 /// `fuzz --resume` must find a campaign in `workdir` run the same way (backend, contract,
-/// quirks, seed if given, jobs); without `--resume` a stored campaign is refused.
-fn check_resume(workdir: &Path, resume: bool, backend: &str, model: &ModelConfig, seed: Option<u64>, jobs: u64) -> Result<()> {
+/// quirks, seed if given, jobs); without `--resume` a stored campaign is refused. Returns the
+/// stored state (checked against its schema) when resuming.
+fn check_resume(workdir: &Path, resume: bool, backend: &str, model: &ModelConfig, seed: Option<u64>, jobs: u64) -> Result<Option<Summary>> {
     let main = workdir.join("campaign.json");
     let worker0 = workdir.join("workers").join("0").join("campaign.json");
     let state = [&main, &worker0].into_iter().find(|p| p.exists());
@@ -1091,13 +1117,12 @@ fn check_resume(workdir: &Path, resume: bool, backend: &str, model: &ModelConfig
         if resume {
             bail!("--resume: {} holds no campaign to continue (no {})", workdir.display(), main.display());
         }
-        return Ok(());
+        return Ok(None);
     };
     if !resume {
         bail!("{} holds a campaign: pass --resume to continue it, or use another --workdir", workdir.display());
     }
-    let text = std::fs::read_to_string(state).with_context(|| format!("cannot read {}", state.display()))?;
-    let old: Summary = serde_json::from_str(&text).with_context(|| format!("{}: corrupt campaign state", state.display()))?;
+    let old = campaign::load_state(state)?;
     let w = workdir.display();
     // `kvm` and `kvm(fresh)` (--no-pool) run the same kernel.
     let base = |b: &str| b.trim_end_matches("(fresh)").to_string();
@@ -1118,7 +1143,15 @@ fn check_resume(workdir: &Path, resume: bool, backend: &str, model: &ModelConfig
     if state == &main && old_jobs != jobs {
         bail!("--resume: the campaign in {w} ran --jobs {old_jobs}, not {jobs}");
     }
-    Ok(())
+    Ok(Some(old))
+}
+
+/// Take the lock at `path` (waiting up to `wait`), or fail with one line naming the holder.
+fn lock_workdir(path: &Path, workdir: &Path, wait: Duration, stop: &AtomicBool) -> Result<xsave_runner::store::Lock> {
+    match xsave_runner::store::lock_waiting(path, wait, stop).with_context(|| format!("cannot lock {}", path.display()))? {
+        Ok(l) => Ok(l),
+        Err(holder) => bail!("{} is in use by {holder} (lock {}); wait for it or use another --workdir", workdir.display(), path.display()),
+    }
 }
 
 fn print_summary(s: &Summary) {
@@ -1239,9 +1272,41 @@ fn run(cli: Cli) -> Result<i32> {
             let (host, fingerprint) = backend_host(&backend, &oracle)?;
             let model = model_config(&oracle, &host)?;
             let mut be = make_backend(&backend, &host)?;
-            if worker.is_none() {
-                check_resume(&workdir, resume, &be.name(), &model, seed, jobs)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install signal handler")?;
             }
+            // One owner per workdir: the campaign (the parent of a parallel one) holds
+            // WORKDIR/lock; each worker holds WORKDIR/workers/<k>/lock.
+            let mut _locks = Vec::new();
+            let mut stored = None;
+            if worker.is_none() {
+                if resume && !workdir.join("campaign.json").exists() && !workdir.join("workers").exists() {
+                    check_resume(&workdir, resume, &be.name(), &model, seed, jobs)?;
+                }
+                std::fs::create_dir_all(&workdir).with_context(|| format!("cannot create {}", workdir.display()))?;
+                _locks.push(lock_workdir(&workdir.join("lock"), &workdir, Duration::ZERO, &stop)?);
+                stored = check_resume(&workdir, resume, &be.name(), &model, seed, jobs)?;
+                // Workers of an earlier run (their parent killed) may still be finishing:
+                // wait for them before touching the shared directories.
+                if let Ok(d) = std::fs::read_dir(workdir.join("workers")) {
+                    for e in d.flatten().filter(|e| e.path().is_dir()) {
+                        lock_workdir(&e.path().join("lock"), &workdir, Duration::from_secs(30), &stop)?;
+                    }
+                }
+                for line in campaign::recover(&workdir) {
+                    eprintln!("xsave-rig: {}", escape(&line));
+                }
+            }
+            // Totals for the campaign: as given, else as stored (on resume), else 10000 cases.
+            let (iterations, duration) = match (iterations, duration, &stored) {
+                (None, None, Some(old)) => (old.iterations, old.duration_secs.map(Duration::from_secs_f64)),
+                (i, d, _) => (i, d),
+            };
+            let (iterations, duration) = match (iterations, duration) {
+                (None, None) => (Some(10_000), None),
+                (i, d) => (i, d),
+            };
             let seed = seed.unwrap_or(1);
             std::fs::create_dir_all(&workdir).with_context(|| format!("cannot create {}", workdir.display()))?;
             let fp_path = workdir.join("host.json");
@@ -1249,12 +1314,22 @@ fn run(cli: Cli) -> Result<i32> {
                 xsave_runner::store::write_atomic(&fp_path, &serde_json::to_vec_pretty(&fingerprint)?)
                     .with_context(|| format!("cannot write {}", fp_path.display()))?;
             }
-            let stop = Arc::new(AtomicBool::new(false));
-            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install signal handler")?;
-            }
             if jobs > 1 && worker.is_none() {
-                return run_jobs(jobs, &workdir, json, &stop, oracle.host_facts.is_none());
+                let mut main = stored.unwrap_or_else(|| Summary {
+                    backend: be.name(),
+                    contract: model.contract.name().to_string(),
+                    quirks: model.quirks.iter().map(|q| q.name().to_string()).collect(),
+                    seed,
+                    jobs: Some(jobs),
+                    corpus_order: Some(campaign::corpus_names(&workdir.join("corpus"))),
+                    ..Summary::default()
+                });
+                main.iterations = iterations;
+                main.duration_secs = duration.map(|d| d.as_secs_f64());
+                let state = workdir.join("campaign.json");
+                xsave_runner::store::write_atomic(&state, &serde_json::to_vec_pretty(&main)?)
+                    .with_context(|| format!("cannot write {}", state.display()))?;
+                return run_jobs(jobs, &workdir, json, &stop, oracle.host_facts.is_none(), &main);
             }
             let worker = match worker
                 .as_deref()
@@ -1263,6 +1338,9 @@ fn run(cli: Cli) -> Result<i32> {
                 None => None,
                 Some(Some((k, n))) if k < n => {
                     xsave_runner::sys::die_with_parent();
+                    let dir = workdir.join("workers").join(k.to_string());
+                    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                    _locks.push(lock_workdir(&dir.join("lock"), &workdir, Duration::from_secs(30), &stop)?);
                     Some((k, n))
                 }
                 Some(_) => bail!("--worker takes K/N with K < N"),
@@ -1278,8 +1356,14 @@ fn run(cli: Cli) -> Result<i32> {
             } else {
                 None
             };
-            let total = if duration.is_none() { Some(iterations.unwrap_or(10_000)) } else { None };
+            let total = iterations;
+            // A parallel campaign's workers start from the corpus view the parent recorded.
+            let initial_corpus = match worker {
+                Some(_) => campaign::load_state(&workdir.join("campaign.json"))?.corpus_order,
+                None => None,
+            };
             let cfg = CampaignConfig {
+                initial_corpus,
                 seed,
                 iterations: match (total, worker) {
                     (Some(t), Some((k, n))) => Some(t.saturating_sub(k).div_ceil(n)),
@@ -1305,6 +1389,10 @@ fn run(cli: Cli) -> Result<i32> {
             let code = exit_status(&s);
             if json {
                 let mut v = serde_json::to_value(&s)?;
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("corpus_order");
+                    o.remove("own_signatures");
+                }
                 v["exit_status"] = serde_json::json!(code);
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -1400,7 +1488,7 @@ fn run(cli: Cli) -> Result<i32> {
             }
             println!("{} findings reported in {}", r.findings.len(), out.display());
             for sk in &r.skipped {
-                eprintln!("xsave-rig: skipped {sk}");
+                eprintln!("xsave-rig: skipped {}", escape(sk));
             }
             Ok(0)
         }
@@ -1465,7 +1553,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(if count("refused") + count("loads-with-loss") > 0 { 1 } else { 0 })
         }
         Cmd::CheckState { state, target, guest_cpuid, json } => {
-            let bytes = std::fs::read(&state).with_context(|| format!("cannot read {}", state.display()))?;
+            let bytes = read_input(&state, caps::STATE)?;
             let dst = load_target(&target)?;
             let xsave2 = xsave2_size(&dst.host);
             if bytes.len() != 4096 && bytes.len() != xsave2 {
@@ -1478,7 +1566,7 @@ fn run(cli: Cli) -> Result<i32> {
             let cpuid = match guest_cpuid {
                 None => None,
                 Some(p) => {
-                    let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+                    let text = read_text(&p, caps::JSON)?;
                     let t = match serde_json::from_str::<xsave_oracle::case::CpuidTable>(&text) {
                         Ok(t) => t,
                         Err(_) => {
@@ -1523,7 +1611,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Lab { cmd: LabCmd::Run { kernel, timeout, scratch, init_script, args } } => {
             let k = lab::kernel(&kernel)?;
             let init = match init_script {
-                Some(p) => Some(std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?),
+                Some(p) => Some(read_text(&p, caps::JSON)?),
                 None => None,
             };
             let scratch = scratch.unwrap_or_else(|| lab::cache_dir().join("runs").join(&k.id));
@@ -1531,13 +1619,7 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::ExecCases { dir, workdir, only, full } => {
             let only: Option<Vec<String>> = match only {
-                Some(p) => Some(
-                    std::fs::read_to_string(&p)
-                        .with_context(|| format!("cannot read {}", p.display()))?
-                        .lines()
-                        .map(str::to_string)
-                        .collect(),
-                ),
+                Some(p) => Some(read_text(&p, caps::JSON)?.lines().map(str::to_string).collect()),
                 None => None,
             };
             let cases = read_case_dir(&dir)?.into_iter().filter(|(n, _)| only.as_ref().is_none_or(|o| o.contains(n))).collect::<Vec<_>>();
@@ -1565,7 +1647,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Corpus { cmd: CorpusCmd::Merge { dirs, output, structural } } => {
             let (added, skipped) = xsave_runner::corpus::merge(&dirs, &output, structural)?;
             for sk in &skipped {
-                eprintln!("xsave-rig: skipped {sk}");
+                eprintln!("xsave-rig: skipped {}", escape(sk));
             }
             println!("{added} new cases merged into {}", output.display());
             Ok(0)
@@ -1575,7 +1657,7 @@ fn run(cli: Cli) -> Result<i32> {
             let model = model_config(&oracle, &host)?;
             let (cases, skipped) = xsave_runner::corpus::read_dir(&dir)?;
             for sk in &skipped {
-                eprintln!("xsave-rig: skipped {sk}");
+                eprintln!("xsave-rig: skipped {}", escape(sk));
             }
             let cov = xsave_runner::corpus::coverage_of(&cases, &host, &model);
             let keep = xsave_runner::corpus::minimize(&cases, &cov);
@@ -1603,7 +1685,7 @@ fn run(cli: Cli) -> Result<i32> {
             };
             let (n, skipped) = xsave_runner::corpus::pack(&dir, &output, fp, oracle.contract.name())?;
             for sk in &skipped {
-                eprintln!("xsave-rig: skipped {sk}");
+                eprintln!("xsave-rig: skipped {}", escape(sk));
             }
             println!("packed {n} cases into {}", output.display());
             Ok(0)
@@ -1611,9 +1693,15 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Corpus { cmd: CorpusCmd::Unpack { file, output } } => {
             let (m, n, skipped) = xsave_runner::corpus::unpack(&file, &output)?;
             for sk in &skipped {
-                eprintln!("xsave-rig: skipped {sk}");
+                eprintln!("xsave-rig: skipped {}", escape(sk));
             }
-            println!("unpacked {n} of {} cases into {} (rig {}, contract {})", m.cases, output.display(), m.rig_version, m.contract);
+            println!(
+                "unpacked {n} of {} cases into {} (rig {}, contract {})",
+                m.cases,
+                output.display(),
+                escape(&m.rig_version),
+                escape(&m.contract)
+            );
             Ok(if skipped.is_empty() { 0 } else { 1 })
         }
         Cmd::Corpus { cmd: CorpusCmd::Coverage { dir, oracle, json } } => {
@@ -1657,7 +1745,7 @@ fn run(cli: Cli) -> Result<i32> {
                     println!("{} of the cases are raw fuzzer inputs, read structurally: {}", raw.len(), raw.join(", "));
                 }
                 for sk in &skipped {
-                    eprintln!("xsave-rig: skipped {sk}");
+                    eprintln!("xsave-rig: skipped {}", escape(sk));
                 }
             }
             Ok(0)
@@ -1760,7 +1848,7 @@ fn main() {
     match run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("xsave-rig: error: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("xsave-rig: error: {}", escape(&format!("{e:#}").replace('\n', " ")));
             std::process::exit(2);
         }
     }

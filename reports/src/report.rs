@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use xsave_oracle::diff::{ByteDiff, Divergence, Verdict};
 use xsave_oracle::trace::Trace;
 use xsave_oracle::{Case, HostFacts};
+use xsave_runner::store::{caps, read_bounded, read_bounded_string};
 
 /// Version of the `report.json` schema; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -21,6 +22,9 @@ pub enum ReportError {
         /// The error.
         err: std::io::Error,
     },
+    /// The campaign state is unreadable or out of range (the message names the file).
+    #[error("{0}")]
+    State(String),
     /// A file is not what it should be.
     #[error("{path}: {why}")]
     Corrupt {
@@ -32,7 +36,8 @@ pub enum ReportError {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ReportError> {
-    std::fs::read(path).map_err(|err| ReportError::Io { path: path.to_path_buf(), err })
+    let cap = if path.extension().is_some_and(|e| e == "bin") { caps::CASE } else { caps::JSON };
+    read_bounded(path, cap).map_err(|err| ReportError::Io { path: path.to_path_buf(), err })
 }
 
 fn json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
@@ -127,11 +132,18 @@ struct VerdictFile {
 
 /// Read a campaign workdir.
 pub fn load(dir: &Path) -> Result<Report, ReportError> {
-    let campaign: serde_json::Value = json(&dir.join("campaign.json"))?;
+    let state_path = dir.join("campaign.json");
+    // The state is checked as a campaign would check it on resume: schema and ranges.
+    let state = xsave_runner::campaign::load_state(&state_path).map_err(|e| ReportError::State(e.to_string()))?;
+    let mut campaign = serde_json::to_value(&state).map_err(|e| ReportError::Corrupt { path: state_path, why: e.to_string() })?;
+    if let Some(o) = campaign.as_object_mut() {
+        o.remove("corpus_order");
+        o.remove("own_signatures");
+    }
     let host: serde_json::Value = if dir.join("host.json").exists() { json(&dir.join("host.json"))? } else { serde_json::json!({}) };
     let mut skipped = Vec::new();
     let stats_path = dir.join("stats.jsonl");
-    let stats = match std::fs::read_to_string(&stats_path) {
+    let stats = match read_bounded_string(&stats_path, caps::STATS) {
         Ok(text) => text
             .lines()
             .enumerate()
@@ -143,7 +155,11 @@ pub fn load(dir: &Path) -> Result<Report, ReportError> {
                 }
             })
             .collect(),
-        Err(_) => Vec::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            skipped.push(format!("{}: {e}", stats_path.display()));
+            Vec::new()
+        }
     };
     let mut findings = Vec::new();
     let fdir = dir.join("findings");

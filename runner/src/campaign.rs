@@ -131,6 +131,10 @@ pub struct CampaignConfig {
     pub worker: Option<(u64, u64)>,
     /// Generate guest runs (`KVM_RUN` of guest programs) in cases.
     pub guest: bool,
+    /// A fresh campaign's corpus view (names in `WORKDIR/corpus/` without `.case`, in order);
+    /// none: the corpus directory as it is at the start. Parallel workers get the view the
+    /// parent recorded before starting them, so none sees another's entries.
+    pub initial_corpus: Option<Vec<String>>,
 }
 
 /// Persistent state (`campaign.json`) and the summary printed at the end.
@@ -203,6 +207,123 @@ pub struct Summary {
     pub jobs: Option<u64>,
     /// Process resources at the start and end of this session.
     pub resources: Resources,
+    /// Total cases of the campaign (a worker's state: its share), kept on resume unless
+    /// given again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iterations: Option<u64>,
+    /// Total run time of the campaign in seconds, kept on resume unless given again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_secs: Option<f64>,
+    /// The feedback corpus as this campaign sees it, in order of discovery (content names
+    /// without `.case`), checkpointed together with the counters: a resume continues from
+    /// exactly this view, not from whatever `corpus/` holds by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corpus_order: Option<Vec<String>>,
+    /// Signatures this campaign (this worker) found itself, checkpointed with the counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_signatures: Option<Vec<String>>,
+}
+
+/// The largest counter value a state file may hold (far beyond any real campaign).
+pub const MAX_COUNTER: u64 = 1 << 48;
+
+impl Summary {
+    /// Check a stored state against its schema's ranges and invariants: one line on the
+    /// first violation.
+    pub fn validate(&self) -> Result<(), String> {
+        let printable = |t: &str| !t.is_empty() && t.len() <= 200 && t.chars().all(|c| !c.is_control());
+        if !printable(&self.backend) {
+            return Err("backend: not a backend name".into());
+        }
+        if xsave_oracle::Contract::parse(&self.contract).is_none() {
+            return Err(format!("contract: {:?} is not a contract", crate::store::escape(&self.contract)));
+        }
+        if let Some(q) = self.quirks.iter().find(|q| xsave_oracle::Quirk::from_name(q).is_none()) {
+            return Err(format!("quirks: {:?} is not a quirk", crate::store::escape(q)));
+        }
+        let counters = [
+            ("next_iteration", self.next_iteration),
+            ("execs", self.execs),
+            ("findings", self.findings),
+            ("divergent_cases", self.divergent_cases),
+            ("guest_runs", self.guest_runs),
+            ("agree_unpredicted", self.agree_unpredicted),
+            ("explained_by_quirk", self.explained_by_quirk),
+            ("ioctls", self.ioctls),
+            ("rules_covered", self.rules_covered as u64),
+            ("rules_total", self.rules_total as u64),
+            ("coverage_points", self.coverage_points as u64),
+            ("corpus", self.corpus as u64),
+            ("iterations", self.iterations.unwrap_or(0)),
+            ("jobs", self.jobs.unwrap_or(1)),
+        ];
+        if let Some((name, v)) = counters.iter().find(|(_, v)| *v > MAX_COUNTER) {
+            return Err(format!("{name}: {v} is out of range (at most {MAX_COUNTER})"));
+        }
+        if self.execs != self.next_iteration {
+            return Err(format!("execs {} differs from next_iteration {}", self.execs, self.next_iteration));
+        }
+        let sum = |m: &BTreeMap<String, u64>| m.values().try_fold(0u64, |a, v| a.checked_add(*v));
+        if sum(&self.by_class) != Some(self.divergent_cases) {
+            return Err(format!("by_class does not add up to divergent_cases {}", self.divergent_cases));
+        }
+        if self.by_class.keys().any(|k| !printable(k)) || self.guest_exits.keys().any(|k| !printable(k)) {
+            return Err("by_class/guest_exits: bad key".into());
+        }
+        if sum(&self.guest_exits) != Some(self.guest_runs) {
+            return Err(format!("guest_exits do not add up to guest_runs {}", self.guest_runs));
+        }
+        if self.divergent_cases > self.execs || self.agree_unpredicted > self.execs {
+            return Err(format!("more divergent or partly agreeing cases than execs {}", self.execs));
+        }
+        if self.explained_by_quirk > self.divergent_cases {
+            return Err("explained_by_quirk exceeds divergent_cases".into());
+        }
+        if self.rules_covered > self.rules_total {
+            return Err("rules_covered exceeds rules_total".into());
+        }
+        if self.jobs == Some(0) {
+            return Err("jobs: 0".into());
+        }
+        let secs = |name: &str, v: f64| {
+            if v.is_finite() && (0.0..=1e10).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name}: {v} is not a duration in seconds"))
+            }
+        };
+        secs("seconds", self.seconds)?;
+        secs("execs_per_sec", self.execs_per_sec)?;
+        if let Some(d) = self.duration_secs {
+            secs("duration_secs", d)?;
+        }
+        if let Some((e, t)) = self.first_hit {
+            if e > self.execs {
+                return Err("first_hit: after the last exec".into());
+            }
+            secs("first_hit", t)?;
+        }
+        if let Some(order) = &self.corpus_order {
+            if order.iter().any(|n| !printable(n) || n.starts_with('.') || n.contains('/')) {
+                return Err("corpus_order: not a list of content names".into());
+            }
+        }
+        if let Some(sigs) = &self.own_signatures {
+            if sigs.iter().any(|n| !printable(n) || n.starts_with('.') || n.contains('/')) {
+                return Err("own_signatures: not a list of signatures".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Read and check a stored campaign state (`campaign.json`): bounded read, schema, ranges.
+pub fn load_state(path: &Path) -> Result<Summary, CampaignError> {
+    let bytes = crate::store::read_bounded(path, crate::store::caps::JSON).map_err(io(path))?;
+    let s: Summary =
+        serde_json::from_slice(&bytes).map_err(|e| CampaignError::State(format!("{}: corrupt campaign state: {e}", path.display())))?;
+    s.validate().map_err(|e| CampaignError::State(format!("{}: corrupt campaign state: {e}", path.display())))?;
+    Ok(s)
 }
 
 /// Process resources (Linux `/proc/self`): to show a long campaign leaks nothing.
@@ -237,9 +358,23 @@ struct FindingRecord<'a> {
     verdict: &'a Verdict,
     backend: String,
     seed: u64,
+    worker: u64,
     iteration: u64,
     expected: &'a Trace,
     observed: &'a Trace,
+}
+
+/// Seconds between checkpoints of a campaign's state (tests lower it with
+/// `XSAVE_RIG_CHECKPOINT_MS`).
+fn checkpoint_interval() -> Duration {
+    std::env::var("XSAVE_RIG_CHECKPOINT_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(Duration::from_secs(1), |ms| Duration::from_millis(ms.clamp(1, 60_000)))
+}
+
+fn overflow() -> CampaignError {
+    CampaignError::State("campaign counter overflow".into())
 }
 
 /// Run a campaign.
@@ -253,7 +388,11 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
         narrow_cpuid: cfg.narrow_cpuid,
         ..Summary::default()
     };
+    // This campaign's own signatures: in a parallel campaign each worker writes the findings
+    // it finds itself, whatever the others found, so that the lowest (worker, iteration) wins
+    // whatever the timing.
     let mut known: std::collections::HashSet<String> = Default::default();
+    let mut stored_order: Option<Vec<String>> = None;
     if let Some(dir) = &cfg.workdir {
         let state = state_dir(&cfg).unwrap_or_else(|| dir.clone()).join("campaign.json");
         std::fs::create_dir_all(dir.join("findings")).map_err(io(dir))?;
@@ -267,9 +406,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
                     dir.display()
                 )));
             }
-            let text = std::fs::read_to_string(&state).map_err(io(&state))?;
-            let old: Summary = serde_json::from_str(&text)
-                .map_err(|e| CampaignError::State(format!("{}: corrupt campaign state: {e}", state.display())))?;
+            let old = load_state(&state)?;
             if old.contract != s.contract || old.quirks != s.quirks {
                 return Err(CampaignError::State(format!(
                     "{}: campaign was run with contract {} quirks {:?}",
@@ -277,6 +414,15 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
                     old.contract,
                     old.quirks
                 )));
+            }
+            if cfg.iterations.is_none() && cfg.duration.is_none() {
+                cfg.iterations = old.iterations;
+                cfg.duration = old.duration_secs.map(Duration::from_secs_f64);
+            }
+            stored_order = old.corpus_order.clone().or_else(|| Some(corpus_names(&dir.join("corpus"))));
+            match &old.own_signatures {
+                Some(own) => known.extend(own.iter().cloned()),
+                None => known.extend(finding_names(dir)),
             }
             s = Summary {
                 backend: s.backend,
@@ -289,34 +435,40 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
             };
             cfg.seed = s.seed;
         }
-        for e in std::fs::read_dir(dir.join("findings")).map_err(io(dir))?.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if !name.starts_with('.') {
-                known.insert(name);
-            }
+        if !s.resumed {
+            stored_order = cfg.initial_corpus.clone();
         }
-        s.findings = known.len() as u64;
+        s.findings = finding_names(dir).len() as u64;
     }
+    if cfg.iterations.is_none() && cfg.duration.is_none() {
+        cfg.iterations = Some(10_000);
+    }
+    s.iterations = cfg.iterations;
+    s.duration_secs = cfg.duration.map(|d| d.as_secs_f64());
     let mut points: std::collections::BTreeSet<String> = Default::default();
     let mut shapes: std::collections::HashSet<u64> = Default::default();
     let mut corpus: Vec<Case> = Vec::new();
+    let mut order: Vec<String> = Vec::new();
     let corpus_dir = cfg.workdir.as_ref().map(|d| d.join("corpus"));
     if let (true, Some(cd)) = (cfg.feedback, &corpus_dir) {
         std::fs::create_dir_all(cd).map_err(io(cd))?;
-        let mut files: Vec<PathBuf> = std::fs::read_dir(cd)
-            .map_err(io(cd))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "case"))
-            .collect();
-        files.sort();
-        for f in files {
+        let names: Vec<String> = match &stored_order {
+            // Exactly the checkpointed view, in its order: entries written after the
+            // checkpoint are found again by the iterations that follow it.
+            Some(o) => o.clone(),
+            None => corpus_names(cd),
+        };
+        for name in names {
+            let f = cd.join(format!("{name}.case"));
             // Unreadable entries are skipped here; `corpus coverage` names them.
-            if let Ok(c) = std::fs::read(&f).map_err(|_| ()).and_then(|b| Case::decode(&b).map_err(|_| ())) {
+            if let Ok(c) =
+                crate::store::read_bounded(&f, crate::store::caps::CASE).map_err(|_| ()).and_then(|b| Case::decode(&b).map_err(|_| ()))
+            {
                 let exp = xsave_oracle::predict(&c, &host, &cfg.model);
                 points.extend(xsave_oracle::coverage::points(&c, &exp).iter().map(|p| p.to_string()));
                 shapes.insert(xsave_oracle::coverage::shape(&c));
                 corpus.push(c);
+                order.push(name);
             }
         }
     }
@@ -327,6 +479,14 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
     let base_ioctls = backend.ioctls();
     let mut last_tick = Instant::now();
     let mut last_execs = s.execs;
+    let every = checkpoint_interval();
+    let mut own: Vec<String> = s.own_signatures.take().unwrap_or_else(|| {
+        let mut v: Vec<String> = known.iter().cloned().collect();
+        v.sort();
+        v
+    });
+    s.corpus_order = Some(order.clone());
+    s.own_signatures = Some(own.clone());
     save(&cfg, &s)?;
     loop {
         if cfg.stop.load(Ordering::Relaxed) {
@@ -334,13 +494,13 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
             break;
         }
         if cfg.iterations.is_some_and(|n| s.next_iteration >= n)
-            || cfg.duration.is_some_and(|d| start.elapsed() >= d)
+            || cfg.duration.is_some_and(|d| base_seconds + start.elapsed().as_secs_f64() >= d.as_secs_f64())
             || s.first_hit.is_some()
         {
             break;
         }
         let i = match cfg.worker {
-            Some((k, n)) => k + n * s.next_iteration,
+            Some((k, n)) => n.checked_mul(s.next_iteration).and_then(|x| x.checked_add(k)).ok_or_else(overflow)?,
             None => s.next_iteration,
         };
         let mut case = if cfg.feedback && !corpus.is_empty() && i % 2 == 1 {
@@ -358,22 +518,24 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
             points.extend(xsave_oracle::coverage::points(&case, &expected).iter().map(|p| p.to_string()));
             let new_shape = shapes.insert(xsave_oracle::coverage::shape(&case));
             if points.len() > before || new_shape {
+                let bytes = case.encode();
+                let name = format!("{:016x}", xsave_oracle::diff::fnv1a(&bytes));
                 if let Some(cd) = &corpus_dir {
-                    let bytes = case.encode();
-                    let path = cd.join(format!("{:016x}.case", xsave_oracle::diff::fnv1a(&bytes)));
+                    let path = cd.join(format!("{name}.case"));
                     write_atomic(&path, &bytes).map_err(io(&path))?;
                 }
                 corpus.push(case.clone());
+                order.push(name);
             }
             s.coverage_points = points.len();
             s.rules_covered = points.iter().filter(|p| xsave_oracle::rules::Rule::from_id(p).is_some()).count();
             s.corpus = corpus.len();
         }
-        s.next_iteration += 1;
-        s.execs += 1;
+        s.next_iteration = s.next_iteration.checked_add(1).ok_or_else(overflow)?;
+        s.execs = s.execs.checked_add(1).ok_or_else(overflow)?;
         for (k, (_, op)) in case.steps().iter().enumerate() {
             if let (xsave_oracle::Op::RunGuest(_), Some(r)) = (&**op, observed.results.get(k)) {
-                s.guest_runs += 1;
+                s.guest_runs = s.guest_runs.checked_add(1).ok_or_else(overflow)?;
                 let name = match r.ret {
                     xsave_oracle::Ret::Ok(v) => xsave_oracle::guest::Exit::from_code(v).map_or("other", |e| e.name()).to_string(),
                     xsave_oracle::Ret::Err(e) => format!("error {}", xsave_oracle::trace::errno_name(e)),
@@ -394,21 +556,28 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
                 s.explained_by_quirk += 1;
             }
             if known.insert(d.signature.clone()) {
-                s.findings += 1;
                 s.new_signatures.push(d.signature.clone());
+                own.push(d.signature.clone());
                 if let Some(dir) = &cfg.workdir {
                     let dest = dir.join("findings").join(&d.signature);
-                    write_finding(backend, &host, &cfg, &dest, &case, &d.signature, i)?;
+                    if write_finding(backend, &host, &cfg, &dest, &case, &d.signature, i)? {
+                        s.findings += 1;
+                    }
+                } else {
+                    s.findings += 1;
                 }
             }
         }
-        if last_tick.elapsed() >= Duration::from_secs(1) {
+        if last_tick.elapsed() >= every {
             let dt = last_tick.elapsed().as_secs_f64();
             s.seconds = base_seconds + start.elapsed().as_secs_f64();
             s.execs_per_sec = (s.execs - last_execs) as f64 / dt;
             s.ioctls = backend.ioctls() - base_ioctls;
             last_tick = Instant::now();
             last_execs = s.execs;
+            // One checkpoint: counters, corpus view and own signatures, in one atomic write.
+            s.corpus_order = Some(order.clone());
+            s.own_signatures = Some(own.clone());
             save(&cfg, &s)?;
             if let Some(p) = cfg.progress.as_mut() {
                 p(&s);
@@ -420,21 +589,55 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
     s.execs_per_sec = if s.seconds > 0.0 { s.execs as f64 / s.seconds } else { 0.0 };
     if let Some(dir) = &cfg.workdir {
         // Workers share findings/: count what is on disk.
-        s.findings = std::fs::read_dir(dir.join("findings"))
-            .map(|d| d.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count() as u64)
-            .unwrap_or(s.findings);
+        s.findings = finding_names(dir).len() as u64;
     }
     let links = fd_links();
     s.resources.fds_end = links.len();
     s.resources.kvm_vm_fds_end = links.iter().filter(|l| l.contains("kvm-vm")).count();
     s.resources.peak_rss_kib = peak_rss_kib();
+    s.corpus_order = Some(order);
+    s.own_signatures = Some(own);
     save(&cfg, &s)?;
     Ok(s)
 }
 
+/// The entries of a corpus directory (names without `.case`), sorted: the initial corpus view
+/// of a fresh campaign.
+pub fn corpus_names(cd: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(cd)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".case")).map(str::to_string))
+                .filter(|n| !n.starts_with('.') && !n.is_empty() && n.len() <= 200 && !n.chars().any(char::is_control))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The complete findings of a workdir (directory names, temporaries left out).
+fn finding_names(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("findings"))
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).filter(|n| !n.starts_with('.')).collect())
+        .unwrap_or_default()
+}
+
+/// The (worker, iteration) a finding's `verdict.json` records, if it records them.
+fn finding_key(dir: &Path) -> Option<(u64, u64)> {
+    let bytes = crate::store::read_bounded(&dir.join("verdict.json"), crate::store::caps::JSON).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    Some((v.get("worker")?.as_u64()?, v.get("iteration")?.as_u64()?))
+}
+
 /// Minimize a new finding (if a budget is set) and write it atomically: `case.bin` and
-/// `case.json` (minimized), `original.bin`, `verdict.json` (verdict and both traces of the
-/// minimized case), `minimize.json`.
+/// `case.json` (minimized), `original.bin`, `verdict.json` (verdict, both traces of the
+/// minimized case, and the worker and iteration that found it), `minimize.json`.
+///
+/// First writer wins deterministically: a finding already on disk is replaced (atomically,
+/// by exchanging the directories) only by one with a lower (worker, iteration), under the
+/// lock `WORKDIR/findings.lock` that serializes the workers' decisions. Returns whether the
+/// signature was new on disk.
 fn write_finding(
     backend: &mut dyn Backend,
     host: &HostFacts,
@@ -443,7 +646,12 @@ fn write_finding(
     case: &Case,
     sig: &str,
     i: u64,
-) -> Result<(), CampaignError> {
+) -> Result<bool, CampaignError> {
+    let worker = cfg.worker.map_or(0, |(k, _)| k);
+    let beaten = |d: &Path| finding_key(d).is_some_and(|key| key <= (worker, i));
+    if beaten(dest) {
+        return Ok(false);
+    }
     let (min, stats) = if cfg.minimize_budget > 0 {
         minimize(backend, host, &cfg.model, case, sig, cfg.minimize_budget)?
     } else {
@@ -455,24 +663,41 @@ fn write_finding(
         verdict: &verdict,
         backend: backend.name(),
         seed: cfg.seed,
+        worker,
         iteration: i,
         expected: &expected,
         observed: &observed,
     };
     let json = serde_json::to_vec_pretty(&rec).map_err(|e| CampaignError::State(e.to_string()))?;
     let mjson = serde_json::to_vec_pretty(&stats).map_err(|e| CampaignError::State(e.to_string()))?;
-    create_dir_atomic(
-        dest,
-        &[
-            ("case.bin", &min.encode()),
-            ("case.json", min.to_json().as_bytes()),
-            ("original.bin", &case.encode()),
-            ("verdict.json", &json),
-            ("minimize.json", &mjson),
-        ],
-    )
-    .map_err(io(dest))?;
-    Ok(())
+    let (min_bin, min_json, orig_bin) = (min.encode(), min.to_json(), case.encode());
+    let files: [(&str, &[u8]); 5] = [
+        ("case.bin", &min_bin),
+        ("case.json", min_json.as_bytes()),
+        ("original.bin", &orig_bin),
+        ("verdict.json", &json),
+        ("minimize.json", &mjson),
+    ];
+    let parent = crate::store::parent_dir(dest);
+    let lock_path = crate::store::parent_dir(parent).join("findings.lock");
+    let _lock = match crate::store::lock_waiting(&lock_path, Duration::from_secs(30), &AtomicBool::new(false)).map_err(io(&lock_path))? {
+        Ok(l) => l,
+        Err(holder) => return Err(CampaignError::State(format!("{}: held for 30 s by {holder}", lock_path.display()))),
+    };
+    if !dest.exists() {
+        return create_dir_atomic(dest, &files).map_err(io(dest));
+    }
+    if beaten(dest) {
+        return Ok(false);
+    }
+    let tmp = parent.join(format!(".{sig}.tmp.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let swapped = crate::store::build_dir(&tmp, &files).and_then(|()| crate::sys::rename_exchange(&tmp, dest));
+    // After the exchange `tmp` holds the finding it replaced; on failure, the partial build.
+    let _ = std::fs::remove_dir_all(&tmp);
+    swapped.map_err(io(dest))?;
+    crate::store::sync_dir(parent).map_err(io(dest))?;
+    Ok(false)
 }
 
 /// Where a campaign keeps `campaign.json` and `stats.jsonl`: the workdir, or the worker's
@@ -497,4 +722,58 @@ fn save(cfg: &CampaignConfig, s: &Summary) -> Result<(), CampaignError> {
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&stats).map_err(io(&stats))?;
     writeln!(f, "{line}").map_err(io(&stats))?;
     Ok(())
+}
+
+/// Recovery on start, by the process holding the workdir lock: temporary files and
+/// directories (`.<name>.tmp.<pid>`) left by a killed or disk-full campaign are removed,
+/// finding directories without a readable `case.bin` and `verdict.json` are removed (the
+/// campaign finds them again), and a `stats.jsonl` cut mid-line loses its partial last line.
+/// Returns one line per thing done.
+pub fn recover(workdir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut dirs = vec![workdir.to_path_buf(), workdir.join("findings"), workdir.join("corpus"), workdir.join("report")];
+    if let Ok(d) = std::fs::read_dir(workdir.join("workers")) {
+        dirs.extend(d.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for d in &dirs {
+        let Ok(entries) = std::fs::read_dir(d) else { continue };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if !(name.starts_with('.') && name.contains(".tmp.")) {
+                continue;
+            }
+            let p = e.path();
+            let removed = if e.file_type().is_ok_and(|t| t.is_dir()) { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            match removed {
+                Ok(()) => lines.push(format!("recovered: removed temporary {}", p.display())),
+                Err(err) => lines.push(format!("recovery: cannot remove temporary {}: {err}", p.display())),
+            }
+        }
+        let stats = d.join("stats.jsonl");
+        if let Ok(bytes) = crate::store::read_bounded(&stats, crate::store::caps::STATS) {
+            if bytes.last().is_some_and(|b| *b != b'\n') {
+                let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |n| n + 1);
+                match crate::store::write_atomic(&stats, &bytes[..keep]) {
+                    Ok(()) => lines.push(format!("recovered: completed {} (cut a partial last line)", stats.display())),
+                    Err(err) => lines.push(format!("recovery: cannot repair {}: {err}", stats.display())),
+                }
+            }
+        }
+    }
+    for name in finding_names(workdir) {
+        let p = workdir.join("findings").join(&name);
+        if !p.is_dir() {
+            continue;
+        }
+        let case_ok = crate::store::read_bounded(&p.join("case.bin"), crate::store::caps::CASE).is_ok_and(|b| Case::decode(&b).is_ok());
+        let verdict_ok = crate::store::read_bounded(&p.join("verdict.json"), crate::store::caps::JSON)
+            .is_ok_and(|b| serde_json::from_slice::<serde_json::Value>(&b).is_ok_and(|v| v.get("verdict").is_some()));
+        if !(case_ok && verdict_ok) {
+            match std::fs::remove_dir_all(&p) {
+                Ok(()) => lines.push(format!("recovered: removed incomplete finding {}", p.display())),
+                Err(err) => lines.push(format!("recovery: cannot remove incomplete finding {}: {err}", p.display())),
+            }
+        }
+    }
+    lines
 }

@@ -2,7 +2,7 @@
 //! coverage), pack/unpack (one archive with a manifest). Every file that is not a valid case
 //! is reported by name and skipped; nothing panics on bad input.
 
-use crate::store::write_atomic;
+use crate::store::{caps, read_bounded, write_atomic};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -53,7 +53,8 @@ pub fn read_dir(dir: &Path) -> Result<(Vec<Member>, Vec<String>), CorpusError> {
 }
 
 fn scan(dir: &Path, structural: bool) -> Result<Scan, CorpusError> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).map_err(io(dir))?.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+    // Everything but directories: FIFOs, devices and sockets are named and skipped below.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).map_err(io(dir))?.flatten().map(|e| e.path()).filter(|p| !p.is_dir()).collect();
     files.sort();
     let mut ok = Vec::new();
     let mut skipped = Vec::new();
@@ -63,7 +64,7 @@ fn scan(dir: &Path, structural: bool) -> Result<Scan, CorpusError> {
         if name.starts_with('.') {
             continue;
         }
-        match std::fs::read(&f) {
+        match read_bounded(&f, caps::CASE) {
             Err(e) => skipped.push(format!("{}: {e}", f.display())),
             Ok(b) => match Case::decode(&b) {
                 Ok(c) => ok.push((name, b, c)),
@@ -111,7 +112,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path, structural: bool) -> Result<(usize, V
         if structural {
             for line in sk {
                 let path = line.split(": ").next().unwrap_or_default();
-                match std::fs::read(path) {
+                match read_bounded(Path::new(path), caps::CASE) {
                     Ok(b) => cases.push((path.to_string(), b.clone(), xsave_oracle::case::from_fuzz_input(&b))),
                     Err(_) => skipped.push(line),
                 }
@@ -217,7 +218,7 @@ pub fn pack(dir: &Path, out: &Path, host: Option<serde_json::Value>, contract: &
 /// Unpack an archive into `out`: validates the manifest and every member. Returns the
 /// manifest, the number of cases written, and the members skipped (with the reason).
 pub fn unpack(file: &Path, out: &Path) -> Result<(Manifest, usize, Vec<String>), CorpusError> {
-    let bytes = std::fs::read(file).map_err(io(file))?;
+    let bytes = read_bounded(file, caps::ARCHIVE).map_err(io(file))?;
     let bad = |why: String| CorpusError::Archive { path: file.to_path_buf(), why };
     let mut archive = tar::Archive::new(&bytes[..]);
     let mut manifest: Option<Manifest> = None;

@@ -196,6 +196,22 @@ pub fn die_with_parent() {
     }
 }
 
+/// Swap two paths atomically (`renameat2(RENAME_EXCHANGE)`): both must exist; afterwards each
+/// name refers to what the other did, and no reader ever sees either name missing.
+pub fn rename_exchange(a: &std::path::Path, b: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let ca = std::ffi::CString::new(a.as_os_str().as_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let cb = std::ffi::CString::new(b.as_os_str().as_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: both pointers are NUL-terminated strings owned by `ca` and `cb`, alive for the
+    // call; renameat2 only reads them.
+    let r = unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Send SIGTERM to process `pid` (a parallel campaign's worker).
 pub fn terminate(pid: u32) {
     // SAFETY: kill(2) with a pid and a signal number touches no memory of ours.
