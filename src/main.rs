@@ -1,5 +1,7 @@
 //! `xsave-rig`: differential fuzzing rig for the Linux KVM x86 XSAVE userspace ABI.
 
+mod hub_cmd;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
@@ -27,6 +29,7 @@ struct Cli {
 const ENV_HELP: &str = "\
 Environment variables:
   XSAVE_RIG_DEV_KVM      the KVM device node (default /dev/kvm)
+  XSAVE_RIG_HUB          the fleet hub's PostgreSQL URL (`hub …`, and `fuzz`, which syncs with it when set)
   XSAVE_RIG_CACHE        the lab's cache directory (default $XDG_CACHE_HOME/xsave-rig, else ~/.cache/xsave-rig)
   XSAVE_RIG_APT_MIRROR   the Debian archive `lab fetch` downloads from (default http://deb.debian.org)
   XSAVE_RIG_DETECT_BIN   the libFuzzer detect_model binary `bench detect` runs (default: fuzz/target/…/release/detect_model)
@@ -124,6 +127,8 @@ enum Cmd {
         /// Internal (set by --jobs for its worker processes): run as worker K of N (`K/N`).
         #[arg(long)]
         worker: Option<String>,
+        #[command(flatten)]
+        hub: hub_cmd::FuzzHubArgs,
     },
     /// Shrink a diverging case while it keeps the same signature (deterministic).
     Minimize {
@@ -238,6 +243,11 @@ enum Cmd {
     Case {
         #[command(subcommand)]
         cmd: CaseCmd,
+    },
+    /// The fleet hub (PostgreSQL): schema and roles, push/pull, fleet status and findings.
+    Hub {
+        #[command(subcommand)]
+        cmd: hub_cmd::HubCmd,
     },
     /// Raw ioctl throughput next to the rig's, measured in the same run (`bench detect`: how fast
     /// the engine finds each historical contract).
@@ -1235,6 +1245,7 @@ fn run(cli: Cli) -> Result<i32> {
             guest,
             jobs,
             worker,
+            hub,
         } => {
             let (host, fingerprint) = backend_host(&backend, &oracle)?;
             let model = model_config(&oracle, &host)?;
@@ -1253,8 +1264,17 @@ fn run(cli: Cli) -> Result<i32> {
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install signal handler")?;
             }
+            let mut sync = match worker {
+                None => hub_cmd::start_fuzz_sync(&hub, &workdir, &fingerprint, &be.name(), &host, &model, jobs <= 1)?,
+                Some(_) => None,
+            };
+            let inbox = sync.as_mut().and_then(|s| s.inbox.take());
             if jobs > 1 && worker.is_none() {
-                return run_jobs(jobs, &workdir, json, &stop, oracle.host_facts.is_none());
+                let code = run_jobs(jobs, &workdir, json, &stop, oracle.host_facts.is_none());
+                if let Some(s) = sync {
+                    eprintln!("{}", hub_cmd::summary_line(&s.finish()));
+                }
+                return code;
             }
             let worker = match worker
                 .as_deref()
@@ -1297,8 +1317,11 @@ fn run(cli: Cli) -> Result<i32> {
                 stop_on_class: None,
                 worker,
                 guest,
+                inbox,
             };
-            let s = campaign::run(be.as_mut(), cfg)?;
+            let s = campaign::run(be.as_mut(), cfg);
+            let hub_stats = sync.map(|x| x.finish());
+            let s = s?;
             if tty {
                 eprintln!();
             }
@@ -1306,13 +1329,20 @@ fn run(cli: Cli) -> Result<i32> {
             if json {
                 let mut v = serde_json::to_value(&s)?;
                 v["exit_status"] = serde_json::json!(code);
+                if let Some(h) = &hub_stats {
+                    v["hub"] = serde_json::to_value(h)?;
+                }
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_summary(&s);
+                if let Some(h) = &hub_stats {
+                    println!("{}", hub_cmd::summary_line(h));
+                }
                 println!("{}", result_line(&s, code));
             }
             Ok(code)
         }
+        Cmd::Hub { cmd } => hub_cmd::run(cmd),
         Cmd::Replay { files, backend, oracle, json } => {
             let cases = files.iter().map(|f| load_case_or_raw(f).map(|(c, raw)| (f.clone(), c, raw))).collect::<Result<Vec<_>>>()?;
             let (host, _) = backend_host(&backend, &oracle)?;

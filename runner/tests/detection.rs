@@ -16,6 +16,7 @@ fn findings(contract: Contract, iterations: u64) -> Vec<serde_json::Value> {
     let mut be = ModelBackend::new(host, ModelConfig { contract, quirks: vec![] });
     let cfg = CampaignConfig {
         guest: false,
+        inbox: None,
         seed: 42,
         iterations: Some(iterations),
         duration: None,
@@ -100,6 +101,7 @@ fn feedback_grows_a_corpus_and_reaches_more_rules() {
         let mut be = ModelBackend::new(host.clone(), ModelConfig::default());
         let cfg = CampaignConfig {
             guest: false,
+            inbox: None,
             seed: 3,
             iterations: Some(3000),
             duration: None,

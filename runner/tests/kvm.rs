@@ -23,6 +23,7 @@ fn campaign(host: &HostFacts, quirks: Vec<Quirk>, n: u64, seed: u64) -> Summary 
     let mut be = KvmBackend::new(host.clone(), true).expect("backend");
     let cfg = CampaignConfig {
         guest: false,
+        inbox: None,
         seed,
         iterations: Some(n),
         duration: None,
