@@ -454,17 +454,36 @@ fn parse_contract(s: &str) -> Result<Contract, String> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, 's')) => (&s[..i], 1.0),
-        Some((i, 'm')) => (&s[..i], 60.0),
-        Some((i, 'h')) => (&s[..i], 3600.0),
-        _ => (s, 1.0),
-    };
-    let v: f64 = num.parse().map_err(|_| format!("bad duration {s:?} (expected e.g. 60s, 5m, 1h)"))?;
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(format!("bad duration {s:?}"));
+    let bad = || format!("bad duration {s:?} (expected e.g. 90s, 1m30s, 500ms, 2h)");
+    let t = s.trim();
+    if let Ok(v) = t.parse::<f64>() {
+        return if v.is_finite() && v >= 0.0 { Ok(Duration::from_secs_f64(v)) } else { Err(bad()) };
     }
-    Ok(Duration::from_secs_f64(v * mult))
+    // A sequence of <number><unit>, unit one of ms, s, m, h, d.
+    let mut total = 0.0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let v: f64 = rest[..n].parse().map_err(|_| bad())?;
+        let after = &rest[n..];
+        let (mult, len) = if after.starts_with("ms") {
+            (0.001, 2)
+        } else {
+            match after.chars().next() {
+                Some('s') => (1.0, 1),
+                Some('m') => (60.0, 1),
+                Some('h') => (3600.0, 1),
+                Some('d') => (86400.0, 1),
+                _ => return Err(bad()),
+            }
+        };
+        total += v * mult;
+        rest = &after[len..];
+    }
+    if t.is_empty() || !total.is_finite() {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(total))
 }
 
 /// Write `bytes` to `path` atomically (temporary file, fsync, rename): a failure leaves

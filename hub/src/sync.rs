@@ -604,6 +604,7 @@ fn sync_loop(cfg: SyncConfig, wake: &(Mutex<bool>, Condvar), stopping: &AtomicBo
     let mut down_since: Option<Instant> = None;
     let mut next = Instant::now();
     let mut last_spool = Instant::now() - cfg.interval;
+    let mut final_tries = 0;
     loop {
         // Sleep until the next attempt or a stop.
         {
@@ -621,7 +622,7 @@ fn sync_loop(cfg: SyncConfig, wake: &(Mutex<bool>, Condvar), stopping: &AtomicBo
             }
         }
         let last = stopping.load(Ordering::SeqCst);
-        if last || last_spool.elapsed() >= cfg.interval {
+        if (last && final_tries == 0) || last_spool.elapsed() >= cfg.interval {
             if let Err(e) = spool_heartbeat(&cfg.workdir) {
                 log(&format!("hub: cannot spool a heartbeat: {e}"));
             }
@@ -691,9 +692,19 @@ fn sync_loop(cfg: SyncConfig, wake: &(Mutex<bool>, Condvar), stopping: &AtomicBo
             }
         }
         if last {
-            return st;
+            // The last sync: a few quick retries (a transient conflict), never a long wait.
+            final_tries += 1;
+            if st.delivered_at_exit || final_tries >= 3 || hub_unreachable(&st) {
+                return st;
+            }
+            std::thread::sleep(Duration::from_millis(300));
         }
     }
+}
+
+/// Whether the last failure was a connection failure (not worth retrying at exit).
+fn hub_unreachable(st: &SyncStats) -> bool {
+    st.last_error.as_deref().is_some_and(|e| e.contains("error connecting") || e.contains("connection closed") || e.contains("timed out"))
 }
 
 fn append_skipped(workdir: &Path, line: &str) {
