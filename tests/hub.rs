@@ -108,7 +108,9 @@ fn facts(dir: &Path, n: usize, kernel: &str) -> PathBuf {
     p
 }
 
-fn fuzz(workdir: &Path, facts: &Path, backend: &str, seed: u64, duration: &str, url: &str, interval: &str, extra: &[&str]) -> Command {
+/// `fuzz` on `backend` syncing with `hub` = (URL, interval).
+fn fuzz(workdir: &Path, facts: &Path, backend: &str, seed: u64, duration: &str, hub: (&str, &str), extra: &[&str]) -> Command {
+    let (url, interval) = hub;
     let mut c = rig();
     c.args(["fuzz", "--backend", backend, "--host-facts"])
         .arg(facts)
@@ -191,7 +193,7 @@ fn four_concurrent_hosts_share_one_hub() {
             let wd = tmp.path().join(format!("w{n}"));
             let f = facts(tmp.path(), n, kernel);
             let budget = if n % 2 == 0 { "0" } else { "100" };
-            let child = fuzz(&wd, &f, backend, 10 + n as u64, "8s", &url, "1s", &["--minimize-budget", budget])
+            let child = fuzz(&wd, &f, backend, 10 + n as u64, "8s", (&url, "1s"), &["--minimize-budget", budget])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -251,7 +253,7 @@ fn hub_outage_loses_and_duplicates_nothing() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let wd = tmp.path().join("w");
     let f = facts(tmp.path(), 0, "6.1.0-outage");
-    let child = fuzz(&wd, &f, "model:V2b", 7, "16s", &url, "1s", &["--minimize-budget", "0"])
+    let child = fuzz(&wd, &f, "model:V2b", 7, "16s", (&url, "1s"), &["--minimize-budget", "0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -340,7 +342,7 @@ fn sigkill_mid_sync_then_resume_loses_and_duplicates_nothing() {
     let wd = tmp.path().join("w");
     let f = facts(tmp.path(), 0, "6.1.0-kill");
     // Syncing every 100 ms: the kill lands in or near a push.
-    let mut child = fuzz(&wd, &f, "model:V2b", 5, "60s", &url, "100ms", &["--minimize-budget", "50"])
+    let mut child = fuzz(&wd, &f, "model:V2b", 5, "60s", (&url, "100ms"), &["--minimize-budget", "50"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -350,7 +352,7 @@ fn sigkill_mid_sync_then_resume_loses_and_duplicates_nothing() {
     let _ = child.wait();
     let killed = local(&wd);
     assert!(!killed.corpus.is_empty() && !killed.findings.is_empty(), "the campaign made nothing before the kill");
-    let o = fuzz(&wd, &f, "model:V2b", 5, "3s", &url, "100ms", &["--minimize-budget", "50", "--resume"]).output().expect("resume");
+    let o = fuzz(&wd, &f, "model:V2b", 5, "3s", (&url, "100ms"), &["--minimize-budget", "50", "--resume"]).output().expect("resume");
     let s = summary(&o);
     assert_eq!(s["resumed"], true);
     assert_eq!(s["hub"]["delivered_at_exit"], true, "{}", String::from_utf8_lossy(&o.stderr));
@@ -398,7 +400,7 @@ fn bad_hub_data_is_named_and_skipped_while_fuzzing_goes_on() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let wd = tmp.path().join("w");
     let f = facts(tmp.path(), 0, "6.1.0-bad");
-    let o = fuzz(&wd, &f, "model:V2b", 3, "3s", &url, "500ms", &["--minimize-budget", "0"]).output().expect("fuzz");
+    let o = fuzz(&wd, &f, "model:V2b", 3, "3s", (&url, "500ms"), &["--minimize-budget", "0"]).output().expect("fuzz");
     let s = summary(&o);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(s["hub"]["pulled"], 1, "{err}");
@@ -439,9 +441,10 @@ fn writers_and_readers_are_limited_by_the_database() {
     for (n, who, host) in [(0, &alice, "host-a"), (1, &bob, "host-b")] {
         let wd = tmp.path().join(format!("w{n}"));
         let f = facts(tmp.path(), n, "6.1.0-roles");
-        let o = fuzz(&wd, &f, "model:V2b", n as u64 + 1, "2s", &as_user(&url, who), "1s", &["--minimize-budget", "0", "--hub-host", host])
-            .output()
-            .expect("fuzz");
+        let o =
+            fuzz(&wd, &f, "model:V2b", n as u64 + 1, "2s", (&as_user(&url, who), "1s"), &["--minimize-budget", "0", "--hub-host", host])
+                .output()
+                .expect("fuzz");
         let s = summary(&o);
         assert_eq!(s["hub"]["delivered_at_exit"], true, "{}", String::from_utf8_lossy(&o.stderr));
     }
