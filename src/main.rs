@@ -91,8 +91,8 @@ enum Cmd {
         /// Number of cases (default 10000 when no --duration).
         #[arg(long, conflicts_with = "duration")]
         iterations: Option<u64>,
-        /// Run time, e.g. 60s, 5m, 1h.
-        #[arg(long, value_parser = parse_duration)]
+        /// Run time, e.g. 60s, 1m30s, 2h, or `forever` (until SIGINT/SIGTERM).
+        #[arg(long, value_parser = parse_run_time)]
         duration: Option<Duration>,
         /// Generator seed (default 1; with --resume, the stored campaign's, which a different
         /// --seed may not change).
@@ -451,6 +451,15 @@ fn parse_backend(s: &str) -> Result<BackendKind, String> {
 
 fn parse_contract(s: &str) -> Result<Contract, String> {
     Contract::parse(s).ok_or_else(|| format!("unknown contract {s:?} (expected V0, V1, V2a, V2b or V3)"))
+}
+
+/// A campaign's run time: a duration ([`parse_duration`]) or `forever`.
+fn parse_run_time(s: &str) -> Result<Duration, String> {
+    if s.trim() == "forever" {
+        Ok(Duration::MAX)
+    } else {
+        parse_duration(s).map_err(|e| format!("{e}, or forever"))
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
