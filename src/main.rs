@@ -1,5 +1,7 @@
 //! `xsave-rig`: differential fuzzing rig for the Linux KVM x86 XSAVE userspace ABI.
 
+mod hub_cmd;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
@@ -28,6 +30,7 @@ struct Cli {
 const ENV_HELP: &str = "\
 Environment variables:
   XSAVE_RIG_DEV_KVM      the KVM device node (default /dev/kvm)
+  XSAVE_RIG_HUB          the fleet hub's PostgreSQL URL (`hub …`, and `fuzz`, which syncs with it when set)
   XSAVE_RIG_CACHE        the lab's cache directory (default $XDG_CACHE_HOME/xsave-rig, else ~/.cache/xsave-rig)
   XSAVE_RIG_APT_MIRROR   the Debian archive `lab fetch` downloads from (default http://deb.debian.org)
   XSAVE_RIG_DETECT_BIN   the libFuzzer detect_model binary `bench detect` runs (default: fuzz/target/…/release/detect_model)
@@ -91,9 +94,9 @@ enum Cmd {
         /// stored total, unless given again).
         #[arg(long, conflicts_with = "duration")]
         iterations: Option<u64>,
-        /// Total run time of the campaign, e.g. 60s, 5m, 1h (kept on --resume unless given
-        /// again).
-        #[arg(long, value_parser = parse_duration)]
+        /// Total run time of the campaign, e.g. 60s, 1m30s, 2h, or `forever` (until SIGINT or
+        /// SIGTERM); kept on --resume unless given again.
+        #[arg(long, value_parser = parse_run_time)]
         duration: Option<Duration>,
         /// Generator seed (default 1; with --resume, the stored campaign's, which a different
         /// --seed may not change).
@@ -128,6 +131,8 @@ enum Cmd {
         /// Internal (set by --jobs for its worker processes): run as worker K of N (`K/N`).
         #[arg(long)]
         worker: Option<String>,
+        #[command(flatten)]
+        hub: hub_cmd::FuzzHubArgs,
     },
     /// Shrink a diverging case while it keeps the same signature (deterministic).
     Minimize {
@@ -242,6 +247,11 @@ enum Cmd {
     Case {
         #[command(subcommand)]
         cmd: CaseCmd,
+    },
+    /// The fleet hub (PostgreSQL): schema and roles, push/pull, fleet status and findings.
+    Hub {
+        #[command(subcommand)]
+        cmd: hub_cmd::HubCmd,
     },
     /// Raw ioctl throughput next to the rig's, measured in the same run (`bench detect`: how fast
     /// the engine finds each historical contract).
@@ -447,18 +457,50 @@ fn parse_contract(s: &str) -> Result<Contract, String> {
     Contract::parse(s).ok_or_else(|| format!("unknown contract {s:?} (expected V0, V1, V2a, V2b or V3)"))
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, 's')) => (&s[..i], 1.0),
-        Some((i, 'm')) => (&s[..i], 60.0),
-        Some((i, 'h')) => (&s[..i], 3600.0),
-        _ => (s, 1.0),
-    };
-    let v: f64 = num.parse().map_err(|_| format!("bad duration {s:?} (expected e.g. 60s, 5m, 1h)"))?;
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(format!("bad duration {s:?}"));
+/// A campaign's run time: a duration ([`parse_duration`]) or `forever`.
+/// `--duration forever`: about 317 years, so it stays a valid stored total (campaign.json keeps
+/// durations in seconds up to 1e10) and survives a resume.
+const FOREVER: Duration = Duration::from_secs(10_000_000_000);
+
+fn parse_run_time(s: &str) -> Result<Duration, String> {
+    if s.trim() == "forever" {
+        Ok(FOREVER)
+    } else {
+        parse_duration(s).map_err(|e| format!("{e}, or forever"))
     }
-    Ok(Duration::from_secs_f64(v * mult))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("bad duration {s:?} (expected e.g. 90s, 1m30s, 500ms, 2h)");
+    let t = s.trim();
+    if let Ok(v) = t.parse::<f64>() {
+        return if v.is_finite() && v >= 0.0 { Ok(Duration::from_secs_f64(v)) } else { Err(bad()) };
+    }
+    // A sequence of <number><unit>, unit one of ms, s, m, h, d.
+    let mut total = 0.0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let v: f64 = rest[..n].parse().map_err(|_| bad())?;
+        let after = &rest[n..];
+        let (mult, len) = if after.starts_with("ms") {
+            (0.001, 2)
+        } else {
+            match after.chars().next() {
+                Some('s') => (1.0, 1),
+                Some('m') => (60.0, 1),
+                Some('h') => (3600.0, 1),
+                Some('d') => (86400.0, 1),
+                _ => return Err(bad()),
+            }
+        };
+        total += v * mult;
+        rest = &after[len..];
+    }
+    if t.is_empty() || !total.is_finite() {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(total))
 }
 
 /// Write `bytes` to `path` atomically (temporary file, fsync, rename): a failure leaves
@@ -1268,6 +1310,7 @@ fn run(cli: Cli) -> Result<i32> {
             no_guest,
             jobs,
             worker,
+            hub,
         } => {
             let (host, fingerprint) = backend_host(&backend, &oracle)?;
             let model = model_config(&oracle, &host)?;
@@ -1314,6 +1357,11 @@ fn run(cli: Cli) -> Result<i32> {
                 xsave_runner::store::write_atomic(&fp_path, &serde_json::to_vec_pretty(&fingerprint)?)
                     .with_context(|| format!("cannot write {}", fp_path.display()))?;
             }
+            let mut sync = match worker {
+                None => hub_cmd::start_fuzz_sync(&hub, &workdir, &fingerprint, &be.name(), &host, &model, jobs <= 1)?,
+                Some(_) => None,
+            };
+            let inbox = sync.as_mut().and_then(|s| s.inbox.take());
             if jobs > 1 && worker.is_none() {
                 let mut main = stored.unwrap_or_else(|| Summary {
                     backend: be.name(),
@@ -1329,7 +1377,11 @@ fn run(cli: Cli) -> Result<i32> {
                 let state = workdir.join("campaign.json");
                 xsave_runner::store::write_atomic(&state, &serde_json::to_vec_pretty(&main)?)
                     .with_context(|| format!("cannot write {}", state.display()))?;
-                return run_jobs(jobs, &workdir, json, &stop, oracle.host_facts.is_none(), &main);
+                let code = run_jobs(jobs, &workdir, json, &stop, oracle.host_facts.is_none(), &main);
+                if let Some(s) = sync {
+                    eprintln!("{}", hub_cmd::summary_line(&s.finish()));
+                }
+                return code;
             }
             let worker = match worker
                 .as_deref()
@@ -1381,8 +1433,11 @@ fn run(cli: Cli) -> Result<i32> {
                 stop_on_class: None,
                 worker,
                 guest: !no_guest,
+                inbox,
             };
-            let s = campaign::run(be.as_mut(), cfg)?;
+            let s = campaign::run(be.as_mut(), cfg);
+            let hub_stats = sync.map(|x| x.finish());
+            let s = s?;
             if tty {
                 eprintln!();
             }
@@ -1394,13 +1449,20 @@ fn run(cli: Cli) -> Result<i32> {
                     o.remove("own_signatures");
                 }
                 v["exit_status"] = serde_json::json!(code);
+                if let Some(h) = &hub_stats {
+                    v["hub"] = serde_json::to_value(h)?;
+                }
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_summary(&s);
+                if let Some(h) = &hub_stats {
+                    println!("{}", hub_cmd::summary_line(h));
+                }
                 println!("{}", result_line(&s, code));
             }
             Ok(code)
         }
+        Cmd::Hub { cmd } => hub_cmd::run(cmd),
         Cmd::Replay { files, backend, oracle, json } => {
             let cases = files.iter().map(|f| load_case_or_raw(f).map(|(c, raw)| (f.clone(), c, raw))).collect::<Result<Vec<_>>>()?;
             let (host, _) = backend_host(&backend, &oracle)?;

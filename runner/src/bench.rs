@@ -190,6 +190,7 @@ pub fn detect(seeds: u64, budget: u64, libfuzzer: Option<&std::path::Path>) -> R
             let cfg = CampaignConfig {
                 guest: false,
                 initial_corpus: None,
+                inbox: None,
                 seed: 1000 + seed,
                 iterations: Some(budget),
                 duration: None,

@@ -135,6 +135,10 @@ pub struct CampaignConfig {
     /// none: the corpus directory as it is at the start. Parallel workers get the view the
     /// parent recorded before starting them, so none sees another's entries.
     pub initial_corpus: Option<Vec<String>>,
+    /// Cases from elsewhere (the fleet hub's other hosts), already validated: polled about
+    /// once a second and added to the mutation pool (not to `corpus/`: they are not this
+    /// campaign's discoveries).
+    pub inbox: Option<std::sync::mpsc::Receiver<Vec<Case>>>,
 }
 
 /// Persistent state (`campaign.json`) and the summary printed at the end.
@@ -168,6 +172,9 @@ pub struct Summary {
     pub agree_unpredicted: u64,
     /// Diverging cases per class.
     pub by_class: BTreeMap<String, u64>,
+    /// Diverging cases per signature (all sessions): what the fleet hub counts per host.
+    #[serde(default)]
+    pub by_signature: BTreeMap<String, u64>,
     /// Diverging cases a known host quirk explains.
     pub explained_by_quirk: u64,
     /// Seconds spent (all sessions).
@@ -552,6 +559,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
             }
             s.divergent_cases += 1;
             *s.by_class.entry(d.class.name().to_string()).or_default() += 1;
+            *s.by_signature.entry(d.signature.clone()).or_default() += 1;
             if d.explained_by.is_some() {
                 s.explained_by_quirk += 1;
             }
@@ -569,6 +577,16 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
             }
         }
         if last_tick.elapsed() >= every {
+            if let Some(rx) = &cfg.inbox {
+                while let Ok(cases) = rx.try_recv() {
+                    for c in cases {
+                        let exp = xsave_oracle::predict(&c, &host, &cfg.model);
+                        points.extend(xsave_oracle::coverage::points(&c, &exp).iter().map(|p| p.to_string()));
+                        shapes.insert(xsave_oracle::coverage::shape(&c));
+                        corpus.push(c);
+                    }
+                }
+            }
             let dt = last_tick.elapsed().as_secs_f64();
             s.seconds = base_seconds + start.elapsed().as_secs_f64();
             s.execs_per_sec = (s.execs - last_execs) as f64 / dt;

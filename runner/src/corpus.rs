@@ -215,6 +215,22 @@ pub fn pack(dir: &Path, out: &Path, host: Option<serde_json::Value>, contract: &
     Ok((cases.len(), skipped))
 }
 
+/// The checks every shared corpus member passes before it is used (`corpus unpack` and the
+/// fleet hub's pull): a plain member name (no `/`, not hidden), listed by its sender
+/// (`listed`: the hash the sender declared), content matching that hash (`actual`: the hash
+/// of `data` computed here), and bytes that decode as a case of a format version this build
+/// reads. The reason is one line, for the caller to name the member with.
+pub fn validate_member(name: &str, listed: Option<&str>, actual: &str, data: &[u8]) -> Result<Case, String> {
+    if name.contains('/') || name.starts_with('.') || name.is_empty() {
+        return Err("not a corpus member".into());
+    }
+    match listed {
+        None => Err("not listed in the manifest".into()),
+        Some(h) if h != actual => Err("content does not match the manifest hash".into()),
+        Some(_) => Case::decode(data).map_err(|e| e.to_string()),
+    }
+}
+
 /// Unpack an archive into `out`: validates the manifest and every member. Returns the
 /// manifest, the number of cases written, and the members skipped (with the reason).
 pub fn unpack(file: &Path, out: &Path) -> Result<(Manifest, usize, Vec<String>), CorpusError> {
@@ -243,20 +259,15 @@ pub fn unpack(file: &Path, out: &Path) -> Result<(Manifest, usize, Vec<String>),
     let mut skipped = Vec::new();
     for (name, data) in members {
         let short = name.strip_prefix("cases/").unwrap_or(&name).to_string();
-        let listed = m.members.iter().find(|(n, _)| *n == short);
+        let listed = m.members.iter().find(|(n, _)| *n == short).map(|(_, h)| h.as_str());
         let hash = format!("{:016x}", fnv1a(&data));
-        if short.contains('/') || short.starts_with('.') {
-            skipped.push(format!("{name}: not a corpus member"));
-        } else if listed.is_none() {
-            skipped.push(format!("{name}: not listed in the manifest"));
-        } else if listed.is_some_and(|(_, h)| *h != hash) {
-            skipped.push(format!("{name}: content does not match the manifest hash"));
-        } else if let Err(e) = Case::decode(&data) {
-            skipped.push(format!("{name}: {e}"));
-        } else {
-            let p = out.join(&short);
-            write_atomic(&p, &data).map_err(io(&p))?;
-            written += 1;
+        match validate_member(&short, listed, &hash, &data) {
+            Err(why) => skipped.push(format!("{name}: {why}")),
+            Ok(_) => {
+                let p = out.join(&short);
+                write_atomic(&p, &data).map_err(io(&p))?;
+                written += 1;
+            }
         }
     }
     Ok((m, written, skipped))

@@ -17,6 +17,7 @@ fn findings(contract: Contract, iterations: u64) -> Vec<serde_json::Value> {
     let cfg = CampaignConfig {
         guest: false,
         initial_corpus: None,
+        inbox: None,
         seed: 42,
         iterations: Some(iterations),
         duration: None,
@@ -102,6 +103,7 @@ fn feedback_grows_a_corpus_and_reaches_more_rules() {
         let cfg = CampaignConfig {
             guest: false,
             initial_corpus: None,
+            inbox: None,
             seed: 3,
             iterations: Some(3000),
             duration: None,

@@ -24,6 +24,7 @@ fn campaign(host: &HostFacts, quirks: Vec<Quirk>, n: u64, seed: u64) -> Summary 
     let cfg = CampaignConfig {
         guest: true,
         initial_corpus: None,
+        inbox: None,
         seed,
         iterations: Some(n),
         duration: None,
