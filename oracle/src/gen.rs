@@ -181,7 +181,9 @@ pub fn guest_action(u: &mut Unstructured) -> Result<GuestAction> {
         0..=14 => GuestAction::Xmm { seed: seed(u)? },
         15..=32 => GuestAction::Ymm { seed: seed(u)? },
         33..=39 => GuestAction::Vzeroupper,
-        40..=46 => GuestAction::Ldmxcsr { value: if chance(u, 85)? { mxcsr(u)? & 0xffff } else { mxcsr(u)? } },
+        // Only architecturally valid values: QEMU's TCG (the lab's CPU) does not raise #GP for
+        // reserved MXCSR bits, so the fault is exercised by unavailable features instead.
+        40..=46 => GuestAction::Ldmxcsr { value: mxcsr(u)? & 0xffff },
         47..=52 => GuestAction::Fldcw { value: if chance(u, 50)? { 0x37f } else { u16::arbitrary(u)? | 0x3f } },
         53..=58 => GuestAction::Fninit,
         59..=66 => GuestAction::Opmask { seed: seed(u)? },

@@ -274,9 +274,31 @@ pub fn x87_pending(img: &[u8]) -> bool {
     fsw & !fcw & 0x3f != 0
 }
 
+impl GuestAction {
+    /// Whether the action reads guest memory (its input) and writes it (a store).
+    pub fn memory(&self) -> (bool, bool) {
+        match self {
+            GuestAction::Vzeroupper | GuestAction::Fninit => (false, false),
+            GuestAction::Xsave => (false, true),
+            _ => (true, false),
+        }
+    }
+}
+
+/// Whether PKRU blocks the program's user-mode data accesses: every page the rig maps has
+/// protection key 0, so with CR4.PKE, AD0 (bit 0) blocks reads and writes and WD0 (bit 1)
+/// blocks writes (SDM 4.6.2). The end marker is a write.
+pub fn pkru_blocks(pkru: u32, cr4_pke: bool, read: bool, write: bool) -> bool {
+    cr4_pke && ((read || write) && pkru & 1 != 0 || write && pkru & 2 != 0)
+}
+
 /// Why an action faults (no handler: the run ends in a shutdown), given hardware XCR0.
 pub fn faults(host: &HostFacts, regs: &Regs, a: &GuestAction, hw_xcr0: u64, cr4_pke: bool) -> bool {
     if a.needs_xcr0() & !hw_xcr0 != 0 {
+        return true;
+    }
+    let (read, write) = a.memory();
+    if pkru_blocks(regs.pkru, cr4_pke, read, write) {
         return true;
     }
     match a {

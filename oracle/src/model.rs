@@ -716,6 +716,11 @@ impl<'a> Model<'a> {
                 regs.apply(host, a);
             }
         }
+        if exit == Exit::End && crate::guest::pkru_blocks(regs.pkru, self.vcpu.cr4_pke, false, true) {
+            // The end marker is a store: a PKRU that blocks key-0 writes ends the run in a fault.
+            exit = Exit::Shutdown;
+            rules.push(Rule::RunFault);
+        }
         if exit == Exit::End {
             rules.push(Rule::RunEnd);
         }

@@ -261,3 +261,19 @@ fn decoding_random_version_2_bodies_never_panics() {
         let _ = Case::decode(&b);
     }
 }
+
+/// run.fault: a PKRU that disables key 0 blocks the program's data accesses (every page the
+/// rig maps has key 0), so the run faults at its next load or store, and later runs too.
+#[test]
+fn pkru_key0_blocks_the_program() {
+    let h = host207();
+    let t =
+        v3(&h, full_avx(), vec![run(vec![A::Wrpkru { value: 0x1 }, A::Fninit]), run(vec![A::Fninit]), run(vec![A::Wrpkru { value: 0 }])]);
+    assert_eq!(exit(&t.results[2]), Exit::Shutdown, "the end marker store is blocked");
+    assert_eq!(exit(&t.results[3]), Exit::Shutdown, "PKRU persists into the next run");
+    assert_eq!(exit(&t.results[4]), Exit::Shutdown, "WRPKRU's own input load is blocked");
+    // WD0 only: loads work, the end store faults.
+    let t = v3(&h, full_avx(), vec![run(vec![A::Wrpkru { value: 0x2 }, A::Xmm { seed: 1 }])]);
+    assert_eq!(exit(last(&t)), Exit::Shutdown);
+    assert!(last(&t).rules.contains(&Rule::RunFault));
+}

@@ -167,9 +167,22 @@ fn pooled_equals_fresh() {
         }
         let a = fresh.execute(&case).expect("fresh run");
         let b = pooled.execute(&case).expect("pooled run");
-        assert_eq!(a, b, "case {i} differs between fresh and pooled vCPUs:\n{}", case.to_json());
+        if runs_in(&case) {
+            // Guest runs leave some bytes to the processor (XINUSE and the other allowed sets),
+            // which may choose differently from one run to the next: the two executions must
+            // get the same verdict.
+            let model = ModelConfig { quirks: host.quirks.clone(), ..ModelConfig::default() };
+            let (va, vb) = (judge(&case, host, &model, &a).1, judge(&case, host, &model, &b).1);
+            assert_eq!(va, vb, "case {i}: fresh and pooled vCPUs get different verdicts:\n{}", case.to_json());
+        } else {
+            assert_eq!(a, b, "case {i} differs between fresh and pooled vCPUs:\n{}", case.to_json());
+        }
     }
     assert!(pooled.ioctl_stats().get("KVM_CREATE_VM").map_or(0, |s| s.count) <= 2 + runs, "pool not reused");
+}
+
+fn runs_in(case: &xsave_oracle::Case) -> bool {
+    case.ops.iter().any(|o| matches!(o, xsave_oracle::Op::RunGuest(_)))
 }
 
 /// The committed seed corpus agrees with the oracle on this host's KVM.
