@@ -55,6 +55,7 @@ fn campaign(kernel: &str, contract: &str, n: &str, dir: &Path) -> serde_json::Va
         "--seed",
         "11",
         "--narrow-cpuid",
+        "--no-guest",
         "--json",
         "--workdir",
         wd,
@@ -152,6 +153,34 @@ fn failure_paths_are_clear_and_leave_no_qemu() {
     // No kernel image at all.
     let o = rig(&["lab", "run", "--kernel", "/nonexistent/bzImage", "--", "probe"]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// The guest-run seed scenarios (the contract's selftests, run by the guest itself) agree with
+/// each stock kernel's own contract: 6.12 with V3, 5.10 with V0.
+#[test]
+fn guest_seed_scenarios_agree_on_stock_kernels() {
+    if !lab_or_skip("guest_seed_scenarios_agree_on_stock_kernels") {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/seed");
+    let mut files: Vec<String> = std::fs::read_dir(&seeds)
+        .expect("seed dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("guest-")))
+        .map(|p| p.display().to_string())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "the three selftest scenarios are seeds");
+    for (kernel, contract) in [("debian:6.12", "V3"), ("debian:5.10", "V0")] {
+        let mut args = vec!["lab", "run", "--kernel", kernel, "--timeout", "300", "--", "replay", "--contract", contract];
+        args.extend(files.iter().map(String::as_str));
+        let o = rig(&args);
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(0), "{kernel} under {contract}:\n{text}\n{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(text.matches("AGREE").count(), files.len(), "{text}");
+    }
 }
 
 /// The kernel id `lab fetch SPEC` resolves to now (downloading it if needed).

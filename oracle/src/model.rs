@@ -603,13 +603,14 @@ impl<'a> Model<'a> {
                 allowed.push(unless(1u64 << c.bit, c.offset as usize, vec![0; size]));
             }
         }
-        if legacy && h & FP != 0 && v.fsw_derived {
+        // V0 copies the legacy area raw, whatever XSTATE_BV says: the hardware's bytes show.
+        let shown = |under: u64| !legacy || h & under != 0;
+        if shown(FP) && v.fsw_derived {
             allowed.push(fsw_choice());
             rules.push(Rule::RunFswDerived);
         }
-        if legacy {
-            for (start, values, rule, under) in v.legacy_alts.iter().filter(|a| h & a.3 != 0) {
-                let _ = under;
+        {
+            for (start, values, rule, _) in v.legacy_alts.iter().filter(|a| shown(a.3)) {
                 allowed.push(Allowed::OneOf { start: *start as u32, values: values.clone(), rule: *rule });
                 rules.push(*rule);
             }
@@ -629,14 +630,17 @@ impl<'a> Model<'a> {
     }
 
     /// CR4 bits the rig's guest set-up gets accepted: OSXSAVE needs XSAVE in the guest CPUID,
-    /// PKE needs PKU there (and the host's PKRU) — except under `pvm-hw-xcr0`.
+    /// PKE needs PKU there (and the host's PKRU) — except under `pvm-hw-xcr0` and on V0.
     fn setup_cr4(&mut self, rules: &mut Vec<Rule>) {
         let t = &self.vcpu.cpuid;
         let leaf1 = find_entry(t, 1, NOT_SIGNIFICANT).map_or(0, |i| t[i].ecx);
         let leaf7 = find_entry(t, 7, Some(0)).map_or(0, |i| t[i].ecx);
         let pvm = self.quirk(Quirk::PvmHwXcr0);
-        self.vcpu.cr4_osxsave = pvm || leaf1 & (1 << 26) != 0;
-        self.vcpu.cr4_pke = self.host.supported_xcr0 & PKRU != 0 && (pvm || leaf7 & (1 << 3) != 0);
+        // Measured boundary, like the EFER check: 5.10 (V0) accepts the CR4 bits whatever the
+        // guest CPUID says; 6.1 and later check them.
+        let lax = pvm || self.contract() == Contract::V0;
+        self.vcpu.cr4_osxsave = lax || leaf1 & (1 << 26) != 0;
+        self.vcpu.cr4_pke = self.host.supported_xcr0 & PKRU != 0 && (lax || leaf7 & (1 << 3) != 0);
         rules.push(if pvm { Rule::QuirkPvmHwXcr0 } else { Rule::RunCr4Osxsave });
     }
 
@@ -649,7 +653,9 @@ impl<'a> Model<'a> {
             // guest CPUID upstream; PVM does not consult it.
             let t = &self.vcpu.cpuid;
             let lm = find_entry(t, 0x8000_0001, NOT_SIGNIFICANT).is_some_and(|i| t[i].edx & (1 << 29) != 0);
-            if !lm && !self.quirk(Quirk::PvmHwXcr0) {
+            // Measured boundary, not a pinned commit: 5.10 (V0) accepts EFER.LME without LM
+            // in KVM_SET_SREGS, 6.1 and later refuse it.
+            if !lm && !self.quirk(Quirk::PvmHwXcr0) && self.contract() != Contract::V0 {
                 return ret_err(origin, EINVAL, vec![Rule::RunSetupLongMode]);
             }
             self.setup_cr4(&mut rules);
