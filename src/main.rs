@@ -1122,6 +1122,15 @@ fn print_probe(r: &ProbeReport) {
     }
     let q: Vec<&str> = r.quirks.iter().map(|q| q.name()).collect();
     println!("quirks           {}", if q.is_empty() { "none".into() } else { q.join(", ") });
+    if let Some(g) = &r.guest {
+        println!(
+            "guest            {} at CPL{}; guest-writable xfeatures {}; hardware XCR0 {}",
+            if g.runs { "programs run" } else { "programs do not run" },
+            g.cpl,
+            g.writable,
+            if g.hw_xcr0_follows_guest { "follows the guest's" } else { "stays the host's (pvm-hw-xcr0)" }
+        );
+    }
     for e in &r.quirk_evidence {
         println!("  evidence: {e}");
     }

@@ -49,6 +49,10 @@ pub struct ProbeReport {
     pub quirks: Vec<Quirk>,
     /// What was measured to find them.
     pub quirk_evidence: Vec<String>,
+    /// Guest execution: whether guest programs run, at which CPL, which components a guest can
+    /// write, and whether hardware XCR0 follows the guest's.
+    #[serde(default)]
+    pub guest: Option<GuestProbe>,
     /// Per probe case, the versions it agrees with.
     pub probe_cases: Vec<ProbeCaseResult>,
     /// The facts the oracle uses (feed back with `--host-facts`).
@@ -64,6 +68,46 @@ pub struct Capabilities {
     pub xcrs: i32,
     /// KVM_CAP_XSAVE2.
     pub xsave2: i32,
+}
+
+/// What the probe measured of guest execution (`probe --json` `guest`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestProbe {
+    /// A guest program ran to its end (the rig's long-mode set-up and its MMIO exit work).
+    pub runs: bool,
+    /// The privilege level the rig runs guest programs at (3: the only one kvm_pvm runs
+    /// natively; stock KVM runs it too).
+    pub cpl: u8,
+    /// xfeatures guest programs wrote and then saw in-use in their own XSAVE (hex).
+    pub writable: String,
+    /// Hardware XCR0 follows the guest's XCR0 (false under quirk `pvm-hw-xcr0`).
+    pub hw_xcr0_follows_guest: bool,
+}
+
+/// Run the guest probes on `backend`: a program per component group, with guest XCR0 set to
+/// the host's supported XCR0 (without AMX), each storing its own XSAVE image.
+pub fn probe_guest(backend: &mut dyn Backend, quirks: &[Quirk]) -> Result<GuestProbe, BackendError> {
+    use xsave_oracle::guest::{GuestAction as A, GuestProgram};
+    let host = backend.host().clone();
+    let config = Config {
+        cpuid: Some(CpuidTable { base: CpuidBase::Supported { xcr0_mask: !0, drop_leaves: vec![] }, entries: vec![], reverse: false }),
+        xcr0: Some(host.supported_xcr0 & !XTILE),
+    };
+    let programs = [
+        vec![A::Fldcw { value: 0x27f }, A::Xmm { seed: 0x61 }, A::Ymm { seed: 0x62 }, A::Xsave],
+        vec![A::Opmask { seed: 0x63 }, A::Zmm { seed: 0x64 }, A::Xsave],
+        vec![A::Wrpkru { value: 0x4 }, A::Xsave],
+    ];
+    let (mut runs, mut writable) = (false, 0u64);
+    for actions in programs {
+        let case = Case { config: config.clone(), ops: vec![Op::RunGuest(GuestProgram { actions })] };
+        let obs = backend.execute(&case)?;
+        if let Some(r) = obs.results.last().filter(|r| r.ret == Ret::Ok(0)) {
+            runs = true;
+            writable |= xsave_oracle::layout::le64(&r.data, xsave_oracle::layout::XSTATE_BV);
+        }
+    }
+    Ok(GuestProbe { runs, cpl: 3, writable: format!("{writable:#x}"), hw_xcr0_follows_guest: !quirks.contains(&Quirk::PvmHwXcr0) })
 }
 
 /// The nearest contract version and the probe cases where the host departs from it.
@@ -448,6 +492,7 @@ pub fn probe() -> Result<ProbeReport, BackendError> {
     let mut backend = KvmBackend::new(host.clone(), false)?;
     let (quirks, mut quirk_evidence) = detect_quirks(&mut backend)?;
     host.quirks = quirks.clone();
+    let guest = Some(probe_guest(&mut backend, &quirks)?);
     if quirks.contains(&Quirk::PvmCpuidRewrite) {
         host.pvm_dropped_leaves = measure_dropped_leaves(&mut backend)?;
         let list: Vec<String> = host.pvm_dropped_leaves.iter().map(|f| format!("{f:#x}")).collect();
@@ -473,6 +518,7 @@ pub fn probe() -> Result<ProbeReport, BackendError> {
         nearest: m.nearest,
         quirks,
         quirk_evidence,
+        guest,
         probe_cases: m.cases,
         host,
     })
