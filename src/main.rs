@@ -613,6 +613,9 @@ impl Backend for Labelled {
     fn ioctls(&self) -> u64 {
         self.inner.ioctls()
     }
+    fn kernel_log(&mut self) -> Vec<String> {
+        self.inner.kernel_log()
+    }
 }
 
 fn make_backend(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn Backend>> {
@@ -1487,6 +1490,9 @@ fn run(cli: Cli) -> Result<i32> {
             for (f, case, raw) in cases {
                 let observed = be.execute(&case)?;
                 let (expected, verdict) = judge(&case, &host, &model, &observed);
+                let log = be.kernel_log();
+                let verdict =
+                    if log.is_empty() { verdict } else { Verdict::Diverge(Box::new(xsave_oracle::diff::kernel_splat(&case, &model, log))) };
                 if verdict != Verdict::Agree {
                     code = 1;
                 }

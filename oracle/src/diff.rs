@@ -38,6 +38,8 @@ pub enum Class {
     Xcr0,
     /// What the guest itself sees after a load (its exit, and its own XSAVE image).
     GuestView,
+    /// The kernel logged a WARN, BUG, KASAN/UBSAN report or a kvm error while the case ran.
+    KernelSplat,
 }
 
 impl Class {
@@ -54,6 +56,7 @@ impl Class {
             Class::CpuidConfig => "cpuid-config",
             Class::Xcr0 => "xcr0",
             Class::GuestView => "guest-view",
+            Class::KernelSplat => "kernel-splat",
         }
     }
 }
@@ -110,6 +113,36 @@ pub struct Divergence {
     pub title: String,
     /// Stable deduplication signature: `<class>-<16 hex digits>`.
     pub signature: String,
+    /// Kernel log lines (class `kernel-splat`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<String>,
+}
+
+/// A kernel splat logged while `case` ran: the kernel's own signal, a finding whatever the
+/// oracle said. The signature keeps the splat's words, not its numbers (addresses, PIDs, line
+/// offsets), so the same WARN from two runs is one finding.
+pub fn kernel_splat(case: &Case, cfg: &ModelConfig, log: Vec<String>) -> Divergence {
+    let first = log.first().cloned().unwrap_or_default();
+    let shape: String = first.split_whitespace().filter(|w| !w.chars().any(|c| c.is_ascii_digit())).collect::<Vec<_>>().join(" ");
+    let steps = case.steps().len();
+    Divergence {
+        class: Class::KernelSplat,
+        symptom_class: Class::KernelSplat,
+        step: steps.saturating_sub(1),
+        origin: Origin::Op(case.ops.len().saturating_sub(1)),
+        op: "kernel log".to_string(),
+        contract: cfg.contract.name().to_string(),
+        quirks: cfg.quirks.clone(),
+        expected_ret: Ret::Ok(0),
+        observed_ret: Ret::Ok(0),
+        bytes: Vec::new(),
+        lengths: None,
+        rules: Vec::new(),
+        explained_by: None,
+        title: format!("kernel splat while the case ran: {first}"),
+        signature: format!("kernel-splat-{:016x}", fnv1a(format!("splat|{shape}").as_bytes())),
+        log,
+    }
 }
 
 /// The outcome of comparing two traces.
@@ -432,6 +465,7 @@ pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, 
             explained_by: None,
             title,
             signature: format!("{}-{:016x}", class.name(), fnv1a(key.as_bytes())),
+            log: Vec::new(),
         }));
     }
     if expected.results.len() != observed.results.len() {
@@ -454,6 +488,7 @@ pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, 
             explained_by: None,
             title: format!("trace length: {} steps observed, {} predicted", observed.results.len(), expected.results.len()),
             signature: format!("size-{:016x}", fnv1a(key.as_bytes())),
+            log: Vec::new(),
         }));
     }
     Verdict::Agree

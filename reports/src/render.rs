@@ -160,6 +160,7 @@ const CLASSES: &[Class] = &[
     Class::CpuidConfig,
     Class::Xcr0,
     Class::GuestView,
+    Class::KernelSplat,
 ];
 
 fn class_help(c: Class) -> &'static str {
@@ -176,6 +177,7 @@ fn class_help(c: Class) -> &'static str {
         Class::CpuidConfig => "KVM_SET_CPUID2/KVM_GET_CPUID2 handling or guest_supported_xcr0 derivation differs.",
         Class::Xcr0 => "XCR0 value or KVM_SET_XCRS rules differ.",
         Class::GuestView => "What the guest itself saw differs: how its run ended, or its own XSAVE image of the state KVM loaded.",
+        Class::KernelSplat => "The kernel logged a WARN, BUG, KASAN/UBSAN report or a kvm error while the case ran.",
     }
 }
 

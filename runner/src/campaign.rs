@@ -18,6 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use xsave_oracle::diff::kernel_splat;
 use xsave_oracle::diff::{judge, Verdict};
 use xsave_oracle::gen::GenOptions;
 use xsave_oracle::trace::Trace;
@@ -520,6 +521,9 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
         }
         let observed = backend.execute(&case)?;
         let (expected, verdict) = judge(&case, &host, &cfg.model, &observed);
+        // The kernel's own signal outranks the oracle's: a splat is the case's finding.
+        let log = backend.kernel_log();
+        let verdict = if log.is_empty() { verdict } else { Verdict::Diverge(Box::new(kernel_splat(&case, &cfg.model, log))) };
         if cfg.feedback {
             let before = points.len();
             points.extend(xsave_oracle::coverage::points(&case, &expected).iter().map(|p| p.to_string()));
@@ -568,7 +572,8 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
                 own.push(d.signature.clone());
                 if let Some(dir) = &cfg.workdir {
                     let dest = dir.join("findings").join(&d.signature);
-                    if write_finding(backend, &host, &cfg, &dest, &case, &d.signature, i)? {
+                    let splat = (d.class == xsave_oracle::diff::Class::KernelSplat).then_some(&**d);
+                    if write_finding(backend, &host, &cfg, &dest, &case, &d.signature, i, splat)? {
                         s.findings += 1;
                     }
                 } else {
@@ -664,19 +669,26 @@ fn write_finding(
     case: &Case,
     sig: &str,
     i: u64,
+    splat: Option<&xsave_oracle::diff::Divergence>,
 ) -> Result<bool, CampaignError> {
     let worker = cfg.worker.map_or(0, |(k, _)| k);
     let beaten = |d: &Path| finding_key(d).is_some_and(|key| key <= (worker, i));
     if beaten(dest) {
         return Ok(false);
     }
-    let (min, stats) = if cfg.minimize_budget > 0 {
+    // A kernel splat is kept as found: the case that provoked it, with the log lines.
+    let (min, stats) = if cfg.minimize_budget > 0 && splat.is_none() {
         minimize(backend, host, &cfg.model, case, sig, cfg.minimize_budget)?
     } else {
         (case.clone(), MinStats::default())
     };
     let observed = backend.execute(&min)?;
+    let _ = backend.kernel_log();
     let (expected, verdict) = judge(&min, host, &cfg.model, &observed);
+    let verdict = match splat {
+        Some(d) => Verdict::Diverge(Box::new(d.clone())),
+        None => verdict,
+    };
     let rec = FindingRecord {
         verdict: &verdict,
         backend: backend.name(),

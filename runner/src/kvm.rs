@@ -78,6 +78,11 @@ pub struct KvmBackend {
     /// Interrupts runs that exceed [`crate::guest::TIMEOUT`]; created at the first run.
     watchdog: Option<Watchdog>,
     last_cr4: Option<u64>,
+    /// The kernel log, read after each case (the second oracle); `None` where unreadable.
+    kmsg: Option<crate::kmsg::Kmsg>,
+    /// Cases executed, and the one during which `XSAVE_RIG_TEST_KMSG_AT` injects a splat line.
+    executed: u64,
+    inject_at: Option<u64>,
 }
 
 fn ret(r: sys::IoResult) -> Ret {
@@ -105,6 +110,9 @@ impl KvmBackend {
             last_get: None,
             watchdog: None,
             last_cr4: None,
+            kmsg: crate::kmsg::Kmsg::open(),
+            executed: 0,
+            inject_at: std::env::var("XSAVE_RIG_TEST_KMSG_AT").ok().and_then(|v| v.parse().ok()),
         })
     }
 
@@ -151,6 +159,13 @@ impl KvmBackend {
         }
         (vm.dirty_cpuid, vm.dirty_xcr0, vm.dirty_xsave) = (false, false, false);
         ok
+    }
+
+    /// Without the kernel-log oracle (and its test hook): for the probe's own backends.
+    pub fn without_kernel_log(mut self) -> KvmBackend {
+        self.kmsg = None;
+        self.inject_at = None;
+        self
     }
 
     /// Per-ioctl counts and time spent inside the kernel.
@@ -403,10 +418,23 @@ impl Backend for KvmBackend {
             let (ret, data) = self.step(op)?;
             results.push(OpResult { data, ..OpResult::new(*origin, ret) });
         }
+        if self.inject_at == Some(self.executed) {
+            // Test hook: a WARN-shaped record logged while this case runs.
+            let _ = crate::kmsg::Kmsg::inject(&format!(
+                "<4>WARNING: CPU: 0 PID: {} at arch/x86/kvm/x86.c:0 xsave-rig injected test splat (case {})\n",
+                std::process::id(),
+                self.executed
+            ));
+        }
+        self.executed += 1;
         Ok(Trace { results })
     }
 
     fn ioctls(&self) -> u64 {
         self.stats.values().map(|s| s.count).sum()
+    }
+
+    fn kernel_log(&mut self) -> Vec<String> {
+        self.kmsg.as_mut().map(|k| k.splats()).unwrap_or_default()
     }
 }

@@ -9,6 +9,7 @@ pub mod campaign;
 pub mod corpus;
 pub mod differential;
 pub mod guest;
+pub mod kmsg;
 pub mod kvm;
 pub mod lab;
 pub mod matrix;
@@ -43,6 +44,11 @@ pub trait Backend {
     /// Number of ioctls issued so far (0 for backends without ioctls).
     fn ioctls(&self) -> u64 {
         0
+    }
+    /// Kernel splat lines (WARN, BUG, KASAN, ...) logged since the last call: the kernel's own
+    /// signals, a second oracle (empty for backends without a kernel).
+    fn kernel_log(&mut self) -> Vec<String> {
+        Vec::new()
     }
 }
 

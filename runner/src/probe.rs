@@ -486,10 +486,10 @@ pub fn probe() -> Result<ProbeReport, BackendError> {
     let mut host = host_facts()?;
     let kvm = open_kvm()?;
     let caps = Capabilities { xsave: kvm.check_extension_raw(55), xcrs: kvm.check_extension_raw(56), xsave2: kvm.check_extension_raw(208) };
-    let mut backend = KvmBackend::new(host.clone(), false)?;
+    let mut backend = KvmBackend::new(host.clone(), false)?.without_kernel_log();
     host.get_cpuid2_keeps_nent = measure_keeps_nent(&mut backend)?;
     host.cpuid_sgx_xfrm_masked = measure_sgx_xfrm(&mut backend)?;
-    let mut backend = KvmBackend::new(host.clone(), false)?;
+    let mut backend = KvmBackend::new(host.clone(), false)?.without_kernel_log();
     let (quirks, mut quirk_evidence) = detect_quirks(&mut backend)?;
     host.quirks = quirks.clone();
     let guest = Some(probe_guest(&mut backend, &quirks)?);
@@ -498,7 +498,7 @@ pub fn probe() -> Result<ProbeReport, BackendError> {
         let list: Vec<String> = host.pvm_dropped_leaves.iter().map(|f| format!("{f:#x}")).collect();
         quirk_evidence.push(format!("KVM_SET_CPUID2 silently drops leaves [{}] (set, read back)", list.join(", ")));
     }
-    let mut backend = KvmBackend::new(host.clone(), false)?;
+    let mut backend = KvmBackend::new(host.clone(), false)?.without_kernel_log();
     let m = match_contract(&mut backend, &host, &quirks)?;
     let d0 = host.supported_cpuid.iter().find(|e| e.function == 0xd && e.index == 0);
     Ok(ProbeReport {
