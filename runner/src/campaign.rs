@@ -661,6 +661,7 @@ fn finding_key(dir: &Path) -> Option<(u64, u64)> {
 /// by exchanging the directories) only by one with a lower (worker, iteration), under the
 /// lock `WORKDIR/findings.lock` that serializes the workers' decisions. Returns whether the
 /// signature was new on disk.
+#[allow(clippy::too_many_arguments)]
 fn write_finding(
     backend: &mut dyn Backend,
     host: &HostFacts,
