@@ -153,7 +153,17 @@ pub struct Further {
 /// The group key of a divergence: violated rule, ioctl, class. Stable across hosts, layouts
 /// and engines (none of them enters it).
 pub fn group_key(rule: Option<Rule>, ioctl: &str, class: Class) -> String {
-    format!("{}|{}|{}", rule.map_or("none", |r| r.id()), ioctl, class.name())
+    format!("{}|{}|{}", rule.map_or("none", |r| r.id()), ioctl, group_class(rule, class).name())
+}
+
+/// The class a group is keyed on: the class of the first divergence, except that a GET whose
+/// reported XSTATE_BV breaks the masking rule is a header difference whether or not hidden
+/// state took part (hidden state is the same mask seen after a CPUID change).
+pub fn group_class(rule: Option<Rule>, class: Class) -> Class {
+    match (rule, class) {
+        (Some(r), Class::HiddenState) if MASK_RULES.contains(&r) => Class::Header,
+        _ => class,
+    }
 }
 
 /// What a group's reports are about, in plain words: `ioctl` and the violated rule.
@@ -248,4 +258,109 @@ pub fn resync(
 /// unconfirmed), or the case's length.
 fn unfollowed(further: &[Further], case: &Case) -> usize {
     further.iter().find(|f| !followable(case, f.step)).map_or(usize::MAX, |f| f.step)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::case::{Case, CpuidBase, CpuidTable, XsaveImage};
+    use crate::model::{predict, Contract};
+    use Difference::*;
+
+    fn set() -> Op {
+        Op::RestoreLast { force_xstate_bv: None }
+    }
+
+    #[test]
+    fn table_maps_each_difference_to_one_rule() {
+        let rs = |v: &[Rule]| v.to_vec();
+        let get = rs(&[Rule::GetMaskV3, Rule::GetFpInit, Rule::GetMxcsrInit, Rule::GetSseZero, Rule::GetHeaderZero]);
+        // A GET reporting what the mask hides: the masking rule it was predicted under.
+        assert_eq!(violated_rule(&Op::GetXsave, &get, Bytes("xstate_bv"), false), Some(Rule::GetMaskV3));
+        let v0 = rs(&[Rule::GetMaskV0, Rule::GetV0LegacyRaw]);
+        assert_eq!(violated_rule(&Op::GetXsave2, &v0, Bytes("xstate_bv"), false), Some(Rule::GetMaskV0));
+        let user = rs(&[Rule::GetMaskUser, Rule::GetHeaderZero]);
+        assert_eq!(violated_rule(&Op::GetXsave, &user, Bytes("xstate_bv"), false), Some(Rule::GetMaskUser));
+        // Legacy-area bytes: the rule of the region under the reported features.
+        assert_eq!(violated_rule(&Op::GetXsave, &get, Bytes("mxcsr"), false), Some(Rule::GetMxcsrInit));
+        assert_eq!(violated_rule(&Op::GetXsave, &get, Bytes("x87"), false), Some(Rule::GetFpInit));
+        assert_eq!(violated_rule(&Op::GetXsave, &get, Bytes("header"), false), Some(Rule::GetHeaderZero));
+        // A SET refused where the oracle accepts: the permissive load ...
+        let ok = rs(&[Rule::SetFpCopied, Rule::SetKbvReplaced, Rule::SetAccept]);
+        assert_eq!(violated_rule(&set(), &ok, Refused, false), Some(Rule::SetAccept));
+        // ... unless only the MXCSR check explains the refusal.
+        let nofp = rs(&[Rule::SetMxcsrUnchecked, Rule::SetKbvReplaced, Rule::SetAccept]);
+        assert_eq!(violated_rule(&set(), &nofp, Refused, true), Some(Rule::SetMxcsrUnchecked));
+        assert_eq!(violated_rule(&set(), &nofp, Refused, false), Some(Rule::SetAccept));
+        // Accepted where the oracle refuses: the reject rule the oracle applied.
+        assert_eq!(violated_rule(&set(), &[Rule::SetRejectXcompBv], Accepted, false), Some(Rule::SetRejectXcompBv));
+        let x = Op::SetXcrs(crate::case::XcrsImage::xcr0(0x7));
+        assert_eq!(
+            violated_rule(&x, &[Rule::XcrsFirstXcr0, Rule::Xcr0RejectUnsupported], Accepted, false),
+            Some(Rule::Xcr0RejectUnsupported)
+        );
+        // KVM_RUN: the run/guest rule of the region.
+        let run = Op::RunGuest(Default::default());
+        let rr = rs(&[Rule::RunEntryLoad, Rule::RunHwXcr0Guest, Rule::GuestXsave, Rule::RunEnd]);
+        assert_eq!(violated_rule(&run, &rr, Bytes("xstate_bv"), false), Some(Rule::GuestXsave));
+        assert_eq!(violated_rule(&run, &rr, Bytes("xmm"), false), Some(Rule::RunEntryLoad));
+        assert_eq!(violated_rule(&run, &rr, Value, false), Some(Rule::RunFault));
+        assert_eq!(violated_rule(&run, &[Rule::RunSetupLongMode], Accepted, false), Some(Rule::RunSetupLongMode));
+        assert_eq!(violated_rule(&Op::GetXsave2, &get, Refused, false), Some(Rule::CapXsave2Size));
+    }
+
+    #[test]
+    fn group_key_ignores_hosts_and_folds_hidden_state_into_the_mask() {
+        let a = group_key(Some(Rule::GetMaskV3), "KVM_GET_XSAVE", Class::HiddenState);
+        assert_eq!(a, group_key(Some(Rule::GetMaskV3), "KVM_GET_XSAVE", Class::Header));
+        assert_eq!(a, "get.mask.v3|KVM_GET_XSAVE|header");
+        let t = group_title(Some(Rule::GetMaskV3), "KVM_GET_XSAVE", Class::Header);
+        assert!(t.starts_with("KVM_GET_XSAVE reports xfeatures") && t.ends_with("(violates get.mask.v3)"), "{t}");
+    }
+
+    fn host() -> HostFacts {
+        HostFacts::synthetic(0x2e7, 0xffff)
+    }
+
+    /// A case: a guest CPUID exposing FP|SSE only, a SET with YMM, a GET, a restore of it, a GET.
+    fn case() -> Case {
+        let mut c = Case::default();
+        let base = CpuidBase::Supported { xcr0_mask: 0x3, drop_leaves: vec![] };
+        c.config.cpuid = Some(CpuidTable { base, entries: vec![], reverse: false });
+        c.ops.push(Op::SetXsave(XsaveImage::init(0x7)));
+        c.ops.push(Op::GetXsave);
+        c.ops.push(Op::RestoreLast { force_xstate_bv: None });
+        c.ops.push(Op::GetXsave);
+        c
+    }
+
+    #[test]
+    fn a_get_after_a_refused_set_is_a_consequence() {
+        // The kernel is V2a (restrictive SET): the SET of YMM is refused, so the GET after it
+        // reports less than V3 predicts. Followed as refused, the GETs agree: consequences.
+        let (h, c) = (host(), case());
+        let v3 = ModelConfig::default();
+        let obs = predict(&c, &h, &ModelConfig { contract: Contract::V2a, quirks: vec![] });
+        let (_, v) = crate::diff::judge(&c, &h, &v3, &obs);
+        let d = v.divergence().expect("diverges");
+        assert_eq!(c.steps()[d.step].1.name(), "KVM_SET_XSAVE", "{d:?}");
+        assert_eq!(d.violated, Some(Rule::SetAccept));
+        assert!(!d.consequences.is_empty(), "{d:?}");
+        assert!(d.further.is_empty(), "{d:?}");
+    }
+
+    #[test]
+    fn an_independent_later_divergence_is_not_a_consequence() {
+        // The kernel is V1 (unmasked GET): the SET agrees, every GET reports what V3 masks.
+        // Following the first GET's bytes does not make the second agree: it is further.
+        let (h, c) = (host(), case());
+        let v3 = ModelConfig::default();
+        let obs = predict(&c, &h, &ModelConfig { contract: Contract::V1, quirks: vec![] });
+        let (_, v) = crate::diff::judge(&c, &h, &v3, &obs);
+        let d = v.divergence().expect("diverges");
+        assert_eq!(d.violated, Some(Rule::GetMaskV3), "{d:?}");
+        assert!(d.consequences.is_empty(), "{d:?}");
+        let last = c.steps().len() - 1;
+        assert!(d.further.iter().any(|f| f.step == last && f.violated == Some(Rule::GetMaskV3)), "{d:?}");
+    }
 }
