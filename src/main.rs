@@ -845,6 +845,7 @@ fn run_jobs(jobs: u64, workdir: &Path, json: bool, stop: &AtomicBool, pass_host:
                 total.interrupted |= s.interrupted;
                 total.new_signatures.extend(s.new_signatures);
                 total.resources.peak_rss_kib = total.resources.peak_rss_kib.max(s.resources.peak_rss_kib);
+                total.groups = campaign::merge_groups([total.groups.as_slice(), s.groups.as_slice()]);
                 for (c, n) in s.by_class {
                     *total.by_class.entry(c).or_default() += n;
                 }
@@ -1214,6 +1215,19 @@ fn lock_workdir(path: &Path, workdir: &Path, wait: Duration, stop: &AtomicBool) 
 }
 
 fn print_summary(s: &Summary) {
+    if !s.groups.is_empty() {
+        println!("groups           {} (one per violated rule, ioctl and class)", s.groups.len());
+        for g in &s.groups {
+            println!("  {}", g.title);
+            println!("    key {}  cases {}", g.key, g.cases);
+            if let Some((sig, n)) = &g.smallest {
+                println!("    smallest reproducer {sig} ({n} steps)");
+            }
+            for sig in &g.signatures {
+                println!("      {sig}");
+            }
+        }
+    }
     println!("backend          {}", s.backend);
     println!("oracle           {} quirks [{}]", s.contract, s.quirks.join(", "));
     println!("seed             {}", s.seed);

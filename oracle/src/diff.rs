@@ -116,6 +116,37 @@ pub struct Divergence {
     /// Kernel log lines (class `kernel-splat`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log: Vec<String>,
+    /// The contract rule the observation violates at this step (the root cause; one of
+    /// `rules` or the rule the prediction's acceptance rests on): [`crate::cause::violated_rule`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub violated: Option<Rule>,
+    /// Later steps that differ from the prediction only because of this divergence: they
+    /// agree with the prediction re-synchronised on the kernel's result here
+    /// ([`crate::cause::resync`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consequences: Vec<usize>,
+    /// Later steps that still differ from the re-synchronised prediction: symptoms of their
+    /// own, each with the rule it violates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub further: Vec<crate::cause::Further>,
+}
+
+impl Divergence {
+    /// The ioctl of the step (a restore is a KVM_SET_XSAVE).
+    pub fn ioctl(&self) -> &str {
+        self.op.split('(').next().unwrap_or(&self.op)
+    }
+
+    /// The group this divergence belongs to: violated rule, ioctl, class
+    /// ([`crate::cause::group_key`]).
+    pub fn group_key(&self) -> String {
+        crate::cause::group_key(self.violated, self.ioctl(), self.class)
+    }
+
+    /// The group's title in plain words.
+    pub fn group_title(&self) -> String {
+        crate::cause::group_title(self.violated, self.ioctl(), self.class)
+    }
 }
 
 /// A kernel splat logged while `case` ran: the kernel's own signal, a finding whatever the
@@ -142,6 +173,9 @@ pub fn kernel_splat(case: &Case, cfg: &ModelConfig, log: Vec<String>) -> Diverge
         title: format!("kernel splat while the case ran: {first}"),
         signature: format!("kernel-splat-{:016x}", fnv1a(format!("splat|{shape}").as_bytes())),
         log,
+        violated: None,
+        consequences: Vec::new(),
+        further: Vec::new(),
     }
 }
 
@@ -253,6 +287,18 @@ fn region_of(op: &Op, host: &HostFacts, i: usize) -> String {
         Op::GetXcrs => xcrs_region(i),
         _ => layout::region_name(host, i),
     }
+}
+
+/// Differing byte runs of step `op` (after resolving the processor's choices), split at
+/// region boundaries.
+pub fn step_bytes(op: &Op, host: &HostFacts, exp: &OpResult, obs: &OpResult) -> Vec<ByteDiff> {
+    byte_diffs(op, host, &exp.resolve(obs).0, obs)
+}
+
+/// Whether step `op` differs (return, length or a predicted byte), processor choices resolved.
+pub fn step_differs(op: &Op, host: &HostFacts, exp: &OpResult, obs: &OpResult) -> bool {
+    let (exp, _) = exp.resolve(obs);
+    exp.ret != obs.ret || exp.data.len() != obs.data.len() || !byte_diffs(op, host, &exp, obs).is_empty()
 }
 
 /// Differing byte runs, split at region boundaries.
@@ -448,6 +494,8 @@ pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, 
             if bytes.is_empty() { rule.map_or("", |r| r.id()) } else { "" }
         );
         let why = explain(case, host, cfg, k, exp, obs).or_else(|| rule.map(|r| r.id().to_string()));
+        let bad_mxcsr = crate::model::set_buffer(case, host, cfg, observed, &[], k).is_some_and(|b| crate::cause::mxcsr_invalid(host, &b));
+        let violated = crate::cause::violated_rule_of(op, exp, obs, &bytes, bad_mxcsr);
         let title = format!("{}: {}{}", ioctl_of(op), what, why.map(|w| format!(" ({w})")).unwrap_or_default());
         return Verdict::Diverge(Box::new(Divergence {
             class,
@@ -466,6 +514,9 @@ pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, 
             title,
             signature: format!("{}-{:016x}", class.name(), fnv1a(key.as_bytes())),
             log: Vec::new(),
+            violated,
+            consequences: Vec::new(),
+            further: Vec::new(),
         }));
     }
     if expected.results.len() != observed.results.len() {
@@ -489,6 +540,9 @@ pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, 
             title: format!("trace length: {} steps observed, {} predicted", observed.results.len(), expected.results.len()),
             signature: format!("size-{:016x}", fnv1a(key.as_bytes())),
             log: Vec::new(),
+            violated: None,
+            consequences: Vec::new(),
+            further: Vec::new(),
         }));
     }
     Verdict::Agree
@@ -516,6 +570,10 @@ pub fn judge(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace)
     let Verdict::Diverge(mut d) = verdict else {
         return (expected, Verdict::Agree);
     };
+    if let Some((consequences, further)) = crate::cause::resync(case, host, cfg, &expected, observed, d.step) {
+        d.consequences = consequences;
+        d.further = further;
+    }
     // Each missing quirk alone, then all of them together.
     let missing: Vec<Quirk> = host.quirks.iter().copied().filter(|q| !cfg.quirks.contains(q)).collect();
     let mut tries: Vec<Vec<Quirk>> = missing.iter().map(|q| vec![*q]).collect();

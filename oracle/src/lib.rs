@@ -11,6 +11,7 @@
 //! Host departures from upstream ([`host::Quirk`]) are modelled only when asked.
 
 pub mod case;
+pub mod cause;
 pub mod coverage;
 pub mod diff;
 pub mod gen;

@@ -135,6 +135,8 @@ pub struct Model<'a> {
     last_get: Option<Vec<u8>>,
     /// Free XSTATE_BV bits of the last GET (a restore of it carries them).
     last_get_free: u64,
+    /// Accept whatever a SET passes (re-synchronising on a kernel that accepted it).
+    force_accept: bool,
 }
 
 fn ret_err(origin: Origin, e: i32, rules: Vec<Rule>) -> OpResult {
@@ -148,7 +150,7 @@ fn ret_ok(origin: Origin, v: i64, rules: Vec<Rule>) -> OpResult {
 impl<'a> Model<'a> {
     /// A model holding a fresh vCPU.
     pub fn new(host: &'a HostFacts, cfg: &'a ModelConfig) -> Model<'a> {
-        Model { host, cfg, vcpu: Self::fresh(host, cfg), last_get: None, last_get_free: 0 }
+        Model { host, cfg, vcpu: Self::fresh(host, cfg), last_get: None, last_get_free: 0, force_accept: false }
     }
 
     fn fresh(host: &HostFacts, cfg: &ModelConfig) -> Vcpu {
@@ -194,6 +196,22 @@ impl<'a> Model<'a> {
         }
     }
 
+    /// The buffer a SET step would pass to the kernel.
+    pub fn set_buffer(&self, op: &Op) -> Option<Vec<u8>> {
+        match op {
+            Op::SetXsave(img) => Some(img.render(self.host, self.vcpu.uabi_size)),
+            Op::RestoreLast { force_xstate_bv } => {
+                let mut buf = self.last_get.clone().unwrap_or_default();
+                buf.resize(self.vcpu.uabi_size.max(layout::KVM_XSAVE_SIZE), 0);
+                if let Some(bv) = force_xstate_bv {
+                    put(&mut buf, layout::XSTATE_BV, &bv.to_le_bytes());
+                }
+                Some(buf)
+            }
+            _ => None,
+        }
+    }
+
     fn quirk(&self, q: Quirk) -> bool {
         self.cfg.quirks.contains(&q)
     }
@@ -219,11 +237,7 @@ impl<'a> Model<'a> {
                 self.set_xsave(origin, &buf)
             }
             Op::RestoreLast { force_xstate_bv } => {
-                let mut buf = self.last_get.clone().unwrap_or_default();
-                buf.resize(self.vcpu.uabi_size.max(layout::KVM_XSAVE_SIZE), 0);
-                if let Some(bv) = force_xstate_bv {
-                    put(&mut buf, layout::XSTATE_BV, &bv.to_le_bytes());
-                }
+                let buf = self.set_buffer(op).unwrap_or_default();
                 let carried = if force_xstate_bv.is_none() { self.last_get_free } else { 0 };
                 let r = self.set_xsave(origin, &buf);
                 if r.ret == Ret::Ok(0) {
@@ -267,7 +281,7 @@ impl<'a> Model<'a> {
         if entries.len() > MAX_CPUID_ENTRIES {
             return ret_err(origin, E2BIG, vec![Rule::CpuidRejectE2big]);
         }
-        if self.vcpu.ran && self.contract() >= Contract::V1 {
+        if self.vcpu.ran && self.contract() >= Contract::V1 && !self.force_accept {
             let mut scratch = Vec::new();
             let stored = self.runtime_table(&mut scratch);
             let saved = std::mem::replace(&mut self.vcpu.cpuid, entries);
@@ -278,7 +292,7 @@ impl<'a> Model<'a> {
         }
         if let Some(i) = find_entry(&entries, 0x8000_0008, NOT_SIGNIFICANT) {
             let bits = (entries[i].eax >> 8) & 0xff;
-            if bits != 0 && bits != 48 && bits != 57 {
+            if bits != 0 && bits != 48 && bits != 57 && !self.force_accept {
                 return ret_err(origin, EINVAL, vec![Rule::CpuidRejectVaddr]);
             }
         }
@@ -287,7 +301,7 @@ impl<'a> Model<'a> {
         if let (true, Some(i)) = (self.contract().has_xsave2(), find_entry(&entries, 0xd, Some(0))) {
             let x = entries[i].eax as u64 | ((entries[i].edx as u64) << 32);
             if x & USER_DYNAMIC != 0 {
-                if self.host.guest_perm & USER_DYNAMIC == 0 {
+                if self.host.guest_perm & USER_DYNAMIC == 0 && !self.force_accept {
                     return ret_err(origin, EPERM, vec![Rule::CpuidRejectAmxPerm]);
                 }
                 amx = true;
@@ -843,11 +857,12 @@ impl<'a> Model<'a> {
         let bv = le64(buf, layout::XSTATE_BV);
         let mxcsr = le32(buf, layout::MXCSR);
         let mut rules = Vec::with_capacity(8);
+        let f = self.force_accept;
         if c == Contract::V0 {
-            if bv & !self.host.supported_xcr0 != 0 {
+            if !f && bv & !self.host.supported_xcr0 != 0 {
                 return ret_err(origin, EINVAL, vec![Rule::SetRejectUnsupported]);
             }
-            if mxcsr & !self.host.mxcsr_feature_mask != 0 {
+            if !f && mxcsr & !self.host.mxcsr_feature_mask != 0 {
                 return ret_err(origin, EINVAL, vec![Rule::SetV0RejectMxcsr]);
             }
             let v = &mut self.vcpu;
@@ -856,20 +871,20 @@ impl<'a> Model<'a> {
             self.store_components(buf, bv, &mut rules);
             return self.accept(bv, rules, origin);
         }
-        if bv & !self.host.supported_xcr0 != 0 {
+        if !f && bv & !self.host.supported_xcr0 != 0 {
             return ret_err(origin, EINVAL, vec![Rule::SetRejectUnsupported]);
         }
-        if bv & !self.vcpu.user_xfeatures != 0 {
+        if !f && bv & !self.vcpu.user_xfeatures != 0 {
             return ret_err(origin, EINVAL, vec![Rule::SetRejectUserXfeatures]);
         }
-        if le64(buf, layout::XCOMP_BV) != 0 {
+        if !f && le64(buf, layout::XCOMP_BV) != 0 {
             return ret_err(origin, EINVAL, vec![Rule::SetRejectXcompBv]);
         }
-        if buf[layout::HDR_RSVD..layout::EXT].iter().any(|&b| b != 0) {
+        if !f && buf[layout::HDR_RSVD..layout::EXT].iter().any(|&b| b != 0) {
             return ret_err(origin, EINVAL, vec![Rule::SetRejectHdrReserved]);
         }
         if bv & (FP | SSE | YMM) != 0 {
-            if mxcsr & !self.host.mxcsr_feature_mask != 0 {
+            if !f && mxcsr & !self.host.mxcsr_feature_mask != 0 {
                 return ret_err(origin, EINVAL, vec![Rule::SetRejectMxcsr]);
             }
             if bv & FP == 0 {
@@ -948,23 +963,24 @@ impl<'a> Model<'a> {
         let raw = x.render();
         let nr = le32(&raw, 0);
         let flags = le32(&raw, 4);
-        if nr > MAX_XCRS {
+        let f = self.force_accept;
+        if nr > MAX_XCRS && !f {
             return ret_err(origin, EINVAL, vec![Rule::XcrsRejectNr]);
         }
-        if flags != 0 {
+        if flags != 0 && !f {
             return ret_err(origin, EINVAL, vec![Rule::XcrsRejectFlags]);
         }
-        for i in 0..nr as usize {
+        for i in 0..(nr.min(MAX_XCRS)) as usize {
             let o = 8 + i * 16;
             if le32(&raw, o) == 0 {
                 let value = le64(&raw, o + 8);
                 let mut rules = vec![Rule::XcrsFirstXcr0];
                 return match self.check_xcr0(value) {
-                    Err(r) => {
+                    Err(r) if !f => {
                         rules.push(r);
                         ret_err(origin, EINVAL, rules)
                     }
-                    Ok(()) => {
+                    _ => {
                         self.vcpu.xcr0 = value;
                         rules.push(Rule::Xcr0Accept);
                         ret_ok(origin, 0, rules)
@@ -1064,9 +1080,31 @@ pub fn predict(case: &Case, host: &HostFacts, cfg: &ModelConfig) -> Trace {
 /// allows it ([`OpResult::resolve`]), so later steps follow the choice the processor made:
 /// a restore of a GET whose FIP the processor canonicalised restores the canonical FIP.
 pub fn predict_following(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace) -> Trace {
+    predict_synced(case, host, cfg, observed, &[])
+}
+
+/// [`predict_following`], and at each step in `sync` the model is also forced to follow the
+/// kernel's observed result (a re-synchronised prediction): a SET the kernel refused is taken
+/// as refused, one it accepted as accepted, a GET's observed bytes as the last GET. The
+/// predicted result of a `sync` step itself is kept as predicted.
+pub fn predict_synced(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace, sync: &[usize]) -> Trace {
     let mut m = Model::new(host, cfg);
+    let n = case.steps().len();
+    Trace { results: run_synced(&mut m, case, observed, sync, n) }
+}
+
+/// The buffer the SET at step `k` passes, in the re-synchronised replay of [`predict_synced`].
+pub fn set_buffer(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace, sync: &[usize], k: usize) -> Option<Vec<u8>> {
+    let mut m = Model::new(host, cfg);
+    run_synced(&mut m, case, observed, sync, k);
+    case.steps().get(k).and_then(|(_, op)| m.set_buffer(op))
+}
+
+fn run_synced(m: &mut Model<'_>, case: &Case, observed: &Trace, sync: &[usize], upto: usize) -> Vec<OpResult> {
     let mut results = Vec::new();
-    for (k, (origin, op)) in case.steps().iter().enumerate() {
+    for (k, (origin, op)) in case.steps().iter().enumerate().take(upto) {
+        let follow = sync.contains(&k);
+        let before = follow.then(|| (m.vcpu.clone(), m.last_get.clone(), m.last_get_free));
         let r = m.step(*origin, op);
         let r = match observed.results.get(k) {
             Some(o) if !r.allowed.is_empty() => {
@@ -1079,7 +1117,38 @@ pub fn predict_following(case: &Case, host: &HostFacts, cfg: &ModelConfig, obser
             }
             _ => r,
         };
+        if let (Some((vcpu, last_get, last_get_free)), Some(o)) = (before, observed.results.get(k)) {
+            m.follow(op, &r, o, vcpu, last_get, last_get_free);
+        }
         results.push(r);
     }
-    Trace { results }
+    results
+}
+
+impl Model<'_> {
+    /// Force the model to the kernel's observed result `obs` of `op`, predicted as `r`, from
+    /// the state before the step.
+    fn follow(&mut self, op: &Op, r: &OpResult, obs: &OpResult, vcpu: Vcpu, last_get: Option<Vec<u8>>, last_get_free: u64) {
+        let setter = matches!(op, Op::SetXsave(_) | Op::RestoreLast { .. } | Op::SetCpuid2(_) | Op::SetXcrs(_));
+        match (r.ret, obs.ret) {
+            (Ret::Ok(_), Ret::Err(_)) if setter => {
+                // Refused by the kernel: nothing changed.
+                (self.vcpu, self.last_get, self.last_get_free) = (vcpu, last_get, last_get_free);
+            }
+            (Ret::Err(_), Ret::Ok(_)) if setter => {
+                (self.vcpu, self.last_get, self.last_get_free) = (vcpu, last_get, last_get_free);
+                self.force_accept = true;
+                self.step(obs.origin, op);
+                self.force_accept = false;
+            }
+            (_, Ret::Ok(_)) if matches!(op, Op::GetXsave | Op::GetXsave2) => {
+                self.last_get = Some(obs.data.clone());
+                self.last_get_free = 0;
+            }
+            (Ret::Ok(_), Ret::Err(_)) if matches!(op, Op::GetXsave | Op::GetXsave2) => {
+                (self.last_get, self.last_get_free) = (last_get, last_get_free);
+            }
+            _ => {}
+        }
+    }
 }

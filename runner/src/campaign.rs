@@ -230,6 +230,87 @@ pub struct Summary {
     /// Signatures this campaign (this worker) found itself, checkpointed with the counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub own_signatures: Option<Vec<String>>,
+    /// Findings grouped by root cause (violated rule, ioctl, class of the first divergence):
+    /// one group per kernel defect, its signatures below it. Added on top of signatures.
+    #[serde(default)]
+    pub groups: Vec<Group>,
+}
+
+/// One root cause and the signatures (symptoms) it produced.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    /// `<rule>|<ioctl>|<class>`: stable across hosts, layouts and engines.
+    pub key: String,
+    /// The violated contract rule (`none` when no rule applies, e.g. a trace-length mismatch).
+    pub rule: String,
+    /// Class of the first divergence.
+    pub class: String,
+    /// The ioctl of the first divergence.
+    pub ioctl: String,
+    /// Plain-words title naming the rule.
+    pub title: String,
+    /// Member signatures, in order of discovery.
+    pub signatures: Vec<String>,
+    /// Diverging cases in the group.
+    #[serde(default)]
+    pub cases: u64,
+    /// The signature of the group's smallest reproducer and its number of steps.
+    #[serde(default)]
+    pub smallest: Option<(String, usize)>,
+}
+
+/// Add one diverging case (`steps` long) with divergence `d` to `groups`.
+pub fn note_group(groups: &mut Vec<Group>, d: &xsave_oracle::diff::Divergence, steps: usize) {
+    let key = d.group_key();
+    let g = match groups.iter().position(|g| g.key == key) {
+        Some(i) => &mut groups[i],
+        None => {
+            groups.push(Group {
+                key: key.clone(),
+                rule: d.violated.map_or("none", |r| r.id()).to_string(),
+                class: d.class.name().to_string(),
+                ioctl: d.ioctl().to_string(),
+                title: d.group_title(),
+                ..Group::default()
+            });
+            groups.last_mut().expect("just pushed")
+        }
+    };
+    g.cases += 1;
+    if !g.signatures.contains(&d.signature) {
+        g.signatures.push(d.signature.clone());
+    }
+    if g.smallest.as_ref().is_none_or(|(_, n)| steps < *n) {
+        g.smallest = Some((d.signature.clone(), steps));
+    }
+}
+
+/// Merge the groups of several summaries (parallel workers): members and counts add up, the
+/// smallest reproducer wins; sorted by key.
+pub fn merge_groups<'a>(all: impl IntoIterator<Item = &'a [Group]>) -> Vec<Group> {
+    let mut out: Vec<Group> = Vec::new();
+    for gs in all {
+        for g in gs {
+            match out.iter_mut().find(|o| o.key == g.key) {
+                None => out.push(g.clone()),
+                Some(o) => {
+                    o.cases += g.cases;
+                    for sig in &g.signatures {
+                        if !o.signatures.contains(sig) {
+                            o.signatures.push(sig.clone());
+                        }
+                    }
+                    if let Some((sig, n)) = &g.smallest {
+                        if o.smallest.as_ref().is_none_or(|(_, m)| n < m) {
+                            o.smallest = Some((sig.clone(), *n));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out
 }
 
 /// The largest counter value a state file may hold (far beyond any real campaign).
@@ -315,6 +396,9 @@ impl Summary {
             if order.iter().any(|n| !printable(n) || n.starts_with('.') || n.contains('/')) {
                 return Err("corpus_order: not a list of content names".into());
             }
+        }
+        if self.groups.iter().any(|g| !printable(&g.key) || !printable(&g.title) || g.cases > MAX_COUNTER) {
+            return Err("groups: bad key, title or count".into());
         }
         if let Some(sigs) = &self.own_signatures {
             if sigs.iter().any(|n| !printable(n) || n.starts_with('.') || n.contains('/')) {
@@ -567,19 +651,23 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
             if d.explained_by.is_some() {
                 s.explained_by_quirk += 1;
             }
+            let mut steps = case.steps().len();
             if known.insert(d.signature.clone()) {
                 s.new_signatures.push(d.signature.clone());
                 own.push(d.signature.clone());
                 if let Some(dir) = &cfg.workdir {
                     let dest = dir.join("findings").join(&d.signature);
                     let splat = (d.class == xsave_oracle::diff::Class::KernelSplat).then_some(&**d);
-                    if write_finding(backend, &host, &cfg, &dest, &case, &d.signature, i, splat)? {
+                    let (new, min_steps) = write_finding(backend, &host, &cfg, &dest, &case, &d.signature, i, splat)?;
+                    steps = min_steps;
+                    if new {
                         s.findings += 1;
                     }
                 } else {
                     s.findings += 1;
                 }
             }
+            note_group(&mut s.groups, d, steps);
         }
         if last_tick.elapsed() >= every {
             if let Some(rx) = &cfg.inbox {
@@ -671,11 +759,11 @@ fn write_finding(
     sig: &str,
     i: u64,
     splat: Option<&xsave_oracle::diff::Divergence>,
-) -> Result<bool, CampaignError> {
+) -> Result<(bool, usize), CampaignError> {
     let worker = cfg.worker.map_or(0, |(k, _)| k);
     let beaten = |d: &Path| finding_key(d).is_some_and(|key| key <= (worker, i));
     if beaten(dest) {
-        return Ok(false);
+        return Ok((false, case.steps().len()));
     }
     // A kernel splat is kept as found: the case that provoked it, with the log lines.
     let (min, stats) = if cfg.minimize_budget > 0 && splat.is_none() {
@@ -715,11 +803,12 @@ fn write_finding(
         Ok(l) => l,
         Err(holder) => return Err(CampaignError::State(format!("{}: held for 30 s by {holder}", lock_path.display()))),
     };
+    let n = min.steps().len();
     if !dest.exists() {
-        return create_dir_atomic(dest, &files).map_err(io(dest));
+        return create_dir_atomic(dest, &files).map(|new| (new, n)).map_err(io(dest));
     }
     if beaten(dest) {
-        return Ok(false);
+        return Ok((false, n));
     }
     let tmp = parent.join(format!(".{sig}.tmp.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -728,7 +817,7 @@ fn write_finding(
     let _ = std::fs::remove_dir_all(&tmp);
     swapped.map_err(io(dest))?;
     crate::store::sync_dir(parent).map_err(io(dest))?;
-    Ok(false)
+    Ok((false, n))
 }
 
 /// Where a campaign keeps `campaign.json` and `stats.jsonl`: the workdir, or the worker's
