@@ -920,7 +920,7 @@ fn run_matrix(
         Some(d) => read_case_dir(&d)?,
         None => (0..iterations)
             .map(|i| {
-                let c = campaign::case_for_with(seed, i, xsave_oracle::gen::GenOptions { guest });
+                let c = campaign::case_for_with(seed, i, xsave_oracle::gen::GenOptions { guest, ..Default::default() });
                 let c = if narrow { campaign::narrow(c, 0x207, i) } else { c };
                 (format!("{i:06}.case"), c)
             })

@@ -218,6 +218,7 @@ fn region_of(op: &Op, host: &HostFacts, i: usize) -> String {
     match op {
         Op::GetCpuid2 { .. } => cpuid_region(i),
         Op::GetXcrs => xcrs_region(i),
+        Op::GetFpu => layout::fpu_region_name(i),
         _ => layout::region_name(host, i),
     }
 }
@@ -318,6 +319,10 @@ fn region_kind(region: &str) -> &'static str {
         r if r.starts_with("entry") => "cpuid-entry",
         r if r.starts_with("xcrs") || r == "nr_xcrs" || r == "flags" || r == "padding" => "xcrs",
         "nent" => "cpuid-nent",
+        "kvm_fpu.mxcsr" => "fpu-mxcsr",
+        "kvm_fpu.pad1" | "kvm_fpu.pad2" => "fpu-pad",
+        r if r.starts_with("kvm_fpu.xmm") => "xmm",
+        r if r.starts_with("kvm_fpu.") => "x87",
         _ => "component",
     }
 }
@@ -498,6 +503,7 @@ pub fn judge(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace)
             d.class = match q {
                 Quirk::PvmCpuidRewrite => Class::CpuidConfig,
                 Quirk::PvmHwXcr0 => Class::GuestView,
+                Quirk::KvmFpuLegacy => Class::LegacyArea,
             };
             let names: Vec<&str> = qs.iter().map(|q| q.name()).collect();
             let key = format!("quirk|{}|{}", names.join("+"), d.signature);

@@ -513,7 +513,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
         let mut case = if cfg.feedback && !corpus.is_empty() && i % 2 == 1 {
             mutated(&corpus, cfg.seed, i)
         } else {
-            case_for_with(cfg.seed, i, GenOptions { guest: cfg.guest })
+            case_for_with(cfg.seed, i, GenOptions { guest: cfg.guest, ..GenOptions::default() })
         };
         if cfg.narrow_cpuid {
             case = narrow(case, host.supported_xcr0, i);
