@@ -841,6 +841,8 @@ fn run_jobs(jobs: u64, workdir: &Path, json: bool, stop: &AtomicBool, pass_host:
                 total.resumed |= s.resumed;
                 total.interrupted |= s.interrupted;
                 total.new_signatures.extend(s.new_signatures);
+                total.known_signatures.extend(s.known_signatures);
+                total.known_issue_cases += s.known_issue_cases;
                 total.resources.peak_rss_kib = total.resources.peak_rss_kib.max(s.resources.peak_rss_kib);
                 for (c, n) in s.by_class {
                     *total.by_class.entry(c).or_default() += n;
@@ -857,6 +859,8 @@ fn run_jobs(jobs: u64, workdir: &Path, json: bool, stop: &AtomicBool, pass_host:
         .unwrap_or(0);
     total.new_signatures.sort();
     total.new_signatures.dedup();
+    total.known_signatures.sort();
+    total.known_signatures.dedup();
     total.jobs = Some(jobs);
     total.iterations = main.iterations;
     total.corpus_order = main.corpus_order.clone();
@@ -1221,7 +1225,10 @@ fn print_summary(s: &Summary) {
     if s.explained_by_quirk > 0 {
         println!("  explained by a host quirk: {}", s.explained_by_quirk);
     }
-    println!("findings         {} ({} new)", s.findings, s.new_signatures.len());
+    println!("findings         {} ({} new, {} known issues)", s.findings, s.new_signatures.len(), s.known_signatures.len());
+    if s.known_issue_cases > 0 {
+        println!("  known issues (not new): {} cases", s.known_issue_cases);
+    }
     if s.corpus > 0 {
         println!(
             "contract rules   {}/{} reached, {} coverage points, corpus {}",

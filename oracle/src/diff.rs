@@ -106,6 +106,10 @@ pub struct Divergence {
     /// A known host quirk that explains the whole case (the prediction with it agrees).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub explained_by: Option<Quirk>,
+    /// The publicly known issue this divergence is ([`crate::known`]): labelled in every
+    /// report, not counted as new.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_issue: Option<String>,
     /// One-line human title.
     pub title: String,
     /// Stable deduplication signature: `<class>-<16 hex digits>`.
@@ -435,6 +439,7 @@ pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, 
             lengths,
             rules: exp.rules.clone(),
             explained_by: None,
+            known_issue: None,
             title,
             signature: format!("{}-{:016x}", class.name(), fnv1a(key.as_bytes())),
         }));
@@ -457,6 +462,7 @@ pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, 
             lengths: Some((expected.results.len(), observed.results.len())),
             rules: Vec::new(),
             explained_by: None,
+            known_issue: None,
             title: format!("trace length: {} steps observed, {} predicted", observed.results.len(), expected.results.len()),
             signature: format!("size-{:016x}", fnv1a(key.as_bytes())),
         }));
@@ -510,6 +516,12 @@ pub fn judge(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace)
             d.signature = format!("{}-{:016x}", d.class.name(), fnv1a(key.as_bytes()));
             d.title = format!("{} [explained by host quirk {}]", d.title, names.join(" + "));
             break;
+        }
+    }
+    if d.explained_by.is_none() {
+        if let Some(k) = crate::known::matching(&d) {
+            d.known_issue = Some(k.id.to_string());
+            d.title = format!("{} [known issue {}]", d.title, k.id);
         }
     }
     (expected, Verdict::Diverge(d))

@@ -41,6 +41,9 @@ fn divergence_text(s: &mut String, case: &Case, d: &Divergence, expected: &Trace
     if let Some(q) = d.explained_by {
         let _ = writeln!(s, "  explained by host quirk {} (the prediction modelling it agrees)", q.name());
     }
+    if let Some(k) = d.known_issue.as_deref().and_then(xsave_oracle::known::by_id) {
+        let _ = writeln!(s, "  KNOWN ISSUE {} (not new): {}\n    reference: {}", k.id, k.title, k.reference);
+    }
     let _ = writeln!(s, "  return: expected {} observed {}", d.expected_ret, d.observed_ret);
     if let Some((e, o)) = d.lengths {
         let _ = writeln!(s, "  length: expected {e} bytes observed {o}");

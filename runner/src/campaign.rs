@@ -177,6 +177,13 @@ pub struct Summary {
     pub by_signature: BTreeMap<String, u64>,
     /// Diverging cases a known host quirk explains.
     pub explained_by_quirk: u64,
+    /// Diverging cases that are a publicly known issue ([`xsave_oracle::known`]).
+    #[serde(default)]
+    pub known_issue_cases: u64,
+    /// Signatures found that are known issues, in order of discovery (this session): kept
+    /// out of `new_signatures`, so they never count as new.
+    #[serde(default)]
+    pub known_signatures: Vec<String>,
     /// Seconds spent (all sessions).
     pub seconds: f64,
     /// Cases per second.
@@ -256,6 +263,7 @@ impl Summary {
             ("guest_runs", self.guest_runs),
             ("agree_unpredicted", self.agree_unpredicted),
             ("explained_by_quirk", self.explained_by_quirk),
+            ("known_issue_cases", self.known_issue_cases),
             ("ioctls", self.ioctls),
             ("rules_covered", self.rules_covered as u64),
             ("rules_total", self.rules_total as u64),
@@ -283,8 +291,8 @@ impl Summary {
         if self.divergent_cases > self.execs || self.agree_unpredicted > self.execs {
             return Err(format!("more divergent or partly agreeing cases than execs {}", self.execs));
         }
-        if self.explained_by_quirk > self.divergent_cases {
-            return Err("explained_by_quirk exceeds divergent_cases".into());
+        if self.explained_by_quirk > self.divergent_cases || self.known_issue_cases > self.divergent_cases {
+            return Err("explained_by_quirk or known_issue_cases exceeds divergent_cases".into());
         }
         if self.rules_covered > self.rules_total {
             return Err("rules_covered exceeds rules_total".into());
@@ -435,6 +443,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
                 backend: s.backend,
                 resumed: true,
                 new_signatures: Vec::new(),
+                known_signatures: Vec::new(),
                 interrupted: false,
                 ioctls: 0,
                 resources: Resources::default(),
@@ -563,8 +572,15 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
             if d.explained_by.is_some() {
                 s.explained_by_quirk += 1;
             }
+            if d.known_issue.is_some() {
+                s.known_issue_cases += 1;
+            }
             if known.insert(d.signature.clone()) {
-                s.new_signatures.push(d.signature.clone());
+                if d.known_issue.is_some() {
+                    s.known_signatures.push(d.signature.clone());
+                } else {
+                    s.new_signatures.push(d.signature.clone());
+                }
                 own.push(d.signature.clone());
                 if let Some(dir) = &cfg.workdir {
                     let dest = dir.join("findings").join(&d.signature);
