@@ -62,7 +62,8 @@ struct OracleArgs {
 #[derive(clap::Args, Clone)]
 struct BackendArgs {
     /// Where cases run: `kvm` (this host's /dev/kvm), `model:V0`…`model:V3` (the oracle
-    /// under that contract, standing in for a historical kernel), or `lab:<kernel>` (the whole
+    /// under that contract, standing in for a historical kernel; `+quirk` models a quirk too,
+    /// e.g. `model:V3+kvm-fpu-legacy` for today's KVM_GET/SET_FPU), or `lab:<kernel>` (the whole
     /// command runs inside that kernel's lab guest under QEMU, e.g. `lab:debian:6.1`; see
     /// `lab fetch`).
     #[arg(long, default_value = "kvm", value_parser = parse_backend)]
@@ -442,7 +443,9 @@ enum CaseCmd {
 #[derive(Clone, PartialEq, Eq)]
 enum BackendKind {
     Kvm,
-    Model(Contract),
+    /// The oracle under a contract, with the quirks after `+` (e.g. `model:V3+kvm-fpu-legacy`,
+    /// today's KVM_GET/SET_FPU).
+    Model(Contract, Vec<Quirk>),
     Lab(String),
 }
 
@@ -450,7 +453,14 @@ fn parse_backend(s: &str) -> Result<BackendKind, String> {
     match s {
         "kvm" => Ok(BackendKind::Kvm),
         _ => match (s.strip_prefix("model:"), s.strip_prefix("lab:")) {
-            (Some(v), _) => parse_contract(v).map(BackendKind::Model),
+            (Some(v), _) => {
+                let mut parts = v.split('+');
+                let contract = parse_contract(parts.next().unwrap_or(""))?;
+                let quirks = parts
+                    .map(|q| Quirk::from_name(q).ok_or_else(|| format!("unknown quirk {q:?} in {s:?}")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(BackendKind::Model(contract, quirks))
+            }
             (_, Some(k)) if !k.is_empty() => Ok(BackendKind::Lab(k.to_string())),
             _ => Err(format!("unknown backend {s:?} (expected kvm, model:V0..V3 or lab:<kernel>)")),
         },
@@ -626,7 +636,9 @@ fn make_backend(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn Backend>> {
 fn make_backend_unlabelled(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn Backend>> {
     Ok(match &b.backend {
         BackendKind::Kvm => Box::new(KvmBackend::new(host.clone(), !b.no_pool)?),
-        BackendKind::Model(contract) => Box::new(ModelBackend::new(host.clone(), ModelConfig { contract: *contract, quirks: Vec::new() })),
+        BackendKind::Model(contract, quirks) => {
+            Box::new(ModelBackend::new(host.clone(), ModelConfig { contract: *contract, quirks: quirks.clone() }))
+        }
         BackendKind::Lab(k) => bail!("lab:{k} runs the whole command inside the guest (internal error: not delegated)"),
     })
 }
@@ -719,7 +731,7 @@ fn backend_host(b: &BackendArgs, o: &OracleArgs) -> Result<(HostFacts, serde_jso
             );
         }
     }
-    if let BackendKind::Model(c) = &b.backend {
+    if let BackendKind::Model(c, _) = &b.backend {
         host.quirks.clear();
         host.pvm_dropped_leaves.clear();
         fp["host"] = serde_json::to_value(&host)?;
@@ -1445,6 +1457,7 @@ fn run(cli: Cli) -> Result<i32> {
                 stop_on_class: None,
                 worker,
                 guest: !no_guest,
+                fpu: true,
                 inbox,
             };
             let s = campaign::run(be.as_mut(), cfg);

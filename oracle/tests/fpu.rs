@@ -136,3 +136,24 @@ fn fpu_ops_are_format_version_2() {
     assert_eq!(Case::from_json(&c.to_json()).unwrap(), c);
     assert_eq!(Case { config: Config::default(), ops: vec![Op::GetXsave] }.encode()[4], 1);
 }
+
+/// The known-issues registry: the mxcsr departure is labelled, the XSTATE_BV one is not.
+#[test]
+fn known_issue_labels_only_the_mxcsr_departure() {
+    let h = host207();
+    let judge = |ops: Vec<Op>| {
+        let case = Case { config: no_cpuid(), ops };
+        let observed = predict(&case, &h, &ModelConfig { contract: Contract::V3, quirks: vec![Quirk::KvmFpuLegacy] });
+        let (_, v) = xsave_oracle::judge(&case, &h, &ModelConfig::default(), &observed);
+        v.divergence().cloned().expect("diverges")
+    };
+    let get = judge(vec![Op::SetFpu(fpu()), Op::GetFpu]);
+    assert_eq!(get.known_issue.as_deref(), Some("kvm-fpu-mxcsr"), "{}", get.title);
+    let set = judge(vec![Op::SetFpu(FpuImage { mxcsr: 1 << 20, ..fpu() })]);
+    assert_eq!(set.known_issue.as_deref(), Some("kvm-fpu-mxcsr"), "{}", set.title);
+    let xsave = judge(vec![Op::SetFpu(fpu()), Op::GetXsave]);
+    assert_eq!(xsave.known_issue, None, "{}", xsave.title);
+    assert_eq!(xsave.op, "KVM_GET_XSAVE");
+    let k = xsave_oracle::known::by_id("kvm-fpu-mxcsr").expect("registered");
+    assert!(k.reference.contains("firecracker") && k.since == "2017");
+}

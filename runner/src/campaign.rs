@@ -131,6 +131,8 @@ pub struct CampaignConfig {
     pub worker: Option<(u64, u64)>,
     /// Generate guest runs (`KVM_RUN` of guest programs) in cases.
     pub guest: bool,
+    /// Generate `KVM_GET_FPU`/`KVM_SET_FPU` ops in cases.
+    pub fpu: bool,
     /// A fresh campaign's corpus view (names in `WORKDIR/corpus/` without `.case`, in order);
     /// none: the corpus directory as it is at the start. Parallel workers get the view the
     /// parent recorded before starting them, so none sees another's entries.
@@ -522,7 +524,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
         let mut case = if cfg.feedback && !corpus.is_empty() && i % 2 == 1 {
             mutated(&corpus, cfg.seed, i)
         } else {
-            case_for_with(cfg.seed, i, GenOptions { guest: cfg.guest, ..GenOptions::default() })
+            case_for_with(cfg.seed, i, GenOptions { guest: cfg.guest, fpu: cfg.fpu })
         };
         if cfg.narrow_cpuid {
             case = narrow(case, host.supported_xcr0, i);

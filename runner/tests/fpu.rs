@@ -14,6 +14,7 @@ use xsave_runner::{kvm_or_skip, Backend, ModelBackend};
 fn campaign(be: &mut dyn Backend, model: ModelConfig, n: u64, dir: &std::path::Path) -> Summary {
     let cfg = CampaignConfig {
         guest: true,
+        fpu: true,
         initial_corpus: None,
         inbox: None,
         seed: 14,
