@@ -519,7 +519,7 @@ pub fn judge(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace)
         }
     }
     if d.explained_by.is_none() {
-        if let Some(k) = crate::known::matching(&d) {
+        if let Some(k) = crate::known::matching(case, &d) {
             d.known_issue = Some(k.id.to_string());
             d.title = format!("{} [known issue {}]", d.title, k.id);
         }

@@ -157,3 +157,18 @@ fn known_issue_labels_only_the_mxcsr_departure() {
     let k = xsave_oracle::known::by_id("kvm-fpu-mxcsr").expect("registered");
     assert!(k.reference.contains("firecracker") && k.since == "2017");
 }
+
+/// The MXCSR SET_FPU ignored, read back through GET_XSAVE, is the same known issue.
+#[test]
+fn known_issue_covers_mxcsr_read_back_through_get_xsave() {
+    let h = host207();
+    let case = Case {
+        config: no_cpuid(),
+        ops: vec![Op::SetXsave(XsaveImage::init(0x3)), Op::SetFpu(FpuImage { mxcsr: 0x1fa0, ..FpuImage::init() }), Op::GetXsave],
+    };
+    let observed = predict(&case, &h, &ModelConfig { contract: Contract::V3, quirks: vec![Quirk::KvmFpuLegacy] });
+    let (_, v) = xsave_oracle::judge(&case, &h, &ModelConfig::default(), &observed);
+    let d = v.divergence().expect("diverges");
+    assert_eq!(d.op, "KVM_GET_XSAVE");
+    assert_eq!(d.known_issue.as_deref(), Some("kvm-fpu-mxcsr"), "{}", d.title);
+}
