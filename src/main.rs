@@ -64,7 +64,8 @@ struct OracleArgs {
 #[derive(clap::Args, Clone)]
 struct BackendArgs {
     /// Where cases run: `kvm` (this host's /dev/kvm), `model:V0`…`model:V3` (the oracle
-    /// under that contract, standing in for a historical kernel), or `lab:<kernel>` (the whole
+    /// under that contract, standing in for a historical kernel; `+quirk` models a quirk too,
+    /// e.g. `model:V3+kvm-fpu-legacy` for today's KVM_GET/SET_FPU), or `lab:<kernel>` (the whole
     /// command runs inside that kernel's lab guest under QEMU, e.g. `lab:debian:6.1`; see
     /// `lab fetch`).
     #[arg(long, default_value = "kvm", value_parser = parse_backend)]
@@ -127,6 +128,9 @@ enum Cmd {
         /// guest's own XSAVE image): only the userspace-buffer ioctls, as before version 2.
         #[arg(long)]
         no_guest: bool,
+        /// Generate no legacy FPU ops (KVM_GET_FPU/KVM_SET_FPU).
+        #[arg(long)]
+        no_fpu: bool,
         /// Worker processes sharing the workdir's findings and corpus (each resumable).
         #[arg(long, default_value_t = 1)]
         jobs: u64,
@@ -350,8 +354,9 @@ enum LabCmd {
         /// Give generated cases a guest CPUID narrower than the lab's supported set.
         #[arg(long)]
         narrow_cpuid: bool,
-        /// Generate guest runs too (off by default for the matrix: the guest model's remaining
-        /// gaps on stock kernels under QEMU TCG are listed in docs/CONTRACT-RUN.md).
+        /// Generate guest runs and legacy FPU ops too (off by default for the matrix: the guest
+        /// model's remaining gaps on stock kernels under QEMU TCG are listed in
+        /// docs/CONTRACT-RUN.md, and every stock kernel departs on KVM_SET_FPU).
         #[arg(long)]
         guest: bool,
         /// Where cases, per-kernel results and matrix.{json,md} go.
@@ -444,7 +449,9 @@ enum CaseCmd {
 #[derive(Clone, PartialEq, Eq)]
 enum BackendKind {
     Kvm,
-    Model(Contract),
+    /// The oracle under a contract, with the quirks after `+` (e.g. `model:V3+kvm-fpu-legacy`,
+    /// today's KVM_GET/SET_FPU).
+    Model(Contract, Vec<Quirk>),
     Lab(String),
 }
 
@@ -452,7 +459,14 @@ fn parse_backend(s: &str) -> Result<BackendKind, String> {
     match s {
         "kvm" => Ok(BackendKind::Kvm),
         _ => match (s.strip_prefix("model:"), s.strip_prefix("lab:")) {
-            (Some(v), _) => parse_contract(v).map(BackendKind::Model),
+            (Some(v), _) => {
+                let mut parts = v.split('+');
+                let contract = parse_contract(parts.next().unwrap_or(""))?;
+                let quirks = parts
+                    .map(|q| Quirk::from_name(q).ok_or_else(|| format!("unknown quirk {q:?} in {s:?}")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(BackendKind::Model(contract, quirks))
+            }
             (_, Some(k)) if !k.is_empty() => Ok(BackendKind::Lab(k.to_string())),
             _ => Err(format!("unknown backend {s:?} (expected kvm, model:V0..V3 or lab:<kernel>)")),
         },
@@ -631,7 +645,9 @@ fn make_backend(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn Backend>> {
 fn make_backend_unlabelled(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn Backend>> {
     Ok(match &b.backend {
         BackendKind::Kvm => Box::new(KvmBackend::new(host.clone(), !b.no_pool)?),
-        BackendKind::Model(contract) => Box::new(ModelBackend::new(host.clone(), ModelConfig { contract: *contract, quirks: Vec::new() })),
+        BackendKind::Model(contract, quirks) => {
+            Box::new(ModelBackend::new(host.clone(), ModelConfig { contract: *contract, quirks: quirks.clone() }))
+        }
         BackendKind::Lab(k) => bail!("lab:{k} runs the whole command inside the guest (internal error: not delegated)"),
     })
 }
@@ -724,7 +740,7 @@ fn backend_host(b: &BackendArgs, o: &OracleArgs) -> Result<(HostFacts, serde_jso
             );
         }
     }
-    if let BackendKind::Model(c) = &b.backend {
+    if let BackendKind::Model(c, _) = &b.backend {
         host.quirks.clear();
         host.pvm_dropped_leaves.clear();
         fp["host"] = serde_json::to_value(&host)?;
@@ -846,6 +862,8 @@ fn run_jobs(jobs: u64, workdir: &Path, json: bool, stop: &AtomicBool, pass_host:
                 total.resumed |= s.resumed;
                 total.interrupted |= s.interrupted;
                 total.new_signatures.extend(s.new_signatures);
+                total.known_signatures.extend(s.known_signatures);
+                total.known_issue_cases += s.known_issue_cases;
                 total.resources.peak_rss_kib = total.resources.peak_rss_kib.max(s.resources.peak_rss_kib);
                 total.groups = campaign::merge_groups([total.groups.as_slice(), s.groups.as_slice()]);
                 for (c, n) in s.by_class {
@@ -863,6 +881,8 @@ fn run_jobs(jobs: u64, workdir: &Path, json: bool, stop: &AtomicBool, pass_host:
         .unwrap_or(0);
     total.new_signatures.sort();
     total.new_signatures.dedup();
+    total.known_signatures.sort();
+    total.known_signatures.dedup();
     total.jobs = Some(jobs);
     total.iterations = main.iterations;
     total.corpus_order = main.corpus_order.clone();
@@ -926,7 +946,7 @@ fn run_matrix(
         Some(d) => read_case_dir(&d)?,
         None => (0..iterations)
             .map(|i| {
-                let c = campaign::case_for_with(seed, i, xsave_oracle::gen::GenOptions { guest });
+                let c = campaign::case_for_with(seed, i, xsave_oracle::gen::GenOptions { guest, fpu: guest });
                 let c = if narrow { campaign::narrow(c, 0x207, i) } else { c };
                 (format!("{i:06}.case"), c)
             })
@@ -1249,7 +1269,10 @@ fn print_summary(s: &Summary) {
     if s.explained_by_quirk > 0 {
         println!("  explained by a host quirk: {}", s.explained_by_quirk);
     }
-    println!("findings         {} ({} new)", s.findings, s.new_signatures.len());
+    println!("findings         {} ({} new, {} known issues)", s.findings, s.new_signatures.len(), s.known_signatures.len());
+    if s.known_issue_cases > 0 {
+        println!("  known issues (not new): {} cases", s.known_issue_cases);
+    }
     if s.corpus > 0 {
         println!(
             "contract rules   {}/{} reached, {} coverage points, corpus {}",
@@ -1341,6 +1364,7 @@ fn run(cli: Cli) -> Result<i32> {
             narrow_cpuid,
             no_feedback,
             no_guest,
+            no_fpu,
             jobs,
             worker,
             hub,
@@ -1466,6 +1490,7 @@ fn run(cli: Cli) -> Result<i32> {
                 stop_on_class: None,
                 worker,
                 guest: !no_guest,
+                fpu: !no_fpu,
                 inbox,
             };
             let s = campaign::run(be.as_mut(), cfg);

@@ -56,6 +56,7 @@ fn campaign(kernel: &str, contract: &str, n: &str, dir: &Path) -> serde_json::Va
         "11",
         "--narrow-cpuid",
         "--no-guest",
+        "--no-fpu",
         "--json",
         "--workdir",
         wd,

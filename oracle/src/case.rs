@@ -16,7 +16,8 @@ use std::borrow::Cow;
 
 /// Magic bytes at the start of a binary case.
 pub const MAGIC: &[u8; 4] = b"XSRC";
-/// Current binary format version: 2 adds [`Op::RunGuest`]. A case without guest runs is still
+/// Current binary format version: 2 adds [`Op::RunGuest`], [`Op::SetFpu`] and [`Op::GetFpu`]
+/// (appended to the enum, so version 1 bodies decode unchanged). A case without them is still
 /// written as version 1, byte for byte as before, so existing corpora keep their names.
 pub const FORMAT_VERSION: u8 = 2;
 /// The oldest version this build reads.
@@ -356,6 +357,81 @@ impl XsaveImage {
     }
 }
 
+/// A `struct kvm_fpu` (`KVM_SET_FPU`) built from fields; [`FpuImage::render`] is the one
+/// place its ABI layout is written ([`layout::FPU_FCW`] and neighbours).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FpuImage {
+    /// `fcw`.
+    #[serde(with = "u32_hex")]
+    pub fcw: u32,
+    /// `fsw`.
+    #[serde(with = "u32_hex", default)]
+    pub fsw: u32,
+    /// `ftwx`: the abridged (FXSAVE) tag byte, one bit per register.
+    #[serde(default)]
+    pub ftwx: u8,
+    /// `pad1` (ignored by KVM).
+    #[serde(default)]
+    pub pad1: u8,
+    /// `last_opcode`.
+    #[serde(with = "u32_hex", default)]
+    pub last_opcode: u32,
+    /// `last_ip`.
+    #[serde(with = "u64_hex", default)]
+    pub last_ip: u64,
+    /// `last_dp`.
+    #[serde(with = "u64_hex", default)]
+    pub last_dp: u64,
+    /// `mxcsr`.
+    #[serde(with = "u32_hex")]
+    pub mxcsr: u32,
+    /// `pad2` (ignored by KVM).
+    #[serde(with = "u32_hex", default)]
+    pub pad2: u32,
+    /// Seed for `fpr[8][16]` ([`fill`]).
+    #[serde(with = "u32_hex", default)]
+    pub fpr_seed: u32,
+    /// Seed for `xmm[16][16]` ([`fill`]).
+    #[serde(with = "u32_hex", default)]
+    pub xmm_seed: u32,
+}
+
+impl FpuImage {
+    /// Init values: FCW 0x37F, MXCSR 0x1F80, everything else zero.
+    pub fn init() -> FpuImage {
+        FpuImage {
+            fcw: layout::FCW_INIT as u32,
+            fsw: 0,
+            ftwx: 0,
+            pad1: 0,
+            last_opcode: 0,
+            last_ip: 0,
+            last_dp: 0,
+            mxcsr: layout::MXCSR_INIT,
+            pad2: 0,
+            fpr_seed: 0,
+            xmm_seed: 0,
+        }
+    }
+
+    /// The 416-byte `struct kvm_fpu`.
+    pub fn render(&self) -> [u8; layout::KVM_FPU_SIZE] {
+        let mut b = [0u8; layout::KVM_FPU_SIZE];
+        fill(self.fpr_seed, &mut b[layout::FPU_FPR..layout::FPU_FCW]);
+        let f = layout::FPU_FCW;
+        put(&mut b, f, &(self.fcw as u16).to_le_bytes());
+        put(&mut b, f + 2, &(self.fsw as u16).to_le_bytes());
+        put(&mut b, f + 4, &[self.ftwx, self.pad1]);
+        put(&mut b, f + 6, &(self.last_opcode as u16).to_le_bytes());
+        put(&mut b, f + 8, &self.last_ip.to_le_bytes());
+        put(&mut b, f + 16, &self.last_dp.to_le_bytes());
+        fill(self.xmm_seed, &mut b[layout::FPU_XMM..layout::FPU_MXCSR]);
+        put(&mut b, layout::FPU_MXCSR, &self.mxcsr.to_le_bytes());
+        put(&mut b, layout::FPU_PAD2, &self.pad2.to_le_bytes());
+        b
+    }
+}
+
 /// One `struct kvm_xcr`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Xcr {
@@ -446,6 +522,10 @@ pub enum Op {
     /// value is the [`crate::guest::Exit`]; its data is the guest's own XSAVE image when the
     /// program stores one.
     RunGuest(crate::guest::GuestProgram),
+    /// `KVM_SET_FPU` (format version 2).
+    SetFpu(FpuImage),
+    /// `KVM_GET_FPU` (format version 2); the step's data is the 416-byte `struct kvm_fpu`.
+    GetFpu,
 }
 
 impl Op {
@@ -463,7 +543,14 @@ impl Op {
             Op::GetXcrs => "KVM_GET_XCRS",
             Op::CheckXsave2 => "KVM_CHECK_EXTENSION(XSAVE2)",
             Op::RunGuest(_) => "KVM_RUN",
+            Op::SetFpu(_) => "KVM_SET_FPU",
+            Op::GetFpu => "KVM_GET_FPU",
         }
+    }
+
+    /// The operation needs format version 2 (added after version 1 files existed).
+    pub fn needs_v2(&self) -> bool {
+        matches!(self, Op::RunGuest(_) | Op::SetFpu(_) | Op::GetFpu)
     }
 }
 
@@ -533,7 +620,7 @@ impl Case {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         out.extend_from_slice(MAGIC);
-        out.push(if self.ops.iter().any(|o| matches!(o, Op::RunGuest(_))) { FORMAT_VERSION } else { 1 });
+        out.push(if self.ops.iter().any(Op::needs_v2) { FORMAT_VERSION } else { 1 });
         // postcard serialization of plain data into a Vec cannot fail.
         match postcard::to_extend(self, out) {
             Ok(v) => v,

@@ -109,6 +109,10 @@ pub struct Divergence {
     /// A known host quirk that explains the whole case (the prediction with it agrees).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub explained_by: Option<Quirk>,
+    /// The publicly known issue this divergence is ([`crate::known`]): labelled in every
+    /// report, not counted as new.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_issue: Option<String>,
     /// One-line human title.
     pub title: String,
     /// Stable deduplication signature: `<class>-<16 hex digits>`.
@@ -176,6 +180,7 @@ pub fn kernel_splat(case: &Case, cfg: &ModelConfig, log: Vec<String>) -> Diverge
         violated: None,
         consequences: Vec::new(),
         further: Vec::new(),
+        known_issue: None,
     }
 }
 
@@ -285,6 +290,7 @@ fn region_of(op: &Op, host: &HostFacts, i: usize) -> String {
     match op {
         Op::GetCpuid2 { .. } => cpuid_region(i),
         Op::GetXcrs => xcrs_region(i),
+        Op::GetFpu => layout::fpu_region_name(i),
         _ => layout::region_name(host, i),
     }
 }
@@ -397,6 +403,10 @@ fn region_kind(region: &str) -> &'static str {
         r if r.starts_with("entry") => "cpuid-entry",
         r if r.starts_with("xcrs") || r == "nr_xcrs" || r == "flags" || r == "padding" => "xcrs",
         "nent" => "cpuid-nent",
+        "kvm_fpu.mxcsr" => "fpu-mxcsr",
+        "kvm_fpu.pad1" | "kvm_fpu.pad2" => "fpu-pad",
+        r if r.starts_with("kvm_fpu.xmm") => "xmm",
+        r if r.starts_with("kvm_fpu.") => "x87",
         _ => "component",
     }
 }
@@ -511,6 +521,7 @@ pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, 
             lengths,
             rules: exp.rules.clone(),
             explained_by: None,
+            known_issue: None,
             title,
             signature: format!("{}-{:016x}", class.name(), fnv1a(key.as_bytes())),
             log: Vec::new(),
@@ -537,6 +548,7 @@ pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, 
             lengths: Some((expected.results.len(), observed.results.len())),
             rules: Vec::new(),
             explained_by: None,
+            known_issue: None,
             title: format!("trace length: {} steps observed, {} predicted", observed.results.len(), expected.results.len()),
             signature: format!("size-{:016x}", fnv1a(key.as_bytes())),
             log: Vec::new(),
@@ -591,12 +603,19 @@ pub fn judge(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace)
             d.class = match q {
                 Quirk::PvmCpuidRewrite => Class::CpuidConfig,
                 Quirk::PvmHwXcr0 => Class::GuestView,
+                Quirk::KvmFpuLegacy => Class::LegacyArea,
             };
             let names: Vec<&str> = qs.iter().map(|q| q.name()).collect();
             let key = format!("quirk|{}|{}", names.join("+"), d.signature);
             d.signature = format!("{}-{:016x}", d.class.name(), fnv1a(key.as_bytes()));
             d.title = format!("{} [explained by host quirk {}]", d.title, names.join(" + "));
             break;
+        }
+    }
+    if d.explained_by.is_none() {
+        if let Some(k) = crate::known::matching(case, &d) {
+            d.known_issue = Some(k.id.to_string());
+            d.title = format!("{} [known issue {}]", d.title, k.id);
         }
     }
     (expected, Verdict::Diverge(d))

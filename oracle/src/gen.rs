@@ -215,17 +215,37 @@ pub fn op(u: &mut Unstructured) -> Result<Op> {
     })
 }
 
+/// A `struct kvm_fpu` image, biased toward values that differ from the init state.
+pub fn fpu_image(u: &mut Unstructured) -> Result<FpuImage> {
+    let mut f = FpuImage::init();
+    f.fcw = if chance(u, 30)? { 0x037f } else { u16::arbitrary(u)? as u32 };
+    f.fsw = if chance(u, 50)? { 0 } else { u16::arbitrary(u)? as u32 };
+    f.ftwx = u8::arbitrary(u)?;
+    f.pad1 = if chance(u, 10)? { u8::arbitrary(u)? } else { 0 };
+    f.last_opcode = u16::arbitrary(u)? as u32 & 0x7ff;
+    f.last_ip = u64::arbitrary(u)?;
+    f.last_dp = u64::arbitrary(u)?;
+    f.mxcsr = mxcsr(u)?;
+    f.pad2 = if chance(u, 10)? { u32::arbitrary(u)? } else { 0 };
+    f.fpr_seed = seed(u)?;
+    f.xmm_seed = seed(u)?;
+    Ok(f)
+}
+
 /// What generated cases may contain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GenOptions {
     /// Guest runs ([`Op::RunGuest`]), drawn after everything else so a case without one is
     /// exactly the case generated without this option from the same bytes. On by default.
     pub guest: bool,
+    /// `KVM_SET_FPU`/`KVM_GET_FPU`, drawn after the guest runs with the same property (and
+    /// never from exhausted input). On by default.
+    pub fpu: bool,
 }
 
 impl Default for GenOptions {
     fn default() -> Self {
-        GenOptions { guest: true }
+        GenOptions { guest: true, fpu: true }
     }
 }
 
@@ -247,6 +267,17 @@ pub fn case(u: &mut Unstructured, opts: GenOptions) -> Result<Case> {
             ops.push(if chance(u, 80)? { Op::GetXsave } else { Op::GetXsave2 });
         }
     }
+    // `>=` so that exhausted input (which reads as 0) adds nothing.
+    if opts.fpu && u.int_in_range(0..=99u8)? >= 60 {
+        for _ in 0..u.int_in_range(1..=3usize)? {
+            let at = u.int_in_range(0..=ops.len())?;
+            ops.insert(at, if chance(u, 60)? { Op::SetFpu(fpu_image(u)?) } else { Op::GetFpu });
+        }
+        if chance(u, 70)? {
+            ops.push(u.choose(&[Op::GetFpu, Op::GetXsave, Op::GetXsave2])?.clone());
+        }
+    }
+    ops.truncate(LIMITS.ops);
     Ok(Case { config: Config { cpuid, xcr0 }, ops })
 }
 

@@ -93,6 +93,62 @@ pub fn put(b: &mut [u8], off: usize, bytes: &[u8]) {
     }
 }
 
+/// Size of `struct kvm_fpu` (`KVM_GET_FPU`/`KVM_SET_FPU`).
+pub const KVM_FPU_SIZE: usize = 416;
+/// `kvm_fpu.fpr[8][16]`: ST0..7, 16 bytes each (the FXSAVE layout of bytes 32..159).
+pub const FPU_FPR: usize = 0;
+/// `kvm_fpu.fcw`; `fsw`, `ftwx`, `pad1`, `last_opcode`, `last_ip` and `last_dp` follow in
+/// the FXSAVE order of bytes 0..23.
+pub const FPU_FCW: usize = 128;
+/// `kvm_fpu.xmm[16][16]` (the FXSAVE layout of bytes 160..415).
+pub const FPU_XMM: usize = 152;
+/// `kvm_fpu.mxcsr`.
+pub const FPU_MXCSR: usize = 408;
+/// `kvm_fpu.pad2`.
+pub const FPU_PAD2: usize = 412;
+
+/// Where byte `off` of an XSAVE legacy area lives in a `struct kvm_fpu`, if it does.
+pub fn legacy_to_fpu(off: usize) -> Option<usize> {
+    match off {
+        0..=23 => Some(FPU_FCW + off),
+        24..=27 => Some(FPU_MXCSR + off - MXCSR),
+        32..=159 => Some(off - ST),
+        160..=415 => Some(FPU_XMM + off - XMM),
+        _ => None,
+    }
+}
+
+/// The `struct kvm_fpu` view of an XSAVE legacy area (`pad1`, `pad2` zero): what a GET_FPU
+/// that agrees with GET_XSAVE returns.
+pub fn fpu_from_legacy(legacy: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; KVM_FPU_SIZE];
+    for (off, &b) in legacy.iter().enumerate().take(LEGACY_SIZE) {
+        if let Some(o) = legacy_to_fpu(off) {
+            out[o] = b;
+        }
+    }
+    out[FPU_FCW + 5] = 0;
+    out
+}
+
+/// Name of the `struct kvm_fpu` field holding byte `off` (for diffs and reports).
+pub fn fpu_region_name(off: usize) -> String {
+    match off {
+        0..=127 => format!("kvm_fpu.fpr[{}] (ST{})", off / 16, off / 16),
+        128..=129 => "kvm_fpu.fcw".into(),
+        130..=131 => "kvm_fpu.fsw".into(),
+        132 => "kvm_fpu.ftwx".into(),
+        133 => "kvm_fpu.pad1".into(),
+        134..=135 => "kvm_fpu.last_opcode".into(),
+        136..=143 => "kvm_fpu.last_ip".into(),
+        144..=151 => "kvm_fpu.last_dp".into(),
+        152..=407 => format!("kvm_fpu.xmm[{}]", (off - FPU_XMM) / 16),
+        408..=411 => "kvm_fpu.mxcsr".into(),
+        412..=415 => "kvm_fpu.pad2".into(),
+        _ => "beyond kvm_fpu".into(),
+    }
+}
+
 /// Name of the XSAVE-buffer region holding byte `off` on `host` (for diffs and reports).
 pub fn region_name(host: &HostFacts, off: usize) -> String {
     let legacy: &[(usize, usize, &str)] = &[

@@ -19,6 +19,7 @@ pub mod guest;
 pub mod hexnum;
 pub mod host;
 pub mod invariants;
+pub mod known;
 pub mod layout;
 pub mod model;
 pub mod mutate;

@@ -1,7 +1,7 @@
 //! The vCPU model: predicts, for every step of a case, the errno or success and every output
 //! byte, under a selectable contract version (spec §9) and optional named host quirks.
 
-use crate::case::{Case, CpuidEntry, Op, Origin, XcrsImage, CPUID_ENTRY_SIZE, CPUID_FLAG_SIGNIFICANT_INDEX, KVM_XCRS_SIZE};
+use crate::case::{Case, CpuidEntry, FpuImage, Op, Origin, XcrsImage, CPUID_ENTRY_SIZE, CPUID_FLAG_SIGNIFICANT_INDEX, KVM_XCRS_SIZE};
 use crate::host::{HostFacts, Quirk};
 use crate::layout::{self, components_in_order, le32, le64, put, xstate_required_size};
 use crate::rules::Rule;
@@ -125,6 +125,14 @@ struct Vcpu {
     /// CR4.OSXSAVE and CR4.PKE as the rig's guest set-up left them.
     cr4_osxsave: bool,
     cr4_pke: bool,
+    /// FP/SSE bits whose raw legacy bytes are the processor's choice: saved after a run while
+    /// at their init value (XINUSE clear: an XSAVES may leave the memory as it was). Only a raw
+    /// view (quirk `kvm-fpu-legacy` GET_FPU) shows those bytes.
+    raw_free: u64,
+    /// What such a memory may still hold (`struct kvm_fpu` bytes 0..152 for FP, 152..408 for
+    /// SSE): the bytes before each save in a row that left the component free.
+    raw_fp: Vec<Vec<u8>>,
+    raw_sse: Vec<Vec<u8>>,
 }
 
 /// The model of one vCPU under one contract on one host.
@@ -178,6 +186,9 @@ impl<'a> Model<'a> {
             cr4_free: false,
             cr4_osxsave: false,
             cr4_pke: false,
+            raw_free: 0,
+            raw_fp: Vec::new(),
+            raw_sse: Vec::new(),
         }
     }
 
@@ -251,6 +262,8 @@ impl<'a> Model<'a> {
             Op::GetXcrs => self.get_xcrs(origin),
             Op::CheckXsave2 => self.check_xsave2(origin),
             Op::RunGuest(p) => self.run_guest(origin, p),
+            Op::SetFpu(img) => self.set_fpu(origin, img),
+            Op::GetFpu => self.get_fpu(origin),
         }
     }
 
@@ -828,6 +841,18 @@ impl<'a> Model<'a> {
         }
         v.kbv = must | free;
         v.kbv_free = free;
+        let old_fpu = layout::fpu_from_legacy(&old[..layout::LEGACY_SIZE]);
+        for (bit, alts, range) in [(FP, &mut v.raw_fp, 0..layout::FPU_XMM), (SSE, &mut v.raw_sse, layout::FPU_XMM..layout::FPU_MXCSR)] {
+            if v.raw_free & bit == 0 {
+                alts.clear();
+            }
+            if free & bit == 0 {
+                alts.clear();
+            } else if !alts.contains(&old_fpu[range.clone()].to_vec()) {
+                alts.push(old_fpu[range].to_vec());
+            }
+        }
+        v.raw_free = free & FPSSE;
         // Legacy bytes the processor's save may rewrite: FTW's reserved byte and ST reserved
         // bytes (zero or unchanged), FIP (canonicalised).
         v.legacy_alts.clear();
@@ -867,6 +892,7 @@ impl<'a> Model<'a> {
             }
             let v = &mut self.vcpu;
             v.kbuf[..layout::LEGACY_SIZE].copy_from_slice(&buf[..layout::LEGACY_SIZE]);
+            v.raw_free = 0;
             rules.push(Rule::SetV0LegacyRaw);
             self.store_components(buf, bv, &mut rules);
             return self.accept(bv, rules, origin);
@@ -896,10 +922,12 @@ impl<'a> Model<'a> {
         }
         if bv & FP != 0 {
             self.vcpu.kbuf[..layout::FP_END].copy_from_slice(&buf[..layout::FP_END]);
+            self.vcpu.raw_free &= !FP;
             rules.push(Rule::SetFpCopied);
         }
         if bv & SSE != 0 {
             self.vcpu.kbuf[layout::XMM..layout::XMM_END].copy_from_slice(&buf[layout::XMM..layout::XMM_END]);
+            self.vcpu.raw_free &= !SSE;
             rules.push(Rule::SetSseCopied);
         }
         self.store_components(buf, bv, &mut rules);
@@ -955,6 +983,109 @@ impl<'a> Model<'a> {
         if bv & PKRU == 0 && self.host.supported_xcr0 & PKRU != 0 {
             rules.push(Rule::SetPkruKept);
         }
+    }
+
+    // ---- KVM_GET_FPU / KVM_SET_FPU (§10) ----------------------------------------------------
+
+    /// `KVM_SET_FPU`: the fields go into the legacy area (`kvm_arch_vcpu_ioctl_set_fpu`). The
+    /// contract adds what the kernel's own `xfpregs_set` does: MXCSR validated and stored, FP
+    /// and SSE marked in use. Quirk `kvm-fpu-legacy` is today's kernels.
+    fn set_fpu(&mut self, origin: Origin, img: &FpuImage) -> OpResult {
+        let b = img.render();
+        let legacy = self.quirk(Quirk::KvmFpuLegacy);
+        let mxcsr = le32(&b, layout::FPU_MXCSR);
+        if !legacy && mxcsr & !self.host.mxcsr_feature_mask != 0 {
+            return ret_err(origin, EINVAL, vec![Rule::SetFpuRejectMxcsr]);
+        }
+        let v = &mut self.vcpu;
+        for off in (0..layout::LEGACY_SIZE).filter(|o| !(layout::MXCSR..layout::ST).contains(o)) {
+            if let Some(o) = layout::legacy_to_fpu(off) {
+                v.kbuf[off] = b[o];
+            }
+        }
+        // `fxsave->twd = fpu->ftwx`: the u16 store zeroes FTW's reserved byte.
+        v.kbuf[5] = 0;
+        v.raw_free = 0;
+        v.fsw_derived = false;
+        let mut rules = vec![Rule::SetFpuStored];
+        if legacy {
+            // XSTATE_BV is left as it is. A bit a hardware save left free (component at init:
+            // XINUSE decides) stays free: the written state is reported and loaded only if the
+            // processor saved the bit set. The model predicts "set" and allows "clear" at the
+            // next GET (rule run.xinuse.free); a KVM_RUN before any GET resolves it is not
+            // followed (a known limit: tests/fpu.rs).
+            v.legacy_alts.retain(|a| a.0 == layout::MXCSR);
+            rules.extend([Rule::QuirkFpuRaw, Rule::QuirkFpuMxcsr]);
+        } else {
+            put(&mut v.kbuf, layout::MXCSR, &mxcsr.to_le_bytes());
+            v.legacy_alts.clear();
+            v.mxcsr_alt = None;
+            v.kbv |= FPSSE;
+            v.kbv_free &= !FPSSE;
+            rules.extend([Rule::SetFpuMxcsr, Rule::SetFpuXfeatures]);
+            self.vcpu.hidden = self.vcpu.kbv & !self.get_mask();
+        }
+        ret_ok(origin, 0, rules)
+    }
+
+    /// `KVM_GET_FPU`: the 416-byte `struct kvm_fpu` (the kernel zero-allocates it).
+    fn get_fpu(&self, origin: Origin) -> OpResult {
+        let v = &self.vcpu;
+        let k = &v.kbuf;
+        let legacy = self.quirk(Quirk::KvmFpuLegacy);
+        let mut img = vec![0u8; layout::LEGACY_SIZE];
+        let mut rules = Vec::with_capacity(4);
+        let unpredicted = Vec::new();
+        let mut allowed = Vec::new();
+        let shown = if legacy {
+            img.copy_from_slice(&k[..layout::LEGACY_SIZE]);
+            put(&mut img, layout::MXCSR, &0u32.to_le_bytes());
+            rules.extend([Rule::QuirkFpuRaw, Rule::QuirkFpuMxcsr]);
+            if v.raw_free != 0 {
+                // Saved at init with XINUSE clear: written as init or left as it was.
+                let rule = Rule::RunXinuseFree;
+                if v.raw_free & FP != 0 {
+                    allowed.push(Allowed::OneOf { start: 0, values: v.raw_fp.clone(), rule });
+                }
+                if v.raw_free & SSE != 0 {
+                    allowed.push(Allowed::OneOf { start: layout::FPU_XMM as u32, values: v.raw_sse.clone(), rule });
+                }
+                rules.push(rule);
+            }
+            FP | SSE
+        } else {
+            let h = v.kbv;
+            if h & FP != 0 {
+                img[..layout::MXCSR].copy_from_slice(&k[..layout::MXCSR]);
+                img[layout::ST..layout::FP_END].copy_from_slice(&k[layout::ST..layout::FP_END]);
+            } else {
+                put(&mut img, layout::FCW, &layout::FCW_INIT.to_le_bytes());
+            }
+            let mxcsr = if h & (SSE | YMM) != 0 { le32(k, layout::MXCSR) } else { layout::MXCSR_INIT };
+            put(&mut img, layout::MXCSR, &mxcsr.to_le_bytes());
+            if h & SSE != 0 {
+                img[layout::XMM..layout::XMM_END].copy_from_slice(&k[layout::XMM..layout::XMM_END]);
+            }
+            rules.extend([Rule::GetFpuView, Rule::GetFpuMxcsr]);
+            h
+        };
+        let data = layout::fpu_from_legacy(&img);
+        if shown & FP != 0 && v.fsw_derived {
+            allowed.push(Allowed::FreeBits { at: layout::FPU_FCW as u32, mask: 0x8080 << 16, rule: Rule::RunFswDerived });
+            rules.push(Rule::RunFswDerived);
+        }
+        for (start, values, rule, under) in &v.legacy_alts {
+            let mxcsr = *start == layout::MXCSR;
+            if *start == 5 || shown & under == 0 || (legacy && mxcsr) {
+                continue;
+            }
+            if let Some(o) = layout::legacy_to_fpu(*start) {
+                let values = values.iter().map(|x| x[..x.len().min(if mxcsr { 4 } else { x.len() })].to_vec()).collect();
+                allowed.push(Allowed::OneOf { start: o as u32, values, rule: *rule });
+                rules.push(*rule);
+            }
+        }
+        OpResult { origin, ret: Ret::Ok(0), data, unpredicted, rules, allowed }
     }
 
     // ---- XCRS (§5) -------------------------------------------------------------------------

@@ -44,6 +44,21 @@ fn mutate_image(x: &mut XsaveImage, u: &mut Unstructured) -> Result<()> {
     Ok(())
 }
 
+fn mutate_fpu(f: &mut FpuImage, u: &mut Unstructured) -> Result<()> {
+    match u.int_in_range(0..=5u8)? {
+        0 => f.mxcsr = if bool::arbitrary(u)? { 0x1f80 } else { f.mxcsr ^ (1 << u.int_in_range(0..=31u32)?) },
+        1 => f.fcw = if f.fcw == 0x37f { u16::arbitrary(u)? as u32 } else { 0x37f },
+        2 => f.ftwx = u8::arbitrary(u)?,
+        3 => {
+            f.fpr_seed ^= u32::arbitrary(u)?;
+            f.xmm_seed ^= u32::arbitrary(u)?;
+        }
+        4 => (f.pad1, f.pad2) = if f.pad1 == 0 { (u8::arbitrary(u)? | 1, u32::arbitrary(u)?) } else { (0, 0) },
+        _ => *f = gen::fpu_image(u)?,
+    }
+    Ok(())
+}
+
 fn mutate_table(t: &mut CpuidTable, u: &mut Unstructured) -> Result<()> {
     match u.int_in_range(0..=5u8)? {
         0 => match &mut t.base {
@@ -103,6 +118,7 @@ pub fn mutate(case: &mut Case, u: &mut Unstructured) -> Result<()> {
             let i = u.choose_index(n)?;
             match &mut case.ops[i] {
                 Op::SetXsave(x) => mutate_image(x, u)?,
+                Op::SetFpu(f) => mutate_fpu(f, u)?,
                 Op::SetCpuid2(t) => mutate_table(t, u)?,
                 Op::SetXcrs(x) => {
                     match u.int_in_range(0..=3u8)? {
@@ -123,6 +139,10 @@ pub fn mutate(case: &mut Case, u: &mut Unstructured) -> Result<()> {
                 Op::GetCpuid2 { capacity } => *capacity = if *capacity == 256 { u.int_in_range(0..=8u16)? } else { 256 },
                 other => *other = gen::op(u)?,
             }
+        }
+        5 if n < LIMITS.ops && bool::arbitrary(u)? => {
+            let at = u.int_in_range(0..=n)?;
+            case.ops.insert(at, if bool::arbitrary(u)? { Op::SetFpu(gen::fpu_image(u)?) } else { Op::GetFpu });
         }
         _ => case.ops.push(gen::op(u)?),
     }

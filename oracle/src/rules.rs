@@ -116,6 +116,14 @@ rules! {
     RunCr4Runtime = "run.cr4.cpuid", "§6.3", "after a run CPUID.1 ECX.OSXSAVE and CPUID.7 ECX.OSPKE follow the CR4 the rig set";
     GuestXsave = "guest.xsave", "§7 R7", "guest XSAVE: XSTATE_BV = in-use components & hardware XCR0, each component in RFBM written with its value";
     GuestXsaveFpSkipped = "guest.xsave.fp_init", "§7 R7", "guest XSAVE of x87 state not in use writes its init values or leaves memory unwritten";
+    SetFpuStored = "set_fpu.stored", "§10.1", "KVM_SET_FPU stores FCW, FSW, the abridged FTW byte (the FXSAVE tag byte, no conversion; its reserved neighbour zeroed), FOP, FIP, FDP, fpr[8][16] and xmm[16][16] into the legacy area";
+    SetFpuXfeatures = "set_fpu.xfeatures", "§10.1", "KVM_SET_FPU marks FP and SSE in use (XSTATE_BV |= FP|SSE, as the kernel's xfpregs_set): every later GET_FPU/GET_XSAVE reports the written state and KVM_RUN loads it";
+    SetFpuMxcsr = "set_fpu.mxcsr", "§10.1", "KVM_SET_FPU stores MXCSR";
+    SetFpuRejectMxcsr = "set_fpu.reject.mxcsr", "§10.1", "KVM_SET_FPU with MXCSR outside mxcsr_feature_mask: EINVAL (xfpregs_set)";
+    GetFpuView = "get_fpu.view", "§10.2", "KVM_GET_FPU reports the x87/SSE state GET_XSAVE reports (init values for FP or SSE not in XSTATE_BV; MXCSR 0x1F80 without SSE and YMM), pad1 and pad2 zero";
+    GetFpuMxcsr = "get_fpu.mxcsr", "§10.2", "KVM_GET_FPU reports MXCSR";
+    QuirkFpuRaw = "quirk.fpu.raw", "§10.3", "quirk kvm-fpu-legacy (today's kernels): KVM_SET_FPU leaves XSTATE_BV unchanged, KVM_GET_FPU copies the stored legacy bytes whatever XSTATE_BV";
+    QuirkFpuMxcsr = "quirk.fpu.mxcsr", "§10.3", "quirk kvm-fpu-legacy (today's kernels): KVM_GET_FPU returns mxcsr 0, KVM_SET_FPU ignores mxcsr";
     QuirkPvmHwXcr0 = "quirk.pvm.hw_xcr0", "§8.4", "quirk pvm-hw-xcr0: hardware XCR0 stays the host's while the guest runs, whatever the guest's XCR0";
 }
 

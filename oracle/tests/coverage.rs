@@ -23,11 +23,17 @@ fn every_rule_is_reachable() {
     let mut bytes = vec![0u8; 2048];
     for i in 0..20_000u32 {
         rng.fill_bytes(&mut bytes);
-        let Ok(case) = xsave_oracle::gen::case(&mut Unstructured::new(&bytes), xsave_oracle::gen::GenOptions { guest: true }) else {
+        let Ok(case) = xsave_oracle::gen::case(&mut Unstructured::new(&bytes), xsave_oracle::gen::GenOptions::default()) else {
             continue;
         };
         let c = Contract::ALL[i as usize % Contract::ALL.len()];
-        for (host, quirks) in [(&plain, vec![]), (&amx, vec![]), (&old, vec![]), (&pvm, vec![Quirk::PvmCpuidRewrite, Quirk::PvmHwXcr0])] {
+        for (host, quirks) in [
+            (&plain, vec![]),
+            (&amx, vec![]),
+            (&old, vec![]),
+            (&pvm, vec![Quirk::PvmCpuidRewrite, Quirk::PvmHwXcr0]),
+            (&plain, vec![Quirk::KvmFpuLegacy]),
+        ] {
             for r in predict(&case, host, &ModelConfig { contract: c, quirks }).results {
                 seen.extend(r.rules);
             }

@@ -44,6 +44,9 @@ fn divergence_text(s: &mut String, case: &Case, d: &Divergence, expected: &Trace
     for l in &d.log {
         let _ = writeln!(s, "  kernel: {l}");
     }
+    if let Some(k) = d.known_issue.as_deref().and_then(xsave_oracle::known::by_id) {
+        let _ = writeln!(s, "  KNOWN ISSUE {} (not new): {}\n    reference: {}", k.id, k.title, k.reference);
+    }
     let _ = writeln!(s, "  return: expected {} observed {}", d.expected_ret, d.observed_ret);
     if let Some((e, o)) = d.lengths {
         let _ = writeln!(s, "  length: expected {e} bytes observed {o}");

@@ -98,6 +98,9 @@ pub fn markdown(r: &Report) -> String {
         if let Some(q) = d.explained_by {
             let _ = writeln!(o, "- explained by host quirk `{}`", q.name());
         }
+        if let Some(k) = d.known_issue.as_deref().and_then(xsave_oracle::known::by_id) {
+            let _ = writeln!(o, "- **known issue `{}`** (not new): {} — {}", k.id, k.title, k.reference);
+        }
         if let Some(m) = &f.minimize {
             let _ = writeln!(
                 o,
@@ -203,14 +206,14 @@ pub fn sarif(r: &Report) -> serde_json::Value {
             serde_json::json!({
                 "ruleId": d.class.name(),
                 "ruleIndex": CLASSES.iter().position(|c| *c == d.class).unwrap_or(0),
-                "level": if d.explained_by.is_some() { "note" } else { "error" },
+                "level": if d.explained_by.is_some() || d.known_issue.is_some() { "note" } else { "error" },
                 "message": { "text": d.title },
                 "locations": [{
                     "physicalLocation": { "artifactLocation": { "uri": format!("findings/{}/case.json", f.signature) }, "region": { "startLine": 1 } },
                     "logicalLocations": [{ "name": d.op, "kind": "function" }]
                 }],
                 "partialFingerprints": { "xsaveRigSignature/v1": f.signature },
-                "properties": { "signature": f.signature, "step": d.step, "contract": d.contract, "quirks": d.quirks, "explainedBy": d.explained_by }
+                "properties": { "signature": f.signature, "step": d.step, "contract": d.contract, "quirks": d.quirks, "explainedBy": d.explained_by, "knownIssue": d.known_issue }
             })
         })
         .collect();
@@ -285,7 +288,7 @@ th{{background:#f0f0f5}} code,.hex{{font-family:ui-monospace,monospace;font-size
     let _ = write!(o, "<h2>Findings ({})</h2>", r.findings.len());
     for f in &r.findings {
         let d = &f.divergence;
-        let _ = write!(o, "<section class=\"finding\" id=\"{sig}\"><h3>{}</h3><p><span class=\"cls\">{}</span> <code>{sig}</code> — judged under {} with quirks [{}]{}</p>", esc(&d.title), d.class.name(), esc(&d.contract), esc(&d.quirks.iter().map(|q| q.name()).collect::<Vec<_>>().join(", ")), d.explained_by.map(|q| format!("; explained by host quirk <b>{}</b>", q.name())).unwrap_or_default(), sig = esc(&f.signature));
+        let _ = write!(o, "<section class=\"finding\" id=\"{sig}\"><h3>{}</h3><p><span class=\"cls\">{}</span> <code>{sig}</code> — judged under {} with quirks [{}]{}</p>", esc(&d.title), d.class.name(), esc(&d.contract), esc(&d.quirks.iter().map(|q| q.name()).collect::<Vec<_>>().join(", ")), d.explained_by.map(|q| format!("; explained by host quirk <b>{}</b>", q.name())).unwrap_or_default() + &d.known_issue.as_deref().map(|k| format!("; <b>known issue {}</b> (not new)", esc(k))).unwrap_or_default(), sig = esc(&f.signature));
         let _ = write!(o, "<table><tr><th>step</th><th>origin</th><th>ioctl</th><th>expected</th><th>observed</th></tr>");
         for st in &f.steps {
             let mark = if st.index == d.step { " class=\"mark\"" } else { "" };

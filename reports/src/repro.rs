@@ -124,6 +124,19 @@ pub fn c_reproducer(case: &Case, host: &HostFacts, model: &ModelConfig, expected
             Op::CheckXsave2 => {
                 let _ = writeln!(body, "    check_ret({k}, \"KVM_CHECK_EXTENSION(XSAVE2)\", call(vm, KVM_CHECK_EXTENSION, (void *)(long)KVM_CAP_XSAVE2), {want});");
             }
+            Op::SetFpu(img) => {
+                runs(&format!("in_{k}"), &img.render(), &mut data);
+                let _ = writeln!(body, "    {{\n        struct kvm_fpu f;\n        memset(&f, 0, sizeof(f));\n        apply((unsigned char *)&f, in_{k}, NRUNS(in_{k}));\n        check_ret({k}, \"KVM_SET_FPU\", call(vcpu, KVM_SET_FPU, &f), {want});\n    }}");
+            }
+            Op::GetFpu => {
+                runs(&format!("exp_{k}"), &exp.data, &mut data);
+                dontcare(k, &exp.unpredicted, &mut data);
+                let _ = writeln!(
+                    body,
+                    "    {{\n        struct kvm_fpu f;\n        memset(&f, 0, sizeof(f));\n        long r = call(vcpu, KVM_GET_FPU, &f);\n        check_ret({k}, \"KVM_GET_FPU\", r, {want});\n        if (r == 0) check_bytes({k}, \"KVM_GET_FPU\", (unsigned char *)&f, sizeof(f), exp_{k}, NRUNS(exp_{k}), {elen}, dc_{k}, NDC(dc_{k}));\n    }}",
+                    elen = exp.data.len()
+                );
+            }
             Op::RunGuest(_) => {
                 let _ = writeln!(
                     body,

@@ -189,6 +189,7 @@ pub fn detect(seeds: u64, budget: u64, libfuzzer: Option<&std::path::Path>) -> R
             let mut be = crate::ModelBackend::new(host.clone(), ModelConfig { contract, quirks: vec![] });
             let cfg = CampaignConfig {
                 guest: false,
+                fpu: true,
                 initial_corpus: None,
                 inbox: None,
                 seed: 1000 + seed,

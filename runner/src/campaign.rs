@@ -132,6 +132,8 @@ pub struct CampaignConfig {
     pub worker: Option<(u64, u64)>,
     /// Generate guest runs (`KVM_RUN` of guest programs) in cases.
     pub guest: bool,
+    /// Generate `KVM_GET_FPU`/`KVM_SET_FPU` ops in cases.
+    pub fpu: bool,
     /// A fresh campaign's corpus view (names in `WORKDIR/corpus/` without `.case`, in order);
     /// none: the corpus directory as it is at the start. Parallel workers get the view the
     /// parent recorded before starting them, so none sees another's entries.
@@ -178,6 +180,13 @@ pub struct Summary {
     pub by_signature: BTreeMap<String, u64>,
     /// Diverging cases a known host quirk explains.
     pub explained_by_quirk: u64,
+    /// Diverging cases that are a publicly known issue ([`xsave_oracle::known`]).
+    #[serde(default)]
+    pub known_issue_cases: u64,
+    /// Signatures found that are known issues, in order of discovery (this session): kept
+    /// out of `new_signatures`, so they never count as new.
+    #[serde(default)]
+    pub known_signatures: Vec<String>,
     /// Seconds spent (all sessions).
     pub seconds: f64,
     /// Cases per second.
@@ -338,6 +347,7 @@ impl Summary {
             ("guest_runs", self.guest_runs),
             ("agree_unpredicted", self.agree_unpredicted),
             ("explained_by_quirk", self.explained_by_quirk),
+            ("known_issue_cases", self.known_issue_cases),
             ("ioctls", self.ioctls),
             ("rules_covered", self.rules_covered as u64),
             ("rules_total", self.rules_total as u64),
@@ -365,8 +375,8 @@ impl Summary {
         if self.divergent_cases > self.execs || self.agree_unpredicted > self.execs {
             return Err(format!("more divergent or partly agreeing cases than execs {}", self.execs));
         }
-        if self.explained_by_quirk > self.divergent_cases {
-            return Err("explained_by_quirk exceeds divergent_cases".into());
+        if self.explained_by_quirk > self.divergent_cases || self.known_issue_cases > self.divergent_cases {
+            return Err("explained_by_quirk or known_issue_cases exceeds divergent_cases".into());
         }
         if self.rules_covered > self.rules_total {
             return Err("rules_covered exceeds rules_total".into());
@@ -520,6 +530,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
                 backend: s.backend,
                 resumed: true,
                 new_signatures: Vec::new(),
+                known_signatures: Vec::new(),
                 interrupted: false,
                 ioctls: 0,
                 resources: Resources::default(),
@@ -598,7 +609,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
         let mut case = if cfg.feedback && !corpus.is_empty() && i % 2 == 1 {
             mutated(&corpus, cfg.seed, i)
         } else {
-            case_for_with(cfg.seed, i, GenOptions { guest: cfg.guest })
+            case_for_with(cfg.seed, i, GenOptions { guest: cfg.guest, fpu: cfg.fpu })
         };
         if cfg.narrow_cpuid {
             case = narrow(case, host.supported_xcr0, i);
@@ -652,8 +663,15 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
                 s.explained_by_quirk += 1;
             }
             let mut steps = case.steps().len();
+            if d.known_issue.is_some() {
+                s.known_issue_cases += 1;
+            }
             if known.insert(d.signature.clone()) {
-                s.new_signatures.push(d.signature.clone());
+                if d.known_issue.is_some() {
+                    s.known_signatures.push(d.signature.clone());
+                } else {
+                    s.new_signatures.push(d.signature.clone());
+                }
                 own.push(d.signature.clone());
                 if let Some(dir) = &cfg.workdir {
                     let dest = dir.join("findings").join(&d.signature);

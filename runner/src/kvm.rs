@@ -148,6 +148,12 @@ impl KvmBackend {
             ok &= timed(&mut self.stats, "KVM_SET_XCRS", || vcpu.set_xcrs(&x).map(|_| 0).map_err(|e| e.errno())).is_ok();
         }
         if vm.dirty_xsave {
+            // Legacy bytes a SET_FPU (or a SET_XSAVE with FP/SSE) wrote stay in the kernel's
+            // buffer under XSTATE_BV 0, and GET_FPU shows them: rewrite them as a fresh
+            // vCPU's before clearing XSTATE_BV.
+            let xbuf = &mut self.xbuf;
+            XsaveImage::init(xsave_oracle::xfeatures::FPSSE).render_into(&self.host, xbuf.bytes_mut());
+            ok &= timed(&mut self.stats, "KVM_SET_XSAVE", || sys::set_xsave(vcpu, xbuf)).is_ok();
             if self.host.supported_xcr0 & PKRU != 0 {
                 let xbuf = &mut self.xbuf;
                 XsaveImage::init(PKRU).render_into(&self.host, xbuf.bytes_mut());
@@ -350,6 +356,20 @@ impl KvmBackend {
                 let v = timed(st, "KVM_CHECK_EXTENSION", || vm.vm.check_extension_raw(CAP_XSAVE2 as libc::c_ulong));
                 (Ret::Ok(v as i64), Vec::new())
             }
+            Op::SetFpu(img) => {
+                let b = self.xbuf.bytes_mut();
+                b[..layout::KVM_FPU_SIZE].copy_from_slice(&img.render());
+                let xbuf = &mut self.xbuf;
+                (ret(timed(st, "KVM_SET_FPU", || sys::set_fpu(vcpu, xbuf))), Vec::new())
+            }
+            Op::GetFpu => {
+                self.xbuf.bytes_mut()[..layout::KVM_FPU_SIZE].fill(0);
+                let xbuf = &mut self.xbuf;
+                match timed(st, "KVM_GET_FPU", || sys::get_fpu(vcpu, xbuf)) {
+                    Ok(v) => (Ret::Ok(v), self.xbuf.bytes()[..layout::KVM_FPU_SIZE].to_vec()),
+                    Err(e) => (Ret::Err(e), Vec::new()),
+                }
+            }
             Op::RunGuest(_) => unreachable!("handled by run_guest"),
         };
         if let Some(vm) = self.cur.as_mut() {
@@ -357,7 +377,7 @@ impl KvmBackend {
             match op {
                 Op::SetCpuid2(_) => vm.dirty_cpuid = true,
                 Op::SetXcrs(_) => vm.dirty_xcr0 = true,
-                Op::SetXsave(_) | Op::RestoreLast { .. } => vm.dirty_xsave = true,
+                Op::SetXsave(_) | Op::RestoreLast { .. } | Op::SetFpu(_) => vm.dirty_xsave = true,
                 _ => {}
             }
         }

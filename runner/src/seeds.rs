@@ -49,6 +49,16 @@ pub fn seed_corpus() -> Vec<(String, Case)> {
     let mut mxcsr_ymm = img(FP | YMM);
     mxcsr_ymm.components.retain(|c| c.bit == 2);
     mxcsr_ymm.mxcsr = 0x1f00;
+    // The legacy FPU ioctls (issue: SET_FPU state on a fresh vCPU, docs/findings).
+    let fpu_written = FpuImage { fcw: 0x27f, ftwx: 0x01, fpr_seed: 0x81, xmm_seed: 0x11, mxcsr: 0x1f00, ..FpuImage::init() };
+    let fpu_bad_mxcsr = FpuImage { mxcsr: 0xffff_ffff, ..FpuImage::init() };
+    let fpu: Vec<(&str, Case)> = vec![
+        (
+            "fpu-set-on-fresh-vcpu-then-get-fpu-and-xsave",
+            Case { config: supported(!0), ops: vec![Op::SetFpu(fpu_written), Op::GetFpu, Op::GetXsave] },
+        ),
+        ("fpu-set-with-reserved-mxcsr-bits", Case { config: supported(!0), ops: vec![Op::SetFpu(fpu_bad_mxcsr), Op::GetFpu] }),
+    ];
     let guest: Vec<(&str, Case)> = vec![
         (
             // The selftest "touch relevant XSAVE state in guest": the guest writes x87, SSE and
@@ -256,6 +266,7 @@ pub fn seed_corpus() -> Vec<(String, Case)> {
     ];
     v.extend(extra.into_iter().map(|(n, c)| (n.to_string(), c)));
     v.extend(guest.into_iter().map(|(n, c)| (n.to_string(), c)));
+    v.extend(fpu.into_iter().map(|(n, c)| (n.to_string(), c)));
     v.into_iter().map(|(n, c)| (slug(&n), c)).collect()
 }
 

@@ -26,6 +26,10 @@ pub const KVM_GET_XSAVE: u32 = ioc(R, 0xa4, 4096);
 pub const KVM_SET_XSAVE: u32 = ioc(W, 0xa5, 4096);
 /// `KVM_GET_XSAVE2`.
 pub const KVM_GET_XSAVE2: u32 = ioc(R, 0xcf, 4096);
+/// `KVM_GET_FPU` (`struct kvm_fpu`, 416 bytes).
+pub const KVM_GET_FPU: u32 = ioc(R, 0x8c, 416);
+/// `KVM_SET_FPU`.
+pub const KVM_SET_FPU: u32 = ioc(W, 0x8d, 416);
 /// `KVM_SET_USER_MEMORY_REGION` (`struct kvm_userspace_memory_region`, 32 bytes).
 pub const KVM_SET_USER_MEMORY_REGION: u32 = ioc(W, 0x46, 32);
 /// `KVM_X86_XCOMP_GUEST_SUPP` attribute of group 0.
@@ -153,6 +157,18 @@ pub fn get_xsave(vcpu: &impl AsRawFd, buf: &mut AlignedBuf) -> IoResult {
 pub fn get_xsave2(vcpu: &impl AsRawFd, buf: &mut AlignedBuf) -> IoResult {
     assert!(buf.len() >= 4096, "XSAVE buffer below 4096 bytes");
     ioctl_buf(vcpu.as_raw_fd(), KVM_GET_XSAVE2, buf)
+}
+
+/// `KVM_SET_FPU`: the kernel reads the 416-byte `struct kvm_fpu` at the start of `buf`.
+pub fn set_fpu(vcpu: &impl AsRawFd, buf: &mut AlignedBuf) -> IoResult {
+    assert!(buf.len() >= 416, "kvm_fpu buffer below 416 bytes");
+    ioctl_buf(vcpu.as_raw_fd(), KVM_SET_FPU, buf)
+}
+
+/// `KVM_GET_FPU` (writes exactly 416 bytes).
+pub fn get_fpu(vcpu: &impl AsRawFd, buf: &mut AlignedBuf) -> IoResult {
+    assert!(buf.len() >= 416, "kvm_fpu buffer below 416 bytes");
+    ioctl_buf(vcpu.as_raw_fd(), KVM_GET_FPU, buf)
 }
 
 const ARCH_GET_XCOMP_SUPP: libc::c_ulong = 0x1021;

@@ -16,6 +16,7 @@ fn findings(contract: Contract, iterations: u64) -> Vec<serde_json::Value> {
     let mut be = ModelBackend::new(host, ModelConfig { contract, quirks: vec![] });
     let cfg = CampaignConfig {
         guest: false,
+        fpu: true,
         initial_corpus: None,
         inbox: None,
         seed: 42,
@@ -102,6 +103,7 @@ fn feedback_grows_a_corpus_and_reaches_more_rules() {
         let mut be = ModelBackend::new(host.clone(), ModelConfig::default());
         let cfg = CampaignConfig {
             guest: false,
+            fpu: true,
             initial_corpus: None,
             inbox: None,
             seed: 3,

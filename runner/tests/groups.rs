@@ -12,6 +12,7 @@ fn groups(contract: Contract, iterations: u64) -> Vec<Group> {
     let host = HostFacts::synthetic(0x2e7, 0xffff);
     let mut be = ModelBackend::new(host, ModelConfig { contract, quirks: vec![] });
     let cfg = CampaignConfig {
+        fpu: false,
         guest: true,
         initial_corpus: None,
         inbox: None,

@@ -23,6 +23,7 @@ fn campaign(host: &HostFacts, quirks: Vec<Quirk>, n: u64, seed: u64) -> Summary 
     let mut be = KvmBackend::new(host.clone(), true).expect("backend");
     let cfg = CampaignConfig {
         guest: true,
+        fpu: false,
         initial_corpus: None,
         inbox: None,
         seed,
@@ -125,7 +126,9 @@ fn forced(t: &xsave_oracle::Trace, bv: u64) -> XsaveImage {
 }
 
 /// 20 000 random cases with a fixed seed: zero divergences with the probe's quirks modelled;
-/// the same cases strictly judged yield only the quirk's class, each explained by it.
+/// the same cases strictly judged yield only the quirk's class, each explained by it. The
+/// cases hold no KVM_GET/SET_FPU ops: today's kernels depart from the contract there
+/// (tests/fpu.rs finds it, and checks the FPU ops against the `kvm-fpu-legacy` model).
 #[test]
 fn campaign_20k_auto_and_strict() {
     if !kvm_or_skip("campaign_20k_auto_and_strict") {
@@ -194,9 +197,20 @@ fn seed_corpus_agrees_on_kvm() {
     let host = &probed().host;
     let model = ModelConfig { quirks: host.quirks.clone(), ..ModelConfig::default() };
     let mut be = KvmBackend::new(host.clone(), true).expect("backend");
+    // The FPU seeds reproduce today's kernels' KVM_SET_FPU departure (docs/findings): they
+    // diverge from the contract and agree with the model of that behaviour.
+    let legacy = ModelConfig { quirks: [host.quirks.clone(), vec![Quirk::KvmFpuLegacy]].concat(), ..ModelConfig::default() };
     for (name, case) in xsave_runner::seeds::seed_corpus() {
         let obs = be.execute(&case).expect("run");
         let (_, v) = judge(&case, host, &model, &obs);
-        assert_eq!(v, Verdict::Agree, "seed {name}");
+        if name == "fpu-set-on-fresh-vcpu-then-get-fpu-and-xsave" {
+            assert!(matches!(v, Verdict::Diverge(_)), "seed {name}: the SET_FPU departure did not show");
+            assert_eq!(judge(&case, host, &legacy, &obs).1, Verdict::Agree, "seed {name} under kvm-fpu-legacy");
+        } else if name.starts_with("fpu-") {
+            let (_, w) = judge(&case, host, &legacy, &obs);
+            assert!(v == Verdict::Agree || w == Verdict::Agree, "seed {name}: {v:?}");
+        } else {
+            assert_eq!(v, Verdict::Agree, "seed {name}");
+        }
     }
 }

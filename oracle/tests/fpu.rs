@@ -1,0 +1,174 @@
+//! `KVM_GET_FPU`/`KVM_SET_FPU` rules (§10): one test per rule, on the worked-example host, and
+//! the `kvm-fpu-legacy` quirk that models today's kernels.
+
+mod common;
+use common::*;
+use xsave_oracle::case::*;
+use xsave_oracle::guest::{GuestAction as A, GuestProgram};
+use xsave_oracle::host::Quirk;
+use xsave_oracle::layout::{self, le32};
+use xsave_oracle::model::{predict, Contract, ModelConfig};
+use xsave_oracle::rules::Rule;
+use xsave_oracle::trace::{Trace, EINVAL};
+
+fn fpu() -> FpuImage {
+    FpuImage {
+        fcw: 0x27f,
+        ftwx: 0x81,
+        pad1: 0xee,
+        last_opcode: 0x123,
+        mxcsr: 0x1fa0,
+        pad2: 7,
+        fpr_seed: 5,
+        xmm_seed: 0x11,
+        ..FpuImage::init()
+    }
+}
+
+fn legacy(h: &xsave_oracle::HostFacts, config: Config, ops: Vec<Op>) -> Trace {
+    predict(&Case { config, ops }, h, &ModelConfig { contract: Contract::V3, quirks: vec![Quirk::KvmFpuLegacy] })
+}
+
+fn written() -> Vec<u8> {
+    let mut w = fpu().render().to_vec();
+    w[layout::FPU_FCW + 5] = 0; // pad1 is not stored
+    w[layout::FPU_PAD2..].fill(0);
+    w
+}
+
+/// set_fpu.stored + get_fpu.view + get_fpu.mxcsr: GET_FPU returns what SET_FPU wrote (pad
+/// bytes zero, the abridged tag byte as given).
+#[test]
+fn get_fpu_returns_what_set_fpu_wrote() {
+    let h = host207();
+    let t = v3(&h, no_cpuid(), vec![Op::SetFpu(fpu()), Op::GetFpu]);
+    assert!(t.results[0].rules.contains(&Rule::SetFpuStored));
+    let g = ok(last(&t));
+    assert_eq!(g.len(), layout::KVM_FPU_SIZE);
+    assert_eq!(g, &written()[..]);
+    assert_eq!(g[layout::FPU_FCW + 4], 0x81, "abridged FTW byte, no conversion");
+    assert_eq!(le32(g, layout::FPU_MXCSR), 0x1fa0);
+    assert!(last(&t).rules.contains(&Rule::GetFpuView) && last(&t).rules.contains(&Rule::GetFpuMxcsr));
+}
+
+/// set_fpu.xfeatures: GET_XSAVE after SET_FPU reports FP|SSE and the written values.
+#[test]
+fn set_fpu_marks_fp_and_sse_in_use() {
+    let h = host207();
+    let t = v3(&h, no_cpuid(), vec![Op::SetFpu(fpu()), Op::GetXsave]);
+    assert!(t.results[0].rules.contains(&Rule::SetFpuXfeatures) && t.results[0].rules.contains(&Rule::SetFpuMxcsr));
+    let g = ok(last(&t));
+    assert_eq!(bv(g), 0x3);
+    assert_eq!(fcw(g), 0x27f);
+    assert_eq!(g[4..6], [0x81, 0], "FTW byte and its zeroed reserved neighbour");
+    assert_eq!(mxcsr(g).0, 0x1fa0);
+    assert_eq!(&g[layout::XMM..layout::XMM_END], &written()[layout::FPU_XMM..layout::FPU_MXCSR]);
+}
+
+/// set_fpu.reject.mxcsr: reserved MXCSR bits are refused, nothing changes.
+#[test]
+fn set_fpu_rejects_reserved_mxcsr() {
+    let h = host207();
+    let t = v3(&h, no_cpuid(), vec![Op::SetFpu(FpuImage { mxcsr: 1 << 20, ..fpu() }), Op::GetXsave]);
+    assert_eq!(err(&t.results[0]), EINVAL);
+    assert_eq!(t.results[0].rules, vec![Rule::SetFpuRejectMxcsr]);
+    assert_eq!(bv(ok(last(&t))), 0);
+}
+
+/// get_fpu.view: without FP/SSE in XSTATE_BV GET_FPU reports init values, like GET_XSAVE.
+#[test]
+fn get_fpu_reports_init_values_when_not_in_use() {
+    let h = host207();
+    let set = Op::SetXsave(XsaveImage { fcw: 0x7f, xmm_seed: 3, st_seed: 3, ..XsaveImage::init(0x3) });
+    let t = v3(&h, no_cpuid(), vec![set, Op::SetXsave(XsaveImage::init(0)), Op::GetFpu]);
+    let mut init = FpuImage::init().render().to_vec();
+    init[layout::FPU_PAD2..].fill(0);
+    assert_eq!(ok(last(&t)), &init[..]);
+}
+
+/// run.entry.load after SET_FPU: the guest sees the written state.
+#[test]
+fn guest_sees_what_set_fpu_wrote() {
+    let h = host207();
+    let config = Config { xcr0: Some(0x7), ..full_avx_config() };
+    let run = Op::RunGuest(GuestProgram { actions: vec![A::Xsave] });
+    let t = v3(&h, config.clone(), vec![Op::SetFpu(fpu()), run.clone()]);
+    let g = ok(last(&t));
+    assert_eq!(&g[layout::XMM..layout::XMM_END], &written()[layout::FPU_XMM..layout::FPU_MXCSR]);
+    // Today's kernels: XSTATE_BV stays 0, the guest enters with init state.
+    let t = legacy(&h, config, vec![Op::SetFpu(fpu()), run]);
+    let g = ok(last(&t));
+    assert!(g[layout::XMM..layout::XMM_END].iter().all(|&b| b == 0));
+}
+
+fn full_avx_config() -> Config {
+    Config {
+        cpuid: Some(CpuidTable { base: CpuidBase::Supported { xcr0_mask: !0, drop_leaves: vec![] }, entries: vec![], reverse: false }),
+        xcr0: None,
+    }
+}
+
+/// quirk.fpu.raw + quirk.fpu.mxcsr: today's kernels, the SET_FPU/XSAVE inconsistency.
+#[test]
+fn legacy_quirk_models_todays_kernels() {
+    let h = host207();
+    let t = legacy(&h, no_cpuid(), vec![Op::SetFpu(FpuImage { mxcsr: 1 << 20, ..fpu() }), Op::GetFpu, Op::GetXsave]);
+    assert!(t.results[0].rules.contains(&Rule::QuirkFpuRaw), "accepted, MXCSR ignored");
+    let f = ok(&t.results[1]);
+    assert_eq!(le32(f, layout::FPU_MXCSR), 0, "mxcsr never filled");
+    assert_eq!(&f[..layout::FPU_MXCSR], &written()[..layout::FPU_MXCSR]);
+    let x = ok(last(&t));
+    assert_eq!(bv(x), 0, "XSTATE_BV unchanged");
+    assert_eq!(fcw(x), 0x37f);
+    // The reverse: stale legacy bytes under XSTATE_BV 0 show through GET_FPU.
+    let set = Op::SetXsave(XsaveImage { fcw: 0x7f, ..XsaveImage::init(0x3) });
+    let t = legacy(&h, no_cpuid(), vec![set, Op::SetXsave(XsaveImage::init(0)), Op::GetFpu]);
+    assert_eq!(ok(last(&t))[layout::FPU_FCW], 0x7f);
+}
+
+/// Format: the FPU ops are version 2, a case without them stays version 1; both round-trip.
+#[test]
+fn fpu_ops_are_format_version_2() {
+    let c = Case { config: Config::default(), ops: vec![Op::SetFpu(fpu()), Op::GetFpu] };
+    let b = c.encode();
+    assert_eq!(b[4], 2);
+    assert_eq!(Case::decode(&b).unwrap(), c);
+    assert_eq!(Case::from_json(&c.to_json()).unwrap(), c);
+    assert_eq!(Case { config: Config::default(), ops: vec![Op::GetXsave] }.encode()[4], 1);
+}
+
+/// The known-issues registry: the mxcsr departure is labelled, the XSTATE_BV one is not.
+#[test]
+fn known_issue_labels_only_the_mxcsr_departure() {
+    let h = host207();
+    let judge = |ops: Vec<Op>| {
+        let case = Case { config: no_cpuid(), ops };
+        let observed = predict(&case, &h, &ModelConfig { contract: Contract::V3, quirks: vec![Quirk::KvmFpuLegacy] });
+        let (_, v) = xsave_oracle::judge(&case, &h, &ModelConfig::default(), &observed);
+        v.divergence().cloned().expect("diverges")
+    };
+    let get = judge(vec![Op::SetFpu(fpu()), Op::GetFpu]);
+    assert_eq!(get.known_issue.as_deref(), Some("kvm-fpu-mxcsr"), "{}", get.title);
+    let set = judge(vec![Op::SetFpu(FpuImage { mxcsr: 1 << 20, ..fpu() })]);
+    assert_eq!(set.known_issue.as_deref(), Some("kvm-fpu-mxcsr"), "{}", set.title);
+    let xsave = judge(vec![Op::SetFpu(fpu()), Op::GetXsave]);
+    assert_eq!(xsave.known_issue, None, "{}", xsave.title);
+    assert_eq!(xsave.op, "KVM_GET_XSAVE");
+    let k = xsave_oracle::known::by_id("kvm-fpu-mxcsr").expect("registered");
+    assert!(k.reference.contains("firecracker") && k.since == "2017");
+}
+
+/// The MXCSR SET_FPU ignored, read back through GET_XSAVE, is the same known issue.
+#[test]
+fn known_issue_covers_mxcsr_read_back_through_get_xsave() {
+    let h = host207();
+    let case = Case {
+        config: no_cpuid(),
+        ops: vec![Op::SetXsave(XsaveImage::init(0x3)), Op::SetFpu(FpuImage { mxcsr: 0x1fa0, ..FpuImage::init() }), Op::GetXsave],
+    };
+    let observed = predict(&case, &h, &ModelConfig { contract: Contract::V3, quirks: vec![Quirk::KvmFpuLegacy] });
+    let (_, v) = xsave_oracle::judge(&case, &h, &ModelConfig::default(), &observed);
+    let d = v.divergence().expect("diverges");
+    assert_eq!(d.op, "KVM_GET_XSAVE");
+    assert_eq!(d.known_issue.as_deref(), Some("kvm-fpu-mxcsr"), "{}", d.title);
+}
