@@ -144,8 +144,12 @@ pub fn load(dir: &Path) -> Result<Report, ReportError> {
     let mut skipped = Vec::new();
     let stats_path = dir.join("stats.jsonl");
     let stats = match read_bounded_string(&stats_path, caps::STATS) {
+        // A campaign appends to stats.jsonl while reports read it: a last line without its
+        // newline is still being written, not corrupt, and is left for the next report.
         Ok(text) => text
-            .lines()
+            .split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
+            .map(|l| l.trim_end_matches('\n'))
             .enumerate()
             .filter_map(|(n, l)| match serde_json::from_str(l) {
                 Ok(p) => Some(p),
