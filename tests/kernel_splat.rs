@@ -20,7 +20,7 @@ fn a_splat_is_a_finding_of_the_case_that_ran() {
     let dir = tempfile::tempdir().expect("tempdir");
     let wd = dir.path().join("w");
     let o = rig()
-        .args(["fuzz", "--iterations", "40", "--seed", "3", "--no-feedback", "--minimize-budget", "0", "--json", "--workdir"])
+        .args(["fuzz", "--iterations", "40", "--seed", "3", "--no-feedback", "--no-fpu", "--minimize-budget", "0", "--json", "--workdir"])
         .arg(&wd)
         .env("XSAVE_RIG_TEST_KMSG_AT", "11")
         .output()
