@@ -19,20 +19,26 @@ fn rig() -> &'static Mutex<Rig> {
     RIG.get_or_init(|| {
         let report = probe().unwrap_or_else(|e| panic!("differential_kvm needs KVM: {e}"));
         let host = report.host;
-        let model = ModelConfig { quirks: host.quirks.clone(), ..ModelConfig::default() };
+        // Today's kernels' KVM_SET_FPU departure (docs/findings/kvm-set-fpu-xstate-bv.md) is
+        // modelled here, so the fuzz target crashes only on divergences not yet reported.
+        let quirks = [host.quirks.clone(), vec![xsave_oracle::Quirk::KvmFpuLegacy]].concat();
+        let model = ModelConfig { quirks, ..ModelConfig::default() };
         let backend = KvmBackend::new(host.clone(), true).unwrap_or_else(|e| panic!("{e}"));
         Mutex::new(Rig { backend, host, model })
     })
 }
 
 /// Run `case` on KVM and judge it; panics (a crash for libFuzzer) on a divergence or a
-/// backend failure.
+/// backend failure. Known issues (`xsave_oracle::known`) and the modelled KVM_SET_FPU
+/// departure are not crashes.
 pub fn check_on_kvm(case: &Case) {
     let mut rig = rig().lock().unwrap_or_else(|p| p.into_inner());
     let Rig { backend, host, model } = &mut *rig;
     let observed = backend.execute(case).unwrap_or_else(|e| panic!("backend: {e}"));
     if let (_, Verdict::Diverge(d)) = judge(case, host, model, &observed) {
-        panic!("divergence {}: {}", d.signature, d.title);
+        if d.known_issue.is_none() {
+            panic!("divergence {}: {}", d.signature, d.title);
+        }
     }
 }
 
