@@ -15,6 +15,8 @@ pub const EXT: usize = 576;
 pub const FCW: usize = 0;
 /// MXCSR offset.
 pub const MXCSR: usize = 24;
+/// FOP: the last x87 opcode (u16).
+pub const FOP: usize = 6;
 /// MXCSR_MASK offset.
 pub const MXCSR_MASK: usize = 28;
 /// Start of ST0..7.
