@@ -37,11 +37,7 @@ fn fnv(bytes: &[u8]) -> String {
 }
 
 fn rig(args: &[&str], files: &[PathBuf]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_xsave-rig"))
-        .args(args)
-        .args(files)
-        .output()
-        .expect("run xsave-rig");
+    let out = Command::new(env!("CARGO_BIN_EXE_xsave-rig")).args(args).args(files).output().expect("run xsave-rig");
     assert!(
         matches!(out.status.code(), Some(0) | Some(1)),
         "{args:?}: exit {:?}: {}",

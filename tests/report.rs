@@ -145,3 +145,35 @@ fn html_plots_coverage_and_rounds_numbers() {
     let secs = campaign.split("<th>seconds</th><td>").nth(1).and_then(|t| t.split('<').next()).expect("seconds");
     assert!(secs.split('.').nth(1).is_none_or(|d| d.len() <= 2), "{secs}");
 }
+
+/// Root-cause groups lead every format: Markdown and HTML list them before the findings, and
+/// SARIF files each result under the contract rule it violates, with a run category per host
+/// and kernel and artifact URIs relative to the workdir (`WORKDIR`).
+#[test]
+fn groups_lead_and_sarif_files_results_under_the_violated_rule() {
+    let dir = reported();
+    let r = dir.path().join("report");
+    let md = std::fs::read_to_string(r.join("report.md")).expect("md");
+    let (groups, findings) = (md.find("## Root causes").expect("groups section"), md.find("## Findings").expect("findings"));
+    assert!(groups < findings, "groups come first");
+    // V2b's refused permissive load is one root cause: rule set.accept.
+    assert!(md[groups..findings].contains("`set.accept`"), "{}", &md[groups..findings]);
+    assert!(std::fs::read_to_string(r.join("report.html")).expect("html").contains("<h2>Root causes"));
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(r.join("report.sarif")).expect("sarif")).expect("json");
+    let run = &s["runs"][0];
+    let ids: Vec<&str> = run["tool"]["driver"]["rules"].as_array().expect("rules").iter().filter_map(|x| x["id"].as_str()).collect();
+    assert!(ids.contains(&"set.accept"), "{ids:?}");
+    let refused = run["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .find(|x| x["message"]["text"].as_str().is_some_and(|t| t.contains("-EINVAL where V3 accepts")))
+        .expect("the refused SET");
+    assert_eq!(refused["ruleId"], "set.accept");
+    assert_eq!(refused["locations"][0]["physicalLocation"]["artifactLocation"]["uriBaseId"], "WORKDIR");
+    let base = run["originalUriBaseIds"]["WORKDIR"]["uri"].as_str().expect("base");
+    assert!(base.starts_with("file:///") && base.ends_with('/'), "{base}");
+    let cat = run["automationDetails"]["id"].as_str().expect("category");
+    assert!(cat.starts_with("xsave-rig/") && cat.ends_with("/model:V2b/"), "{cat}");
+    assert_eq!(run["invocations"][0]["executionSuccessful"], true);
+}

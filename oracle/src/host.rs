@@ -66,7 +66,8 @@ pub enum Quirk {
 
 impl Quirk {
     /// Every quirk the rig knows.
-    pub const ALL: &'static [Quirk] = &[Quirk::PvmCpuidRewrite, Quirk::PvmHwXcr0, Quirk::KvmFpuLegacy, Quirk::TcgXsaveFop, Quirk::TcgX87NoMf];
+    pub const ALL: &'static [Quirk] =
+        &[Quirk::PvmCpuidRewrite, Quirk::PvmHwXcr0, Quirk::KvmFpuLegacy, Quirk::TcgXsaveFop, Quirk::TcgX87NoMf];
 
     /// Stable name used on the command line and in reports.
     pub fn name(self) -> &'static str {

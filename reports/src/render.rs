@@ -76,11 +76,24 @@ pub fn markdown(r: &Report) -> String {
     for k in ["backend", "contract", "quirks", "seed", "execs", "execs_per_sec", "divergent_cases", "findings", "seconds"] {
         let _ = writeln!(o, "| {k} | {} |", s(&r.campaign, k));
     }
+    let groups = r.groups();
+    if !groups.is_empty() {
+        let _ = writeln!(o, "\n## Root causes ({})\n", groups.len());
+        let _ = writeln!(o, "One group per violated contract rule, ioctl and class; its signatures (symptoms) below it.\n");
+        let _ = writeln!(o, "| root cause | rule | cases | signatures |\n|---|---|---|---|");
+        for g in &groups {
+            let sigs = g.signatures.iter().map(|s| format!("[`{s}`](#{s})")).collect::<Vec<_>>().join(", ");
+            let _ = writeln!(o, "| {} | `{}` | {} | {sigs} |", g.title, g.rule, g.cases);
+        }
+    }
     let _ = writeln!(o, "\n## Findings ({})\n", r.findings.len());
     let host = r.host_facts();
     for f in &r.findings {
         let d = &f.divergence;
         let _ = writeln!(o, "### {}\n", d.title);
+        if let Some(g) = r.group_of(&f.signature) {
+            let _ = writeln!(o, "- root cause: {} (group `{}`)", g.title, g.key);
+        }
         let _ = writeln!(
             o,
             "- signature `{}`, class `{}` (symptom `{}`), judged under {} with quirks [{}]",
@@ -184,18 +197,42 @@ fn class_help(c: Class) -> &'static str {
     }
 }
 
-/// `report.sarif` (SARIF 2.1.0): one rule per divergence class, one result per finding.
+/// The SARIF rule id of a finding: the contract rule it violates (its root cause), else
+/// `class/<class>` for divergences no rule explains.
+fn sarif_rule_id(f: &FindingReport) -> String {
+    f.divergence.violated.map_or_else(|| format!("class/{}", f.divergence.class.name()), |r| r.id().to_string())
+}
+
+/// `report.sarif` (SARIF 2.1.0): one rule per violated contract rule (root cause), one result
+/// per finding under it; a run category per host and kernel (`runAutomationDetails`), so uploads
+/// from several hosts do not replace each other; artifact URIs relative to `WORKDIR`.
 pub fn sarif(r: &Report) -> serde_json::Value {
-    let rules: Vec<serde_json::Value> = CLASSES
+    let mut ids: Vec<String> = r.findings.iter().map(sarif_rule_id).collect();
+    ids.sort();
+    ids.dedup();
+    let rules: Vec<serde_json::Value> = ids
         .iter()
-        .map(|c| {
-            serde_json::json!({
-                "id": c.name(),
-                "name": c.name(),
-                "shortDescription": { "text": format!("KVM XSAVE ABI divergence: {}", c.name()) },
-                "fullDescription": { "text": class_help(*c) },
+        .map(|id| match xsave_oracle::rules::Rule::from_id(id) {
+            Some(rule) => serde_json::json!({
+                "id": id,
+                "name": id,
+                "shortDescription": { "text": format!("KVM XSAVE ABI: violates contract rule {id}") },
+                "fullDescription": { "text": rule.describe() },
+                "help": { "text": format!("Contract rule {id} (kvm-xsave-contract.md {}): {}. Replay a finding with `xsave-rig replay findings/<signature>/case.bin`; `xsave-rig repro --c` writes a standalone C reproducer.", rule.spec(), rule.describe()) },
                 "defaultConfiguration": { "level": "error" }
-            })
+            }),
+            None => {
+                let class = id.trim_start_matches("class/");
+                let help = CLASSES.iter().find(|c| c.name() == class).map_or("", |c| class_help(*c));
+                serde_json::json!({
+                    "id": id,
+                    "name": id,
+                    "shortDescription": { "text": format!("KVM XSAVE ABI divergence: {class}") },
+                    "fullDescription": { "text": help },
+                    "help": { "text": format!("No single contract rule explains it. {help}") },
+                    "defaultConfiguration": { "level": "error" }
+                })
+            }
         })
         .collect();
     let results: Vec<serde_json::Value> = r
@@ -203,25 +240,39 @@ pub fn sarif(r: &Report) -> serde_json::Value {
         .iter()
         .map(|f| {
             let d = &f.divergence;
+            let id = sarif_rule_id(f);
             serde_json::json!({
-                "ruleId": d.class.name(),
-                "ruleIndex": CLASSES.iter().position(|c| *c == d.class).unwrap_or(0),
+                "ruleId": id,
+                "ruleIndex": ids.iter().position(|i| *i == id).unwrap_or(0),
                 "level": if d.explained_by.is_some() || d.known_issue.is_some() { "note" } else { "error" },
                 "message": { "text": d.title },
                 "locations": [{
-                    "physicalLocation": { "artifactLocation": { "uri": format!("findings/{}/case.json", f.signature) }, "region": { "startLine": 1 } },
+                    "physicalLocation": { "artifactLocation": { "uri": format!("findings/{}/case.json", f.signature), "uriBaseId": "WORKDIR" }, "region": { "startLine": 1 } },
                     "logicalLocations": [{ "name": d.op, "kind": "function" }]
                 }],
-                "partialFingerprints": { "xsaveRigSignature/v1": f.signature },
-                "properties": { "signature": f.signature, "step": d.step, "contract": d.contract, "quirks": d.quirks, "explainedBy": d.explained_by, "knownIssue": d.known_issue }
+                "partialFingerprints": { "xsaveRigSignature/v1": f.signature, "xsaveRigGroup/v1": d.group_key() },
+                "properties": { "signature": f.signature, "class": d.class.name(), "group": d.group_key(), "step": d.step, "contract": d.contract, "quirks": d.quirks, "explainedBy": d.explained_by, "knownIssue": d.known_issue }
             })
         })
         .collect();
+    let host_part = |k: &str| r.host.get(k).and_then(|v| v.as_str()).unwrap_or("unknown").replace('/', "_");
+    let backend = r.campaign.get("backend").and_then(|v| v.as_str()).unwrap_or("unknown").replace('/', "_");
+    let category = format!("xsave-rig/{}/{}/{backend}/", host_part("kvm_module"), host_part("kernel_release"));
+    let workdir = if r.workdir.ends_with('/') { r.workdir.clone() } else { format!("{}/", r.workdir) };
     serde_json::json!({
         "$schema": "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json",
         "version": "2.1.0",
         "runs": [{
             "tool": { "driver": { "name": "xsave-rig", "version": env!("CARGO_PKG_VERSION"), "informationUri": "https://www.kernel.org/doc/html/latest/virt/kvm/api.html", "rules": rules } },
+            "automationDetails": { "id": category },
+            "invocations": [{
+                "executionSuccessful": !r.campaign.get("interrupted").and_then(|v| v.as_bool()).unwrap_or(false),
+                "properties": {
+                    "backend": r.campaign.get("backend"), "contract": r.campaign.get("contract"), "quirks": r.campaign.get("quirks"),
+                    "seed": r.campaign.get("seed"), "execs": r.campaign.get("execs"), "seconds": r.campaign.get("seconds")
+                }
+            }],
+            "originalUriBaseIds": { "WORKDIR": { "uri": format!("file://{workdir}") } },
             "results": results,
             "properties": { "host": r.host.get("kernel_release").cloned().unwrap_or(serde_json::Value::Null) }
         }]
@@ -285,6 +336,20 @@ th{{background:#f0f0f5}} code,.hex{{font-family:ui-monospace,monospace;font-size
         plot("findings", &xs, &r.stats.iter().map(|p| p.findings as f64).collect::<Vec<_>>(), "#c0392b"),
         plot("contract rules reached", &xs, &r.stats.iter().map(|p| p.rules_covered as f64).collect::<Vec<_>>(), "#27ae60")
     );
+    let groups = r.groups();
+    if !groups.is_empty() {
+        let _ = write!(
+            o,
+            "<h2>Root causes ({})</h2><table><tr><th>root cause</th><th>rule</th><th>cases</th><th>signatures</th></tr>",
+            groups.len()
+        );
+        for g in &groups {
+            let sigs: String = g.signatures.iter().map(|s| format!("<a href=\"#{0}\"><code>{0}</code></a> ", esc(s))).collect();
+            let _ =
+                write!(o, "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{sigs}</td></tr>", esc(&g.title), esc(&g.rule), g.cases);
+        }
+        let _ = write!(o, "</table>");
+    }
     let _ = write!(o, "<h2>Findings ({})</h2>", r.findings.len());
     for f in &r.findings {
         let d = &f.divergence;

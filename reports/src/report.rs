@@ -114,9 +114,25 @@ pub struct Report {
     pub findings: Vec<FindingReport>,
     /// Files that could not be used (named, never silently dropped).
     pub skipped: Vec<String>,
+    /// The workdir, absolute: the base SARIF artifact URIs are relative to.
+    #[serde(default)]
+    pub workdir: String,
 }
 
 impl Report {
+    /// The campaign's root-cause groups, largest first (none in workdirs written before groups).
+    pub fn groups(&self) -> Vec<xsave_runner::campaign::Group> {
+        let mut g: Vec<xsave_runner::campaign::Group> =
+            self.campaign.get("groups").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
+        g.sort_by(|a, b| b.cases.cmp(&a.cases).then_with(|| a.key.cmp(&b.key)));
+        g
+    }
+
+    /// The group a signature belongs to.
+    pub fn group_of(&self, signature: &str) -> Option<xsave_runner::campaign::Group> {
+        self.groups().into_iter().find(|g| g.signatures.iter().any(|s| s == signature))
+    }
+
     /// The host facts, if the fingerprint carries them.
     pub fn host_facts(&self) -> Option<HostFacts> {
         serde_json::from_value(self.host.get("host")?.clone()).ok()
@@ -188,6 +204,7 @@ pub fn load(dir: &Path) -> Result<Report, ReportError> {
         stats,
         findings,
         skipped,
+        workdir: std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()).display().to_string(),
     })
 }
 

@@ -438,7 +438,9 @@ pub fn detect_quirks(backend: &mut dyn Backend) -> Result<(Vec<Quirk>, Vec<Strin
             quirks.push(Quirk::TcgXsaveFop);
             evidence.push("after SET FOP 0x1234 and a guest FNINIT; FLDCW, GET shows FOP 0x1234: the processor's XSAVE does not store FOP (tcg-xsave-fop)".into());
         }
-        (Some(Ret::Ok(0)), Some(f)) => evidence.push(format!("after a guest FNINIT; FLDCW, GET shows FOP {}: the processor stores FOP", hex(f))),
+        (Some(Ret::Ok(0)), Some(f)) => {
+            evidence.push(format!("after a guest FNINIT; FLDCW, GET shows FOP {}: the processor stores FOP", hex(f)))
+        }
         other => evidence.push(format!("FOP probe run: unexpected result {other:?}")),
     }
     // A pending x87 exception: SET FSW.IE|ES with FCW 0 (unmasked), the guest runs FLDCW. A
