@@ -464,6 +464,17 @@ struct FindingRecord<'a> {
     iteration: u64,
     expected: &'a Trace,
     observed: &'a Trace,
+    /// False when the stored case, run again at write time, did not show the divergence: a
+    /// nondeterministic finding, kept as found (the case, both traces of the finding run).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    unreproduced: bool,
+}
+
+/// A divergence as a campaign found it: the case's first run.
+struct Found<'a> {
+    divergence: &'a xsave_oracle::diff::Divergence,
+    expected: &'a Trace,
+    observed: &'a Trace,
 }
 
 /// Seconds between checkpoints of a campaign's state (tests lower it with
@@ -675,8 +686,8 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
                 own.push(d.signature.clone());
                 if let Some(dir) = &cfg.workdir {
                     let dest = dir.join("findings").join(&d.signature);
-                    let splat = (d.class == xsave_oracle::diff::Class::KernelSplat).then_some(&**d);
-                    let (new, min_steps) = write_finding(backend, &host, &cfg, &dest, &case, &d.signature, i, splat)?;
+                    let found = Found { divergence: d, expected: &expected, observed: &observed };
+                    let (new, min_steps) = write_finding(backend, &host, &cfg, &dest, &case, found, i)?;
                     steps = min_steps;
                     if new {
                         s.findings += 1;
@@ -761,23 +772,25 @@ fn finding_key(dir: &Path) -> Option<(u64, u64)> {
 
 /// Minimize a new finding (if a budget is set) and write it atomically: `case.bin` and
 /// `case.json` (minimized), `original.bin`, `verdict.json` (verdict, both traces of the
-/// minimized case, and the worker and iteration that found it), `minimize.json`.
+/// minimized case, and the worker and iteration that found it), `minimize.json`. A finding
+/// whose case does not show the divergence again when run at write time is kept as found
+/// (the original case and the finding run's traces) and marked `unreproduced`.
 ///
 /// First writer wins deterministically: a finding already on disk is replaced (atomically,
 /// by exchanging the directories) only by one with a lower (worker, iteration), under the
 /// lock `WORKDIR/findings.lock` that serializes the workers' decisions. Returns whether the
 /// signature was new on disk.
-#[allow(clippy::too_many_arguments)]
 fn write_finding(
     backend: &mut dyn Backend,
     host: &HostFacts,
     cfg: &CampaignConfig,
     dest: &Path,
     case: &Case,
-    sig: &str,
+    found: Found<'_>,
     i: u64,
-    splat: Option<&xsave_oracle::diff::Divergence>,
 ) -> Result<(bool, usize), CampaignError> {
+    let sig = found.divergence.signature.as_str();
+    let splat = (found.divergence.class == xsave_oracle::diff::Class::KernelSplat).then_some(found.divergence);
     let worker = cfg.worker.map_or(0, |(k, _)| k);
     let beaten = |d: &Path| finding_key(d).is_some_and(|key| key <= (worker, i));
     if beaten(dest) {
@@ -792,9 +805,13 @@ fn write_finding(
     let observed = backend.execute(&min)?;
     let _ = backend.kernel_log();
     let (expected, verdict) = judge(&min, host, &cfg.model, &observed);
-    let verdict = match splat {
-        Some(d) => Verdict::Diverge(Box::new(d.clone())),
-        None => verdict,
+    let reproduced = matches!(&verdict, Verdict::Diverge(d) if d.signature == sig);
+    let (min, stats, verdict, expected, observed) = match splat {
+        Some(d) => (min, stats, Verdict::Diverge(Box::new(d.clone())), expected, observed),
+        None if reproduced => (min, stats, verdict, expected, observed),
+        None => {
+            (case.clone(), MinStats::default(), Verdict::Diverge(Box::new(found.divergence.clone())), found.expected.clone(), found.observed.clone())
+        }
     };
     let rec = FindingRecord {
         verdict: &verdict,
@@ -804,6 +821,7 @@ fn write_finding(
         iteration: i,
         expected: &expected,
         observed: &observed,
+        unreproduced: splat.is_none() && !reproduced,
     };
     let json = serde_json::to_vec_pretty(&rec).map_err(|e| CampaignError::State(e.to_string()))?;
     let mjson = serde_json::to_vec_pretty(&stats).map_err(|e| CampaignError::State(e.to_string()))?;
