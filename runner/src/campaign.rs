@@ -809,9 +809,13 @@ fn write_finding(
     let (min, stats, verdict, expected, observed) = match splat {
         Some(d) => (min, stats, Verdict::Diverge(Box::new(d.clone())), expected, observed),
         None if reproduced => (min, stats, verdict, expected, observed),
-        None => {
-            (case.clone(), MinStats::default(), Verdict::Diverge(Box::new(found.divergence.clone())), found.expected.clone(), found.observed.clone())
-        }
+        None => (
+            case.clone(),
+            MinStats::default(),
+            Verdict::Diverge(Box::new(found.divergence.clone())),
+            found.expected.clone(),
+            found.observed.clone(),
+        ),
     };
     let rec = FindingRecord {
         verdict: &verdict,
@@ -826,14 +830,20 @@ fn write_finding(
     let json = serde_json::to_vec_pretty(&rec).map_err(|e| CampaignError::State(e.to_string()))?;
     let mjson = serde_json::to_vec_pretty(&stats).map_err(|e| CampaignError::State(e.to_string()))?;
     let (min_bin, min_json, orig_bin) = (min.encode(), min.to_json(), case.encode());
-    let files: [(&str, &[u8]); 5] = [
+    let parent = crate::store::parent_dir(dest);
+    // The host fingerprint (probe report: kernel, module, CPU, layout, quirks) beside the case,
+    // so a finding directory is self-contained when shared.
+    let host_json = crate::store::read_bounded(&crate::store::parent_dir(parent).join("host.json"), crate::store::caps::JSON).ok();
+    let mut files: Vec<(&str, &[u8])> = vec![
         ("case.bin", &min_bin),
         ("case.json", min_json.as_bytes()),
         ("original.bin", &orig_bin),
         ("verdict.json", &json),
         ("minimize.json", &mjson),
     ];
-    let parent = crate::store::parent_dir(dest);
+    if let Some(h) = &host_json {
+        files.push(("host.json", h));
+    }
     let lock_path = crate::store::parent_dir(parent).join("findings.lock");
     let _lock = match crate::store::lock_waiting(&lock_path, Duration::from_secs(30), &AtomicBool::new(false)).map_err(io(&lock_path))? {
         Ok(l) => l,

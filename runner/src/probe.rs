@@ -21,6 +21,10 @@ pub struct ProbeReport {
     pub kernel_release: String,
     /// KVM vendor module(s) loaded (`kvm_intel`, `kvm_amd`, `kvm_pvm`, ...).
     pub kvm_module: String,
+    /// The host processor (`/proc/cpuinfo` of its first CPU): part of the fingerprint a
+    /// finding carries, since the XSAVE layout, XINUSE and FIP/FOP behaviour are the CPU's.
+    #[serde(default)]
+    pub cpu: Cpu,
     /// `KVM_GET_API_VERSION`.
     pub api_version: i32,
     /// `KVM_CHECK_EXTENSION` values of XSAVE (55), XCRS (56), XSAVE2 (208).
@@ -250,6 +254,34 @@ pub struct ProbeCaseResult {
     pub name: String,
     /// Versions whose prediction agrees with the observation.
     pub agrees_with: Vec<String>,
+}
+
+/// The host processor as `/proc/cpuinfo` names it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cpu {
+    /// `vendor_id` (GenuineIntel, AuthenticAMD, ...).
+    pub vendor: String,
+    /// `model name`.
+    pub model_name: String,
+    /// `cpu family`, `model`, `stepping` as `family.model.stepping` (decimal).
+    pub signature: String,
+    /// `microcode` revision.
+    pub microcode: String,
+}
+
+/// The first CPU of `/proc/cpuinfo` (fields empty where absent).
+pub fn cpu() -> Cpu {
+    let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let first = text.split("\n\n").next().unwrap_or("");
+    let field = |k: &str| {
+        first.lines().find_map(|l| l.split_once(':').filter(|(n, _)| n.trim() == k).map(|(_, v)| v.trim().to_string())).unwrap_or_default()
+    };
+    Cpu {
+        vendor: field("vendor_id"),
+        model_name: field("model name"),
+        signature: format!("{}.{}.{}", field("cpu family"), field("model"), field("stepping")),
+        microcode: field("microcode"),
+    }
 }
 
 fn kernel_release() -> String {
@@ -563,6 +595,7 @@ pub fn probe() -> Result<ProbeReport, BackendError> {
         rig_version: env!("CARGO_PKG_VERSION").to_string(),
         kernel_release: kernel_release(),
         kvm_module: kvm_modules(),
+        cpu: cpu(),
         api_version: kvm.get_api_version(),
         capabilities: caps,
         supported_xcr0: format!("{:#x}", host.supported_xcr0),
