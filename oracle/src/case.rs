@@ -8,9 +8,12 @@
 //! Host-dependent parts (component offsets, the supported CPUID table) are resolved only when
 //! a case is rendered for a host ([`XsaveImage::render`], [`CpuidTable::render`]).
 
+use crate::abi::xcrs::{KvmXcr, KvmXcrs, KVM_XCRS_SIZE, MAX_XCRS};
+pub use crate::abi::CpuidEntry;
+use crate::abi::{self as layout, put};
 use crate::hexnum::{bytes_hex, opt_u64_hex, u32_hex, u64_hex, vec_u32_hex};
 use crate::host::HostFacts;
-use crate::layout::{self, put};
+pub use crate::pattern::fill;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
@@ -63,57 +66,6 @@ pub enum DecodeError {
     /// JSON form could not be parsed.
     #[error("invalid case JSON: {0}")]
     Json(String),
-}
-
-/// One `struct kvm_cpuid_entry2` (padding omitted; always written as zero).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-pub struct CpuidEntry {
-    /// Leaf.
-    #[serde(with = "u32_hex")]
-    pub function: u32,
-    /// Subleaf.
-    #[serde(with = "u32_hex")]
-    pub index: u32,
-    /// `KVM_CPUID_FLAG_*` (bit 0: significant index).
-    #[serde(with = "u32_hex")]
-    pub flags: u32,
-    /// EAX.
-    #[serde(with = "u32_hex")]
-    pub eax: u32,
-    /// EBX.
-    #[serde(with = "u32_hex")]
-    pub ebx: u32,
-    /// ECX.
-    #[serde(with = "u32_hex")]
-    pub ecx: u32,
-    /// EDX.
-    #[serde(with = "u32_hex")]
-    pub edx: u32,
-}
-
-/// `KVM_CPUID_FLAG_SIGNIFCANT_INDEX`.
-pub const CPUID_FLAG_SIGNIFICANT_INDEX: u32 = 1;
-/// Size of one `kvm_cpuid_entry2` in bytes.
-pub const CPUID_ENTRY_SIZE: usize = 40;
-
-impl CpuidEntry {
-    /// Build an entry from registers `[eax, ebx, ecx, edx]`.
-    pub fn new(function: u32, index: u32, flags: u32, r: [u32; 4]) -> CpuidEntry {
-        CpuidEntry { function, index, flags, eax: r[0], ebx: r[1], ecx: r[2], edx: r[3] }
-    }
-    /// The 40-byte `kvm_cpuid_entry2` encoding.
-    pub fn to_bytes(&self) -> [u8; CPUID_ENTRY_SIZE] {
-        let mut b = [0u8; CPUID_ENTRY_SIZE];
-        for (i, v) in [self.function, self.index, self.flags, self.eax, self.ebx, self.ecx, self.edx].iter().enumerate() {
-            b[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
-        }
-        b
-    }
-    /// Decode the 40-byte `kvm_cpuid_entry2` encoding (padding ignored).
-    pub fn from_bytes(b: &[u8]) -> CpuidEntry {
-        let r = |i: usize| layout::le32(b, i * 4);
-        CpuidEntry { function: r(0), index: r(1), flags: r(2), eax: r(3), ebx: r(4), ecx: r(5), edx: r(6) }
-    }
 }
 
 /// Where a CPUID table starts from.
@@ -183,22 +135,6 @@ impl CpuidTable {
             out.reverse();
         }
         out
-    }
-}
-
-/// A byte pattern generated from a seed: 0 gives zeros, anything else pseudo-random bytes.
-pub fn fill(seed: u32, out: &mut [u8]) {
-    if seed == 0 {
-        out.fill(0);
-        return;
-    }
-    let mut x = (seed as u64) ^ 0x9e37_79b9_7f4a_7c15;
-    for chunk in out.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let b = x.to_le_bytes();
-        chunk.copy_from_slice(&b[..chunk.len()]);
     }
 }
 
@@ -305,12 +241,12 @@ impl XsaveImage {
     /// Render into `out` (at least 4096 bytes) for `host`.
     pub fn render_into(&self, host: &HostFacts, out: &mut [u8]) {
         out.fill(0);
-        put(out, 0, &(self.fcw as u16).to_le_bytes());
-        put(out, 2, &(self.fsw as u16).to_le_bytes());
-        put(out, 4, &self.ftw);
-        put(out, 6, &(self.fop as u16).to_le_bytes());
-        put(out, 8, &self.fip.to_le_bytes());
-        put(out, 16, &self.fdp.to_le_bytes());
+        put(out, layout::FCW, &(self.fcw as u16).to_le_bytes());
+        put(out, layout::FSW, &(self.fsw as u16).to_le_bytes());
+        put(out, layout::FTW, &self.ftw);
+        put(out, layout::FOP, &(self.fop as u16).to_le_bytes());
+        put(out, layout::FIP, &self.fip.to_le_bytes());
+        put(out, layout::FDP, &self.fdp.to_le_bytes());
         put(out, layout::MXCSR, &self.mxcsr.to_le_bytes());
         put(out, layout::MXCSR_MASK, &self.mxcsr_mask.to_le_bytes());
         if let Some(s) = out.get_mut(layout::ST..layout::FP_END) {
@@ -325,7 +261,7 @@ impl XsaveImage {
         put(out, layout::XSTATE_BV, &self.xstate_bv.to_le_bytes());
         put(out, layout::XCOMP_BV, &self.xcomp_bv.to_le_bytes());
         for &(i, v) in &self.hdr_reserved {
-            if (i as usize) < 48 {
+            if (i as usize) < layout::HDR_RSVD_LEN {
                 put(out, layout::HDR_RSVD + i as usize, &[v]);
             }
         }
@@ -460,9 +396,6 @@ pub struct XcrsImage {
     pub padding_seed: u32,
 }
 
-/// Size of `struct kvm_xcrs`.
-pub const KVM_XCRS_SIZE: usize = 392;
-
 impl XcrsImage {
     /// XCRS that sets XCR0 to `value`.
     pub fn xcr0(value: u64) -> XcrsImage {
@@ -471,17 +404,16 @@ impl XcrsImage {
 
     /// The 392-byte struct.
     pub fn render(&self) -> [u8; KVM_XCRS_SIZE] {
-        let mut b = [0u8; KVM_XCRS_SIZE];
-        put(&mut b, 0, &self.nr_xcrs.to_le_bytes());
-        put(&mut b, 4, &self.flags.to_le_bytes());
-        for (i, x) in self.xcrs.iter().take(16).enumerate() {
-            let o = 8 + i * 16;
-            put(&mut b, o, &x.xcr.to_le_bytes());
-            put(&mut b, o + 4, &x.reserved.to_le_bytes());
-            put(&mut b, o + 8, &x.value.to_le_bytes());
+        let mut s = KvmXcrs { nr_xcrs: self.nr_xcrs, flags: self.flags, ..KvmXcrs::default() };
+        for (dst, x) in s.xcrs.iter_mut().zip(self.xcrs.iter().take(MAX_XCRS as usize)) {
+            *dst = KvmXcr { xcr: x.xcr, reserved: x.reserved, value: x.value };
         }
-        fill(self.padding_seed, &mut b[264..]);
-        b
+        let mut pad = [0u8; 128];
+        fill(self.padding_seed, &mut pad);
+        for (w, b) in s.padding.iter_mut().zip(pad.chunks(8)) {
+            *w = layout::le64(b, 0);
+        }
+        s.to_bytes()
     }
 }
 
@@ -686,7 +618,7 @@ impl Case {
                 Op::SetCpuid2(t) => table(t)?,
                 Op::SetXsave(x) => {
                     lim("components", x.components.len(), LIMITS.components)?;
-                    lim("header bytes", x.hdr_reserved.len(), 48)?;
+                    lim("header bytes", x.hdr_reserved.len(), layout::HDR_RSVD_LEN)?;
                     lim("patches", x.patches.len(), LIMITS.patches)?;
                     for p in &x.patches {
                         lim("patch bytes", p.bytes.len(), LIMITS.patch_bytes)?;

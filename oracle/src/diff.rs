@@ -4,10 +4,12 @@
 //! step decides the verdict; its class follows spec §12, its signature deduplicates findings
 //! across runs, hosts and engines.
 
-use crate::case::{Case, Op, Origin, CPUID_ENTRY_SIZE};
+use crate::abi::cpuid::{CPUID2_TRACE_HDR, CPUID_ENTRY_SIZE};
+use crate::abi::region::{Buffer, CpuidField, Region};
+use crate::abi::{self as layout, le32};
+use crate::case::{Case, Op, Origin};
 use crate::hexnum::bytes_hex;
 use crate::host::{HostFacts, Quirk};
-use crate::layout;
 use crate::model::{Model, ModelConfig};
 use crate::rules::Rule;
 use crate::trace::{OpResult, Ret, Trace};
@@ -231,13 +233,12 @@ pub fn unpredicted(case: &Case, host: &HostFacts, expected: &Trace) -> Option<Un
             bytes += e.saturating_sub(s);
             for i in (s as usize..e as usize).step_by(4) {
                 let (name, field) = match **op {
-                    Op::GetCpuid2 { .. } if i >= 4 => {
-                        let base = 4 + (i - 4) / CPUID_ENTRY_SIZE * CPUID_ENTRY_SIZE;
-                        let field = ["function", "index", "flags", "EAX", "EBX", "ECX", "EDX", "padding", "padding", "padding"]
-                            [((i - 4) % CPUID_ENTRY_SIZE) / 4];
-                        (format!("CPUID leaf {:#x}", layout::le32(&r.data, base)), field)
+                    Op::GetCpuid2 { .. } if i >= CPUID2_TRACE_HDR => {
+                        let k = (i - CPUID2_TRACE_HDR) / CPUID_ENTRY_SIZE;
+                        let field = CpuidField::of_word((i - CPUID2_TRACE_HDR) % CPUID_ENTRY_SIZE / 4).name();
+                        (format!("CPUID leaf {:#x}", le32(&r.data, CPUID2_TRACE_HDR + k * CPUID_ENTRY_SIZE)), field)
                     }
-                    _ => (region_of(op, host, i), ""),
+                    _ => (region_at(op, host, i).label(), ""),
                 };
                 match regions.iter_mut().find(|(n, _)| *n == name) {
                     Some((_, fields)) if !field.is_empty() && !fields.contains(&field) => fields.push(field),
@@ -267,32 +268,15 @@ fn covered(unpredicted: &[(u32, u32)], i: usize) -> bool {
     unpredicted.iter().any(|&(s, e)| (s as usize..e as usize).contains(&i))
 }
 
-fn cpuid_region(i: usize) -> String {
-    if i < 4 {
-        return "nent".into();
-    }
-    let k = (i - 4) / CPUID_ENTRY_SIZE;
-    let field =
-        ["function", "index", "flags", "EAX", "EBX", "ECX", "EDX", "padding", "padding", "padding"][((i - 4) % CPUID_ENTRY_SIZE) / 4];
-    format!("entry {k} {field}")
-}
-
-fn xcrs_region(i: usize) -> String {
-    match i {
-        0..=3 => "nr_xcrs".into(),
-        4..=7 => "flags".into(),
-        8..=263 => format!("xcrs[{}].{}", (i - 8) / 16, ["xcr", "reserved", "value", "value"][((i - 8) % 16) / 4]),
-        _ => "padding".into(),
-    }
-}
-
-fn region_of(op: &Op, host: &HostFacts, i: usize) -> String {
-    match op {
-        Op::GetCpuid2 { .. } => cpuid_region(i),
-        Op::GetXcrs => xcrs_region(i),
-        Op::GetFpu => layout::fpu_region_name(i),
-        _ => layout::region_name(host, i),
-    }
+/// The named region of byte `off` of the data step `op` returns on `host`.
+pub fn region_at(op: &Op, host: &HostFacts, off: usize) -> Region {
+    let buffer = match op {
+        Op::GetCpuid2 { .. } => Buffer::Cpuid2,
+        Op::GetXcrs => Buffer::Xcrs,
+        Op::GetFpu => Buffer::Fpu,
+        _ => Buffer::Xsave,
+    };
+    Region::at(buffer, &host.components, off)
 }
 
 /// Differing byte runs of step `op` (after resolving the processor's choices), split at
@@ -317,13 +301,19 @@ fn byte_diffs(op: &Op, host: &HostFacts, exp: &OpResult, obs: &OpResult) -> Vec<
             i += 1;
             continue;
         }
-        let region = region_of(op, host, i);
+        let region = region_at(op, host, i);
         let start = i;
-        while i < n && exp.data[i] != obs.data[i] && !covered(&exp.unpredicted, i) && region_of(op, host, i) == region {
+        while i < n && exp.data[i] != obs.data[i] && !covered(&exp.unpredicted, i) && region_at(op, host, i) == region {
             i += 1;
         }
         let show = |d: &[u8]| d[start..i.min(start + 64)].to_vec();
-        out.push(ByteDiff { start: start as u32, end: i as u32, region, expected: show(&exp.data), observed: show(&obs.data) });
+        out.push(ByteDiff {
+            start: start as u32,
+            end: i as u32,
+            region: region.label(),
+            expected: show(&exp.data),
+            observed: show(&obs.data),
+        });
     }
     out
 }
@@ -389,24 +379,23 @@ fn deciding_rule(rules: &[Rule]) -> Option<Rule> {
 
 /// The kind of a region, for signatures: independent of the host's layout and of which
 /// register or component carried the difference.
-fn region_kind(region: &str) -> &'static str {
+fn region_kind(region: Region) -> &'static str {
+    use Region::*;
     match region {
-        "FCW" | "FSW" | "FTW" | "FTW reserved byte" | "FOP" | "FIP" | "FDP" => "x87",
-        "MXCSR" | "MXCSR_MASK" => "mxcsr",
-        "legacy padding" => "padding",
-        "sw_reserved" => "sw_reserved",
-        "XSTATE_BV" | "XCOMP_BV" | "header reserved" => "header",
-        "beyond components" => "tail",
-        r if r.starts_with("ST") => "x87",
-        r if r.starts_with("XMM") => "xmm",
-        r if r.starts_with("PKRU") => "pkru",
-        r if r.starts_with("entry") => "cpuid-entry",
-        r if r.starts_with("xcrs") || r == "nr_xcrs" || r == "flags" || r == "padding" => "xcrs",
-        "nent" => "cpuid-nent",
-        "kvm_fpu.mxcsr" => "fpu-mxcsr",
-        "kvm_fpu.pad1" | "kvm_fpu.pad2" => "fpu-pad",
-        r if r.starts_with("kvm_fpu.xmm") => "xmm",
-        r if r.starts_with("kvm_fpu.") => "x87",
+        r if r.is_x87() => "x87",
+        Mxcsr | MxcsrMask => "mxcsr",
+        LegacyPadding => "padding",
+        SwReserved => "sw_reserved",
+        XstateBv | XcompBv | HeaderReserved => "header",
+        BeyondComponents => "tail",
+        Xmm(_) | FpuXmm(_) => "xmm",
+        r if r.is_pkru() => "pkru",
+        CpuidEntry { .. } => "cpuid-entry",
+        NrXcrs | XcrsFlags | XcrIndex(_) | XcrReserved(_) | XcrValue(_) | XcrsPadding => "xcrs",
+        CpuidNent => "cpuid-nent",
+        FpuMxcsr => "fpu-mxcsr",
+        FpuPad1 | FpuPad2 => "fpu-pad",
+        FpuFpr(_) | FpuFcw | FpuFsw | FpuFtwx | FpuLastOpcode | FpuLastIp | FpuLastDp => "x87",
         _ => "component",
     }
 }
@@ -491,7 +480,7 @@ pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, 
             (classify_bytes(op, host, &bytes, &exp.rules), bytes, None, what)
         };
         let rule = deciding_rule(&exp.rules);
-        let mut kinds: Vec<&str> = bytes.iter().map(|b| region_kind(&b.region)).collect();
+        let mut kinds: Vec<&str> = bytes.iter().map(|b| region_kind(region_at(op, host, b.start as usize))).collect();
         kinds.sort();
         kinds.dedup();
         let key = format!(
@@ -505,7 +494,7 @@ pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, 
         );
         let why = explain(case, host, cfg, k, exp, obs).or_else(|| rule.map(|r| r.id().to_string()));
         let bad_mxcsr = crate::model::set_buffer(case, host, cfg, observed, &[], k).is_some_and(|b| crate::cause::mxcsr_invalid(host, &b));
-        let violated = crate::cause::violated_rule_of(op, exp, obs, &bytes, bad_mxcsr);
+        let violated = crate::cause::violated_rule_of(op, host, exp, obs, &bytes, bad_mxcsr);
         let title = format!("{}: {}{}", ioctl_of(op), what, why.map(|w| format!(" ({w})")).unwrap_or_default());
         return Verdict::Diverge(Box::new(Divergence {
             class,

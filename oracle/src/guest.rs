@@ -8,12 +8,12 @@
 //! model interprets it here. No I/O: this module only states what the architecture defines.
 //!
 //! The register file is kept in the standard (non-compacted) XSAVE layout of the host, so the
-//! model's kernel image and the guest's registers share one geometry ([`crate::layout`]).
+//! model's kernel image and the guest's registers share one geometry ([`crate::abi`]).
 
-use crate::case::fill;
+use crate::abi::{self as layout, put};
 use crate::hexnum::u32_hex;
 use crate::host::HostFacts;
-use crate::layout::{self, put};
+use crate::pattern::fill;
 use crate::xfeatures::*;
 use serde::{Deserialize, Serialize};
 

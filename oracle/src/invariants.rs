@@ -1,10 +1,10 @@
 //! Properties every prediction must have, whatever the case: used by the `model_contracts`
 //! fuzz target and by tests. Each check panics with the property's name on violation.
 
+use crate::abi::{self as layout, le32, le64};
 use crate::case::{Case, Op};
 use crate::diff::{diff, Verdict};
 use crate::host::HostFacts;
-use crate::layout::{self, le32, le64};
 use crate::model::{predict, Contract, ModelConfig};
 use crate::trace::Ret;
 use crate::xfeatures::PKRU_BIT;
@@ -39,7 +39,7 @@ pub fn check(case: &Case) {
         {
             if let (Op::SetXsave(img), Ret::Ok(0)) = (&**prev, pr.ret) {
                 let buf = img.render(&host, layout::KVM_XSAVE_SIZE);
-                for c in layout::components_in_order(&host, h) {
+                for c in host.components_in_order(h) {
                     let (s, e) = (c.offset as usize, (c.offset + c.size) as usize);
                     let want = if c.bit == PKRU_BIT { &buf[s..s + 4] } else { &buf[s..e] };
                     assert_eq!(&d[s..s + want.len()], want, "SET then GET returns component {} (step {k})", c.bit);

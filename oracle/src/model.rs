@@ -1,9 +1,11 @@
 //! The vCPU model: predicts, for every step of a case, the errno or success and every output
 //! byte, under a selectable contract version (spec §9) and optional named host quirks.
 
-use crate::case::{Case, CpuidEntry, FpuImage, Op, Origin, XcrsImage, CPUID_ENTRY_SIZE, CPUID_FLAG_SIGNIFICANT_INDEX, KVM_XCRS_SIZE};
+use crate::abi::cpuid::{cpuid2_trace, cpuid2_trace_reg_offset, find_entry, CpuidEntry, CPUID_FLAG_SIGNIFICANT_INDEX, MAX_CPUID_ENTRIES};
+use crate::abi::xcrs::{KvmXcr, KvmXcrs, MAX_XCRS};
+use crate::abi::{self as layout, le32, le64, put, xstate_required_size};
+use crate::case::{Case, FpuImage, Op, Origin, XcrsImage};
 use crate::host::{HostFacts, Quirk};
-use crate::layout::{self, components_in_order, le32, le64, put, xstate_required_size};
 use crate::rules::Rule;
 use crate::trace::{Allowed, OpResult, Ret, Trace, E2BIG, EINVAL, EPERM};
 use crate::xfeatures::*;
@@ -70,23 +72,7 @@ impl Default for ModelConfig {
     }
 }
 
-/// `KVM_MAX_CPUID_ENTRIES`.
-pub const MAX_CPUID_ENTRIES: usize = 256;
-/// `KVM_MAX_XCRS`.
-pub const MAX_XCRS: u32 = 16;
 const NOT_SIGNIFICANT: Option<u32> = None;
-
-/// First entry matching `(function, index)`; `index == None` is KVM_CPUID_INDEX_NOT_SIGNIFICANT,
-/// which matches the first entry of the function whatever its flags (spec §6.1).
-pub fn find_entry(table: &[CpuidEntry], function: u32, index: Option<u32>) -> Option<usize> {
-    table.iter().position(|e| {
-        e.function == function
-            && match index {
-                None => true,
-                Some(i) => e.flags & CPUID_FLAG_SIGNIFICANT_INDEX == 0 || e.index == i,
-            }
-    })
-}
 
 /// Per-vCPU state (spec §11).
 #[derive(Clone, Debug)]
@@ -470,18 +456,13 @@ impl<'a> Model<'a> {
         } else {
             n
         };
-        let mut data = Vec::with_capacity(4 + shown * CPUID_ENTRY_SIZE);
-        data.extend_from_slice(&(shown as u32).to_le_bytes());
-        for e in &t {
-            data.extend_from_slice(&e.to_bytes());
-        }
         // The caller's buffer is zeroed; entries the kernel did not write stay zero.
-        data.resize(4 + shown * CPUID_ENTRY_SIZE, 0);
+        let data = cpuid2_trace(shown as u32, &t, shown);
         let mut unpredicted = Vec::new();
         for &(k, regs) in &self.vcpu.cpuid_unpredicted {
-            for r in 0..4u32 {
+            for r in 0..4 {
                 if regs & (1 << r) != 0 {
-                    let s = 4 + (k * CPUID_ENTRY_SIZE) as u32 + 12 + r * 4;
+                    let s = cpuid2_trace_reg_offset(k, r) as u32;
                     unpredicted.push((s, s + 4));
                 }
             }
@@ -491,7 +472,7 @@ impl<'a> Model<'a> {
         }
         let mut allowed = Vec::new();
         if self.vcpu.cr4_free {
-            let ecx_of = |k: usize| (4 + k * CPUID_ENTRY_SIZE + 20) as u32;
+            let ecx_of = |k: usize| cpuid2_trace_reg_offset(k, 2) as u32;
             if let Some(k) = find_entry(&t, 1, NOT_SIGNIFICANT) {
                 allowed.push(Allowed::FreeBits { at: ecx_of(k), mask: 1 << 27, rule: Rule::RunShutdownInit });
             }
@@ -561,7 +542,7 @@ impl<'a> Model<'a> {
         put(&mut out, layout::XSTATE_BV, &h.to_le_bytes());
         rules.push(Rule::GetHeaderZero);
         let mut copied = false;
-        for comp in components_in_order(self.host, h) {
+        for comp in self.host.components_in_order(h) {
             let (s, e) = (comp.offset as usize, (comp.offset + comp.size) as usize);
             if e > size {
                 continue;
@@ -625,7 +606,7 @@ impl<'a> Model<'a> {
             if legacy && free & SSE != 0 {
                 allowed.push(unless(SSE, layout::XMM, vec![0; layout::XMM_END - layout::XMM]));
             }
-            for c in components_in_order(self.host, free) {
+            for c in self.host.components_in_order(free) {
                 let size = if c.bit == PKRU_BIT { 8 } else { c.size as usize };
                 allowed.push(unless(1u64 << c.bit, c.offset as usize, vec![0; size]));
             }
@@ -782,7 +763,7 @@ impl<'a> Model<'a> {
         }
         if rfbm & FP != 0 {
             out[..layout::MXCSR].copy_from_slice(&regs.image[..layout::MXCSR]);
-            out[5] = 0;
+            out[layout::FTW_RSVD] = 0;
             for i in 0..8 {
                 let o = layout::ST + 16 * i;
                 out[o..o + 10].copy_from_slice(&regs.image[o..o + 10]);
@@ -804,7 +785,7 @@ impl<'a> Model<'a> {
         if rfbm & SSE != 0 {
             out[layout::XMM..layout::XMM_END].copy_from_slice(&regs.image[layout::XMM..layout::XMM_END]);
         }
-        for c in components_in_order(host, rfbm) {
+        for c in host.components_in_order(rfbm) {
             let (s, e) = (c.offset as usize, (c.offset + c.size) as usize);
             if c.bit == PKRU_BIT {
                 put(out, s, &regs.pkru.to_le_bytes());
@@ -856,9 +837,7 @@ impl<'a> Model<'a> {
         // Legacy bytes the processor's save may rewrite: FTW's reserved byte and ST reserved
         // bytes (zero or unchanged), FIP (canonicalised).
         v.legacy_alts.clear();
-        let mut byte5 = old[5..6].to_vec();
-        byte5[0] = 0;
-        v.legacy_alts.push((5, vec![byte5], Rule::RunReservedZero, FP));
+        v.legacy_alts.push((layout::FTW_RSVD, vec![vec![0]], Rule::RunReservedZero, FP));
         for (start, values, rule) in x87_choices(&regs.image) {
             v.legacy_alts.push((start, values, rule, FP));
         }
@@ -964,7 +943,7 @@ impl<'a> Model<'a> {
 
     fn store_components(&mut self, buf: &[u8], bv: u64, rules: &mut Vec<Rule>) {
         let mut copied = false;
-        for comp in components_in_order(self.host, bv) {
+        for comp in self.host.components_in_order(bv) {
             let (s, e) = (comp.offset as usize, (comp.offset + comp.size) as usize);
             if e > buf.len() || e > self.vcpu.kbuf.len() {
                 continue;
@@ -1004,7 +983,7 @@ impl<'a> Model<'a> {
             }
         }
         // `fxsave->twd = fpu->ftwx`: the u16 store zeroes FTW's reserved byte.
-        v.kbuf[5] = 0;
+        v.kbuf[layout::FTW_RSVD] = 0;
         v.raw_free = 0;
         v.fsw_derived = false;
         let mut rules = vec![Rule::SetFpuStored];
@@ -1091,9 +1070,8 @@ impl<'a> Model<'a> {
     // ---- XCRS (§5) -------------------------------------------------------------------------
 
     fn set_xcrs(&mut self, origin: Origin, x: &XcrsImage) -> OpResult {
-        let raw = x.render();
-        let nr = le32(&raw, 0);
-        let flags = le32(&raw, 4);
+        let raw = KvmXcrs::from_bytes(&x.render());
+        let (nr, flags) = (raw.nr_xcrs, raw.flags);
         let f = self.force_accept;
         if nr > MAX_XCRS && !f {
             return ret_err(origin, EINVAL, vec![Rule::XcrsRejectNr]);
@@ -1101,10 +1079,9 @@ impl<'a> Model<'a> {
         if flags != 0 && !f {
             return ret_err(origin, EINVAL, vec![Rule::XcrsRejectFlags]);
         }
-        for i in 0..(nr.min(MAX_XCRS)) as usize {
-            let o = 8 + i * 16;
-            if le32(&raw, o) == 0 {
-                let value = le64(&raw, o + 8);
+        for e in raw.xcrs.iter().take(nr.min(MAX_XCRS) as usize) {
+            if e.xcr == 0 {
+                let value = e.value;
                 let mut rules = vec![Rule::XcrsFirstXcr0];
                 return match self.check_xcr0(value) {
                     Err(r) if !f => {
@@ -1149,9 +1126,9 @@ impl<'a> Model<'a> {
     }
 
     fn get_xcrs(&self, origin: Origin) -> OpResult {
-        let mut data = vec![0u8; KVM_XCRS_SIZE];
-        put(&mut data, 0, &1u32.to_le_bytes());
-        put(&mut data, 16, &self.vcpu.xcr0.to_le_bytes());
+        let mut x = KvmXcrs { nr_xcrs: 1, ..KvmXcrs::default() };
+        x.xcrs[0] = KvmXcr { xcr: 0, reserved: 0, value: self.vcpu.xcr0 };
+        let data = x.to_bytes().to_vec();
         OpResult { origin, ret: Ret::Ok(0), data, unpredicted: Vec::new(), rules: vec![Rule::XcrsGet], allowed: Vec::new() }
     }
 }
@@ -1159,20 +1136,20 @@ impl<'a> Model<'a> {
 /// FIP as the processor may hold it after loading `img`: canonicalised to a 48- or 57-bit
 /// linear address (rule `run.fip.canonical`), or zero (`run.x87_ptr.zero`).
 fn fip_choice(img: &[u8]) -> Allowed {
-    let fip = layout::le64(img, 8);
+    let fip = le64(img, layout::FIP);
     let sext = |bits: u32| (((fip << (64 - bits)) as i64) >> (64 - bits)) as u64;
     let values = vec![sext(48).to_le_bytes().to_vec(), sext(57).to_le_bytes().to_vec(), vec![0; 8]];
-    Allowed::OneOf { start: 8, values, rule: Rule::RunFipCanonical }
+    Allowed::OneOf { start: layout::FIP as u32, values, rule: Rule::RunFipCanonical }
 }
 
 /// x87 bytes whose saved value is the processor's choice after a load of `img`: FCW's reserved
 /// bits may read as loaded or normalised (`run.fcw.reserved`), and FOP, FIP and FDP may read
 /// zero (`run.x87_ptr.zero`: AMD saves them only with FSW.ES, QEMU's TCG never).
 fn x87_choices(img: &[u8]) -> Vec<(usize, Vec<Vec<u8>>, Rule)> {
-    let fcw = layout::le32(img, 0) as u16;
+    let fcw = le32(img, layout::FCW) as u16;
     let mut v = vec![(layout::FCW, vec![((fcw & 0x1f3f) | 0x40).to_le_bytes().to_vec(), fcw.to_le_bytes().to_vec()], Rule::RunFcwReserved)];
-    v.push((6, vec![vec![0; 2]], Rule::RunX87PtrEs));
-    v.push((16, vec![vec![0; 8]], Rule::RunX87PtrEs));
+    v.push((layout::FOP, vec![vec![0; 2]], Rule::RunX87PtrEs));
+    v.push((layout::FDP, vec![vec![0; 8]], Rule::RunX87PtrEs));
     v
 }
 

@@ -149,12 +149,12 @@ impl OpResult {
         if self.allowed.is_empty() || observed.data.len() != self.data.len() {
             return (out, used);
         }
-        let word = |d: &[u8], at: u32| crate::layout::le64(d, at as usize);
+        let word = |d: &[u8], at: u32| crate::abi::le64(d, at as usize);
         for a in &self.allowed {
             if let Allowed::FreeBits { at, mask, rule } = a {
                 let (e, o) = (word(&out.data, *at), word(&observed.data, *at));
                 if (e ^ o) & mask != 0 {
-                    crate::layout::put(&mut out.data, *at as usize, &((e & !mask) | (o & mask)).to_le_bytes());
+                    crate::abi::put(&mut out.data, *at as usize, &((e & !mask) | (o & mask)).to_le_bytes());
                     used.push(*rule);
                 }
             }

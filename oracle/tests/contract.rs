@@ -4,9 +4,9 @@
 
 mod common;
 use common::*;
+use xsave_oracle::abi::{le32, le64};
 use xsave_oracle::case::*;
 use xsave_oracle::host::{Component, HostFacts};
-use xsave_oracle::layout::{le32, le64};
 use xsave_oracle::model::Contract;
 use xsave_oracle::rules::Rule;
 use xsave_oracle::trace::{Ret, E2BIG, EINVAL, EPERM};
@@ -371,7 +371,7 @@ fn xsave2_canary_beyond_uabi_size() {
     let t = v3(&h, no_cpuid(), vec![Op::GetXsave2]);
     let d = ok(last(&t));
     assert_eq!(d.len(), 11008, "the caller's buffer is KVM_CAP_XSAVE2 bytes");
-    assert!(d[4096..].iter().all(|&b| b == xsave_oracle::layout::CANARY), "the kernel writes uabi_size (4096) bytes");
+    assert!(d[4096..].iter().all(|&b| b == xsave_oracle::abi::CANARY), "the kernel writes uabi_size (4096) bytes");
 }
 
 #[test]

@@ -3,11 +3,11 @@
 
 mod common;
 use common::*;
+use xsave_oracle::abi::{le64, put};
 use xsave_oracle::case::*;
 use xsave_oracle::diff::{diff, Verdict};
 use xsave_oracle::guest::{Exit, GuestAction as A, GuestProgram};
 use xsave_oracle::host::Quirk;
-use xsave_oracle::layout::{le64, put};
 use xsave_oracle::model::{predict, Contract, ModelConfig};
 use xsave_oracle::rules::Rule;
 use xsave_oracle::trace::{Ret, Trace, EINVAL};
@@ -203,8 +203,8 @@ fn osxsave_follows_cr4_after_a_run() {
     let h = host207();
     let t = v3(&h, full_avx(), vec![Op::GetCpuid2 { capacity: 64 }, run(vec![]), Op::GetCpuid2 { capacity: 64 }]);
     let leaf1_ecx = |d: &[u8]| {
-        let k = (0..(d.len() - 4) / 40).find(|k| xsave_oracle::layout::le32(d, 4 + k * 40) == 1).expect("leaf 1");
-        xsave_oracle::layout::le32(d, 4 + k * 40 + 20)
+        let k = (0..(d.len() - 4) / 40).find(|k| xsave_oracle::abi::le32(d, 4 + k * 40) == 1).expect("leaf 1");
+        xsave_oracle::abi::le32(d, 4 + k * 40 + 20)
     };
     assert_eq!(leaf1_ecx(ok(&t.results[2])) & (1 << 27), 0);
     assert_ne!(leaf1_ecx(ok(&t.results[4])) & (1 << 27), 0);

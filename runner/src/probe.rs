@@ -5,6 +5,8 @@
 use crate::kvm::KvmBackend;
 use crate::{open_kvm, sys, Backend, BackendError};
 use serde::{Deserialize, Serialize};
+use xsave_oracle::abi::cpuid::{cpuid2_trace_entries, CPUID_FLAG_SIGNIFICANT_INDEX};
+use xsave_oracle::abi::ioctl::{KVM_CAP_XCRS, KVM_CAP_XSAVE, KVM_CAP_XSAVE2};
 use xsave_oracle::case::*;
 use xsave_oracle::diff::{diff, Verdict};
 use xsave_oracle::host::{Component, HostFacts, Quirk};
@@ -353,7 +355,7 @@ pub fn measure_sgx_xfrm(backend: &mut dyn Backend) -> Result<bool, BackendError>
     let case = Case { config: Config { cpuid: Some(table), xcr0: None }, ops: vec![Op::GetCpuid2 { capacity: 64 }] };
     let obs = backend.execute(&case)?;
     let Some(d) = obs.results.last().map(|r| &r.data) else { return Ok(false) };
-    let entries: Vec<CpuidEntry> = d.get(4..).unwrap_or_default().chunks_exact(CPUID_ENTRY_SIZE).map(CpuidEntry::from_bytes).collect();
+    let entries: Vec<CpuidEntry> = cpuid2_trace_entries(d);
     Ok(entries.iter().any(|e| e.function == 0x12 && e.index == 1 && e.ecx == FPSSE as u32))
 }
 
@@ -374,8 +376,7 @@ pub fn measure_dropped_leaves(backend: &mut dyn Backend) -> Result<Vec<u32>, Bac
     let Some(r) = obs.results.last() else {
         return Ok(Vec::new());
     };
-    let present: Vec<u32> =
-        r.data.get(4..).unwrap_or_default().chunks_exact(CPUID_ENTRY_SIZE).map(|c| CpuidEntry::from_bytes(c).function).collect();
+    let present: Vec<u32> = cpuid2_trace_entries(&r.data).iter().map(|e| e.function).collect();
     Ok(cands.into_iter().filter(|f| !present.contains(f)).collect())
 }
 
@@ -485,7 +486,8 @@ pub fn probe_cases() -> Vec<(&'static str, Case)> {
 pub fn probe() -> Result<ProbeReport, BackendError> {
     let mut host = host_facts()?;
     let kvm = open_kvm()?;
-    let caps = Capabilities { xsave: kvm.check_extension_raw(55), xcrs: kvm.check_extension_raw(56), xsave2: kvm.check_extension_raw(208) };
+    let cap = |c: u32| kvm.check_extension_raw(c.into());
+    let caps = Capabilities { xsave: cap(KVM_CAP_XSAVE), xcrs: cap(KVM_CAP_XCRS), xsave2: cap(KVM_CAP_XSAVE2) };
     let mut backend = KvmBackend::new(host.clone(), false)?.without_kernel_log();
     host.get_cpuid2_keeps_nent = measure_keeps_nent(&mut backend)?;
     host.cpuid_sgx_xfrm_masked = measure_sgx_xfrm(&mut backend)?;
@@ -509,7 +511,7 @@ pub fn probe() -> Result<ProbeReport, BackendError> {
         capabilities: caps,
         supported_xcr0: format!("{:#x}", host.supported_xcr0),
         supported_xcr0_cpuid: format!("{:#x}", d0.map_or(0, |e| e.eax as u64 | ((e.edx as u64) << 32))),
-        xsave_size: (caps_xsave2(&kvm)).max(4096),
+        xsave_size: crate::kvm::xsave_buffer_size(&kvm) as u32,
         components: host.components.clone(),
         mxcsr_mask: format!("{:#x}", host.init_mxcsr_mask),
         host_xcr0: format!("{:#x}", host.host_xcr0),
@@ -522,8 +524,4 @@ pub fn probe() -> Result<ProbeReport, BackendError> {
         probe_cases: m.cases,
         host,
     })
-}
-
-fn caps_xsave2(kvm: &kvm_ioctls::Kvm) -> u32 {
-    kvm.check_extension_raw(208).max(0) as u32
 }
