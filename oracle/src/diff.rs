@@ -8,6 +8,7 @@ use crate::abi::cpuid::{CPUID2_TRACE_HDR, CPUID_ENTRY_SIZE};
 use crate::abi::region::{Buffer, CpuidField, Region};
 use crate::abi::{self as layout, le32};
 use crate::case::{Case, Op, Origin};
+use crate::hash::content_hash;
 use crate::hexnum::bytes_hex;
 use crate::host::{HostFacts, Quirk};
 use crate::model::{Model, ModelConfig};
@@ -177,7 +178,7 @@ pub fn kernel_splat(case: &Case, cfg: &ModelConfig, log: Vec<String>) -> Diverge
         rules: Vec::new(),
         explained_by: None,
         title: format!("kernel splat while the case ran: {first}"),
-        signature: format!("kernel-splat-{:016x}", fnv1a(format!("splat|{shape}").as_bytes())),
+        signature: signature("kernel-splat", &format!("splat|{shape}")),
         log,
         violated: None,
         consequences: Vec::new(),
@@ -254,14 +255,9 @@ pub fn unpredicted(case: &Case, host: &HostFacts, expected: &Trace) -> Option<Un
     })
 }
 
-/// 64-bit FNV-1a (stable across builds and platforms).
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+/// A finding signature: `<class>-<content hash of key>`.
+fn signature(class: &str, key: &str) -> String {
+    format!("{class}-{}", content_hash(key.as_bytes()))
 }
 
 fn covered(unpredicted: &[(u32, u32)], i: usize) -> bool {
@@ -512,7 +508,7 @@ pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, 
             explained_by: None,
             known_issue: None,
             title,
-            signature: format!("{}-{:016x}", class.name(), fnv1a(key.as_bytes())),
+            signature: signature(class.name(), &key),
             log: Vec::new(),
             violated,
             consequences: Vec::new(),
@@ -539,7 +535,7 @@ pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, 
             explained_by: None,
             known_issue: None,
             title: format!("trace length: {} steps observed, {} predicted", observed.results.len(), expected.results.len()),
-            signature: format!("size-{:016x}", fnv1a(key.as_bytes())),
+            signature: signature("size", &key),
             log: Vec::new(),
             violated: None,
             consequences: Vec::new(),
@@ -596,7 +592,7 @@ pub fn judge(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace)
             };
             let names: Vec<&str> = qs.iter().map(|q| q.name()).collect();
             let key = format!("quirk|{}|{}", names.join("+"), d.signature);
-            d.signature = format!("{}-{:016x}", d.class.name(), fnv1a(key.as_bytes()));
+            d.signature = signature(d.class.name(), &key);
             d.title = format!("{} [explained by host quirk {}]", d.title, names.join(" + "));
             break;
         }

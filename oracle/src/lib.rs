@@ -17,6 +17,7 @@ pub mod coverage;
 pub mod diff;
 pub mod gen;
 pub mod guest;
+pub mod hash;
 pub mod hexnum;
 pub mod host;
 pub mod invariants;
