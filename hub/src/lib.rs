@@ -155,7 +155,7 @@ impl Hub {
 
 /// SHA-256 of `bytes`, lowercase hex: the hub's content address of a case.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    xsave_oracle::hexnum::to_hex(&Sha256::digest(bytes))
 }
 
 /// A finding row as `hub findings --json` lists it.

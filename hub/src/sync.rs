@@ -49,7 +49,7 @@ fn random_hex() -> String {
         let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         b = ((t as u64) ^ (u64::from(std::process::id()) << 32)).to_le_bytes();
     }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    xsave_oracle::hexnum::to_hex(&b)
 }
 
 impl Identity {
@@ -482,7 +482,7 @@ pub fn pull(hub: &mut Hub, exclude: Option<&str>, out: &Path, ledger: &mut Ledge
         };
         match checked {
             Ok(c) => {
-                let p = out.join(xsave_runner::corpus::content_name(&bytes));
+                let p = out.join(xsave_oracle::hash::content_name(&bytes));
                 write_atomic(&p, &bytes).map_err(io(&p))?;
                 ok.push(c);
             }

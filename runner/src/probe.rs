@@ -241,7 +241,7 @@ fn hex(b: &[u8]) -> String {
         a[..b.len()].copy_from_slice(b);
         format!("{:#x}", u64::from_le_bytes(a))
     } else {
-        b.iter().map(|x| format!("{x:02x}")).collect()
+        xsave_oracle::hexnum::to_hex(b)
     }
 }
 
