@@ -158,7 +158,7 @@ pub fn check_state(state: &[u8], setup: &[Op], target: &Target, source: Option<&
         }
     }
     base.restored_xstate_bv = Some(format!("{restored:#x}"));
-    base.get_after = Some(xsave_oracle::hexnum::to_hex(&out));
+    base.get_after = Some(xsave_oracle::hexnum::to_hex(out));
     base.lost = names(lost);
     if lost != 0 || !base.layout_mismatch.is_empty() {
         base.verdict = "loads-with-loss";
