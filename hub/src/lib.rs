@@ -16,6 +16,8 @@
 //! select. Every statement with a value in it is parameterised; role names are quoted by the
 //! server (`format('%I')`).
 
+#![forbid(unsafe_code)]
+
 pub mod schema;
 pub mod sync;
 

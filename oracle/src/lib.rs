@@ -10,6 +10,8 @@
 //! the rules that decided it. Host facts ([`host::HostFacts`]) are inputs, never constants.
 //! Host departures from upstream ([`host::Quirk`]) are modelled only when asked.
 
+#![forbid(unsafe_code)]
+
 pub mod abi;
 pub mod case;
 pub mod cause;

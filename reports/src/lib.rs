@@ -2,6 +2,8 @@
 //!
 //! Human-readable rendering of verdicts and campaign summaries.
 
+#![forbid(unsafe_code)]
+
 pub mod render;
 pub mod report;
 pub mod repro;
