@@ -264,14 +264,8 @@ pub fn push(hub: &mut Hub, workdir: &Path, id: &Identity, ctx: &PointsCtx, ledge
     }
     // Corpus entries not yet sent.
     let cdir = workdir.join("corpus");
-    let mut names: Vec<String> = std::fs::read_dir(&cdir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .filter(|n| n.ends_with(".case") && !n.starts_with('.'))
-                .collect()
-        })
-        .unwrap_or_default();
+    // The corpus entries as the campaign itself lists them.
+    let mut names: Vec<String> = xsave_runner::campaign::corpus_names(&cdir).into_iter().map(|n| format!("{n}.case")).collect();
     names.retain(|n| !ledger.cases.contains(n));
     // (file name, content hash, format version, bytes, contract points)
     type Entry = (String, String, i32, Vec<u8>, Vec<String>);
