@@ -10,7 +10,7 @@
 
 use crate::abi::xcrs::{KvmXcr, KvmXcrs, KVM_XCRS_SIZE, MAX_XCRS};
 pub use crate::abi::CpuidEntry;
-use crate::abi::{self as layout, put};
+use crate::abi::{self, put};
 use crate::hexnum::{bytes_hex, opt_u64_hex, u32_hex, u64_hex, vec_u32_hex};
 use crate::host::HostFacts;
 pub use crate::pattern::fill;
@@ -221,13 +221,13 @@ impl XsaveImage {
             xstate_bv,
             xcomp_bv: 0,
             hdr_reserved: Vec::new(),
-            fcw: layout::FCW_INIT as u32,
+            fcw: abi::FCW_INIT as u32,
             fsw: 0,
             ftw: [0, 0],
             fop: 0,
             fip: 0,
             fdp: 0,
-            mxcsr: layout::MXCSR_INIT,
+            mxcsr: abi::MXCSR_INIT,
             mxcsr_mask: 0,
             st_seed: 0,
             xmm_seed: 0,
@@ -241,28 +241,28 @@ impl XsaveImage {
     /// Render into `out` (at least 4096 bytes) for `host`.
     pub fn render_into(&self, host: &HostFacts, out: &mut [u8]) {
         out.fill(0);
-        put(out, layout::FCW, &(self.fcw as u16).to_le_bytes());
-        put(out, layout::FSW, &(self.fsw as u16).to_le_bytes());
-        put(out, layout::FTW, &self.ftw);
-        put(out, layout::FOP, &(self.fop as u16).to_le_bytes());
-        put(out, layout::FIP, &self.fip.to_le_bytes());
-        put(out, layout::FDP, &self.fdp.to_le_bytes());
-        put(out, layout::MXCSR, &self.mxcsr.to_le_bytes());
-        put(out, layout::MXCSR_MASK, &self.mxcsr_mask.to_le_bytes());
-        if let Some(s) = out.get_mut(layout::ST..layout::FP_END) {
+        put(out, abi::FCW, &(self.fcw as u16).to_le_bytes());
+        put(out, abi::FSW, &(self.fsw as u16).to_le_bytes());
+        put(out, abi::FTW, &self.ftw);
+        put(out, abi::FOP, &(self.fop as u16).to_le_bytes());
+        put(out, abi::FIP, &self.fip.to_le_bytes());
+        put(out, abi::FDP, &self.fdp.to_le_bytes());
+        put(out, abi::MXCSR, &self.mxcsr.to_le_bytes());
+        put(out, abi::MXCSR_MASK, &self.mxcsr_mask.to_le_bytes());
+        if let Some(s) = out.get_mut(abi::ST..abi::FP_END) {
             fill(self.st_seed, s);
         }
-        if let Some(s) = out.get_mut(layout::XMM..layout::XMM_END) {
+        if let Some(s) = out.get_mut(abi::XMM..abi::XMM_END) {
             fill(self.xmm_seed, s);
         }
-        if let Some(s) = out.get_mut(layout::PAD..layout::HDR) {
+        if let Some(s) = out.get_mut(abi::PAD..abi::HDR) {
             fill(self.pad_seed, s);
         }
-        put(out, layout::XSTATE_BV, &self.xstate_bv.to_le_bytes());
-        put(out, layout::XCOMP_BV, &self.xcomp_bv.to_le_bytes());
+        put(out, abi::XSTATE_BV, &self.xstate_bv.to_le_bytes());
+        put(out, abi::XCOMP_BV, &self.xcomp_bv.to_le_bytes());
         for &(i, v) in &self.hdr_reserved {
-            if (i as usize) < layout::HDR_RSVD_LEN {
-                put(out, layout::HDR_RSVD + i as usize, &[v]);
+            if (i as usize) < abi::HDR_RSVD_LEN {
+                put(out, abi::HDR_RSVD + i as usize, &[v]);
             }
         }
         for c in &self.components {
@@ -287,14 +287,14 @@ impl XsaveImage {
 
     /// Render a buffer of `size` bytes (at least 4096) for `host`.
     pub fn render(&self, host: &HostFacts, size: usize) -> Vec<u8> {
-        let mut v = vec![0u8; size.max(layout::KVM_XSAVE_SIZE)];
+        let mut v = vec![0u8; size.max(abi::KVM_XSAVE_SIZE)];
         self.render_into(host, &mut v);
         v
     }
 }
 
 /// A `struct kvm_fpu` (`KVM_SET_FPU`) built from fields; [`FpuImage::render`] is the one
-/// place its ABI layout is written ([`layout::FPU_FCW`] and neighbours).
+/// place its ABI layout is written ([`abi::FPU_FCW`] and neighbours).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FpuImage {
     /// `fcw`.
@@ -336,14 +336,14 @@ impl FpuImage {
     /// Init values: FCW 0x37F, MXCSR 0x1F80, everything else zero.
     pub fn init() -> FpuImage {
         FpuImage {
-            fcw: layout::FCW_INIT as u32,
+            fcw: abi::FCW_INIT as u32,
             fsw: 0,
             ftwx: 0,
             pad1: 0,
             last_opcode: 0,
             last_ip: 0,
             last_dp: 0,
-            mxcsr: layout::MXCSR_INIT,
+            mxcsr: abi::MXCSR_INIT,
             pad2: 0,
             fpr_seed: 0,
             xmm_seed: 0,
@@ -351,19 +351,19 @@ impl FpuImage {
     }
 
     /// The 416-byte `struct kvm_fpu`.
-    pub fn render(&self) -> [u8; layout::KVM_FPU_SIZE] {
-        let mut b = [0u8; layout::KVM_FPU_SIZE];
-        fill(self.fpr_seed, &mut b[layout::FPU_FPR..layout::FPU_FCW]);
-        let f = layout::FPU_FCW;
+    pub fn render(&self) -> [u8; abi::KVM_FPU_SIZE] {
+        let mut b = [0u8; abi::KVM_FPU_SIZE];
+        fill(self.fpr_seed, &mut b[abi::FPU_FPR..abi::FPU_FCW]);
+        let f = abi::FPU_FCW;
         put(&mut b, f, &(self.fcw as u16).to_le_bytes());
         put(&mut b, f + 2, &(self.fsw as u16).to_le_bytes());
         put(&mut b, f + 4, &[self.ftwx, self.pad1]);
         put(&mut b, f + 6, &(self.last_opcode as u16).to_le_bytes());
         put(&mut b, f + 8, &self.last_ip.to_le_bytes());
         put(&mut b, f + 16, &self.last_dp.to_le_bytes());
-        fill(self.xmm_seed, &mut b[layout::FPU_XMM..layout::FPU_MXCSR]);
-        put(&mut b, layout::FPU_MXCSR, &self.mxcsr.to_le_bytes());
-        put(&mut b, layout::FPU_PAD2, &self.pad2.to_le_bytes());
+        fill(self.xmm_seed, &mut b[abi::FPU_XMM..abi::FPU_MXCSR]);
+        put(&mut b, abi::FPU_MXCSR, &self.mxcsr.to_le_bytes());
+        put(&mut b, abi::FPU_PAD2, &self.pad2.to_le_bytes());
         b
     }
 }
@@ -411,7 +411,7 @@ impl XcrsImage {
         let mut pad = [0u8; 128];
         fill(self.padding_seed, &mut pad);
         for (w, b) in s.padding.iter_mut().zip(pad.chunks(8)) {
-            *w = layout::le64(b, 0);
+            *w = abi::le64(b, 0);
         }
         s.to_bytes()
     }
@@ -618,7 +618,7 @@ impl Case {
                 Op::SetCpuid2(t) => table(t)?,
                 Op::SetXsave(x) => {
                     lim("components", x.components.len(), LIMITS.components)?;
-                    lim("header bytes", x.hdr_reserved.len(), layout::HDR_RSVD_LEN)?;
+                    lim("header bytes", x.hdr_reserved.len(), abi::HDR_RSVD_LEN)?;
                     lim("patches", x.patches.len(), LIMITS.patches)?;
                     for p in &x.patches {
                         lim("patch bytes", p.bytes.len(), LIMITS.patch_bytes)?;

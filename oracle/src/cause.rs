@@ -6,7 +6,7 @@
 //! rule whose statement the observation contradicts, chosen from the prediction's rules by
 //! what differs (the return, or the region of the first differing bytes): [`violated_rule`].
 
-use crate::abi as layout;
+use crate::abi;
 use crate::abi::region::Region;
 use crate::case::{Case, Op};
 use crate::diff::{ByteDiff, Class};
@@ -142,7 +142,7 @@ pub fn violated_rule_of(
 
 /// Whether `buf` (a SET's buffer) holds an MXCSR outside the host's feature mask.
 pub fn mxcsr_invalid(host: &HostFacts, buf: &[u8]) -> bool {
-    buf.len() >= layout::MXCSR + 4 && layout::le32(buf, layout::MXCSR) & !host.mxcsr_feature_mask != 0
+    buf.len() >= abi::MXCSR + 4 && abi::le32(buf, abi::MXCSR) & !host.mxcsr_feature_mask != 0
 }
 
 /// A later differing step the cause does not explain: it still differs from the prediction

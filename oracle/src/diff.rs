@@ -6,7 +6,7 @@
 
 use crate::abi::cpuid::{CPUID2_TRACE_HDR, CPUID_ENTRY_SIZE};
 use crate::abi::region::{Buffer, CpuidField, Region};
-use crate::abi::{self as layout, le32};
+use crate::abi::{self, le32};
 use crate::case::{Case, Op, Origin};
 use crate::hash::content_hash;
 use crate::hexnum::bytes_hex;
@@ -322,8 +322,8 @@ fn classify_bytes(op: &Op, host: &HostFacts, diffs: &[ByteDiff], rules: &[Rule])
         _ => {}
     }
     let pk = host.component(crate::xfeatures::PKRU_BIT).map(|c| c.offset);
-    let in_header = diffs.iter().any(|d| (layout::HDR as u32..layout::EXT as u32).contains(&d.start));
-    let in_legacy = diffs.iter().any(|d| d.start < layout::HDR as u32);
+    let in_header = diffs.iter().any(|d| (abi::HDR as u32..abi::EXT as u32).contains(&d.start));
+    let in_legacy = diffs.iter().any(|d| d.start < abi::HDR as u32);
     let in_pkru = diffs.iter().any(|d| Some(d.start) >= pk && pk.is_some_and(|p| d.start < p + 8));
     if rules.contains(&Rule::GetHiddenRevealed) && !in_legacy {
         return Class::HiddenState;
@@ -424,8 +424,8 @@ fn explain(case: &Case, host: &HostFacts, cfg: &ModelConfig, step: usize, exp: &
             _ => None,
         };
     }
-    if matches!(**op, Op::GetXsave | Op::GetXsave2) && exp.data.len() == obs.data.len() && exp.data.len() >= layout::EXT {
-        let (e, o) = (layout::le64(&exp.data, layout::XSTATE_BV), layout::le64(&obs.data, layout::XSTATE_BV));
+    if matches!(**op, Op::GetXsave | Op::GetXsave2) && exp.data.len() == obs.data.len() && exp.data.len() >= abi::EXT {
+        let (e, o) = (abi::le64(&exp.data, abi::XSTATE_BV), abi::le64(&obs.data, abi::XSTATE_BV));
         if o & !e & !gsx != 0 {
             return Some(format!("{} reported although not exposed to guest", xfeatures::describe(o & !e)));
         }

@@ -22,7 +22,7 @@ use std::time::Instant;
 use xsave_oracle::abi::cpuid::{cpuid2_entry_offset, cpuid2_nent, cpuid2_trace, find_entry, read_cpuid2, write_cpuid2, MAX_CPUID_ENTRIES};
 use xsave_oracle::abi::ioctl::KVM_CAP_XSAVE2;
 use xsave_oracle::abi::xcrs::{KvmXcr, KvmXcrs};
-use xsave_oracle::abi::{self as layout, put};
+use xsave_oracle::abi::{self, put};
 use xsave_oracle::case::{Case, Op, XcrsImage, XsaveImage};
 use xsave_oracle::guest::{GuestAction, GuestProgram};
 use xsave_oracle::trace::{OpResult, Ret, Trace};
@@ -30,7 +30,7 @@ use xsave_oracle::xfeatures::{PKRU, XTILE_DATA};
 use xsave_oracle::HostFacts;
 
 /// Bytes the backend pre-fills XSAVE2 buffers with, to see how many bytes the kernel wrote.
-pub const CANARY: u8 = layout::CANARY;
+pub const CANARY: u8 = abi::CANARY;
 
 struct Vm {
     /// The guest of this VM (memory slot, sregs), set up by its first run. Declared first so
@@ -90,7 +90,7 @@ pub struct KvmBackend {
 /// Bytes of an XSAVE buffer on this host: `KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)`, at least
 /// `sizeof(struct kvm_xsave)` (kernels before 5.17 report 0).
 pub fn xsave_buffer_size(kvm: &Kvm) -> usize {
-    (kvm.check_extension_raw(KVM_CAP_XSAVE2.into()).max(0) as usize).max(layout::KVM_XSAVE_SIZE)
+    (kvm.check_extension_raw(KVM_CAP_XSAVE2.into()).max(0) as usize).max(abi::KVM_XSAVE_SIZE)
 }
 
 fn ret(r: sys::IoResult) -> Ret {
@@ -314,14 +314,14 @@ impl KvmBackend {
                     b[..n].copy_from_slice(&last[..n]);
                 }
                 if let Some(bv) = force_xstate_bv {
-                    put(b, layout::XSTATE_BV, &bv.to_le_bytes());
+                    put(b, abi::XSTATE_BV, &bv.to_le_bytes());
                 }
                 let xbuf = &mut self.xbuf;
                 (ret(timed(st, "KVM_SET_XSAVE", || sys::set_xsave(vcpu, xbuf))), Vec::new())
             }
             Op::GetXsave | Op::GetXsave2 => {
                 let xsave2 = *op == Op::GetXsave2;
-                let len = if xsave2 { self.xsave_size } else { layout::KVM_XSAVE_SIZE };
+                let len = if xsave2 { self.xsave_size } else { abi::KVM_XSAVE_SIZE };
                 self.xbuf.bytes_mut()[..len].fill(if xsave2 { CANARY } else { 0 });
                 let xbuf = &mut self.xbuf;
                 let r = if xsave2 {
@@ -354,15 +354,15 @@ impl KvmBackend {
             }
             Op::SetFpu(img) => {
                 let b = self.xbuf.bytes_mut();
-                b[..layout::KVM_FPU_SIZE].copy_from_slice(&img.render());
+                b[..abi::KVM_FPU_SIZE].copy_from_slice(&img.render());
                 let xbuf = &mut self.xbuf;
                 (ret(timed(st, "KVM_SET_FPU", || sys::set_fpu(vcpu, xbuf))), Vec::new())
             }
             Op::GetFpu => {
-                self.xbuf.bytes_mut()[..layout::KVM_FPU_SIZE].fill(0);
+                self.xbuf.bytes_mut()[..abi::KVM_FPU_SIZE].fill(0);
                 let xbuf = &mut self.xbuf;
                 match timed(st, "KVM_GET_FPU", || sys::get_fpu(vcpu, xbuf)) {
-                    Ok(v) => (Ret::Ok(v), self.xbuf.bytes()[..layout::KVM_FPU_SIZE].to_vec()),
+                    Ok(v) => (Ret::Ok(v), self.xbuf.bytes()[..abi::KVM_FPU_SIZE].to_vec()),
                     Err(e) => (Ret::Err(e), Vec::new()),
                 }
             }

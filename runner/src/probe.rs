@@ -106,7 +106,7 @@ pub fn probe_guest(backend: &mut dyn Backend, quirks: &[Quirk]) -> Result<GuestP
         let obs = backend.execute(&case)?;
         if let Some(r) = obs.results.last().filter(|r| r.ret == Ret::Ok(0)) {
             runs = true;
-            writable |= xsave_oracle::layout::le64(&r.data, xsave_oracle::layout::XSTATE_BV);
+            writable |= xsave_oracle::abi::le64(&r.data, xsave_oracle::abi::XSTATE_BV);
         }
     }
     Ok(GuestProbe { runs, cpl: 3, writable: format!("{writable:#x}"), hw_xcr0_follows_guest: !quirks.contains(&Quirk::PvmHwXcr0) })
