@@ -125,7 +125,7 @@ pub fn violated_rule_of(
     let what = match (exp.ret, obs.ret) {
         (a, b) if a == b && exp.data.len() != obs.data.len() => Difference::Length,
         (a, b) if a == b => {
-            let regions: Vec<Region> = bytes.iter().map(|b| crate::diff::region_at(op, host, b.start as usize)).collect();
+            let regions: Vec<Region> = bytes.iter().map(|b| Region::at(op.buffer(), &host.components, b.start as usize)).collect();
             // XSTATE_BV decides everything a GET reports: when it differs, it is the cause.
             if regions.contains(&Region::XstateBv) {
                 Difference::Bytes("xstate_bv")

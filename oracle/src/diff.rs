@@ -5,7 +5,7 @@
 //! across runs, hosts and engines.
 
 use crate::abi::cpuid::{CPUID2_TRACE_HDR, CPUID_ENTRY_SIZE};
-use crate::abi::region::{Buffer, CpuidField, Region};
+use crate::abi::region::{CpuidField, Region};
 use crate::abi::{self, le32};
 use crate::case::{Case, Op, Origin};
 use crate::hash::content_hash;
@@ -265,14 +265,8 @@ fn covered(unpredicted: &[(u32, u32)], i: usize) -> bool {
 }
 
 /// The named region of byte `off` of the data step `op` returns on `host`.
-pub fn region_at(op: &Op, host: &HostFacts, off: usize) -> Region {
-    let buffer = match op {
-        Op::GetCpuid2 { .. } => Buffer::Cpuid2,
-        Op::GetXcrs => Buffer::Xcrs,
-        Op::GetFpu => Buffer::Fpu,
-        _ => Buffer::Xsave,
-    };
-    Region::at(buffer, &host.components, off)
+fn region_at(op: &Op, host: &HostFacts, off: usize) -> Region {
+    Region::at(op.buffer(), &host.components, off)
 }
 
 /// Differing byte runs of step `op` (after resolving the processor's choices), split at

@@ -10,6 +10,7 @@
 
 mod image;
 
+use crate::abi::region::Buffer;
 pub use crate::abi::CpuidEntry;
 use crate::hexnum::opt_u64_hex;
 pub use crate::pattern::fill;
@@ -128,6 +129,17 @@ impl Op {
             Op::RunGuest(_) => "KVM_RUN",
             Op::SetFpu(_) => "KVM_SET_FPU",
             Op::GetFpu => "KVM_GET_FPU",
+        }
+    }
+
+    /// The ioctl buffer the step's output data is ([`Buffer::Xsave`] for XSAVE images, a
+    /// guest's own XSAVE included, and for ops without data).
+    pub fn buffer(&self) -> Buffer {
+        match self {
+            Op::GetCpuid2 { .. } => Buffer::Cpuid2,
+            Op::GetXcrs => Buffer::Xcrs,
+            Op::GetFpu => Buffer::Fpu,
+            _ => Buffer::Xsave,
         }
     }
 
