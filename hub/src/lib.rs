@@ -16,6 +16,8 @@
 //! select. Every statement with a value in it is parameterised; role names are quoted by the
 //! server (`format('%I')`).
 
+#![forbid(unsafe_code)]
+
 pub mod schema;
 pub mod sync;
 
@@ -155,7 +157,7 @@ impl Hub {
 
 /// SHA-256 of `bytes`, lowercase hex: the hub's content address of a case.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    xsave_oracle::hexnum::to_hex(&Sha256::digest(bytes))
 }
 
 /// A finding row as `hub findings --json` lists it.

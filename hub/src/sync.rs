@@ -49,7 +49,7 @@ fn random_hex() -> String {
         let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         b = ((t as u64) ^ (u64::from(std::process::id()) << 32)).to_le_bytes();
     }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    xsave_oracle::hexnum::to_hex(&b)
 }
 
 impl Identity {
@@ -264,14 +264,8 @@ pub fn push(hub: &mut Hub, workdir: &Path, id: &Identity, ctx: &PointsCtx, ledge
     }
     // Corpus entries not yet sent.
     let cdir = workdir.join("corpus");
-    let mut names: Vec<String> = std::fs::read_dir(&cdir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .filter(|n| n.ends_with(".case") && !n.starts_with('.'))
-                .collect()
-        })
-        .unwrap_or_default();
+    // The corpus entries as the campaign itself lists them.
+    let mut names: Vec<String> = xsave_runner::campaign::corpus_names(&cdir).into_iter().map(|n| format!("{n}.case")).collect();
     names.retain(|n| !ledger.cases.contains(n));
     // (file name, content hash, format version, bytes, contract points)
     type Entry = (String, String, i32, Vec<u8>, Vec<String>);
@@ -482,7 +476,7 @@ pub fn pull(hub: &mut Hub, exclude: Option<&str>, out: &Path, ledger: &mut Ledge
         };
         match checked {
             Ok(c) => {
-                let p = out.join(xsave_runner::corpus::content_name(&bytes));
+                let p = out.join(xsave_oracle::hash::content_name(&bytes));
                 write_atomic(&p, &bytes).map_err(io(&p))?;
                 ok.push(c);
             }

@@ -6,10 +6,11 @@
 //! rule whose statement the observation contradicts, chosen from the prediction's rules by
 //! what differs (the return, or the region of the first differing bytes): [`violated_rule`].
 
+use crate::abi;
+use crate::abi::region::Region;
 use crate::case::{Case, Op};
 use crate::diff::{ByteDiff, Class};
 use crate::host::HostFacts;
-use crate::layout;
 use crate::model::ModelConfig;
 use crate::rules::Rule;
 use crate::trace::{OpResult, Ret, Trace};
@@ -33,21 +34,21 @@ pub enum Difference {
 
 /// The family of a byte region for root causes: the header's XSTATE_BV apart from the rest
 /// of the header, the x87, MXCSR and XMM parts of the legacy area, PKRU, other components.
-pub fn region_family(region: &str) -> &'static str {
+pub fn region_family(region: Region) -> &'static str {
+    use Region::*;
     match region {
-        "XSTATE_BV" => "xstate_bv",
-        "XCOMP_BV" | "header reserved" => "header",
-        "FCW" | "FSW" | "FTW" | "FTW reserved byte" | "FOP" | "FIP" | "FDP" => "x87",
-        "MXCSR" | "MXCSR_MASK" => "mxcsr",
-        "legacy padding" => "padding",
-        "sw_reserved" => "sw_reserved",
-        "beyond components" => "tail",
-        "nent" => "nent",
-        r if r.starts_with("ST") => "x87",
-        r if r.starts_with("XMM") => "xmm",
-        r if r.starts_with("PKRU") => "pkru",
-        r if r.starts_with("entry") => "cpuid-entry",
-        r if r.starts_with("xcrs") || r == "nr_xcrs" || r == "flags" || r == "padding" => "xcrs",
+        XstateBv => "xstate_bv",
+        XcompBv | HeaderReserved => "header",
+        r if r.is_x87() => "x87",
+        Mxcsr | MxcsrMask => "mxcsr",
+        LegacyPadding => "padding",
+        SwReserved => "sw_reserved",
+        BeyondComponents => "tail",
+        CpuidNent => "nent",
+        Xmm(_) => "xmm",
+        r if r.is_pkru() => "pkru",
+        CpuidEntry { .. } => "cpuid-entry",
+        NrXcrs | XcrsFlags | XcrIndex(_) | XcrReserved(_) | XcrValue(_) | XcrsPadding => "xcrs",
         _ => "component",
     }
 }
@@ -113,16 +114,23 @@ pub fn violated_rule(op: &Op, rules: &[Rule], what: Difference, mxcsr_invalid: b
 }
 
 /// [`violated_rule`] of a differing step: what differs is read from the results.
-pub fn violated_rule_of(op: &Op, exp: &OpResult, obs: &OpResult, bytes: &[ByteDiff], mxcsr_invalid: bool) -> Option<Rule> {
+pub fn violated_rule_of(
+    op: &Op,
+    host: &HostFacts,
+    exp: &OpResult,
+    obs: &OpResult,
+    bytes: &[ByteDiff],
+    mxcsr_invalid: bool,
+) -> Option<Rule> {
     let what = match (exp.ret, obs.ret) {
         (a, b) if a == b && exp.data.len() != obs.data.len() => Difference::Length,
         (a, b) if a == b => {
-            let region = bytes.first().map_or("", |b| b.region.as_str());
+            let regions: Vec<Region> = bytes.iter().map(|b| Region::at(op.buffer(), &host.components, b.start as usize)).collect();
             // XSTATE_BV decides everything a GET reports: when it differs, it is the cause.
-            if bytes.iter().any(|b| b.region == "XSTATE_BV") {
+            if regions.contains(&Region::XstateBv) {
                 Difference::Bytes("xstate_bv")
             } else {
-                Difference::Bytes(region_family(region))
+                Difference::Bytes(regions.first().map_or("component", |r| region_family(*r)))
             }
         }
         (Ret::Err(_), _) => Difference::Accepted,
@@ -134,7 +142,7 @@ pub fn violated_rule_of(op: &Op, exp: &OpResult, obs: &OpResult, bytes: &[ByteDi
 
 /// Whether `buf` (a SET's buffer) holds an MXCSR outside the host's feature mask.
 pub fn mxcsr_invalid(host: &HostFacts, buf: &[u8]) -> bool {
-    buf.len() >= layout::MXCSR + 4 && layout::le32(buf, layout::MXCSR) & !host.mxcsr_feature_mask != 0
+    buf.len() >= abi::MXCSR + 4 && abi::le32(buf, abi::MXCSR) & !host.mxcsr_feature_mask != 0
 }
 
 /// A later differing step the cause does not explain: it still differs from the prediction
@@ -242,7 +250,7 @@ pub fn resync(
                 further.push(Further {
                     step: k,
                     op: steps[k].1.name().to_string(),
-                    violated: violated_rule_of(&steps[k].1, &exp, obs, &bytes, bad),
+                    violated: violated_rule_of(&steps[k].1, host, &exp, obs, &bytes, bad),
                 });
                 sync.push(k);
             }

@@ -41,7 +41,7 @@ pub fn points(case: &Case, predicted: &Trace) -> BTreeSet<Point> {
 /// The shape of a case: its first three ioctl names (a coarse, bounded proxy for op sequences).
 pub fn shape(case: &Case) -> u64 {
     let names: String = case.steps().iter().take(3).map(|(_, op)| op.name()).collect::<Vec<_>>().join(",");
-    crate::diff::fnv1a(names.as_bytes())
+    crate::hash::fnv1a(names.as_bytes())
 }
 
 /// Number of rule points (the denominator of `rules X/Y`).

@@ -4,10 +4,13 @@
 //! step decides the verdict; its class follows spec §12, its signature deduplicates findings
 //! across runs, hosts and engines.
 
-use crate::case::{Case, Op, Origin, CPUID_ENTRY_SIZE};
+use crate::abi::cpuid::{CPUID2_TRACE_HDR, CPUID_ENTRY_SIZE};
+use crate::abi::region::{CpuidField, Region};
+use crate::abi::{self, le32};
+use crate::case::{Case, Op, Origin};
+use crate::hash::content_hash;
 use crate::hexnum::bytes_hex;
 use crate::host::{HostFacts, Quirk};
-use crate::layout;
 use crate::model::{Model, ModelConfig};
 use crate::rules::Rule;
 use crate::trace::{OpResult, Ret, Trace};
@@ -175,7 +178,7 @@ pub fn kernel_splat(case: &Case, cfg: &ModelConfig, log: Vec<String>) -> Diverge
         rules: Vec::new(),
         explained_by: None,
         title: format!("kernel splat while the case ran: {first}"),
-        signature: format!("kernel-splat-{:016x}", fnv1a(format!("splat|{shape}").as_bytes())),
+        signature: signature("kernel-splat", &format!("splat|{shape}")),
         log,
         violated: None,
         consequences: Vec::new(),
@@ -231,13 +234,12 @@ pub fn unpredicted(case: &Case, host: &HostFacts, expected: &Trace) -> Option<Un
             bytes += e.saturating_sub(s);
             for i in (s as usize..e as usize).step_by(4) {
                 let (name, field) = match **op {
-                    Op::GetCpuid2 { .. } if i >= 4 => {
-                        let base = 4 + (i - 4) / CPUID_ENTRY_SIZE * CPUID_ENTRY_SIZE;
-                        let field = ["function", "index", "flags", "EAX", "EBX", "ECX", "EDX", "padding", "padding", "padding"]
-                            [((i - 4) % CPUID_ENTRY_SIZE) / 4];
-                        (format!("CPUID leaf {:#x}", layout::le32(&r.data, base)), field)
+                    Op::GetCpuid2 { .. } if i >= CPUID2_TRACE_HDR => {
+                        let k = (i - CPUID2_TRACE_HDR) / CPUID_ENTRY_SIZE;
+                        let field = CpuidField::of_word((i - CPUID2_TRACE_HDR) % CPUID_ENTRY_SIZE / 4).name();
+                        (format!("CPUID leaf {:#x}", le32(&r.data, CPUID2_TRACE_HDR + k * CPUID_ENTRY_SIZE)), field)
                     }
-                    _ => (region_of(op, host, i), ""),
+                    _ => (region_at(op, host, i).label(), ""),
                 };
                 match regions.iter_mut().find(|(n, _)| *n == name) {
                     Some((_, fields)) if !field.is_empty() && !fields.contains(&field) => fields.push(field),
@@ -253,46 +255,18 @@ pub fn unpredicted(case: &Case, host: &HostFacts, expected: &Trace) -> Option<Un
     })
 }
 
-/// 64-bit FNV-1a (stable across builds and platforms).
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+/// A finding signature: `<class>-<content hash of key>`.
+fn signature(class: &str, key: &str) -> String {
+    format!("{class}-{}", content_hash(key.as_bytes()))
 }
 
 fn covered(unpredicted: &[(u32, u32)], i: usize) -> bool {
     unpredicted.iter().any(|&(s, e)| (s as usize..e as usize).contains(&i))
 }
 
-fn cpuid_region(i: usize) -> String {
-    if i < 4 {
-        return "nent".into();
-    }
-    let k = (i - 4) / CPUID_ENTRY_SIZE;
-    let field =
-        ["function", "index", "flags", "EAX", "EBX", "ECX", "EDX", "padding", "padding", "padding"][((i - 4) % CPUID_ENTRY_SIZE) / 4];
-    format!("entry {k} {field}")
-}
-
-fn xcrs_region(i: usize) -> String {
-    match i {
-        0..=3 => "nr_xcrs".into(),
-        4..=7 => "flags".into(),
-        8..=263 => format!("xcrs[{}].{}", (i - 8) / 16, ["xcr", "reserved", "value", "value"][((i - 8) % 16) / 4]),
-        _ => "padding".into(),
-    }
-}
-
-fn region_of(op: &Op, host: &HostFacts, i: usize) -> String {
-    match op {
-        Op::GetCpuid2 { .. } => cpuid_region(i),
-        Op::GetXcrs => xcrs_region(i),
-        Op::GetFpu => layout::fpu_region_name(i),
-        _ => layout::region_name(host, i),
-    }
+/// The named region of byte `off` of the data step `op` returns on `host`.
+fn region_at(op: &Op, host: &HostFacts, off: usize) -> Region {
+    Region::at(op.buffer(), &host.components, off)
 }
 
 /// Differing byte runs of step `op` (after resolving the processor's choices), split at
@@ -317,13 +291,19 @@ fn byte_diffs(op: &Op, host: &HostFacts, exp: &OpResult, obs: &OpResult) -> Vec<
             i += 1;
             continue;
         }
-        let region = region_of(op, host, i);
+        let region = region_at(op, host, i);
         let start = i;
-        while i < n && exp.data[i] != obs.data[i] && !covered(&exp.unpredicted, i) && region_of(op, host, i) == region {
+        while i < n && exp.data[i] != obs.data[i] && !covered(&exp.unpredicted, i) && region_at(op, host, i) == region {
             i += 1;
         }
         let show = |d: &[u8]| d[start..i.min(start + 64)].to_vec();
-        out.push(ByteDiff { start: start as u32, end: i as u32, region, expected: show(&exp.data), observed: show(&obs.data) });
+        out.push(ByteDiff {
+            start: start as u32,
+            end: i as u32,
+            region: region.label(),
+            expected: show(&exp.data),
+            observed: show(&obs.data),
+        });
     }
     out
 }
@@ -336,8 +316,8 @@ fn classify_bytes(op: &Op, host: &HostFacts, diffs: &[ByteDiff], rules: &[Rule])
         _ => {}
     }
     let pk = host.component(crate::xfeatures::PKRU_BIT).map(|c| c.offset);
-    let in_header = diffs.iter().any(|d| (layout::HDR as u32..layout::EXT as u32).contains(&d.start));
-    let in_legacy = diffs.iter().any(|d| d.start < layout::HDR as u32);
+    let in_header = diffs.iter().any(|d| (abi::HDR as u32..abi::EXT as u32).contains(&d.start));
+    let in_legacy = diffs.iter().any(|d| d.start < abi::HDR as u32);
     let in_pkru = diffs.iter().any(|d| Some(d.start) >= pk && pk.is_some_and(|p| d.start < p + 8));
     if rules.contains(&Rule::GetHiddenRevealed) && !in_legacy {
         return Class::HiddenState;
@@ -389,24 +369,23 @@ fn deciding_rule(rules: &[Rule]) -> Option<Rule> {
 
 /// The kind of a region, for signatures: independent of the host's layout and of which
 /// register or component carried the difference.
-fn region_kind(region: &str) -> &'static str {
+fn region_kind(region: Region) -> &'static str {
+    use Region::*;
     match region {
-        "FCW" | "FSW" | "FTW" | "FTW reserved byte" | "FOP" | "FIP" | "FDP" => "x87",
-        "MXCSR" | "MXCSR_MASK" => "mxcsr",
-        "legacy padding" => "padding",
-        "sw_reserved" => "sw_reserved",
-        "XSTATE_BV" | "XCOMP_BV" | "header reserved" => "header",
-        "beyond components" => "tail",
-        r if r.starts_with("ST") => "x87",
-        r if r.starts_with("XMM") => "xmm",
-        r if r.starts_with("PKRU") => "pkru",
-        r if r.starts_with("entry") => "cpuid-entry",
-        r if r.starts_with("xcrs") || r == "nr_xcrs" || r == "flags" || r == "padding" => "xcrs",
-        "nent" => "cpuid-nent",
-        "kvm_fpu.mxcsr" => "fpu-mxcsr",
-        "kvm_fpu.pad1" | "kvm_fpu.pad2" => "fpu-pad",
-        r if r.starts_with("kvm_fpu.xmm") => "xmm",
-        r if r.starts_with("kvm_fpu.") => "x87",
+        r if r.is_x87() => "x87",
+        Mxcsr | MxcsrMask => "mxcsr",
+        LegacyPadding => "padding",
+        SwReserved => "sw_reserved",
+        XstateBv | XcompBv | HeaderReserved => "header",
+        BeyondComponents => "tail",
+        Xmm(_) | FpuXmm(_) => "xmm",
+        r if r.is_pkru() => "pkru",
+        CpuidEntry { .. } => "cpuid-entry",
+        NrXcrs | XcrsFlags | XcrIndex(_) | XcrReserved(_) | XcrValue(_) | XcrsPadding => "xcrs",
+        CpuidNent => "cpuid-nent",
+        FpuMxcsr => "fpu-mxcsr",
+        FpuPad1 | FpuPad2 => "fpu-pad",
+        FpuFpr(_) | FpuFcw | FpuFsw | FpuFtwx | FpuLastOpcode | FpuLastIp | FpuLastDp => "x87",
         _ => "component",
     }
 }
@@ -439,8 +418,8 @@ fn explain(case: &Case, host: &HostFacts, cfg: &ModelConfig, step: usize, exp: &
             _ => None,
         };
     }
-    if matches!(**op, Op::GetXsave | Op::GetXsave2) && exp.data.len() == obs.data.len() && exp.data.len() >= layout::EXT {
-        let (e, o) = (layout::le64(&exp.data, layout::XSTATE_BV), layout::le64(&obs.data, layout::XSTATE_BV));
+    if matches!(**op, Op::GetXsave | Op::GetXsave2) && exp.data.len() == obs.data.len() && exp.data.len() >= abi::EXT {
+        let (e, o) = (abi::le64(&exp.data, abi::XSTATE_BV), abi::le64(&obs.data, abi::XSTATE_BV));
         if o & !e & !gsx != 0 {
             return Some(format!("{} reported although not exposed to guest", xfeatures::describe(o & !e)));
         }
@@ -491,7 +470,7 @@ pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, 
             (classify_bytes(op, host, &bytes, &exp.rules), bytes, None, what)
         };
         let rule = deciding_rule(&exp.rules);
-        let mut kinds: Vec<&str> = bytes.iter().map(|b| region_kind(&b.region)).collect();
+        let mut kinds: Vec<&str> = bytes.iter().map(|b| region_kind(region_at(op, host, b.start as usize))).collect();
         kinds.sort();
         kinds.dedup();
         let key = format!(
@@ -505,7 +484,7 @@ pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, 
         );
         let why = explain(case, host, cfg, k, exp, obs).or_else(|| rule.map(|r| r.id().to_string()));
         let bad_mxcsr = crate::model::set_buffer(case, host, cfg, observed, &[], k).is_some_and(|b| crate::cause::mxcsr_invalid(host, &b));
-        let violated = crate::cause::violated_rule_of(op, exp, obs, &bytes, bad_mxcsr);
+        let violated = crate::cause::violated_rule_of(op, host, exp, obs, &bytes, bad_mxcsr);
         let title = format!("{}: {}{}", ioctl_of(op), what, why.map(|w| format!(" ({w})")).unwrap_or_default());
         return Verdict::Diverge(Box::new(Divergence {
             class,
@@ -523,7 +502,7 @@ pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, 
             explained_by: None,
             known_issue: None,
             title,
-            signature: format!("{}-{:016x}", class.name(), fnv1a(key.as_bytes())),
+            signature: signature(class.name(), &key),
             log: Vec::new(),
             violated,
             consequences: Vec::new(),
@@ -550,7 +529,7 @@ pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, 
             explained_by: None,
             known_issue: None,
             title: format!("trace length: {} steps observed, {} predicted", observed.results.len(), expected.results.len()),
-            signature: format!("size-{:016x}", fnv1a(key.as_bytes())),
+            signature: signature("size", &key),
             log: Vec::new(),
             violated: None,
             consequences: Vec::new(),
@@ -607,7 +586,7 @@ pub fn judge(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace)
             };
             let names: Vec<&str> = qs.iter().map(|q| q.name()).collect();
             let key = format!("quirk|{}|{}", names.join("+"), d.signature);
-            d.signature = format!("{}-{:016x}", d.class.name(), fnv1a(key.as_bytes()));
+            d.signature = signature(d.class.name(), &key);
             d.title = format!("{} [explained by host quirk {}]", d.title, names.join(" + "));
             break;
         }

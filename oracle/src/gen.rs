@@ -2,6 +2,7 @@
 //! distinguishes (xfeature bits around the host's, valid and invalid MXCSR, odd headers, CPUID
 //! tables that omit, duplicate and reorder leaf 0xD, XCRS with odd counts and indices).
 
+use crate::abi::cpuid::CPUID_FLAG_SIGNIFICANT_INDEX;
 use crate::case::*;
 use crate::guest::{GuestAction, GuestProgram};
 use crate::xfeatures::*;

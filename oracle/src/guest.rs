@@ -8,12 +8,12 @@
 //! model interprets it here. No I/O: this module only states what the architecture defines.
 //!
 //! The register file is kept in the standard (non-compacted) XSAVE layout of the host, so the
-//! model's kernel image and the guest's registers share one geometry ([`crate::layout`]).
+//! model's kernel image and the guest's registers share one geometry ([`crate::abi`]).
 
-use crate::case::fill;
+use crate::abi::{self, put};
 use crate::hexnum::u32_hex;
 use crate::host::HostFacts;
-use crate::layout::{self, put};
+use crate::pattern::fill;
 use crate::xfeatures::*;
 use serde::{Deserialize, Serialize};
 
@@ -173,9 +173,8 @@ pub struct Regs {
 /// Bytes of the x87 state that decide whether it is in its init configuration (spec §7.1):
 /// FCW..FDP and the 80-bit parts of ST0..7.
 fn fp_is_init(img: &[u8]) -> bool {
-    let head_init =
-        layout::le32(img, 0) & 0xffff == layout::FCW_INIT as u32 && img[2..layout::MXCSR].iter().all(|&b| b == 0) && img[4] == 0;
-    head_init && (0..8).all(|i| img[layout::ST + 16 * i..layout::ST + 16 * i + 10].iter().all(|&b| b == 0))
+    let head_init = abi::le32(img, 0) & 0xffff == abi::FCW_INIT as u32 && img[2..abi::MXCSR].iter().all(|&b| b == 0) && img[4] == 0;
+    head_init && (0..8).all(|i| img[abi::ST + 16 * i..abi::ST + 16 * i + 10].iter().all(|&b| b == 0))
 }
 
 impl Regs {
@@ -184,7 +183,7 @@ impl Regs {
         let img = &self.image;
         match bit {
             0 => fp_is_init(img),
-            1 => img[layout::XMM..layout::XMM_END].iter().all(|&b| b == 0),
+            1 => img[abi::XMM..abi::XMM_END].iter().all(|&b| b == 0),
             PKRU_BIT => self.pkru == 0,
             b => host
                 .component(b)
@@ -202,10 +201,10 @@ impl Regs {
     pub fn apply(&mut self, host: &HostFacts, a: &GuestAction) {
         let input = a.input();
         match a {
-            GuestAction::Xmm { .. } => self.image[layout::XMM..layout::XMM_END].copy_from_slice(&input),
+            GuestAction::Xmm { .. } => self.image[abi::XMM..abi::XMM_END].copy_from_slice(&input),
             GuestAction::Ymm { .. } => {
                 for i in 0..16 {
-                    put(&mut self.image, layout::XMM + 16 * i, &input[32 * i..32 * i + 16]);
+                    put(&mut self.image, abi::XMM + 16 * i, &input[32 * i..32 * i + 16]);
                     if let Some(hi) = self.comp_mut(host, 2) {
                         hi[16 * i..16 * i + 16].copy_from_slice(&input[32 * i + 16..32 * i + 32]);
                     }
@@ -222,21 +221,21 @@ impl Regs {
                     }
                 }
             }
-            GuestAction::Ldmxcsr { value } => put(&mut self.image, layout::MXCSR, &value.to_le_bytes()),
+            GuestAction::Ldmxcsr { value } => put(&mut self.image, abi::MXCSR, &value.to_le_bytes()),
             // FCW bits 6, 7 and 13..15 are reserved: what they read is the processor's choice
             // (rule run.fcw.reserved, applied where the state is observed).
-            GuestAction::Fldcw { value } => put(&mut self.image, layout::FCW, &value.to_le_bytes()),
+            GuestAction::Fldcw { value } => put(&mut self.image, abi::FCW, &value.to_le_bytes()),
             GuestAction::Fninit => {
                 // TOP becomes 0, so ST(i) now names physical register i: the stack-ordered
                 // image rotates by the old TOP.
-                let top = (layout::le32(&self.image, 0) >> (16 + 11)) as usize & 7;
-                let old: Vec<u8> = self.image[layout::ST..layout::FP_END].to_vec();
+                let top = (abi::le32(&self.image, 0) >> (16 + 11)) as usize & 7;
+                let old: Vec<u8> = self.image[abi::ST..abi::FP_END].to_vec();
                 for i in 0..8 {
                     let j = (i + 8 - top) % 8;
-                    self.image[layout::ST + 16 * i..layout::ST + 16 * i + 10].copy_from_slice(&old[16 * j..16 * j + 10]);
+                    self.image[abi::ST + 16 * i..abi::ST + 16 * i + 10].copy_from_slice(&old[16 * j..16 * j + 10]);
                 }
-                put(&mut self.image, layout::FCW, &layout::FCW_INIT.to_le_bytes());
-                self.image[2..layout::MXCSR].fill(0);
+                put(&mut self.image, abi::FCW, &abi::FCW_INIT.to_le_bytes());
+                self.image[2..abi::MXCSR].fill(0);
             }
             GuestAction::Opmask { .. } => {
                 if let Some(k) = self.comp_mut(host, 5) {
@@ -247,7 +246,7 @@ impl Regs {
             GuestAction::Zmm { .. } => {
                 for i in 0..16 {
                     let z = &input[64 * i..64 * i + 64];
-                    put(&mut self.image, layout::XMM + 16 * i, &z[..16]);
+                    put(&mut self.image, abi::XMM + 16 * i, &z[..16]);
                     if let Some(hi) = self.comp_mut(host, 2) {
                         hi[16 * i..16 * i + 16].copy_from_slice(&z[16..32]);
                     }
@@ -269,7 +268,7 @@ impl Regs {
 /// Whether an unmasked x87 exception is pending (FSW flags not masked by FCW): the next
 /// waiting x87 instruction raises #MF.
 pub fn x87_pending(img: &[u8]) -> bool {
-    let w = layout::le32(img, 0);
+    let w = abi::le32(img, 0);
     let (fcw, fsw) = (w & 0xffff, w >> 16);
     fsw & !fcw & 0x3f != 0
 }
@@ -314,5 +313,5 @@ pub fn faults(host: &HostFacts, regs: &Regs, a: &GuestAction, hw_xcr0: u64, cr4_
 /// Bytes of the guest's output area a run returns (the guest's own standard-format XSAVE
 /// image): the standard size of the host's XCR0, at least 4096.
 pub fn output_size(host: &HostFacts) -> usize {
-    (layout::xstate_required_size(&host.components, host.host_xcr0, false) as usize).max(layout::KVM_XSAVE_SIZE)
+    (abi::xstate_required_size(&host.components, host.host_xcr0, false) as usize).max(abi::KVM_XSAVE_SIZE)
 }

@@ -86,17 +86,23 @@ pub mod opt_u64_hex {
     }
 }
 
+/// `b` as lower-case hex digits, two per byte (`"0a1f"`): the one byte-string encoding of
+/// the rig's JSON, reports and logs.
+pub fn to_hex(b: &[u8]) -> String {
+    let mut out = String::with_capacity(b.len() * 2);
+    for x in b {
+        out.push_str(&format!("{x:02x}"));
+    }
+    out
+}
+
 /// Byte vectors as hex strings in human-readable formats.
 pub mod bytes_hex {
     use super::*;
     /// Serialize.
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
-            let mut out = String::with_capacity(v.len() * 2);
-            for b in v {
-                out.push_str(&format!("{b:02x}"));
-            }
-            s.serialize_str(&out)
+            s.serialize_str(&to_hex(v))
         } else {
             s.serialize_bytes(v)
         }

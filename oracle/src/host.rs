@@ -2,25 +2,11 @@
 //! mask, ...). They are inputs to the model, measured by the runner's probe or loaded from a
 //! saved fingerprint; nothing here assumes one vendor's layout.
 
-use crate::case::CpuidEntry;
+pub use crate::abi::Component;
+use crate::abi::{self, CpuidEntry};
 use crate::hexnum::{u32_hex, u64_hex};
 use crate::xfeatures;
 use serde::{Deserialize, Serialize};
-
-/// One extended xfeature's place in the standard (non-compacted) XSAVE layout, from the host's
-/// CPUID.0xD.i (EBX = offset, EAX = size, ECX bit 1 = 64-byte alignment when compacted).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Component {
-    /// xfeature bit number (>= 2).
-    pub bit: u8,
-    /// Standard-format offset in bytes.
-    pub offset: u32,
-    /// Size in bytes.
-    pub size: u32,
-    /// Aligned to 64 bytes in the compacted format.
-    #[serde(default)]
-    pub align64: bool,
-}
 
 /// A named, measured departure of a host from every upstream contract version.
 ///
@@ -135,6 +121,11 @@ impl HostFacts {
         self.host_xcr0 & !xfeatures::USER_DYNAMIC
     }
 
+    /// Extended components of `mask` in increasing standard offset (the kernel's copy order).
+    pub fn components_in_order(&self, mask: u64) -> Vec<&Component> {
+        abi::components_in_order(&self.components, mask)
+    }
+
     /// The component for xfeature `bit`, if the host has one.
     pub fn component(&self, bit: u8) -> Option<&Component> {
         self.components.iter().find(|c| c.bit == bit)
@@ -160,13 +151,13 @@ impl HostFacts {
             .map(|&(bit, offset, size)| Component { bit, offset, size, align64: bit >= 17 })
             .collect();
         let supported = xcr0 & xfeatures::KVM_SUPPORTED_XCR0;
-        let std_size = crate::layout::xstate_required_size(&components, supported, false);
+        let std_size = abi::xstate_required_size(&components, supported, false);
         let host_cpuid_0xd = std::iter::once(CpuidEntry::new(0xd, 0, 1, [xcr0 as u32, std_size, std_size, (xcr0 >> 32) as u32]))
             .chain(std::iter::once(CpuidEntry::new(0xd, 1, 1, [0xf, 0, 0, 0])))
             .chain(components.iter().map(|c| CpuidEntry::new(0xd, c.bit as u32, 1, [c.size, c.offset, if c.align64 { 2 } else { 0 }, 0])))
             .collect::<Vec<_>>();
         let filtered = supported & !xfeatures::XTILE;
-        let fsize = crate::layout::xstate_required_size(&components, filtered, false);
+        let fsize = abi::xstate_required_size(&components, filtered, false);
         let mut supported_cpuid = vec![
             CpuidEntry::new(0, 0, 0, [0xd, 0x756e_6547, 0x6c65_746e, 0x4965_6e69]),
             CpuidEntry::new(1, 0, 0, [0x000a_0671, 0x0000_0800, 0x8000_0000 | (1 << 26) | (1 << 28), 0x0789_fbff]),

@@ -1,10 +1,10 @@
 //! Properties every prediction must have, whatever the case: used by the `model_contracts`
 //! fuzz target and by tests. Each check panics with the property's name on violation.
 
+use crate::abi::{self, le32, le64};
 use crate::case::{Case, Op};
 use crate::diff::{diff, Verdict};
 use crate::host::HostFacts;
-use crate::layout::{self, le32, le64};
 use crate::model::{predict, Contract, ModelConfig};
 use crate::trace::Ret;
 use crate::xfeatures::PKRU_BIT;
@@ -26,10 +26,10 @@ pub fn check(case: &Case) {
             continue;
         }
         let d = &r.data;
-        assert!(d[layout::PAD..layout::SW].iter().all(|&b| b == 0), "V3 GET padding zero (step {k})");
-        assert_eq!(le64(d, layout::SW), host.host_xcr0, "V3 GET sw_reserved word (step {k})");
-        assert!(d[layout::XCOMP_BV..layout::EXT].iter().all(|&b| b == 0), "V3 GET header zero (step {k})");
-        let h = le64(d, layout::XSTATE_BV);
+        assert!(d[abi::PAD..abi::SW].iter().all(|&b| b == 0), "V3 GET padding zero (step {k})");
+        assert_eq!(le64(d, abi::SW), host.host_xcr0, "V3 GET sw_reserved word (step {k})");
+        assert!(d[abi::XCOMP_BV..abi::EXT].iter().all(|&b| b == 0), "V3 GET header zero (step {k})");
+        let h = le64(d, abi::XSTATE_BV);
         assert_eq!(h & !host.supported_xcr0, 0, "V3 GET reports only supported features (step {k})");
         if let Some(pk) = host.component(PKRU_BIT) {
             assert_eq!(le32(d, pk.offset as usize + 4), 0, "PKRU pad zero (step {k})");
@@ -38,8 +38,8 @@ pub fn check(case: &Case) {
         if let (Some((_, prev)), Some(pr)) = (k.checked_sub(1).and_then(|p| steps.get(p)), k.checked_sub(1).and_then(|p| t.results.get(p)))
         {
             if let (Op::SetXsave(img), Ret::Ok(0)) = (&**prev, pr.ret) {
-                let buf = img.render(&host, layout::KVM_XSAVE_SIZE);
-                for c in layout::components_in_order(&host, h) {
+                let buf = img.render(&host, abi::KVM_XSAVE_SIZE);
+                for c in host.components_in_order(h) {
                     let (s, e) = (c.offset as usize, (c.offset + c.size) as usize);
                     let want = if c.bit == PKRU_BIT { &buf[s..s + 4] } else { &buf[s..e] };
                     assert_eq!(&d[s..s + want.len()], want, "SET then GET returns component {} (step {k})", c.bit);

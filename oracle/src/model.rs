@@ -1,9 +1,11 @@
 //! The vCPU model: predicts, for every step of a case, the errno or success and every output
 //! byte, under a selectable contract version (spec §9) and optional named host quirks.
 
-use crate::case::{Case, CpuidEntry, FpuImage, Op, Origin, XcrsImage, CPUID_ENTRY_SIZE, CPUID_FLAG_SIGNIFICANT_INDEX, KVM_XCRS_SIZE};
+use crate::abi::cpuid::{cpuid2_trace, cpuid2_trace_reg_offset, find_entry, CpuidEntry, CPUID_FLAG_SIGNIFICANT_INDEX, MAX_CPUID_ENTRIES};
+use crate::abi::xcrs::{KvmXcr, KvmXcrs, MAX_XCRS};
+use crate::abi::{self, le32, le64, put, xstate_required_size};
+use crate::case::{Case, FpuImage, Op, Origin, XcrsImage};
 use crate::host::{HostFacts, Quirk};
-use crate::layout::{self, components_in_order, le32, le64, put, xstate_required_size};
 use crate::rules::Rule;
 use crate::trace::{Allowed, OpResult, Ret, Trace, E2BIG, EINVAL, EPERM};
 use crate::xfeatures::*;
@@ -70,23 +72,7 @@ impl Default for ModelConfig {
     }
 }
 
-/// `KVM_MAX_CPUID_ENTRIES`.
-pub const MAX_CPUID_ENTRIES: usize = 256;
-/// `KVM_MAX_XCRS`.
-pub const MAX_XCRS: u32 = 16;
 const NOT_SIGNIFICANT: Option<u32> = None;
-
-/// First entry matching `(function, index)`; `index == None` is KVM_CPUID_INDEX_NOT_SIGNIFICANT,
-/// which matches the first entry of the function whatever its flags (spec §6.1).
-pub fn find_entry(table: &[CpuidEntry], function: u32, index: Option<u32>) -> Option<usize> {
-    table.iter().position(|e| {
-        e.function == function
-            && match index {
-                None => true,
-                Some(i) => e.flags & CPUID_FLAG_SIGNIFICANT_INDEX == 0 || e.index == i,
-            }
-    })
-}
 
 /// Per-vCPU state (spec §11).
 #[derive(Clone, Debug)]
@@ -166,9 +152,9 @@ impl<'a> Model<'a> {
 
     fn fresh(host: &HostFacts, cfg: &ModelConfig) -> Vcpu {
         let full = xstate_required_size(&host.components, host.host_xcr0, false) as usize;
-        let mut kbuf = vec![0u8; full.max(layout::KVM_XSAVE_SIZE)];
-        put(&mut kbuf, layout::FCW, &layout::FCW_INIT.to_le_bytes());
-        put(&mut kbuf, layout::MXCSR, &layout::MXCSR_INIT.to_le_bytes());
+        let mut kbuf = vec![0u8; full.max(abi::KVM_XSAVE_SIZE)];
+        put(&mut kbuf, abi::FCW, &abi::FCW_INIT.to_le_bytes());
+        put(&mut kbuf, abi::MXCSR, &abi::MXCSR_INIT.to_le_bytes());
         let _ = cfg;
         Vcpu {
             kbuf,
@@ -179,7 +165,7 @@ impl<'a> Model<'a> {
             cpuid_unpredicted: Vec::new(),
             gsx: 0,
             user_xfeatures: host.default_user_xfeatures(),
-            uabi_size: layout::KVM_XSAVE_SIZE,
+            uabi_size: abi::KVM_XSAVE_SIZE,
             hidden: 0,
             kbv_free: 0,
             mem_fop: [0; 2],
@@ -204,9 +190,9 @@ impl<'a> Model<'a> {
     /// The XSTATE_BV a SET step would pass to the kernel.
     pub fn set_xstate_bv(&self, op: &Op) -> Option<u64> {
         match op {
-            Op::SetXsave(img) => Some(img.render(self.host, self.vcpu.uabi_size)).map(|b| le64(&b, layout::XSTATE_BV)),
+            Op::SetXsave(img) => Some(img.render(self.host, self.vcpu.uabi_size)).map(|b| le64(&b, abi::XSTATE_BV)),
             Op::RestoreLast { force_xstate_bv: Some(bv) } => Some(*bv),
-            Op::RestoreLast { force_xstate_bv: None } => Some(self.last_get.as_deref().map_or(0, |b| le64(b, layout::XSTATE_BV))),
+            Op::RestoreLast { force_xstate_bv: None } => Some(self.last_get.as_deref().map_or(0, |b| le64(b, abi::XSTATE_BV))),
             _ => None,
         }
     }
@@ -217,9 +203,9 @@ impl<'a> Model<'a> {
             Op::SetXsave(img) => Some(img.render(self.host, self.vcpu.uabi_size)),
             Op::RestoreLast { force_xstate_bv } => {
                 let mut buf = self.last_get.clone().unwrap_or_default();
-                buf.resize(self.vcpu.uabi_size.max(layout::KVM_XSAVE_SIZE), 0);
+                buf.resize(self.vcpu.uabi_size.max(abi::KVM_XSAVE_SIZE), 0);
                 if let Some(bv) = force_xstate_bv {
-                    put(&mut buf, layout::XSTATE_BV, &bv.to_le_bytes());
+                    put(&mut buf, abi::XSTATE_BV, &bv.to_le_bytes());
                 }
                 Some(buf)
             }
@@ -283,7 +269,7 @@ impl<'a> Model<'a> {
                 filtered &= !XTILE_CFG;
             }
         }
-        (xstate_required_size(&self.host.components, filtered, false) as i64).max(layout::KVM_XSAVE_SIZE as i64)
+        (xstate_required_size(&self.host.components, filtered, false) as i64).max(abi::KVM_XSAVE_SIZE as i64)
     }
 
     fn check_xsave2(&self, origin: Origin) -> OpResult {
@@ -474,18 +460,13 @@ impl<'a> Model<'a> {
         } else {
             n
         };
-        let mut data = Vec::with_capacity(4 + shown * CPUID_ENTRY_SIZE);
-        data.extend_from_slice(&(shown as u32).to_le_bytes());
-        for e in &t {
-            data.extend_from_slice(&e.to_bytes());
-        }
         // The caller's buffer is zeroed; entries the kernel did not write stay zero.
-        data.resize(4 + shown * CPUID_ENTRY_SIZE, 0);
+        let data = cpuid2_trace(shown as u32, &t, shown);
         let mut unpredicted = Vec::new();
         for &(k, regs) in &self.vcpu.cpuid_unpredicted {
-            for r in 0..4u32 {
+            for r in 0..4 {
                 if regs & (1 << r) != 0 {
-                    let s = 4 + (k * CPUID_ENTRY_SIZE) as u32 + 12 + r * 4;
+                    let s = cpuid2_trace_reg_offset(k, r) as u32;
                     unpredicted.push((s, s + 4));
                 }
             }
@@ -495,7 +476,7 @@ impl<'a> Model<'a> {
         }
         let mut allowed = Vec::new();
         if self.vcpu.cr4_free {
-            let ecx_of = |k: usize| (4 + k * CPUID_ENTRY_SIZE + 20) as u32;
+            let ecx_of = |k: usize| cpuid2_trace_reg_offset(k, 2) as u32;
             if let Some(k) = find_entry(&t, 1, NOT_SIGNIFICANT) {
                 allowed.push(Allowed::FreeBits { at: ecx_of(k), mask: 1 << 27, rule: Rule::RunShutdownInit });
             }
@@ -514,16 +495,16 @@ impl<'a> Model<'a> {
         if xsave2 && !c.has_xsave2() {
             return ret_err(origin, EINVAL, vec![Rule::GetXsave2Absent]);
         }
-        if !xsave2 && self.vcpu.uabi_size > layout::KVM_XSAVE_SIZE {
+        if !xsave2 && self.vcpu.uabi_size > abi::KVM_XSAVE_SIZE {
             return ret_err(origin, EINVAL, vec![Rule::GetXsaveTooBig]);
         }
-        let size = if xsave2 { self.vcpu.uabi_size } else { layout::KVM_XSAVE_SIZE };
+        let size = if xsave2 { self.vcpu.uabi_size } else { abi::KVM_XSAVE_SIZE };
         let mut rules = Vec::with_capacity(12);
         let mut out = vec![0u8; size];
         if xsave2 {
             // The caller's buffer is KVM_CAP_XSAVE2 bytes, pre-filled with a canary; the
             // kernel writes uabi_size bytes of it.
-            out.resize(size.max(self.cap_xsave2() as usize), layout::CANARY);
+            out.resize(size.max(self.cap_xsave2() as usize), abi::CANARY);
         }
         let v = &self.vcpu;
         let k = &v.kbuf;
@@ -534,38 +515,38 @@ impl<'a> Model<'a> {
         });
         let h = v.kbv & self.get_mask();
         if c == Contract::V0 {
-            out[..layout::LEGACY_SIZE].copy_from_slice(&k[..layout::LEGACY_SIZE]);
+            out[..abi::LEGACY_SIZE].copy_from_slice(&k[..abi::LEGACY_SIZE]);
             rules.push(Rule::GetV0LegacyRaw);
         } else {
             if h & FP != 0 {
-                out[..layout::MXCSR].copy_from_slice(&k[..layout::MXCSR]);
-                out[layout::ST..layout::FP_END].copy_from_slice(&k[layout::ST..layout::FP_END]);
+                out[..abi::MXCSR].copy_from_slice(&k[..abi::MXCSR]);
+                out[abi::ST..abi::FP_END].copy_from_slice(&k[abi::ST..abi::FP_END]);
                 rules.push(Rule::GetFpReported);
             } else {
-                put(&mut out, layout::FCW, &layout::FCW_INIT.to_le_bytes());
+                put(&mut out, abi::FCW, &abi::FCW_INIT.to_le_bytes());
                 rules.push(Rule::GetFpInit);
             }
             if h & (SSE | YMM) != 0 {
-                out[layout::MXCSR..layout::ST].copy_from_slice(&k[layout::MXCSR..layout::ST]);
+                out[abi::MXCSR..abi::ST].copy_from_slice(&k[abi::MXCSR..abi::ST]);
                 rules.push(Rule::GetMxcsrKernel);
             } else {
-                put(&mut out, layout::MXCSR, &layout::MXCSR_INIT.to_le_bytes());
-                put(&mut out, layout::MXCSR_MASK, &self.host.init_mxcsr_mask.to_le_bytes());
+                put(&mut out, abi::MXCSR, &abi::MXCSR_INIT.to_le_bytes());
+                put(&mut out, abi::MXCSR_MASK, &self.host.init_mxcsr_mask.to_le_bytes());
                 rules.push(Rule::GetMxcsrInit);
             }
             if h & SSE != 0 {
-                out[layout::XMM..layout::XMM_END].copy_from_slice(&k[layout::XMM..layout::XMM_END]);
+                out[abi::XMM..abi::XMM_END].copy_from_slice(&k[abi::XMM..abi::XMM_END]);
                 rules.push(Rule::GetSseReported);
             } else {
                 rules.push(Rule::GetSseZero);
             }
-            put(&mut out, layout::SW, &self.host.host_xcr0.to_le_bytes());
+            put(&mut out, abi::SW, &self.host.host_xcr0.to_le_bytes());
             rules.extend([Rule::GetPaddingZero, Rule::GetSwReserved]);
         }
-        put(&mut out, layout::XSTATE_BV, &h.to_le_bytes());
+        put(&mut out, abi::XSTATE_BV, &h.to_le_bytes());
         rules.push(Rule::GetHeaderZero);
         let mut copied = false;
-        for comp in components_in_order(self.host, h) {
+        for comp in self.host.components_in_order(h) {
             let (s, e) = (comp.offset as usize, (comp.offset + comp.size) as usize);
             if e > size {
                 continue;
@@ -606,30 +587,25 @@ impl<'a> Model<'a> {
         if free != 0 {
             let rule = Rule::RunXinuseFree;
             rules.push(rule);
-            allowed.push(Allowed::FreeBits { at: layout::XSTATE_BV as u32, mask: free, rule });
-            let unless = |bits: u64, start: usize, alt: Vec<u8>| Allowed::Unless {
-                at: layout::XSTATE_BV as u32,
-                bits,
-                start: start as u32,
-                alt,
-                rule,
-            };
+            allowed.push(Allowed::FreeBits { at: abi::XSTATE_BV as u32, mask: free, rule });
+            let unless =
+                |bits: u64, start: usize, alt: Vec<u8>| Allowed::Unless { at: abi::XSTATE_BV as u32, bits, start: start as u32, alt, rule };
             if legacy && free & FP != 0 {
-                let mut head = vec![0u8; layout::MXCSR];
-                put(&mut head, layout::FCW, &layout::FCW_INIT.to_le_bytes());
+                let mut head = vec![0u8; abi::MXCSR];
+                put(&mut head, abi::FCW, &abi::FCW_INIT.to_le_bytes());
                 allowed.push(unless(FP, 0, head));
-                allowed.push(unless(FP, layout::ST, vec![0; layout::FP_END - layout::ST]));
+                allowed.push(unless(FP, abi::ST, vec![0; abi::FP_END - abi::ST]));
             }
             let sy = h & (SSE | YMM);
             if legacy && sy != 0 && sy & !free == 0 {
-                let mut m = layout::MXCSR_INIT.to_le_bytes().to_vec();
+                let mut m = abi::MXCSR_INIT.to_le_bytes().to_vec();
                 m.extend_from_slice(&self.host.init_mxcsr_mask.to_le_bytes());
-                allowed.push(unless(SSE | YMM, layout::MXCSR, m));
+                allowed.push(unless(SSE | YMM, abi::MXCSR, m));
             }
             if legacy && free & SSE != 0 {
-                allowed.push(unless(SSE, layout::XMM, vec![0; layout::XMM_END - layout::XMM]));
+                allowed.push(unless(SSE, abi::XMM, vec![0; abi::XMM_END - abi::XMM]));
             }
-            for c in components_in_order(self.host, free) {
+            for c in self.host.components_in_order(free) {
                 let size = if c.bit == PKRU_BIT { 8 } else { c.size as usize };
                 allowed.push(unless(1u64 << c.bit, c.offset as usize, vec![0; size]));
             }
@@ -699,26 +675,26 @@ impl<'a> Model<'a> {
         let mut regs = Regs { image: self.vcpu.kbuf.clone(), pkru: self.vcpu.upkru };
         let k = self.vcpu.kbv;
         if k & FP == 0 {
-            regs.image[..layout::MXCSR].fill(0);
-            put(&mut regs.image, layout::FCW, &layout::FCW_INIT.to_le_bytes());
+            regs.image[..abi::MXCSR].fill(0);
+            put(&mut regs.image, abi::FCW, &abi::FCW_INIT.to_le_bytes());
             for i in 0..8 {
-                regs.image[layout::ST + 16 * i..layout::ST + 16 * i + 10].fill(0);
+                regs.image[abi::ST + 16 * i..abi::ST + 16 * i + 10].fill(0);
             }
         }
         if k & SSE == 0 {
-            regs.image[layout::XMM..layout::XMM_END].fill(0);
+            regs.image[abi::XMM..abi::XMM_END].fill(0);
         }
         // FCW's reserved bits after the load are the processor's choice (run.fcw.reserved).
-        let stored_mxcsr = regs.image[layout::MXCSR..layout::MXCSR + 4].to_vec();
+        let stored_mxcsr = regs.image[abi::MXCSR..abi::MXCSR + 4].to_vec();
         if k & (SSE | YMM) == 0 {
             // Neither SSE nor YMM in XSTATE_BV: MXCSR enters at init (a compacted XRSTORS);
             // with SSE clear the processor may load the stored value or initialise it.
-            put(&mut regs.image, layout::MXCSR, &layout::MXCSR_INIT.to_le_bytes());
+            put(&mut regs.image, abi::MXCSR, &abi::MXCSR_INIT.to_le_bytes());
         }
-        let entry_mxcsr = regs.image[layout::MXCSR..layout::MXCSR + 4].to_vec();
+        let entry_mxcsr = regs.image[abi::MXCSR..abi::MXCSR + 4].to_vec();
         let carried = self.vcpu.mxcsr_alt.take();
         let mxcsr_alt = if k & SSE == 0 {
-            let other = if entry_mxcsr == stored_mxcsr { layout::MXCSR_INIT.to_le_bytes().to_vec() } else { stored_mxcsr.clone() };
+            let other = if entry_mxcsr == stored_mxcsr { abi::MXCSR_INIT.to_le_bytes().to_vec() } else { stored_mxcsr.clone() };
             (other != entry_mxcsr).then_some(other)
         } else {
             carried
@@ -748,8 +724,8 @@ impl<'a> Model<'a> {
             }
             if *a == GuestAction::Xsave {
                 allowed = self.guest_xsave(&regs, hw, &mut out);
-                if let (Some(alt), true) = (&mxcsr_alt, regs.image[layout::MXCSR..layout::MXCSR + 4] == entry_mxcsr[..]) {
-                    allowed.push(Allowed::OneOf { start: layout::MXCSR as u32, values: vec![alt.clone()], rule: Rule::RunEntryMxcsr });
+                if let (Some(alt), true) = (&mxcsr_alt, regs.image[abi::MXCSR..abi::MXCSR + 4] == entry_mxcsr[..]) {
+                    allowed.push(Allowed::OneOf { start: abi::MXCSR as u32, values: vec![alt.clone()], rule: Rule::RunEntryMxcsr });
                 }
                 rules.push(Rule::GuestXsave);
                 rules.extend(allowed.iter().map(Allowed::rule));
@@ -767,8 +743,8 @@ impl<'a> Model<'a> {
         }
         self.save_after_run(&regs, &mut rules);
         self.vcpu.cr4_free = exit == Exit::Shutdown;
-        if let (Some(alt), true) = (mxcsr_alt, regs.image[layout::MXCSR..layout::MXCSR + 4] == entry_mxcsr[..]) {
-            self.vcpu.legacy_alts.push((layout::MXCSR, vec![alt.clone()], Rule::RunEntryMxcsr, SSE | YMM));
+        if let (Some(alt), true) = (mxcsr_alt, regs.image[abi::MXCSR..abi::MXCSR + 4] == entry_mxcsr[..]) {
+            self.vcpu.legacy_alts.push((abi::MXCSR, vec![alt.clone()], Rule::RunEntryMxcsr, SSE | YMM));
             self.vcpu.mxcsr_alt = Some(alt);
         }
         self.vcpu.ran = true;
@@ -789,15 +765,15 @@ impl<'a> Model<'a> {
             }
         }
         if rfbm & FP != 0 {
-            out[..layout::MXCSR].copy_from_slice(&regs.image[..layout::MXCSR]);
-            out[5] = 0;
+            out[..abi::MXCSR].copy_from_slice(&regs.image[..abi::MXCSR]);
+            out[abi::FTW_RSVD] = 0;
             for i in 0..8 {
-                let o = layout::ST + 16 * i;
+                let o = abi::ST + 16 * i;
                 out[o..o + 10].copy_from_slice(&regs.image[o..o + 10]);
             }
             if free & FP != 0 {
                 // Not in use: written as its init values (predicted) or left unwritten (zero).
-                allowed.push(Allowed::OneOf { start: 0, values: vec![vec![0; layout::MXCSR]], rule: Rule::GuestXsaveFpSkipped });
+                allowed.push(Allowed::OneOf { start: 0, values: vec![vec![0; abi::MXCSR]], rule: Rule::GuestXsaveFpSkipped });
             }
             allowed.push(fip_choice(&regs.image));
             allowed.push(fsw_choice());
@@ -806,13 +782,13 @@ impl<'a> Model<'a> {
             }
         }
         if rfbm & (SSE | YMM) != 0 {
-            out[layout::MXCSR..layout::MXCSR + 4].copy_from_slice(&regs.image[layout::MXCSR..layout::MXCSR + 4]);
-            put(out, layout::MXCSR_MASK, &host.init_mxcsr_mask.to_le_bytes());
+            out[abi::MXCSR..abi::MXCSR + 4].copy_from_slice(&regs.image[abi::MXCSR..abi::MXCSR + 4]);
+            put(out, abi::MXCSR_MASK, &host.init_mxcsr_mask.to_le_bytes());
         }
         if rfbm & SSE != 0 {
-            out[layout::XMM..layout::XMM_END].copy_from_slice(&regs.image[layout::XMM..layout::XMM_END]);
+            out[abi::XMM..abi::XMM_END].copy_from_slice(&regs.image[abi::XMM..abi::XMM_END]);
         }
-        for c in components_in_order(host, rfbm) {
+        for c in host.components_in_order(rfbm) {
             let (s, e) = (c.offset as usize, (c.offset + c.size) as usize);
             if c.bit == PKRU_BIT {
                 put(out, s, &regs.pkru.to_le_bytes());
@@ -820,9 +796,9 @@ impl<'a> Model<'a> {
                 dst.copy_from_slice(src);
             }
         }
-        put(out, layout::XSTATE_BV, &(must | free).to_le_bytes());
+        put(out, abi::XSTATE_BV, &(must | free).to_le_bytes());
         if free != 0 {
-            allowed.insert(0, Allowed::FreeBits { at: layout::XSTATE_BV as u32, mask: free, rule: Rule::RunXinuseFree });
+            allowed.insert(0, Allowed::FreeBits { at: abi::XSTATE_BV as u32, mask: free, rule: Rule::RunXinuseFree });
         }
         allowed
     }
@@ -836,8 +812,8 @@ impl<'a> Model<'a> {
         let n = v.kbuf.len().min(regs.image.len());
         v.kbuf[..n].copy_from_slice(&regs.image[..n]);
         // Bytes outside any register keep what the image had (padding, header).
-        v.kbuf[layout::PAD..layout::EXT].copy_from_slice(&old[layout::PAD..layout::EXT]);
-        put(&mut v.kbuf, layout::MXCSR_MASK, &host.init_mxcsr_mask.to_le_bytes());
+        v.kbuf[abi::PAD..abi::EXT].copy_from_slice(&old[abi::PAD..abi::EXT]);
+        put(&mut v.kbuf, abi::MXCSR_MASK, &host.init_mxcsr_mask.to_le_bytes());
         v.upkru = regs.pkru;
         let (mut must, mut free) = (0u64, 0u64);
         for bit in (0..64u8).filter(|b| xf & (1u64 << b) != 0) {
@@ -849,8 +825,8 @@ impl<'a> Model<'a> {
         }
         v.kbv = must | free;
         v.kbv_free = free;
-        let old_fpu = layout::fpu_from_legacy(&old[..layout::LEGACY_SIZE]);
-        for (bit, alts, range) in [(FP, &mut v.raw_fp, 0..layout::FPU_XMM), (SSE, &mut v.raw_sse, layout::FPU_XMM..layout::FPU_MXCSR)] {
+        let old_fpu = abi::fpu_from_legacy(&old[..abi::LEGACY_SIZE]);
+        for (bit, alts, range) in [(FP, &mut v.raw_fp, 0..abi::FPU_XMM), (SSE, &mut v.raw_sse, abi::FPU_XMM..abi::FPU_MXCSR)] {
             if v.raw_free & bit == 0 {
                 alts.clear();
             }
@@ -864,24 +840,22 @@ impl<'a> Model<'a> {
         // Legacy bytes the processor's save may rewrite: FTW's reserved byte and ST reserved
         // bytes (zero or unchanged), FIP (canonicalised).
         v.legacy_alts.clear();
-        let mut byte5 = old[5..6].to_vec();
-        byte5[0] = 0;
-        v.legacy_alts.push((5, vec![byte5], Rule::RunReservedZero, FP));
+        v.legacy_alts.push((abi::FTW_RSVD, vec![vec![0]], Rule::RunReservedZero, FP));
         for (start, values, rule) in x87_choices(&regs.image) {
             v.legacy_alts.push((start, values, rule, FP));
         }
         for i in 0..8 {
-            let o = layout::ST + 16 * i + 10;
+            let o = abi::ST + 16 * i + 10;
             v.legacy_alts.push((o, vec![vec![0; 6]], Rule::RunReservedZero, FP));
         }
         if let Allowed::OneOf { values, .. } = fip_choice(&old) {
             v.legacy_alts.push((8, values, Rule::RunFipCanonical, FP));
         }
         if self.cfg.quirks.contains(&Quirk::TcgXsaveFop) {
-            v.legacy_alts.push((layout::FOP, vec![v.mem_fop.to_vec()], Rule::QuirkTcgXsaveFop, FP));
+            v.legacy_alts.push((abi::FOP, vec![v.mem_fop.to_vec()], Rule::QuirkTcgXsaveFop, FP));
             rules.push(Rule::QuirkTcgXsaveFop);
         } else {
-            v.mem_fop = [v.kbuf[layout::FOP], v.kbuf[layout::FOP + 1]];
+            v.mem_fop = [v.kbuf[abi::FOP], v.kbuf[abi::FOP + 1]];
         }
         v.fsw_derived = true;
         rules.extend([Rule::RunSaved, Rule::RunMxcsrMaskHw]);
@@ -893,8 +867,8 @@ impl<'a> Model<'a> {
 
     fn set_xsave(&mut self, origin: Origin, buf: &[u8]) -> OpResult {
         let c = self.contract();
-        let bv = le64(buf, layout::XSTATE_BV);
-        let mxcsr = le32(buf, layout::MXCSR);
+        let bv = le64(buf, abi::XSTATE_BV);
+        let mxcsr = le32(buf, abi::MXCSR);
         let mut rules = Vec::with_capacity(8);
         let f = self.force_accept;
         if c == Contract::V0 {
@@ -905,8 +879,8 @@ impl<'a> Model<'a> {
                 return ret_err(origin, EINVAL, vec![Rule::SetV0RejectMxcsr]);
             }
             let v = &mut self.vcpu;
-            v.kbuf[..layout::LEGACY_SIZE].copy_from_slice(&buf[..layout::LEGACY_SIZE]);
-            v.mem_fop = [buf[layout::FOP], buf[layout::FOP + 1]];
+            v.kbuf[..abi::LEGACY_SIZE].copy_from_slice(&buf[..abi::LEGACY_SIZE]);
+            v.mem_fop = [buf[abi::FOP], buf[abi::FOP + 1]];
             v.raw_free = 0;
             rules.push(Rule::SetV0LegacyRaw);
             self.store_components(buf, bv, &mut rules);
@@ -918,10 +892,10 @@ impl<'a> Model<'a> {
         if !f && bv & !self.vcpu.user_xfeatures != 0 {
             return ret_err(origin, EINVAL, vec![Rule::SetRejectUserXfeatures]);
         }
-        if !f && le64(buf, layout::XCOMP_BV) != 0 {
+        if !f && le64(buf, abi::XCOMP_BV) != 0 {
             return ret_err(origin, EINVAL, vec![Rule::SetRejectXcompBv]);
         }
-        if !f && buf[layout::HDR_RSVD..layout::EXT].iter().any(|&b| b != 0) {
+        if !f && buf[abi::HDR_RSVD..abi::EXT].iter().any(|&b| b != 0) {
             return ret_err(origin, EINVAL, vec![Rule::SetRejectHdrReserved]);
         }
         if bv & (FP | SSE | YMM) != 0 {
@@ -929,20 +903,20 @@ impl<'a> Model<'a> {
                 return ret_err(origin, EINVAL, vec![Rule::SetRejectMxcsr]);
             }
             if bv & FP == 0 {
-                self.vcpu.kbuf[layout::MXCSR..layout::ST].copy_from_slice(&buf[layout::MXCSR..layout::ST]);
+                self.vcpu.kbuf[abi::MXCSR..abi::ST].copy_from_slice(&buf[abi::MXCSR..abi::ST]);
                 rules.push(Rule::SetMxcsrWithoutFp);
             }
         } else {
             rules.push(Rule::SetMxcsrUnchecked);
         }
         if bv & FP != 0 {
-            self.vcpu.kbuf[..layout::FP_END].copy_from_slice(&buf[..layout::FP_END]);
-            self.vcpu.mem_fop = [buf[layout::FOP], buf[layout::FOP + 1]];
+            self.vcpu.kbuf[..abi::FP_END].copy_from_slice(&buf[..abi::FP_END]);
+            self.vcpu.mem_fop = [buf[abi::FOP], buf[abi::FOP + 1]];
             self.vcpu.raw_free &= !FP;
             rules.push(Rule::SetFpCopied);
         }
         if bv & SSE != 0 {
-            self.vcpu.kbuf[layout::XMM..layout::XMM_END].copy_from_slice(&buf[layout::XMM..layout::XMM_END]);
+            self.vcpu.kbuf[abi::XMM..abi::XMM_END].copy_from_slice(&buf[abi::XMM..abi::XMM_END]);
             self.vcpu.raw_free &= !SSE;
             rules.push(Rule::SetSseCopied);
         }
@@ -966,11 +940,11 @@ impl<'a> Model<'a> {
         self.vcpu.kbv = bv;
         self.vcpu.kbv_free = 0;
         if bv & FP != 0 || self.contract() == Contract::V0 {
-            self.vcpu.legacy_alts.retain(|a| a.0 == layout::MXCSR);
+            self.vcpu.legacy_alts.retain(|a| a.0 == abi::MXCSR);
             self.vcpu.fsw_derived = false;
         }
         if bv & (FP | SSE | YMM) != 0 || self.contract() == Contract::V0 {
-            self.vcpu.legacy_alts.retain(|a| a.0 != layout::MXCSR);
+            self.vcpu.legacy_alts.retain(|a| a.0 != abi::MXCSR);
             self.vcpu.mxcsr_alt = None;
         }
         self.vcpu.hidden = bv & !self.get_mask();
@@ -980,7 +954,7 @@ impl<'a> Model<'a> {
 
     fn store_components(&mut self, buf: &[u8], bv: u64, rules: &mut Vec<Rule>) {
         let mut copied = false;
-        for comp in components_in_order(self.host, bv) {
+        for comp in self.host.components_in_order(bv) {
             let (s, e) = (comp.offset as usize, (comp.offset + comp.size) as usize);
             if e > buf.len() || e > self.vcpu.kbuf.len() {
                 continue;
@@ -1009,19 +983,19 @@ impl<'a> Model<'a> {
     fn set_fpu(&mut self, origin: Origin, img: &FpuImage) -> OpResult {
         let b = img.render();
         let legacy = self.quirk(Quirk::KvmFpuLegacy);
-        let mxcsr = le32(&b, layout::FPU_MXCSR);
+        let mxcsr = le32(&b, abi::FPU_MXCSR);
         if !legacy && mxcsr & !self.host.mxcsr_feature_mask != 0 {
             return ret_err(origin, EINVAL, vec![Rule::SetFpuRejectMxcsr]);
         }
         let v = &mut self.vcpu;
-        for off in (0..layout::LEGACY_SIZE).filter(|o| !(layout::MXCSR..layout::ST).contains(o)) {
-            if let Some(o) = layout::legacy_to_fpu(off) {
+        for off in (0..abi::LEGACY_SIZE).filter(|o| !(abi::MXCSR..abi::ST).contains(o)) {
+            if let Some(o) = abi::legacy_to_fpu(off) {
                 v.kbuf[off] = b[o];
             }
         }
         // `fxsave->twd = fpu->ftwx`: the u16 store zeroes FTW's reserved byte.
-        v.kbuf[5] = 0;
-        v.mem_fop = [v.kbuf[layout::FOP], v.kbuf[layout::FOP + 1]];
+        v.kbuf[abi::FTW_RSVD] = 0;
+        v.mem_fop = [v.kbuf[abi::FOP], v.kbuf[abi::FOP + 1]];
         v.raw_free = 0;
         v.fsw_derived = false;
         let mut rules = vec![Rule::SetFpuStored];
@@ -1031,10 +1005,10 @@ impl<'a> Model<'a> {
             // processor saved the bit set. The model predicts "set" and allows "clear" at the
             // next GET (rule run.xinuse.free); a KVM_RUN before any GET resolves it is not
             // followed (a known limit: tests/fpu.rs).
-            v.legacy_alts.retain(|a| a.0 == layout::MXCSR);
+            v.legacy_alts.retain(|a| a.0 == abi::MXCSR);
             rules.extend([Rule::QuirkFpuRaw, Rule::QuirkFpuMxcsr]);
         } else {
-            put(&mut v.kbuf, layout::MXCSR, &mxcsr.to_le_bytes());
+            put(&mut v.kbuf, abi::MXCSR, &mxcsr.to_le_bytes());
             v.legacy_alts.clear();
             v.mxcsr_alt = None;
             v.kbv |= FPSSE;
@@ -1050,13 +1024,13 @@ impl<'a> Model<'a> {
         let v = &self.vcpu;
         let k = &v.kbuf;
         let legacy = self.quirk(Quirk::KvmFpuLegacy);
-        let mut img = vec![0u8; layout::LEGACY_SIZE];
+        let mut img = vec![0u8; abi::LEGACY_SIZE];
         let mut rules = Vec::with_capacity(4);
         let unpredicted = Vec::new();
         let mut allowed = Vec::new();
         let shown = if legacy {
-            img.copy_from_slice(&k[..layout::LEGACY_SIZE]);
-            put(&mut img, layout::MXCSR, &0u32.to_le_bytes());
+            img.copy_from_slice(&k[..abi::LEGACY_SIZE]);
+            put(&mut img, abi::MXCSR, &0u32.to_le_bytes());
             rules.extend([Rule::QuirkFpuRaw, Rule::QuirkFpuMxcsr]);
             if v.raw_free != 0 {
                 // Saved at init with XINUSE clear: written as init or left as it was.
@@ -1065,7 +1039,7 @@ impl<'a> Model<'a> {
                     allowed.push(Allowed::OneOf { start: 0, values: v.raw_fp.clone(), rule });
                 }
                 if v.raw_free & SSE != 0 {
-                    allowed.push(Allowed::OneOf { start: layout::FPU_XMM as u32, values: v.raw_sse.clone(), rule });
+                    allowed.push(Allowed::OneOf { start: abi::FPU_XMM as u32, values: v.raw_sse.clone(), rule });
                 }
                 rules.push(rule);
             }
@@ -1073,30 +1047,30 @@ impl<'a> Model<'a> {
         } else {
             let h = v.kbv;
             if h & FP != 0 {
-                img[..layout::MXCSR].copy_from_slice(&k[..layout::MXCSR]);
-                img[layout::ST..layout::FP_END].copy_from_slice(&k[layout::ST..layout::FP_END]);
+                img[..abi::MXCSR].copy_from_slice(&k[..abi::MXCSR]);
+                img[abi::ST..abi::FP_END].copy_from_slice(&k[abi::ST..abi::FP_END]);
             } else {
-                put(&mut img, layout::FCW, &layout::FCW_INIT.to_le_bytes());
+                put(&mut img, abi::FCW, &abi::FCW_INIT.to_le_bytes());
             }
-            let mxcsr = if h & (SSE | YMM) != 0 { le32(k, layout::MXCSR) } else { layout::MXCSR_INIT };
-            put(&mut img, layout::MXCSR, &mxcsr.to_le_bytes());
+            let mxcsr = if h & (SSE | YMM) != 0 { le32(k, abi::MXCSR) } else { abi::MXCSR_INIT };
+            put(&mut img, abi::MXCSR, &mxcsr.to_le_bytes());
             if h & SSE != 0 {
-                img[layout::XMM..layout::XMM_END].copy_from_slice(&k[layout::XMM..layout::XMM_END]);
+                img[abi::XMM..abi::XMM_END].copy_from_slice(&k[abi::XMM..abi::XMM_END]);
             }
             rules.extend([Rule::GetFpuView, Rule::GetFpuMxcsr]);
             h
         };
-        let data = layout::fpu_from_legacy(&img);
+        let data = abi::fpu_from_legacy(&img);
         if shown & FP != 0 && v.fsw_derived {
-            allowed.push(Allowed::FreeBits { at: layout::FPU_FCW as u32, mask: 0x8080 << 16, rule: Rule::RunFswDerived });
+            allowed.push(Allowed::FreeBits { at: abi::FPU_FCW as u32, mask: 0x8080 << 16, rule: Rule::RunFswDerived });
             rules.push(Rule::RunFswDerived);
         }
         for (start, values, rule, under) in &v.legacy_alts {
-            let mxcsr = *start == layout::MXCSR;
+            let mxcsr = *start == abi::MXCSR;
             if *start == 5 || shown & under == 0 || (legacy && mxcsr) {
                 continue;
             }
-            if let Some(o) = layout::legacy_to_fpu(*start) {
+            if let Some(o) = abi::legacy_to_fpu(*start) {
                 let values = values.iter().map(|x| x[..x.len().min(if mxcsr { 4 } else { x.len() })].to_vec()).collect();
                 allowed.push(Allowed::OneOf { start: o as u32, values, rule: *rule });
                 rules.push(*rule);
@@ -1108,9 +1082,8 @@ impl<'a> Model<'a> {
     // ---- XCRS (§5) -------------------------------------------------------------------------
 
     fn set_xcrs(&mut self, origin: Origin, x: &XcrsImage) -> OpResult {
-        let raw = x.render();
-        let nr = le32(&raw, 0);
-        let flags = le32(&raw, 4);
+        let raw = KvmXcrs::from_bytes(&x.render());
+        let (nr, flags) = (raw.nr_xcrs, raw.flags);
         let f = self.force_accept;
         if nr > MAX_XCRS && !f {
             return ret_err(origin, EINVAL, vec![Rule::XcrsRejectNr]);
@@ -1118,10 +1091,9 @@ impl<'a> Model<'a> {
         if flags != 0 && !f {
             return ret_err(origin, EINVAL, vec![Rule::XcrsRejectFlags]);
         }
-        for i in 0..(nr.min(MAX_XCRS)) as usize {
-            let o = 8 + i * 16;
-            if le32(&raw, o) == 0 {
-                let value = le64(&raw, o + 8);
+        for e in raw.xcrs.iter().take(nr.min(MAX_XCRS) as usize) {
+            if e.xcr == 0 {
+                let value = e.value;
                 let mut rules = vec![Rule::XcrsFirstXcr0];
                 return match self.check_xcr0(value) {
                     Err(r) if !f => {
@@ -1166,9 +1138,9 @@ impl<'a> Model<'a> {
     }
 
     fn get_xcrs(&self, origin: Origin) -> OpResult {
-        let mut data = vec![0u8; KVM_XCRS_SIZE];
-        put(&mut data, 0, &1u32.to_le_bytes());
-        put(&mut data, 16, &self.vcpu.xcr0.to_le_bytes());
+        let mut x = KvmXcrs { nr_xcrs: 1, ..KvmXcrs::default() };
+        x.xcrs[0] = KvmXcr { xcr: 0, reserved: 0, value: self.vcpu.xcr0 };
+        let data = x.to_bytes().to_vec();
         OpResult { origin, ret: Ret::Ok(0), data, unpredicted: Vec::new(), rules: vec![Rule::XcrsGet], allowed: Vec::new() }
     }
 }
@@ -1176,20 +1148,20 @@ impl<'a> Model<'a> {
 /// FIP as the processor may hold it after loading `img`: canonicalised to a 48- or 57-bit
 /// linear address (rule `run.fip.canonical`), or zero (`run.x87_ptr.zero`).
 fn fip_choice(img: &[u8]) -> Allowed {
-    let fip = layout::le64(img, 8);
+    let fip = le64(img, abi::FIP);
     let sext = |bits: u32| (((fip << (64 - bits)) as i64) >> (64 - bits)) as u64;
     let values = vec![sext(48).to_le_bytes().to_vec(), sext(57).to_le_bytes().to_vec(), vec![0; 8]];
-    Allowed::OneOf { start: 8, values, rule: Rule::RunFipCanonical }
+    Allowed::OneOf { start: abi::FIP as u32, values, rule: Rule::RunFipCanonical }
 }
 
 /// x87 bytes whose saved value is the processor's choice after a load of `img`: FCW's reserved
 /// bits may read as loaded or normalised (`run.fcw.reserved`), and FOP, FIP and FDP may read
 /// zero (`run.x87_ptr.zero`: AMD saves them only with FSW.ES, QEMU's TCG never).
 fn x87_choices(img: &[u8]) -> Vec<(usize, Vec<Vec<u8>>, Rule)> {
-    let fcw = layout::le32(img, 0) as u16;
-    let mut v = vec![(layout::FCW, vec![((fcw & 0x1f3f) | 0x40).to_le_bytes().to_vec(), fcw.to_le_bytes().to_vec()], Rule::RunFcwReserved)];
-    v.push((6, vec![vec![0; 2]], Rule::RunX87PtrEs));
-    v.push((16, vec![vec![0; 8]], Rule::RunX87PtrEs));
+    let fcw = le32(img, abi::FCW) as u16;
+    let mut v = vec![(abi::FCW, vec![((fcw & 0x1f3f) | 0x40).to_le_bytes().to_vec(), fcw.to_le_bytes().to_vec()], Rule::RunFcwReserved)];
+    v.push((abi::FOP, vec![vec![0; 2]], Rule::RunX87PtrEs));
+    v.push((abi::FDP, vec![vec![0; 8]], Rule::RunX87PtrEs));
     v
 }
 
@@ -1205,8 +1177,8 @@ impl Model<'_> {
     fn adopt(&mut self, used: &[Rule]) {
         if used.contains(&Rule::RunEntryMxcsr) {
             if let Some(alt) = self.vcpu.mxcsr_alt.take() {
-                put(&mut self.vcpu.kbuf, layout::MXCSR, &alt);
-                self.vcpu.legacy_alts.retain(|a| a.0 != layout::MXCSR);
+                put(&mut self.vcpu.kbuf, abi::MXCSR, &alt);
+                self.vcpu.legacy_alts.retain(|a| a.0 != abi::MXCSR);
             }
         }
     }

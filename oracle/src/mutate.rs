@@ -2,6 +2,7 @@
 //! re-encode. The built-in engine and the libFuzzer/honggfuzz mutators use the same function,
 //! so every corpus file stays a valid case in the stable format.
 
+use crate::abi::cpuid::CPUID_FLAG_SIGNIFICANT_INDEX;
 use crate::case::*;
 use crate::gen;
 use crate::xfeatures::*;
@@ -176,9 +177,7 @@ pub fn mutate_in_place(data: &mut [u8], size: usize, max_size: usize, seed: u32)
     let mut x = (seed as u64) ^ 0x9e37_79b9_7f4a_7c15;
     let mut entropy = [0u8; 128];
     for chunk in entropy.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        x = crate::pattern::xorshift64(x);
         chunk.copy_from_slice(&x.to_le_bytes());
     }
     let size = size.min(data.len());

@@ -125,7 +125,7 @@ impl Allowed {
 mod vec_bytes_hex {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     pub fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
-        v.iter().map(|b| b.iter().map(|x| format!("{x:02x}")).collect::<String>()).collect::<Vec<_>>().serialize(s)
+        v.iter().map(|b| crate::hexnum::to_hex(b)).collect::<Vec<_>>().serialize(s)
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
         let v = Vec::<String>::deserialize(d)?;
@@ -149,12 +149,12 @@ impl OpResult {
         if self.allowed.is_empty() || observed.data.len() != self.data.len() {
             return (out, used);
         }
-        let word = |d: &[u8], at: u32| crate::layout::le64(d, at as usize);
+        let word = |d: &[u8], at: u32| crate::abi::le64(d, at as usize);
         for a in &self.allowed {
             if let Allowed::FreeBits { at, mask, rule } = a {
                 let (e, o) = (word(&out.data, *at), word(&observed.data, *at));
                 if (e ^ o) & mask != 0 {
-                    crate::layout::put(&mut out.data, *at as usize, &((e & !mask) | (o & mask)).to_le_bytes());
+                    crate::abi::put(&mut out.data, *at as usize, &((e & !mask) | (o & mask)).to_le_bytes());
                     used.push(*rule);
                 }
             }

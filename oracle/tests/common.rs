@@ -1,9 +1,9 @@
 //! Shared helpers for the oracle tests.
 #![allow(dead_code)]
 
+use xsave_oracle::abi::{le32, le64};
 use xsave_oracle::case::*;
 use xsave_oracle::host::{Component, HostFacts};
-use xsave_oracle::layout::{le32, le64};
 use xsave_oracle::model::{predict, Contract, ModelConfig};
 use xsave_oracle::trace::{OpResult, Ret, Trace};
 

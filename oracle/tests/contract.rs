@@ -4,9 +4,9 @@
 
 mod common;
 use common::*;
+use xsave_oracle::abi::{le32, le64};
 use xsave_oracle::case::*;
 use xsave_oracle::host::{Component, HostFacts};
-use xsave_oracle::layout::{le32, le64};
 use xsave_oracle::model::Contract;
 use xsave_oracle::rules::Rule;
 use xsave_oracle::trace::{Ret, E2BIG, EINVAL, EPERM};
@@ -75,7 +75,7 @@ fn example3_hidden_state_revealed_by_cpuid() {
 #[test]
 fn example4_unsupported_bit_rejected_whatever_cpuid() {
     let h = host207();
-    for config in [no_cpuid(), cpuid_xcr0(0x207), cpuid_xcr0(0xffff_ffff & !(1 << 18))] {
+    for config in [no_cpuid(), cpuid_xcr0(0x207), cpuid_xcr0(!(1 << 18))] {
         let t = v3(&h, config, vec![Op::SetXsave(img(FPSSE | OPMASK))]);
         assert_eq!(err(last(&t)), EINVAL);
         assert_eq!(last(&t).rules, vec![Rule::SetRejectUnsupported]);
@@ -371,7 +371,7 @@ fn xsave2_canary_beyond_uabi_size() {
     let t = v3(&h, no_cpuid(), vec![Op::GetXsave2]);
     let d = ok(last(&t));
     assert_eq!(d.len(), 11008, "the caller's buffer is KVM_CAP_XSAVE2 bytes");
-    assert!(d[4096..].iter().all(|&b| b == xsave_oracle::layout::CANARY), "the kernel writes uabi_size (4096) bytes");
+    assert!(d[4096..].iter().all(|&b| b == xsave_oracle::abi::CANARY), "the kernel writes uabi_size (4096) bytes");
 }
 
 #[test]

@@ -3,10 +3,10 @@
 
 mod common;
 use common::*;
+use xsave_oracle::abi::{self, le32};
 use xsave_oracle::case::*;
 use xsave_oracle::guest::{GuestAction as A, GuestProgram};
 use xsave_oracle::host::Quirk;
-use xsave_oracle::layout::{self, le32};
 use xsave_oracle::model::{predict, Contract, ModelConfig};
 use xsave_oracle::rules::Rule;
 use xsave_oracle::trace::{Trace, EINVAL};
@@ -31,8 +31,8 @@ fn legacy(h: &xsave_oracle::HostFacts, config: Config, ops: Vec<Op>) -> Trace {
 
 fn written() -> Vec<u8> {
     let mut w = fpu().render().to_vec();
-    w[layout::FPU_FCW + 5] = 0; // pad1 is not stored
-    w[layout::FPU_PAD2..].fill(0);
+    w[abi::FPU_FCW + 5] = 0; // pad1 is not stored
+    w[abi::FPU_PAD2..].fill(0);
     w
 }
 
@@ -44,10 +44,10 @@ fn get_fpu_returns_what_set_fpu_wrote() {
     let t = v3(&h, no_cpuid(), vec![Op::SetFpu(fpu()), Op::GetFpu]);
     assert!(t.results[0].rules.contains(&Rule::SetFpuStored));
     let g = ok(last(&t));
-    assert_eq!(g.len(), layout::KVM_FPU_SIZE);
+    assert_eq!(g.len(), abi::KVM_FPU_SIZE);
     assert_eq!(g, &written()[..]);
-    assert_eq!(g[layout::FPU_FCW + 4], 0x81, "abridged FTW byte, no conversion");
-    assert_eq!(le32(g, layout::FPU_MXCSR), 0x1fa0);
+    assert_eq!(g[abi::FPU_FCW + 4], 0x81, "abridged FTW byte, no conversion");
+    assert_eq!(le32(g, abi::FPU_MXCSR), 0x1fa0);
     assert!(last(&t).rules.contains(&Rule::GetFpuView) && last(&t).rules.contains(&Rule::GetFpuMxcsr));
 }
 
@@ -62,7 +62,7 @@ fn set_fpu_marks_fp_and_sse_in_use() {
     assert_eq!(fcw(g), 0x27f);
     assert_eq!(g[4..6], [0x81, 0], "FTW byte and its zeroed reserved neighbour");
     assert_eq!(mxcsr(g).0, 0x1fa0);
-    assert_eq!(&g[layout::XMM..layout::XMM_END], &written()[layout::FPU_XMM..layout::FPU_MXCSR]);
+    assert_eq!(&g[abi::XMM..abi::XMM_END], &written()[abi::FPU_XMM..abi::FPU_MXCSR]);
 }
 
 /// set_fpu.reject.mxcsr: reserved MXCSR bits are refused, nothing changes.
@@ -82,7 +82,7 @@ fn get_fpu_reports_init_values_when_not_in_use() {
     let set = Op::SetXsave(XsaveImage { fcw: 0x7f, xmm_seed: 3, st_seed: 3, ..XsaveImage::init(0x3) });
     let t = v3(&h, no_cpuid(), vec![set, Op::SetXsave(XsaveImage::init(0)), Op::GetFpu]);
     let mut init = FpuImage::init().render().to_vec();
-    init[layout::FPU_PAD2..].fill(0);
+    init[abi::FPU_PAD2..].fill(0);
     assert_eq!(ok(last(&t)), &init[..]);
 }
 
@@ -94,11 +94,11 @@ fn guest_sees_what_set_fpu_wrote() {
     let run = Op::RunGuest(GuestProgram { actions: vec![A::Xsave] });
     let t = v3(&h, config.clone(), vec![Op::SetFpu(fpu()), run.clone()]);
     let g = ok(last(&t));
-    assert_eq!(&g[layout::XMM..layout::XMM_END], &written()[layout::FPU_XMM..layout::FPU_MXCSR]);
+    assert_eq!(&g[abi::XMM..abi::XMM_END], &written()[abi::FPU_XMM..abi::FPU_MXCSR]);
     // Today's kernels: XSTATE_BV stays 0, the guest enters with init state.
     let t = legacy(&h, config, vec![Op::SetFpu(fpu()), run]);
     let g = ok(last(&t));
-    assert!(g[layout::XMM..layout::XMM_END].iter().all(|&b| b == 0));
+    assert!(g[abi::XMM..abi::XMM_END].iter().all(|&b| b == 0));
 }
 
 fn full_avx_config() -> Config {
@@ -115,15 +115,15 @@ fn legacy_quirk_models_todays_kernels() {
     let t = legacy(&h, no_cpuid(), vec![Op::SetFpu(FpuImage { mxcsr: 1 << 20, ..fpu() }), Op::GetFpu, Op::GetXsave]);
     assert!(t.results[0].rules.contains(&Rule::QuirkFpuRaw), "accepted, MXCSR ignored");
     let f = ok(&t.results[1]);
-    assert_eq!(le32(f, layout::FPU_MXCSR), 0, "mxcsr never filled");
-    assert_eq!(&f[..layout::FPU_MXCSR], &written()[..layout::FPU_MXCSR]);
+    assert_eq!(le32(f, abi::FPU_MXCSR), 0, "mxcsr never filled");
+    assert_eq!(&f[..abi::FPU_MXCSR], &written()[..abi::FPU_MXCSR]);
     let x = ok(last(&t));
     assert_eq!(bv(x), 0, "XSTATE_BV unchanged");
     assert_eq!(fcw(x), 0x37f);
     // The reverse: stale legacy bytes under XSTATE_BV 0 show through GET_FPU.
     let set = Op::SetXsave(XsaveImage { fcw: 0x7f, ..XsaveImage::init(0x3) });
     let t = legacy(&h, no_cpuid(), vec![set, Op::SetXsave(XsaveImage::init(0)), Op::GetFpu]);
-    assert_eq!(ok(last(&t))[layout::FPU_FCW], 0x7f);
+    assert_eq!(ok(last(&t))[abi::FPU_FCW], 0x7f);
 }
 
 /// Format: the FPU ops are version 2, a case without them stays version 1; both round-trip.

@@ -3,11 +3,11 @@
 
 mod common;
 use common::*;
+use xsave_oracle::abi::{le64, put};
 use xsave_oracle::case::*;
 use xsave_oracle::diff::{diff, Verdict};
 use xsave_oracle::guest::{Exit, GuestAction as A, GuestProgram};
 use xsave_oracle::host::Quirk;
-use xsave_oracle::layout::{le64, put};
 use xsave_oracle::model::{predict, Contract, ModelConfig};
 use xsave_oracle::rules::Rule;
 use xsave_oracle::trace::{Ret, Trace, EINVAL};
@@ -203,8 +203,8 @@ fn osxsave_follows_cr4_after_a_run() {
     let h = host207();
     let t = v3(&h, full_avx(), vec![Op::GetCpuid2 { capacity: 64 }, run(vec![]), Op::GetCpuid2 { capacity: 64 }]);
     let leaf1_ecx = |d: &[u8]| {
-        let k = (0..(d.len() - 4) / 40).find(|k| xsave_oracle::layout::le32(d, 4 + k * 40) == 1).expect("leaf 1");
-        xsave_oracle::layout::le32(d, 4 + k * 40 + 20)
+        let k = (0..(d.len() - 4) / 40).find(|k| xsave_oracle::abi::le32(d, 4 + k * 40) == 1).expect("leaf 1");
+        xsave_oracle::abi::le32(d, 4 + k * 40 + 20)
     };
     assert_eq!(leaf1_ecx(ok(&t.results[2])) & (1 << 27), 0);
     assert_ne!(leaf1_ecx(ok(&t.results[4])) & (1 << 27), 0);
@@ -253,9 +253,7 @@ fn decoding_random_version_2_bodies_never_panics() {
     for n in 0..20_000usize {
         let mut b = b"XSRC\x02".to_vec();
         for _ in 0..(n % 200) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            x = xsave_oracle::pattern::xorshift64(x);
             b.push(x as u8);
         }
         let _ = Case::decode(&b);

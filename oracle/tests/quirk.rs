@@ -4,9 +4,9 @@
 
 mod common;
 use common::*;
+use xsave_oracle::abi::le32;
 use xsave_oracle::case::*;
 use xsave_oracle::host::{Component, HostFacts, Quirk};
-use xsave_oracle::layout::le32;
 use xsave_oracle::model::{predict, Contract, ModelConfig};
 
 fn pvm_host() -> HostFacts {

@@ -2,8 +2,8 @@
 
 mod common;
 use common::*;
+use xsave_oracle::abi::{le32, le64};
 use xsave_oracle::case::*;
-use xsave_oracle::layout::{le32, le64};
 use xsave_oracle::model::Contract::{self, *};
 use xsave_oracle::rules::Rule;
 use xsave_oracle::trace::{Ret, EINVAL};

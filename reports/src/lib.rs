@@ -2,12 +2,15 @@
 //!
 //! Human-readable rendering of verdicts and campaign summaries.
 
+#![forbid(unsafe_code)]
+
 pub mod render;
 pub mod report;
 pub mod repro;
 
 use std::fmt::Write;
 use xsave_oracle::diff::{unpredicted, Divergence, Verdict};
+use xsave_oracle::hexnum::to_hex;
 use xsave_oracle::trace::Trace;
 use xsave_oracle::{Case, HostFacts};
 
@@ -52,7 +55,8 @@ fn divergence_text(s: &mut String, case: &Case, d: &Divergence, expected: &Trace
         let _ = writeln!(s, "  length: expected {e} bytes observed {o}");
     }
     for b in &d.bytes {
-        let _ = writeln!(s, "  bytes {}..{} {}: expected {} observed {}", b.start, b.end, b.region, hex(&b.expected), hex(&b.observed));
+        let _ =
+            writeln!(s, "  bytes {}..{} {}: expected {} observed {}", b.start, b.end, b.region, to_hex(&b.expected), to_hex(&b.observed));
     }
     let _ = writeln!(s, "  rules: {}", d.rules.iter().map(|r| r.id()).collect::<Vec<_>>().join(", "));
     let _ = writeln!(s, "  steps:");
@@ -62,8 +66,4 @@ fn divergence_text(s: &mut String, case: &Case, d: &Divergence, expected: &Trace
         let mark = if k == d.step { "  <== first divergence" } else { "" };
         let _ = writeln!(s, "    {k:>2} {:<28} {:<24} expected {e:<8} observed {o}{mark}", origin.to_string(), op.name());
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -3,10 +3,7 @@
 use crate::report::{xsave_regions, FindingReport, Report};
 use std::fmt::Write;
 use xsave_oracle::diff::Class;
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use xsave_oracle::hexnum::to_hex;
 
 /// A number for people: integers as they are, other values rounded to 2 decimals (whole
 /// numbers from 1000 on).
@@ -143,8 +140,8 @@ pub fn markdown(r: &Report) -> String {
                     b.region,
                     b.start,
                     b.end,
-                    trunc(&hex(&b.expected)),
-                    trunc(&hex(&b.observed))
+                    trunc(&to_hex(&b.expected)),
+                    trunc(&to_hex(&b.observed))
                 );
             }
         }
@@ -382,8 +379,8 @@ th{{background:#f0f0f5}} code,.hex{{font-family:ui-monospace,monospace;font-size
                     esc(&b.region),
                     b.start,
                     b.end,
-                    hex(&b.expected),
-                    hex(&b.observed)
+                    to_hex(&b.expected),
+                    to_hex(&b.observed)
                 );
             }
             let _ = write!(o, "</table>");

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use xsave_oracle::abi::Region;
 use xsave_oracle::diff::{ByteDiff, Divergence, Verdict};
 use xsave_oracle::trace::Trace;
 use xsave_oracle::{Case, HostFacts};
@@ -242,41 +243,19 @@ fn load_finding(p: &Path) -> Result<FindingReport, ReportError> {
     })
 }
 
-/// Rows of the byte-level view of an XSAVE image diff: every region that differs, plus the
-/// header, each with expected and observed bytes.
+/// Rows of the byte-level view of an XSAVE image diff: every region of the ABI's table
+/// ([`Region::xsave_table`]) that differs, plus XSTATE_BV, each with expected and observed
+/// bytes.
 pub fn xsave_regions(host: &HostFacts, exp: &[u8], obs: &[u8]) -> Vec<ByteDiff> {
-    let mut spans: Vec<(usize, usize, String)> = vec![
-        (0, 2, "FCW".into()),
-        (2, 4, "FSW".into()),
-        (4, 6, "FTW + reserved".into()),
-        (6, 8, "FOP".into()),
-        (8, 16, "FIP".into()),
-        (16, 24, "FDP".into()),
-        (24, 28, "MXCSR".into()),
-        (28, 32, "MXCSR_MASK".into()),
-    ];
-    spans.extend((0..8).map(|i| (32 + 16 * i, 48 + 16 * i, format!("ST{i}"))));
-    spans.extend((0..16).map(|i| (160 + 16 * i, 176 + 16 * i, format!("XMM{i}"))));
-    spans.extend([
-        (416, 464, "legacy padding".into()),
-        (464, 512, "sw_reserved".into()),
-        (512, 520, "XSTATE_BV".into()),
-        (520, 528, "XCOMP_BV".into()),
-        (528, 576, "header reserved".into()),
-    ]);
-    let mut comps: Vec<_> = host.components.iter().collect();
-    comps.sort_by_key(|c| c.offset);
-    spans.extend(comps.iter().map(|c| {
-        (c.offset as usize, (c.offset + c.size) as usize, format!("{} (bit {}) @{}", xsave_oracle::xfeatures::name(c.bit), c.bit, c.offset))
-    }));
     let n = exp.len().min(obs.len());
-    spans
+    Region::xsave_table(&host.components)
         .into_iter()
-        .filter(|(s, e, name)| *e <= n && (exp[*s..*e] != obs[*s..*e] || name == "XSTATE_BV"))
-        .map(|(s, e, region)| ByteDiff {
+        .filter_map(|r| r.xsave_span().map(|(s, e)| (s, e, r)))
+        .filter(|&(s, e, r)| e <= n && (exp[s..e] != obs[s..e] || r == Region::XstateBv))
+        .map(|(s, e, r)| ByteDiff {
             start: s as u32,
             end: e as u32,
-            region,
+            region: r.label(),
             expected: exp[s..e].to_vec(),
             observed: obs[s..e].to_vec(),
         })

@@ -3,7 +3,9 @@
 //! expectation, and exits 1 on divergence (0 otherwise, 2 if KVM cannot be set up).
 
 use std::fmt::Write;
-use xsave_oracle::case::{Case, Op, CPUID_ENTRY_SIZE};
+use xsave_oracle::abi::cpuid::CPUID_ENTRY_SIZE;
+use xsave_oracle::abi::{CANARY, KVM_XSAVE_SIZE};
+use xsave_oracle::case::{Case, Op};
 use xsave_oracle::trace::{Ret, Trace};
 use xsave_oracle::{HostFacts, ModelConfig};
 
@@ -83,7 +85,7 @@ pub fn c_reproducer(case: &Case, host: &HostFacts, model: &ModelConfig, expected
                 );
             }
             Op::SetXsave(img) => {
-                let buf = img.render(host, xsave_oracle::layout::KVM_XSAVE_SIZE);
+                let buf = img.render(host, KVM_XSAVE_SIZE);
                 runs(&format!("in_{k}"), &buf, &mut data);
                 let _ = writeln!(body, "    memset(xbuf, 0, xsize);\n    apply(xbuf, in_{k}, NRUNS(in_{k}));\n    check_ret({k}, \"KVM_SET_XSAVE\", call(vcpu, KVM_SET_XSAVE, xbuf), {want});");
             }
@@ -96,9 +98,9 @@ pub fn c_reproducer(case: &Case, host: &HostFacts, model: &ModelConfig, expected
             }
             Op::GetXsave | Op::GetXsave2 => {
                 let (name, len, fill) = if **op == Op::GetXsave {
-                    ("KVM_GET_XSAVE", "4096".to_string(), "0")
+                    ("KVM_GET_XSAVE", KVM_XSAVE_SIZE.to_string(), "0".to_string())
                 } else {
-                    ("KVM_GET_XSAVE2", "xsize".to_string(), "0xa5")
+                    ("KVM_GET_XSAVE2", "xsize".to_string(), format!("{CANARY:#04x}"))
                 };
                 runs(&format!("exp_{k}"), &exp.data, &mut data);
                 dontcare(k, &exp.unpredicted, &mut data);

@@ -59,7 +59,7 @@ pub fn bench(host: &HostFacts, model: &ModelConfig, seconds: f64) -> Result<Benc
     let kvm = open_kvm()?;
     let vm = kvm.create_vm().map_err(|e| BackendError::Setup(e.to_string()))?;
     let vcpu = vm.create_vcpu(0).map_err(|e| BackendError::Setup(e.to_string()))?;
-    let size = (kvm.check_extension_raw(208).max(0) as usize).max(4096);
+    let size = crate::kvm::xsave_buffer_size(&kvm);
     let mut buf = AlignedBuf::new(size);
     XsaveImage::init(FPSSE).render_into(host, buf.bytes_mut());
     let mut out = AlignedBuf::new(size);

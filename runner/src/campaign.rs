@@ -47,9 +47,7 @@ pub fn narrow(mut case: Case, supported: u64, i: u64) -> Case {
     let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5bd1_e995;
     let mut mask = FPSSE;
     for b in &extra {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        x = xsave_oracle::pattern::xorshift64(x);
         if x & 1 == 1 {
             mask |= b;
         }
@@ -636,9 +634,9 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
             let new_shape = shapes.insert(xsave_oracle::coverage::shape(&case));
             if points.len() > before || new_shape {
                 let bytes = case.encode();
-                let name = format!("{:016x}", xsave_oracle::diff::fnv1a(&bytes));
+                let name = xsave_oracle::hash::content_hash(&bytes);
                 if let Some(cd) = &corpus_dir {
-                    let path = cd.join(format!("{name}.case"));
+                    let path = cd.join(xsave_oracle::hash::content_name(&bytes));
                     write_atomic(&path, &bytes).map_err(io(&path))?;
                 }
                 corpus.push(case.clone());

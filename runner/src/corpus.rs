@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use xsave_oracle::coverage::points;
-use xsave_oracle::diff::fnv1a;
+use xsave_oracle::hash::{content_hash, content_name};
 use xsave_oracle::{predict, Case, HostFacts, ModelConfig};
 
 /// Archive format name in the manifest.
@@ -92,11 +92,6 @@ pub fn is_raw_input(bytes: &[u8]) -> bool {
 /// structurally instead of skipped; their names are returned as the third element.
 pub fn read_dir_structural(dir: &Path) -> Result<Scan, CorpusError> {
     scan(dir, true)
-}
-
-/// The content name of a case: `<fnv64 of its bytes>.case`.
-pub fn content_name(bytes: &[u8]) -> String {
-    format!("{:016x}.case", fnv1a(bytes))
 }
 
 /// Merge `dirs` into `out`, one file per distinct case (content-named). With `structural`,
@@ -184,7 +179,7 @@ pub struct Manifest {
 /// Pack `dir` into one tar archive at `out`, with a manifest.
 pub fn pack(dir: &Path, out: &Path, host: Option<serde_json::Value>, contract: &str) -> Result<(usize, Vec<String>), CorpusError> {
     let (cases, skipped) = read_dir(dir)?;
-    let members: Vec<(String, String)> = cases.iter().map(|(_, b, _)| (content_name(b), format!("{:016x}", fnv1a(b)))).collect();
+    let members: Vec<(String, String)> = cases.iter().map(|(_, b, _)| (content_name(b), content_hash(b))).collect();
     let manifest = Manifest {
         format: PACK_FORMAT.into(),
         format_version: PACK_VERSION,
@@ -260,7 +255,7 @@ pub fn unpack(file: &Path, out: &Path) -> Result<(Manifest, usize, Vec<String>),
     for (name, data) in members {
         let short = name.strip_prefix("cases/").unwrap_or(&name).to_string();
         let listed = m.members.iter().find(|(n, _)| *n == short).map(|(_, h)| h.as_str());
-        let hash = format!("{:016x}", fnv1a(&data));
+        let hash = content_hash(&data);
         match validate_member(&short, listed, &hash, &data) {
             Err(why) => skipped.push(format!("{name}: {why}")),
             Ok(_) => {

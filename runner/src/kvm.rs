@@ -19,16 +19,18 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Instant;
-use xsave_oracle::case::{Case, CpuidEntry, Op, XcrsImage, XsaveImage, CPUID_ENTRY_SIZE};
+use xsave_oracle::abi::cpuid::{cpuid2_entry_offset, cpuid2_nent, cpuid2_trace, find_entry, read_cpuid2, write_cpuid2, MAX_CPUID_ENTRIES};
+use xsave_oracle::abi::ioctl::KVM_CAP_XSAVE2;
+use xsave_oracle::abi::xcrs::{KvmXcr, KvmXcrs};
+use xsave_oracle::abi::{self, put};
+use xsave_oracle::case::{Case, Op, XcrsImage, XsaveImage};
 use xsave_oracle::guest::{GuestAction, GuestProgram};
-use xsave_oracle::layout::{self, le32, put};
 use xsave_oracle::trace::{OpResult, Ret, Trace};
 use xsave_oracle::xfeatures::{PKRU, XTILE_DATA};
 use xsave_oracle::HostFacts;
 
 /// Bytes the backend pre-fills XSAVE2 buffers with, to see how many bytes the kernel wrote.
-pub const CANARY: u8 = layout::CANARY;
-const CAP_XSAVE2: u64 = 208;
+pub const CANARY: u8 = abi::CANARY;
 
 struct Vm {
     /// The guest of this VM (memory slot, sregs), set up by its first run. Declared first so
@@ -85,6 +87,12 @@ pub struct KvmBackend {
     inject_at: Option<u64>,
 }
 
+/// Bytes of an XSAVE buffer on this host: `KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)`, at least
+/// `sizeof(struct kvm_xsave)` (kernels before 5.17 report 0).
+pub fn xsave_buffer_size(kvm: &Kvm) -> usize {
+    (kvm.check_extension_raw(KVM_CAP_XSAVE2.into()).max(0) as usize).max(abi::KVM_XSAVE_SIZE)
+}
+
 fn ret(r: sys::IoResult) -> Ret {
     match r {
         Ok(v) => Ret::Ok(v),
@@ -96,15 +104,14 @@ impl KvmBackend {
     /// Open `/dev/kvm`. `host` are the facts the cases are rendered with (from the probe).
     pub fn new(host: HostFacts, pool: bool) -> Result<KvmBackend, BackendError> {
         let kvm = crate::open_kvm()?;
-        let cap = kvm.check_extension_raw(CAP_XSAVE2 as libc::c_ulong).max(0) as usize;
-        let xsave_size = cap.max(layout::KVM_XSAVE_SIZE);
+        let xsave_size = xsave_buffer_size(&kvm);
         Ok(KvmBackend {
             kvm,
             host,
             pool,
             cur: None,
             xbuf: AlignedBuf::new(xsave_size),
-            cbuf: AlignedBuf::new(8 + 256 * CPUID_ENTRY_SIZE),
+            cbuf: AlignedBuf::new(cpuid2_entry_offset(MAX_CPUID_ENTRIES)),
             xsave_size,
             stats: BTreeMap::new(),
             last_get: None,
@@ -272,17 +279,12 @@ impl KvmBackend {
             Op::SetCpuid2(t) => {
                 let entries = t.render(&self.host);
                 let n = entries.len();
-                self.cbuf.ensure(8 + n * CPUID_ENTRY_SIZE);
-                let b = self.cbuf.bytes_mut();
-                b[..8].fill(0);
-                b[..4].copy_from_slice(&(n as u32).to_le_bytes());
-                for (i, e) in entries.iter().enumerate() {
-                    b[8 + i * CPUID_ENTRY_SIZE..8 + (i + 1) * CPUID_ENTRY_SIZE].copy_from_slice(&e.to_bytes());
-                }
+                self.cbuf.ensure(cpuid2_entry_offset(n));
+                write_cpuid2(self.cbuf.bytes_mut(), &entries);
                 let cbuf = &mut self.cbuf;
                 let r = timed(st, "KVM_SET_CPUID2", || sys::set_cpuid2(vcpu, cbuf));
                 if r.is_ok() {
-                    let d0 = xsave_oracle::model::find_entry(&entries, 0xd, Some(0));
+                    let d0 = find_entry(&entries, 0xd, Some(0));
                     taint = d0.is_some_and(|i| entries[i].eax as u64 & XTILE_DATA != 0);
                 }
                 (ret(r), Vec::new())
@@ -293,15 +295,9 @@ impl KvmBackend {
                 let data = match r {
                     Ok(_) => {
                         let b = self.cbuf.bytes();
-                        let nent = le32(b, 0) as usize;
-                        let shown = nent.min(*capacity as usize);
-                        let mut d = Vec::with_capacity(4 + shown * CPUID_ENTRY_SIZE);
-                        d.extend_from_slice(&(nent as u32).to_le_bytes());
-                        for i in 0..shown {
-                            let e = CpuidEntry::from_bytes(&b[8 + i * CPUID_ENTRY_SIZE..8 + (i + 1) * CPUID_ENTRY_SIZE]);
-                            d.extend_from_slice(&e.to_bytes());
-                        }
-                        d
+                        let nent = cpuid2_nent(b);
+                        let shown = (nent as usize).min(*capacity as usize);
+                        cpuid2_trace(nent, &read_cpuid2(b, shown), shown)
                     }
                     Err(_) => Vec::new(),
                 };
@@ -320,14 +316,14 @@ impl KvmBackend {
                     b[..n].copy_from_slice(&last[..n]);
                 }
                 if let Some(bv) = force_xstate_bv {
-                    put(b, layout::XSTATE_BV, &bv.to_le_bytes());
+                    put(b, abi::XSTATE_BV, &bv.to_le_bytes());
                 }
                 let xbuf = &mut self.xbuf;
                 (ret(timed(st, "KVM_SET_XSAVE", || sys::set_xsave(vcpu, xbuf))), Vec::new())
             }
             Op::GetXsave | Op::GetXsave2 => {
                 let xsave2 = *op == Op::GetXsave2;
-                let len = if xsave2 { self.xsave_size } else { layout::KVM_XSAVE_SIZE };
+                let len = if xsave2 { self.xsave_size } else { abi::KVM_XSAVE_SIZE };
                 self.xbuf.bytes_mut()[..len].fill(if xsave2 { CANARY } else { 0 });
                 let xbuf = &mut self.xbuf;
                 let r = if xsave2 {
@@ -355,20 +351,20 @@ impl KvmBackend {
                 Err(e) => (Ret::Err(e.errno()), Vec::new()),
             },
             Op::CheckXsave2 => {
-                let v = timed(st, "KVM_CHECK_EXTENSION", || vm.vm.check_extension_raw(CAP_XSAVE2 as libc::c_ulong));
+                let v = timed(st, "KVM_CHECK_EXTENSION", || vm.vm.check_extension_raw(KVM_CAP_XSAVE2.into()));
                 (Ret::Ok(v as i64), Vec::new())
             }
             Op::SetFpu(img) => {
                 let b = self.xbuf.bytes_mut();
-                b[..layout::KVM_FPU_SIZE].copy_from_slice(&img.render());
+                b[..abi::KVM_FPU_SIZE].copy_from_slice(&img.render());
                 let xbuf = &mut self.xbuf;
                 (ret(timed(st, "KVM_SET_FPU", || sys::set_fpu(vcpu, xbuf))), Vec::new())
             }
             Op::GetFpu => {
-                self.xbuf.bytes_mut()[..layout::KVM_FPU_SIZE].fill(0);
+                self.xbuf.bytes_mut()[..abi::KVM_FPU_SIZE].fill(0);
                 let xbuf = &mut self.xbuf;
                 match timed(st, "KVM_GET_FPU", || sys::get_fpu(vcpu, xbuf)) {
-                    Ok(v) => (Ret::Ok(v), self.xbuf.bytes()[..layout::KVM_FPU_SIZE].to_vec()),
+                    Ok(v) => (Ret::Ok(v), self.xbuf.bytes()[..abi::KVM_FPU_SIZE].to_vec()),
                     Err(e) => (Ret::Err(e), Vec::new()),
                 }
             }
@@ -387,33 +383,23 @@ impl KvmBackend {
     }
 }
 
+/// The kvm-ioctls struct for `x`: its ABI encoding ([`XcrsImage::render`]) field by field.
 fn xcrs_struct(x: &XcrsImage) -> kvm_xcrs {
-    let raw = x.render();
-    let mut s = kvm_xcrs { nr_xcrs: le32(&raw, 0), flags: le32(&raw, 4), ..Default::default() };
-    for i in 0..16 {
-        let o = 8 + i * 16;
-        s.xcrs[i] = kvm_xcr { xcr: le32(&raw, o), reserved: le32(&raw, o + 4), value: layout::le64(&raw, o + 8) };
-    }
-    for i in 0..16 {
-        s.padding[i] = layout::le64(&raw, 264 + i * 8);
+    let k = KvmXcrs::from_bytes(&x.render());
+    let mut s = kvm_xcrs { nr_xcrs: k.nr_xcrs, flags: k.flags, padding: k.padding, ..Default::default() };
+    for (d, e) in s.xcrs.iter_mut().zip(k.xcrs) {
+        *d = kvm_xcr { xcr: e.xcr, reserved: e.reserved, value: e.value };
     }
     s
 }
 
+/// The ABI bytes of what `KVM_GET_XCRS` returned.
 fn xcrs_bytes(x: &kvm_xcrs) -> Vec<u8> {
-    let mut b = vec![0u8; xsave_oracle::case::KVM_XCRS_SIZE];
-    put(&mut b, 0, &x.nr_xcrs.to_le_bytes());
-    put(&mut b, 4, &x.flags.to_le_bytes());
-    for (i, e) in x.xcrs.iter().enumerate() {
-        let o = 8 + i * 16;
-        put(&mut b, o, &e.xcr.to_le_bytes());
-        put(&mut b, o + 4, &e.reserved.to_le_bytes());
-        put(&mut b, o + 8, &e.value.to_le_bytes());
+    let mut k = KvmXcrs { nr_xcrs: x.nr_xcrs, flags: x.flags, padding: x.padding, ..KvmXcrs::default() };
+    for (d, e) in k.xcrs.iter_mut().zip(x.xcrs) {
+        *d = KvmXcr { xcr: e.xcr, reserved: e.reserved, value: e.value };
     }
-    for (i, p) in x.padding.iter().enumerate() {
-        put(&mut b, 264 + i * 8, &p.to_le_bytes());
-    }
-    b
+    k.to_bytes().to_vec()
 }
 
 impl Backend for KvmBackend {

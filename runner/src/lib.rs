@@ -3,6 +3,12 @@
 //! Backends that execute [`Case`]s ([`kvm::KvmBackend`] on this host's `/dev/kvm`,
 //! [`ModelBackend`] on the oracle under another contract version), the host [`probe`], and
 //! fuzz [`campaign`]s that write findings atomically ([`store`]).
+//!
+//! `unsafe` lives in [`sys`] alone, behind safe functions, and every block there carries a
+//! `SAFETY:` comment; the lints below enforce both.
+
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod bench;
 pub mod campaign;
@@ -18,6 +24,7 @@ pub mod minimize;
 pub mod probe;
 pub mod seeds;
 pub mod store;
+#[allow(unsafe_code)]
 pub mod sys;
 
 use xsave_oracle::{predict, Case, HostFacts, ModelConfig, Trace};

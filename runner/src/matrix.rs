@@ -11,7 +11,8 @@ use crate::probe::ProbeReport;
 use crate::{Backend, BackendError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use xsave_oracle::diff::{diff, fnv1a, judge, Verdict};
+use xsave_oracle::diff::{diff, judge, Verdict};
+use xsave_oracle::hash::content_hash;
 use xsave_oracle::trace::Trace;
 use xsave_oracle::{Case, Contract, ModelConfig};
 
@@ -49,11 +50,11 @@ pub fn exec_cases(report: &ProbeReport, cases: &[(String, Case)], full: bool) ->
     let mut out = Vec::with_capacity(cases.len());
     for (name, case) in cases {
         let t = be.execute(case)?;
-        let steps: Vec<(String, String)> = t.results.iter().map(|r| (r.ret.to_string(), format!("{:016x}", fnv1a(&r.data)))).collect();
+        let steps: Vec<(String, String)> = t.results.iter().map(|r| (r.ret.to_string(), content_hash(&r.data))).collect();
         let all: String = steps.iter().map(|(r, d)| format!("{r}:{d};")).collect();
         out.push(ExecRecord {
             case: name.clone(),
-            digest: format!("{:016x}", fnv1a(all.as_bytes())),
+            digest: content_hash(all.as_bytes()),
             steps,
             v3: verdict_word(&judge(case, host, &strict, &t).1),
             own: verdict_word(&judge(case, host, &own, &t).1),

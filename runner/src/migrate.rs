@@ -3,8 +3,8 @@
 //! contract version, quirks and host facts.
 
 use serde::Serialize;
+use xsave_oracle::abi::{self, le64};
 use xsave_oracle::case::*;
-use xsave_oracle::layout::{self, le64};
 use xsave_oracle::model::{Contract, Model, ModelConfig};
 use xsave_oracle::rules::Rule;
 use xsave_oracle::trace::Ret;
@@ -82,7 +82,7 @@ fn names(mask: u64) -> Vec<String> {
 /// and XCR0 operations, in order), then reading it back. `source` (the host that saved it) is
 /// used to spot layout differences.
 pub fn check_state(state: &[u8], setup: &[Op], target: &Target, source: Option<&HostFacts>) -> StateCheck {
-    let bv = le64(state, layout::XSTATE_BV);
+    let bv = le64(state, abi::XSTATE_BV);
     let get = if target.model.contract >= Contract::V2a { Op::GetXsave2 } else { Op::GetXsave };
     let mut ops = setup.to_vec();
     ops.extend([Op::SetXsave(raw_image(state)), get]);
@@ -141,13 +141,13 @@ pub fn check_state(state: &[u8], setup: &[Op], target: &Target, source: Option<&
         return StateCheck { verdict: "refused", rule: rule.map(|r| r.id().to_string()), reason, ..base };
     }
     let out = &t.results[nconf + 1].data;
-    let restored = le64(out, layout::XSTATE_BV);
+    let restored = le64(out, abi::XSTATE_BV);
     let mut lost = bv & !restored;
     let same = |a: usize, b: usize| state.get(a..b) == out.get(a..b);
-    if bv & restored & xsave_oracle::xfeatures::FP != 0 && !(same(0, layout::MXCSR) && same(layout::ST, layout::FP_END)) {
+    if bv & restored & xsave_oracle::xfeatures::FP != 0 && !(same(0, abi::MXCSR) && same(abi::ST, abi::FP_END)) {
         lost |= xsave_oracle::xfeatures::FP;
     }
-    if bv & restored & xsave_oracle::xfeatures::SSE != 0 && !(same(layout::XMM, layout::XMM_END) && same(layout::MXCSR, layout::ST)) {
+    if bv & restored & xsave_oracle::xfeatures::SSE != 0 && !(same(abi::XMM, abi::XMM_END) && same(abi::MXCSR, abi::ST)) {
         lost |= xsave_oracle::xfeatures::SSE;
     }
     for c in target.host.components.iter().filter(|c| bv & restored & (1u64 << c.bit) != 0) {
@@ -158,7 +158,7 @@ pub fn check_state(state: &[u8], setup: &[Op], target: &Target, source: Option<&
         }
     }
     base.restored_xstate_bv = Some(format!("{restored:#x}"));
-    base.get_after = Some(out.iter().map(|b| format!("{b:02x}")).collect());
+    base.get_after = Some(xsave_oracle::hexnum::to_hex(out));
     base.lost = names(lost);
     if lost != 0 || !base.layout_mismatch.is_empty() {
         base.verdict = "loads-with-loss";
@@ -207,11 +207,10 @@ pub fn migrate_case(label: &str, case: &Case, src: &Target, dst: &Target) -> Opt
     for (o, op) in steps.iter().take(k) {
         m.step(*o, op);
     }
-    let bv = le64(saved, layout::XSTATE_BV);
+    let bv = le64(saved, abi::XSTATE_BV);
     let unmasked = bv & !(m.guest_supported_xcr0() | FPSSE);
-    let state = &saved[..saved
-        .len()
-        .min(layout::KVM_XSAVE_SIZE.max(src.host.components.iter().map(|c| (c.offset + c.size) as usize).max().unwrap_or(0)))];
+    let state = &saved
+        [..saved.len().min(abi::KVM_XSAVE_SIZE.max(src.host.components.iter().map(|c| (c.offset + c.size) as usize).max().unwrap_or(0)))];
     Some(Migration {
         case: label.to_string(),
         saved_xstate_bv: format!("{bv:#x}"),

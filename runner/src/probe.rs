@@ -5,6 +5,8 @@
 use crate::kvm::KvmBackend;
 use crate::{open_kvm, sys, Backend, BackendError};
 use serde::{Deserialize, Serialize};
+use xsave_oracle::abi::cpuid::{cpuid2_trace_entries, CPUID_FLAG_SIGNIFICANT_INDEX};
+use xsave_oracle::abi::ioctl::{KVM_CAP_XCRS, KVM_CAP_XSAVE, KVM_CAP_XSAVE2};
 use xsave_oracle::case::*;
 use xsave_oracle::diff::{diff, Verdict};
 use xsave_oracle::host::{Component, HostFacts, Quirk};
@@ -108,7 +110,7 @@ pub fn probe_guest(backend: &mut dyn Backend, quirks: &[Quirk]) -> Result<GuestP
         let obs = backend.execute(&case)?;
         if let Some(r) = obs.results.last().filter(|r| r.ret == Ret::Ok(0)) {
             runs = true;
-            writable |= xsave_oracle::layout::le64(&r.data, xsave_oracle::layout::XSTATE_BV);
+            writable |= xsave_oracle::abi::le64(&r.data, xsave_oracle::abi::XSTATE_BV);
         }
     }
     Ok(GuestProbe { runs, cpl: 3, writable: format!("{writable:#x}"), hw_xcr0_follows_guest: !quirks.contains(&Quirk::PvmHwXcr0) })
@@ -243,7 +245,7 @@ fn hex(b: &[u8]) -> String {
         a[..b.len()].copy_from_slice(b);
         format!("{:#x}", u64::from_le_bytes(a))
     } else {
-        b.iter().map(|x| format!("{x:02x}")).collect()
+        xsave_oracle::hexnum::to_hex(b)
     }
 }
 
@@ -385,7 +387,7 @@ pub fn measure_sgx_xfrm(backend: &mut dyn Backend) -> Result<bool, BackendError>
     let case = Case { config: Config { cpuid: Some(table), xcr0: None }, ops: vec![Op::GetCpuid2 { capacity: 64 }] };
     let obs = backend.execute(&case)?;
     let Some(d) = obs.results.last().map(|r| &r.data) else { return Ok(false) };
-    let entries: Vec<CpuidEntry> = d.get(4..).unwrap_or_default().chunks_exact(CPUID_ENTRY_SIZE).map(CpuidEntry::from_bytes).collect();
+    let entries: Vec<CpuidEntry> = cpuid2_trace_entries(d);
     Ok(entries.iter().any(|e| e.function == 0x12 && e.index == 1 && e.ecx == FPSSE as u32))
 }
 
@@ -406,8 +408,7 @@ pub fn measure_dropped_leaves(backend: &mut dyn Backend) -> Result<Vec<u32>, Bac
     let Some(r) = obs.results.last() else {
         return Ok(Vec::new());
     };
-    let present: Vec<u32> =
-        r.data.get(4..).unwrap_or_default().chunks_exact(CPUID_ENTRY_SIZE).map(|c| CpuidEntry::from_bytes(c).function).collect();
+    let present: Vec<u32> = cpuid2_trace_entries(&r.data).iter().map(|e| e.function).collect();
     Ok(cands.into_iter().filter(|f| !present.contains(f)).collect())
 }
 
@@ -464,7 +465,7 @@ pub fn detect_quirks(backend: &mut dyn Backend) -> Result<(Vec<Quirk>, Vec<Strin
     let obs = backend.execute(&case)?;
     let n = obs.results.len();
     let run = obs.results.get(n.wrapping_sub(2)).map(|r| r.ret);
-    let fop = obs.results.last().and_then(|r| r.data.get(xsave_oracle::layout::FOP..xsave_oracle::layout::FOP + 2));
+    let fop = obs.results.last().and_then(|r| r.data.get(xsave_oracle::abi::FOP..xsave_oracle::abi::FOP + 2));
     match (run, fop) {
         (Some(Ret::Ok(0)), Some([0x34, 0x12])) => {
             quirks.push(Quirk::TcgXsaveFop);
@@ -575,7 +576,8 @@ pub fn probe_cases() -> Vec<(&'static str, Case)> {
 pub fn probe() -> Result<ProbeReport, BackendError> {
     let mut host = host_facts()?;
     let kvm = open_kvm()?;
-    let caps = Capabilities { xsave: kvm.check_extension_raw(55), xcrs: kvm.check_extension_raw(56), xsave2: kvm.check_extension_raw(208) };
+    let cap = |c: u32| kvm.check_extension_raw(c.into());
+    let caps = Capabilities { xsave: cap(KVM_CAP_XSAVE), xcrs: cap(KVM_CAP_XCRS), xsave2: cap(KVM_CAP_XSAVE2) };
     let mut backend = KvmBackend::new(host.clone(), false)?.without_kernel_log();
     host.get_cpuid2_keeps_nent = measure_keeps_nent(&mut backend)?;
     host.cpuid_sgx_xfrm_masked = measure_sgx_xfrm(&mut backend)?;
@@ -600,7 +602,7 @@ pub fn probe() -> Result<ProbeReport, BackendError> {
         capabilities: caps,
         supported_xcr0: format!("{:#x}", host.supported_xcr0),
         supported_xcr0_cpuid: format!("{:#x}", d0.map_or(0, |e| e.eax as u64 | ((e.edx as u64) << 32))),
-        xsave_size: (caps_xsave2(&kvm)).max(4096),
+        xsave_size: crate::kvm::xsave_buffer_size(&kvm) as u32,
         components: host.components.clone(),
         mxcsr_mask: format!("{:#x}", host.init_mxcsr_mask),
         host_xcr0: format!("{:#x}", host.host_xcr0),
@@ -613,8 +615,4 @@ pub fn probe() -> Result<ProbeReport, BackendError> {
         probe_cases: m.cases,
         host,
     })
-}
-
-fn caps_xsave2(kvm: &kvm_ioctls::Kvm) -> u32 {
-    kvm.check_extension_raw(208).max(0) as u32
 }

@@ -3,6 +3,7 @@
 //! them with `XSAVE_RIG_BLESS=1`).
 
 use crate::probe::probe_cases;
+use xsave_oracle::abi::{HDR, PAD};
 use xsave_oracle::case::*;
 use xsave_oracle::xfeatures::*;
 
@@ -37,7 +38,7 @@ pub fn seed_corpus() -> Vec<(String, Case)> {
     let mut rsvd = img(FPSSE);
     rsvd.hdr_reserved = vec![(47, 1)];
     let mut patched = img(FPSSE | YMM);
-    patched.patches = vec![Patch { offset: 416, bytes: vec![0xa5; 96] }];
+    patched.patches = vec![Patch { offset: PAD as u16, bytes: vec![0xa5; HDR - PAD] }];
     use xsave_oracle::guest::{GuestAction as A, GuestProgram};
     let run = |actions: Vec<A>| Op::RunGuest(GuestProgram { actions });
     let avx = Config { xcr0: Some(FPSSE | YMM), ..supported(!0) };

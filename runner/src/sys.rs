@@ -8,32 +8,13 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-const KVMIO: u32 = 0xAE;
-const fn ioc(dir: u32, nr: u32, size: u32) -> u32 {
-    (dir << 30) | (size << 16) | (KVMIO << 8) | nr
-}
-const W: u32 = 1;
-const R: u32 = 2;
-/// `KVM_GET_DEVICE_ATTR` (system fd on x86).
-pub const KVM_GET_DEVICE_ATTR: u32 = ioc(W, 0xe2, 24);
-/// `KVM_SET_CPUID2`.
-pub const KVM_SET_CPUID2: u32 = ioc(W, 0x90, 8);
-/// `KVM_GET_CPUID2`.
-pub const KVM_GET_CPUID2: u32 = ioc(R | W, 0x91, 8);
-/// `KVM_GET_XSAVE`.
-pub const KVM_GET_XSAVE: u32 = ioc(R, 0xa4, 4096);
-/// `KVM_SET_XSAVE`.
-pub const KVM_SET_XSAVE: u32 = ioc(W, 0xa5, 4096);
-/// `KVM_GET_XSAVE2`.
-pub const KVM_GET_XSAVE2: u32 = ioc(R, 0xcf, 4096);
-/// `KVM_GET_FPU` (`struct kvm_fpu`, 416 bytes).
-pub const KVM_GET_FPU: u32 = ioc(R, 0x8c, 416);
-/// `KVM_SET_FPU`.
-pub const KVM_SET_FPU: u32 = ioc(W, 0x8d, 416);
-/// `KVM_SET_USER_MEMORY_REGION` (`struct kvm_userspace_memory_region`, 32 bytes).
-pub const KVM_SET_USER_MEMORY_REGION: u32 = ioc(W, 0x46, 32);
-/// `KVM_X86_XCOMP_GUEST_SUPP` attribute of group 0.
-pub const KVM_X86_XCOMP_GUEST_SUPP: u64 = 0;
+use xsave_oracle::abi::cpuid::{cpuid2_entry_offset, cpuid2_nent, MAX_CPUID_ENTRIES};
+use xsave_oracle::abi::fpu::KVM_FPU_SIZE;
+use xsave_oracle::abi::ioctl::{
+    KVM_GET_CPUID2, KVM_GET_DEVICE_ATTR, KVM_GET_FPU, KVM_GET_XSAVE, KVM_GET_XSAVE2, KVM_SET_CPUID2, KVM_SET_FPU,
+    KVM_SET_USER_MEMORY_REGION, KVM_SET_XSAVE, KVM_X86_XCOMP_GUEST_SUPP,
+};
+use xsave_oracle::abi::KVM_XSAVE_SIZE;
 
 /// Result of a raw ioctl: the return value or the errno.
 pub type IoResult = Result<i64, i32>;
@@ -126,16 +107,17 @@ pub fn xcomp_guest_supp(kvm: &impl AsRawFd) -> Result<u64, i32> {
 
 /// `KVM_SET_CPUID2` with `nent` and raw 40-byte entries already in `buf` (header at 0).
 pub fn set_cpuid2(vcpu: &impl AsRawFd, buf: &mut AlignedBuf) -> IoResult {
-    let nent = u32::from_le_bytes([buf.bytes()[0], buf.bytes()[1], buf.bytes()[2], buf.bytes()[3]]) as usize;
+    let nent = cpuid2_nent(buf.bytes()) as usize;
     // The kernel reads nent entries only when nent <= 256; make room for what it may read.
-    buf.ensure(8 + nent.min(256) * 40);
+    buf.ensure(cpuid2_entry_offset(nent.min(MAX_CPUID_ENTRIES)));
     ioctl_buf(vcpu.as_raw_fd(), KVM_SET_CPUID2, buf)
 }
 
 /// `KVM_GET_CPUID2` with room for `capacity` entries; `buf` receives header and entries.
 pub fn get_cpuid2(vcpu: &impl AsRawFd, buf: &mut AlignedBuf, capacity: u32) -> IoResult {
-    buf.ensure(8 + capacity as usize * 40);
-    buf.bytes_mut()[..8 + capacity as usize * 40].fill(0);
+    let len = cpuid2_entry_offset(capacity as usize);
+    buf.ensure(len);
+    buf.bytes_mut()[..len].fill(0);
     buf.bytes_mut()[..4].copy_from_slice(&capacity.to_le_bytes());
     ioctl_buf(vcpu.as_raw_fd(), KVM_GET_CPUID2, buf)
 }
@@ -143,31 +125,31 @@ pub fn get_cpuid2(vcpu: &impl AsRawFd, buf: &mut AlignedBuf, capacity: u32) -> I
 /// `KVM_SET_XSAVE`: the kernel reads the vCPU's uabi_size bytes, which `buf` must cover
 /// (callers size it to max(4096, KVM_CAP_XSAVE2)).
 pub fn set_xsave(vcpu: &impl AsRawFd, buf: &mut AlignedBuf) -> IoResult {
-    assert!(buf.len() >= 4096, "XSAVE buffer below 4096 bytes");
+    assert!(buf.len() >= KVM_XSAVE_SIZE, "XSAVE buffer below 4096 bytes");
     ioctl_buf(vcpu.as_raw_fd(), KVM_SET_XSAVE, buf)
 }
 
 /// `KVM_GET_XSAVE` (writes exactly 4096 bytes).
 pub fn get_xsave(vcpu: &impl AsRawFd, buf: &mut AlignedBuf) -> IoResult {
-    assert!(buf.len() >= 4096, "XSAVE buffer below 4096 bytes");
+    assert!(buf.len() >= KVM_XSAVE_SIZE, "XSAVE buffer below 4096 bytes");
     ioctl_buf(vcpu.as_raw_fd(), KVM_GET_XSAVE, buf)
 }
 
 /// `KVM_GET_XSAVE2` (writes uabi_size bytes, at most KVM_CAP_XSAVE2, which `buf` covers).
 pub fn get_xsave2(vcpu: &impl AsRawFd, buf: &mut AlignedBuf) -> IoResult {
-    assert!(buf.len() >= 4096, "XSAVE buffer below 4096 bytes");
+    assert!(buf.len() >= KVM_XSAVE_SIZE, "XSAVE buffer below 4096 bytes");
     ioctl_buf(vcpu.as_raw_fd(), KVM_GET_XSAVE2, buf)
 }
 
 /// `KVM_SET_FPU`: the kernel reads the 416-byte `struct kvm_fpu` at the start of `buf`.
 pub fn set_fpu(vcpu: &impl AsRawFd, buf: &mut AlignedBuf) -> IoResult {
-    assert!(buf.len() >= 416, "kvm_fpu buffer below 416 bytes");
+    assert!(buf.len() >= KVM_FPU_SIZE, "kvm_fpu buffer below 416 bytes");
     ioctl_buf(vcpu.as_raw_fd(), KVM_SET_FPU, buf)
 }
 
 /// `KVM_GET_FPU` (writes exactly 416 bytes).
 pub fn get_fpu(vcpu: &impl AsRawFd, buf: &mut AlignedBuf) -> IoResult {
-    assert!(buf.len() >= 416, "kvm_fpu buffer below 416 bytes");
+    assert!(buf.len() >= KVM_FPU_SIZE, "kvm_fpu buffer below 416 bytes");
     ioctl_buf(vcpu.as_raw_fd(), KVM_GET_FPU, buf)
 }
 

@@ -3,9 +3,9 @@
 
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
+use xsave_oracle::abi;
 use xsave_oracle::case::*;
 use xsave_oracle::guest::{output_size, GuestAction, GuestProgram};
-use xsave_oracle::layout;
 use xsave_oracle::trace::{OpResult, Ret, Trace};
 use xsave_oracle::xfeatures::*;
 use xsave_oracle::HostFacts;
@@ -64,7 +64,7 @@ fn xsave_in_guest_sees_the_set_image() {
     assert_eq!(h.supported_xcr0 & (FPSSE | YMM), FPSSE | YMM, "test needs AVX");
     let mut be = KvmBackend::new(h.clone(), true).expect("backend");
     let img = XsaveImage { xmm_seed: 0x1234, components: vec![ComponentData { bit: 2, seed: 0x77 }], ..XsaveImage::init(FP | SSE | YMM) };
-    let set = img.render(h, layout::KVM_XSAVE_SIZE);
+    let set = img.render(h, abi::KVM_XSAVE_SIZE);
     let r = exec(&mut be, vec![Op::SetXsave(img), prog(vec![GuestAction::Xsave]), Op::GetXsave]);
     assert_eq!(r[0].ret, Ret::Ok(0), "SET_XSAVE");
     assert_eq!(r[1].ret, Ret::Ok(0), "run: exit {:?}, CR4 {:x?}", r[1].ret, be.last_cr4());
@@ -72,13 +72,13 @@ fn xsave_in_guest_sees_the_set_image() {
     assert_ne!(cr4 & (1 << 18), 0, "CR4.OSXSAVE refused: the guest's XSAVE would fault");
     let out = &r[1].data;
     assert_eq!(out.len(), output_size(h));
-    assert_eq!(out[layout::XMM..layout::XMM_END], set[layout::XMM..layout::XMM_END], "XMM in the guest's XSAVE");
+    assert_eq!(out[abi::XMM..abi::XMM_END], set[abi::XMM..abi::XMM_END], "XMM in the guest's XSAVE");
     let ymm = component(h, 2);
     assert_eq!(out[ymm.clone()], set[ymm], "YMM_Hi128 in the guest's XSAVE");
     // Components out of their init state must be marked in use (an init one may read 0 or 1).
-    assert_eq!(layout::le64(out, layout::XSTATE_BV) & (SSE | YMM), SSE | YMM, "XSTATE_BV of the guest's XSAVE");
+    assert_eq!(abi::le64(out, abi::XSTATE_BV) & (SSE | YMM), SSE | YMM, "XSTATE_BV of the guest's XSAVE");
     assert_eq!(r[2].ret, Ret::Ok(0), "GET_XSAVE after the run");
-    assert_eq!(r[2].data[layout::XMM..layout::XMM_END], set[layout::XMM..layout::XMM_END]);
+    assert_eq!(r[2].data[abi::XMM..abi::XMM_END], set[abi::XMM..abi::XMM_END]);
     let st = be.ioctl_stats();
     assert_eq!(st.get("KVM_RUN").map(|s| s.count), Some(1));
     eprintln!("guest CR4 {cr4:#x}; stats {:?}", st.keys().collect::<Vec<_>>());
@@ -100,14 +100,14 @@ fn guest_loads_reach_its_xsave() {
     let hi: Vec<u8> = (0..16).flat_map(|i| input[32 * i + 16..32 * i + 32].to_vec()).collect();
     let lo: Vec<u8> = (0..16).flat_map(|i| input[32 * i..32 * i + 16].to_vec()).collect();
     assert_eq!(out[component(h, 2)], hi[..], "YMM upper halves");
-    assert_eq!(out[layout::XMM..layout::XMM_END], lo[..], "XMM = YMM lower halves (the Xmm action came first)");
+    assert_eq!(out[abi::XMM..abi::XMM_END], lo[..], "XMM = YMM lower halves (the Xmm action came first)");
     let get = &r[1].data;
     assert_eq!(get[component(h, 2)], hi[..], "KVM_GET_XSAVE shows the guest's YMM");
 
     // Actions of one kind read their own inputs: the second Xmm wins.
     let r = exec(&mut be, vec![prog(vec![GuestAction::Xmm { seed: 1 }, GuestAction::Xmm { seed: 2 }, GuestAction::Xsave])]);
     assert_eq!(r[0].ret, Ret::Ok(0));
-    assert_eq!(r[0].data[layout::XMM..layout::XMM_END], GuestAction::Xmm { seed: 2 }.input()[..]);
+    assert_eq!(r[0].data[abi::XMM..abi::XMM_END], GuestAction::Xmm { seed: 2 }.input()[..]);
 
     // A program without Xsave returns no data.
     let r = exec(&mut be, vec![prog(vec![GuestAction::Xmm { seed: 3 }])]);
@@ -150,7 +150,7 @@ fn faulting_program_shuts_down() {
     assert_eq!(r[0].ret, Ret::Ok(1), "#GP without an IDT: shutdown");
     assert!(r[0].data.iter().all(|&b| b == 0), "the XSAVE after the fault never ran");
     assert_eq!(r[1].ret, Ret::Ok(0), "a run after a shutdown");
-    assert_eq!(layout::le32(&r[1].data, layout::MXCSR), 0x1f80);
+    assert_eq!(abi::le32(&r[1].data, abi::MXCSR), 0x1f80);
 }
 
 #[test]
@@ -173,7 +173,7 @@ fn runs_leak_nothing() {
         let tr = be.execute(&case(i)).expect("execute");
         let run = tr.results.iter().find(|r| r.origin == Origin::Op(0)).expect("run step");
         assert_eq!(run.ret, Ret::Ok(0), "case {i}");
-        assert_eq!(run.data[layout::XMM..layout::XMM_END], GuestAction::Xmm { seed: i + 1 }.input()[..], "case {i}");
+        assert_eq!(run.data[abi::XMM..abi::XMM_END], GuestAction::Xmm { seed: i + 1 }.input()[..], "case {i}");
     }
     let secs = t.elapsed().as_secs_f64();
     let (fds2, maps2) = (fd_count(), map_count());
