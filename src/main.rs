@@ -666,7 +666,7 @@ fn delegate_to_lab(kernel: &str) -> Result<i32> {
         }
     }
     let k = lab::kernel(kernel)?;
-    let scratch = lab::cache_dir().join("runs").join(&k.id);
+    let scratch = lab::Scratch::fresh(&k).path().to_path_buf();
     run_in_lab(&k, &args, &scratch, Duration::from_secs(1800), None)
 }
 
@@ -1332,7 +1332,7 @@ fn run(cli: Cli) -> Result<i32> {
             let k = k.strip_prefix("lab:").ok_or_else(|| anyhow::anyhow!("bench --backend takes lab:<kernel>"))?.to_string();
             let kern = lab::kernel(&k)?;
             let args: Vec<String> = vec!["bench".into(), "--json".into(), "--seconds".into(), seconds.to_string()];
-            let out = lab::run(&kern, &args, &lab::cache_dir().join("runs").join(&kern.id), Duration::from_secs(1800))?;
+            let out = lab::run(&kern, &args, lab::Scratch::fresh(&kern).path(), Duration::from_secs(1800))?;
             let text = String::from_utf8_lossy(&out.stdout);
             let lab_r: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("lab bench output: {}", String::from_utf8_lossy(&out.stderr).trim()))?;
@@ -1737,7 +1737,7 @@ fn run(cli: Cli) -> Result<i32> {
                 Some(p) => Some(read_text(&p, caps::JSON)?),
                 None => None,
             };
-            let scratch = scratch.unwrap_or_else(|| lab::cache_dir().join("runs").join(&k.id));
+            let scratch = scratch.unwrap_or_else(|| lab::Scratch::fresh(&k).path().to_path_buf());
             run_in_lab(&k, &args, &scratch, Duration::from_secs(timeout), init.as_deref())
         }
         Cmd::ExecCases { dir, workdir, only, full } => {
