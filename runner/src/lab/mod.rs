@@ -11,13 +11,18 @@
 //! Modules: [`debian`] (apt resolution and download), [`modules`] (the module dependency
 //! closure), [`initramfs`] (the cpio the guest boots), [`qemu`] (launch, reaping, results).
 
+mod backend;
 mod debian;
 mod initramfs;
 mod modules;
 mod qemu;
+mod serve;
+mod wire;
 
+pub use backend::{LabBackend, LabOptions};
 pub use debian::{apt_mirror, fetch_debian};
-pub use qemu::{passthrough, run, run_with, RunOutput, Scratch};
+pub use qemu::{passthrough, run, Job, RunOutput, Scratch};
+pub use serve::serve;
 
 use modules::install;
 use serde::{Deserialize, Serialize};

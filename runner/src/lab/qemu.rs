@@ -149,6 +149,62 @@ impl Drop for Qemu {
     }
 }
 
+/// One command for a lab guest: `xsave-rig ARGS`, run verbatim (never rewritten) in a guest
+/// whose working directory mirrors this process's. The files it reads are listed in
+/// `inputs` and the directories it writes that come back in `outputs`; both keep their
+/// absolute host paths in the guest, so arguments naming them need no rewriting.
+#[derive(Clone, Debug, Default)]
+pub struct Job {
+    /// The xsave-rig arguments.
+    pub args: Vec<String>,
+    /// Files or directories shipped into the guest (relative to the current directory).
+    pub inputs: Vec<PathBuf>,
+    /// Directories the guest command writes, copied back to the same paths on the host.
+    pub outputs: Vec<PathBuf>,
+    /// Another `/init` script (tests use it to make guests panic or hang).
+    pub init: Option<String>,
+}
+
+/// Guest paths a shipped input may not take: mount points and the lab's own directories.
+const RESERVED: &[&str] = &["/proc", "/sys", "/dev", "/bin", "/out", "/lab", "/modules", "/init"];
+
+fn absolute(p: &Path) -> Result<PathBuf, LabError> {
+    let cwd = std::env::current_dir().map_err(io(Path::new(".")))?;
+    let abs = cwd.join(p);
+    let s = abs.to_string_lossy();
+    if RESERVED.iter().any(|r| s == *r || s.starts_with(&format!("{r}/"))) {
+        return Err(LabError::Kernel(format!("{}: the lab guest reserves this path; copy it elsewhere first", abs.display())));
+    }
+    Ok(abs)
+}
+
+impl Job {
+    /// The guest's `/lab/run.sh` and the inputs (host path, guest path) of this job.
+    fn script(&self) -> Result<(String, Vec<(PathBuf, String)>), LabError> {
+        let cwd = std::env::current_dir().map_err(io(Path::new(".")))?;
+        let mut inputs = Vec::new();
+        for p in &self.inputs {
+            let abs = absolute(p)?;
+            if !abs.exists() {
+                return Err(LabError::Io { path: abs, err: std::io::Error::from(std::io::ErrorKind::NotFound) });
+            }
+            inputs.push((abs.clone(), abs.to_string_lossy().to_string()));
+        }
+        let q = |p: &Path| sh_quote(&p.to_string_lossy());
+        let mut sh = format!("export XSAVE_RIG_CACHE=/tmp\nmkdir -p {c} && cd {c} || exit 125\n", c = q(&cwd));
+        sh.push_str(&format!(
+            "/bin/xsave-rig {}\nst=$?\nmkdir -p /out/outputs\n",
+            self.args.iter().map(|a| sh_quote(a)).collect::<Vec<_>>().join(" ")
+        ));
+        for (i, o) in self.outputs.iter().enumerate() {
+            let o = q(&absolute(o)?);
+            sh.push_str(&format!("[ -e {o} ] && cp -a {o} /out/outputs/{i}\n"));
+        }
+        sh.push_str("exit $st\n");
+        Ok((sh, inputs))
+    }
+}
+
 /// What a lab run returns.
 #[derive(Clone, Debug)]
 pub struct RunOutput {
@@ -158,8 +214,6 @@ pub struct RunOutput {
     pub stdout: Vec<u8>,
     /// Its stderr.
     pub stderr: Vec<u8>,
-    /// Where `/out` was extracted on the host.
-    pub outdir: PathBuf,
     /// Console log.
     pub console: PathBuf,
     /// Guest seconds from power-on to the command's start.
@@ -170,53 +224,31 @@ pub struct RunOutput {
     pub wall_seconds: f64,
 }
 
-/// Files to place under `/lab/in` (host path → guest path) and the rewritten arguments.
-fn map_inputs(args: &[String]) -> (Vec<(PathBuf, String)>, Vec<String>) {
-    let mut files = Vec::new();
-    let mut out = Vec::new();
-    let mut skip_next = false;
-    for (i, a) in args.iter().enumerate() {
-        if skip_next {
-            skip_next = false;
-            continue;
+/// Copy `from` (file or tree) to `to`.
+pub(super) fn copy_tree(from: &Path, to: &Path) -> Result<(), LabError> {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).map_err(io(to))?;
+        for e in std::fs::read_dir(from).map_err(io(from))?.flatten() {
+            copy_tree(&e.path(), &to.join(e.file_name()))?;
         }
-        if a == "--workdir" {
-            out.push(a.clone());
-            out.push("/out/workdir".into());
-            skip_next = true;
-            continue;
-        }
-        let p = Path::new(a);
-        if i > 0 && p.exists() {
-            let guest = format!("/lab/in/{}/{}", files.len(), p.file_name().and_then(|n| n.to_str()).unwrap_or("x"));
-            files.push((p.to_path_buf(), guest.clone()));
-            out.push(guest);
-        } else {
-            out.push(a.clone());
-        }
+    } else {
+        std::fs::copy(from, to).map_err(io(to))?;
     }
-    (files, out)
+    Ok(())
 }
 
-/// Boot `kernel` and run `xsave-rig ARGS` inside; `scratch` holds the initramfs, the console
-/// log and the extracted results (`scratch/out`).
-pub fn run(kernel: &Kernel, args: &[String], scratch: &Path, timeout: Duration) -> Result<RunOutput, LabError> {
-    run_with(kernel, args, scratch, timeout, None)
-}
-
-/// [`run`] with another `/init` script (tests use it to make guests panic or hang).
-pub fn run_with(kernel: &Kernel, args: &[String], scratch: &Path, timeout: Duration, init: Option<&str>) -> Result<RunOutput, LabError> {
+/// Boot `kernel` and run `job` inside; `scratch` holds the initramfs, the console log and the
+/// extracted results, and is cleaned (all but the console log) when the run succeeded. The
+/// job's outputs are copied back before.
+pub fn run(kernel: &Kernel, job: &Job, scratch: &Scratch, timeout: Duration) -> Result<RunOutput, LabError> {
     need("qemu-system-x86_64", "apt-get install qemu-system-x86")?;
-    let scratch = Scratch::at(scratch);
     std::fs::create_dir_all(scratch.path()).map_err(io(scratch.path()))?;
-    let (inputs, gargs) = map_inputs(args);
-    let cmd =
-        format!("export XSAVE_RIG_CACHE=/tmp\nexec /bin/xsave-rig {}\n", gargs.iter().map(|a| sh_quote(a)).collect::<Vec<_>>().join(" "));
+    let (sh, inputs) = job.script()?;
     let initrd = scratch.path().join("initrd.cpio");
-    std::fs::write(&initrd, initramfs::build(kernel, &inputs, &cmd, init)?).map_err(io(&initrd))?;
+    std::fs::write(&initrd, initramfs::build(kernel, &inputs, &sh, job.init.as_deref())?).map_err(io(&initrd))?;
     let results = scratch.path().join("results.tar");
     let _ = std::fs::remove_file(&results);
-    let mut qemu = Qemu::launch(kernel, &initrd, &scratch, &results, &[])?;
+    let mut qemu = Qemu::launch(kernel, &initrd, scratch, &results, &[])?;
     let status = qemu.wait(timeout)?;
     let wall_seconds = qemu.elapsed().as_secs_f64();
     let console = scratch.console();
@@ -239,16 +271,23 @@ pub fn run_with(kernel: &Kernel, args: &[String], scratch: &Path, timeout: Durat
         read("status").map_err(|_| LabError::NoResults { why: "no exit status in the results".into(), log: console.clone() })?;
     let num = |n: &str| read(n).ok().and_then(|b| String::from_utf8_lossy(&b).trim().parse::<f64>().ok()).unwrap_or(0.0);
     let (b, e) = (num("boot_seconds"), num("end_seconds"));
-    Ok(RunOutput {
+    for (i, o) in job.outputs.iter().enumerate() {
+        let back = outdir.join("outputs").join(i.to_string());
+        if back.exists() {
+            copy_tree(&back, o)?;
+        }
+    }
+    let out = RunOutput {
         status: String::from_utf8_lossy(&status_text).trim().parse().unwrap_or(-1),
         stdout: read("stdout").unwrap_or_default(),
         stderr: read("stderr").unwrap_or_default(),
-        outdir,
         console,
         boot_seconds: b,
         run_seconds: (e - b).max(0.0),
         wall_seconds,
-    })
+    };
+    scratch.clean();
+    Ok(out)
 }
 
 /// Write `bytes` to stdout (for `lab run`).
