@@ -674,7 +674,7 @@ fn open_backend(b: &BackendArgs, o: &OracleArgs) -> Result<(Box<dyn Backend>, Ho
         return Ok((make_backend(b, &host)?, host, fp));
     };
     let given = if o.host_facts.is_some() { Some(host_facts(o, false)?) } else { None };
-    let opts = lab::LabOptions { host: given.as_ref().map(|(h, _)| h.clone()), no_pool: b.no_pool, init: None };
+    let opts = lab::LabOptions { host: given.as_ref().map(|(h, _)| h.clone()), no_pool: b.no_pool, ..lab::LabOptions::default() };
     let be = lab::LabBackend::boot(k, opts)?;
     let fp = match (given, &o.host_facts) {
         (Some((g, fp)), Some(p)) => {
@@ -1443,6 +1443,8 @@ fn run(cli: Cli) -> Result<i32> {
                 let state = workdir.join("campaign.json");
                 xsave_runner::store::write_atomic(&state, &serde_json::to_vec_pretty(&main)?)
                     .with_context(|| format!("cannot write {}", state.display()))?;
+                // The workers open backends of their own (a lab guest each).
+                drop(be);
                 let code = run_jobs(jobs, &workdir, json, &stop, oracle.host_facts.is_none(), &main);
                 if let Some(s) = sync {
                     eprintln!("{}", hub_cmd::summary_line(&s.finish()));

@@ -333,3 +333,31 @@ fn lab_backend_campaign_finds_what_the_whole_rig_in_the_guest_finds() {
         in_guest["execs_per_sec"].as_f64().unwrap_or(0.0)
     );
 }
+
+/// A lab backend whose guest dies while booting, or never answers, is an error naming the
+/// console log, within the timeout, and leaves no QEMU behind.
+#[test]
+fn lab_backend_guest_death_and_silence_are_errors() {
+    if !lab_or_skip("lab_backend_guest_death_and_silence_are_errors") {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    use xsave_runner::lab::{LabBackend, LabOptions};
+    let boot = |init: &str| {
+        let opts =
+            LabOptions { init: Some(init.to_string()), boot_timeout: Some(std::time::Duration::from_secs(20)), ..LabOptions::default() };
+        let t = std::time::Instant::now();
+        let e = LabBackend::boot("debian:6.12", opts).err().expect("the guest cannot serve");
+        (e.to_string(), t.elapsed())
+    };
+    let (dies, _) = boot("#!/bin/busybox sh\nexit 1\n");
+    assert!(dies.contains("panicked") && dies.contains("console log"), "{dies}");
+    let (hangs, took) = boot("#!/bin/busybox sh\n/bin/busybox sleep 100000\n");
+    assert!(hangs.contains("hung") && hangs.contains("console log"), "{hangs}");
+    assert!(took < std::time::Duration::from_secs(120), "the timeout holds: {took:?}");
+    for e in [&dies, &hangs] {
+        // "... (console log: <scratch>/console.log)": no QEMU of that run is left.
+        let log = e.split("console log: ").nth(1).and_then(|r| r.split(')').next()).expect("console log path");
+        no_qemu_left(Path::new(log).parent().expect("scratch"));
+    }
+}

@@ -30,6 +30,10 @@ pub struct LabOptions {
     pub no_pool: bool,
     /// Another `/init` (tests use it to make guests die or hang).
     pub init: Option<String>,
+    /// How long the guest may take to boot and probe (default 600 s).
+    pub boot_timeout: Option<Duration>,
+    /// How long one case may take in the guest (default 120 s).
+    pub case_timeout: Option<Duration>,
 }
 
 /// Cases executed on a lab guest's KVM.
@@ -44,6 +48,7 @@ pub struct LabBackend {
     ioctls: u64,
     cases: u64,
     boot: Duration,
+    case_timeout: Duration,
 }
 
 /// The guest and its control channel.
@@ -61,6 +66,8 @@ impl LabBackend {
     pub fn boot(spec: &str, opts: LabOptions) -> Result<LabBackend, LabError> {
         need("qemu-system-x86_64", "apt-get install qemu-system-x86")?;
         let kernel = super::kernel(spec)?;
+        let boot_timeout = opts.boot_timeout.unwrap_or(BOOT_TIMEOUT);
+        let case_timeout = opts.case_timeout.unwrap_or(CASE_TIMEOUT);
         let scratch = Scratch::fresh(&kernel);
         std::fs::create_dir_all(scratch.path()).map_err(io(scratch.path()))?;
         let sh = "export XSAVE_RIG_CACHE=/tmp\nexec /bin/xsave-rig lab-serve 2>/dev/console\n";
@@ -88,23 +95,23 @@ impl LabBackend {
             if let Some(st) = qemu.exited()? {
                 return Err(LabError::Command { what: "qemu-system-x86_64".into(), detail: format!("{st}: {}", qemu.stderr()) });
             }
-            if qemu.elapsed() > BOOT_TIMEOUT {
+            if qemu.elapsed() > boot_timeout {
                 qemu.kill();
-                return Err(LabError::Hang { secs: BOOT_TIMEOUT.as_secs(), log: console });
+                return Err(LabError::Hang { secs: boot_timeout.as_secs(), log: console });
             }
             std::thread::sleep(Duration::from_millis(20));
         };
         stream.set_nonblocking(false).map_err(io(&sock))?;
-        stream.set_read_timeout(Some(BOOT_TIMEOUT)).map_err(io(&sock))?;
+        stream.set_read_timeout(Some(boot_timeout)).map_err(io(&sock))?;
         let mut chan = Channel { qemu, stream, console, dead: None };
-        let hello = chan.expect(wire::HELLO, BOOT_TIMEOUT)?;
+        let hello = chan.expect(wire::HELLO, boot_timeout)?;
         let hello: Hello = chan.json(&hello)?;
         let host = opts.host.unwrap_or_else(|| hello.report.host.clone());
         let start = serde_json::to_vec(&Start { host: host.clone(), pool: !opts.no_pool })
             .map_err(|e| LabError::Kernel(format!("start frame: {e}")))?;
         wire::send(&mut chan.stream, wire::START, &start).map_err(io(&sock))?;
-        chan.expect(wire::READY, BOOT_TIMEOUT)?;
-        chan.stream.set_read_timeout(Some(CASE_TIMEOUT)).map_err(io(&sock))?;
+        chan.expect(wire::READY, boot_timeout)?;
+        chan.stream.set_read_timeout(Some(case_timeout)).map_err(io(&sock))?;
         Ok(LabBackend {
             name: format!("lab:{spec}"),
             kernel,
@@ -116,6 +123,7 @@ impl LabBackend {
             splats: Vec::new(),
             ioctls: 0,
             cases: 0,
+            case_timeout,
         })
     }
 
@@ -192,10 +200,10 @@ impl Backend for LabBackend {
         }
         if wire::send(&mut chan.stream, wire::EXEC, &case.encode()).is_err() {
             // The guest is gone: find out why (and mark the channel dead).
-            let e = chan.expect(wire::DONE, CASE_TIMEOUT).err();
+            let e = chan.expect(wire::DONE, self.case_timeout).err();
             return Err(BackendError::Lab(chan.dead.clone().or(e.map(|e| e.to_string())).unwrap_or_default()));
         }
-        let payload = chan.expect(wire::DONE, CASE_TIMEOUT).map_err(|e| BackendError::Lab(e.to_string()))?;
+        let payload = chan.expect(wire::DONE, self.case_timeout).map_err(|e| BackendError::Lab(e.to_string()))?;
         let done: Done = chan.json(&payload).map_err(|e| BackendError::Lab(e.to_string()))?;
         self.splats.extend(done.splats);
         self.ioctls = done.ioctls;
