@@ -1357,7 +1357,13 @@ fn run(cli: Cli) -> Result<i32> {
                 }
                 Some(why) => serde_json::json!({ "unavailable": why }),
             };
-            let both = serde_json::json!({ "lab": { "kernel": kern.id, "bench": lab_r }, "host": host_r });
+            // The same case mix through the lab backend: generated and judged here, run there.
+            let mut be = lab::LabBackend::boot(&k, lab::LabOptions::default())?;
+            let model = ModelConfig { quirks: be.host().quirks.clone(), ..ModelConfig::default() };
+            let rate = xsave_runner::bench::backend_cases_per_sec(&mut be, &model, seconds)?;
+            let backend_r = serde_json::json!({ "name": be.name(), "cases_per_sec": rate });
+            drop(be);
+            let both = serde_json::json!({ "lab": { "kernel": kern.id, "bench": lab_r, "backend": backend_r }, "host": host_r });
             println!("{}", serde_json::to_string_pretty(&both)?);
             Ok(0)
         }

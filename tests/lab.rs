@@ -166,15 +166,7 @@ fn guest_seed_scenarios_agree_on_stock_kernels() {
         return;
     }
     let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/seed");
-    let mut files: Vec<String> = std::fs::read_dir(&seeds)
-        .expect("seed dir")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("guest-")))
-        .map(|p| p.display().to_string())
-        .collect();
-    files.sort();
+    let files = seed_files(|n| n.starts_with("guest-"));
     assert!(files.len() >= 3, "the three selftest scenarios are seeds");
     for (kernel, contract) in [("debian:6.12", "V3"), ("debian:5.10", "V0")] {
         let mut args = vec!["lab", "run", "--kernel", kernel, "--timeout", "300"];
@@ -188,6 +180,23 @@ fn guest_seed_scenarios_agree_on_stock_kernels() {
         assert_eq!(o.status.code(), Some(0), "{kernel} under {contract}:\n{text}\n{}", String::from_utf8_lossy(&o.stderr));
         assert_eq!(text.matches("AGREE").count(), files.len(), "{text}");
     }
+}
+
+fn seeds() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/seed")
+}
+
+/// The seed files whose names `keep` accepts, sorted, as paths.
+fn seed_files(keep: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(seeds())
+        .expect("seed dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(&keep))
+        .map(|p| p.display().to_string())
+        .collect();
+    files.sort();
+    files
 }
 
 /// The kernel id `lab fetch SPEC` resolves to now (downloading it if needed).
@@ -253,21 +262,14 @@ fn lab_backend_replays_seeds_like_the_whole_rig_in_the_guest() {
         return;
     }
     let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/seed");
-    let mut files: Vec<String> = std::fs::read_dir(&seeds)
-        .expect("seed dir")
-        .flatten()
-        .map(|e| e.path().display().to_string())
-        .filter(|p| p.ends_with(".case"))
-        .collect();
-    files.sort();
+    let files = seed_files(|n| n.ends_with(".case"));
     let mut backend = vec!["replay", "--backend", "lab:debian:6.12", "--json"];
     backend.extend(files.iter().map(String::as_str));
     let o = rig(&backend);
     assert!(matches!(o.status.code(), Some(0 | 1)), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("console log"), "the lab backend names its console log");
     let via_backend = json_of(&o);
-    let seeds_dir = seeds.display().to_string();
+    let seeds_dir = seeds().display().to_string();
     let mut whole = vec!["lab", "run", "--kernel", "debian:6.12", "--timeout", "300", "--input", &seeds_dir, "--"];
     whole.extend(["replay", "--backend", "kvm", "--backend-label", "lab:debian:6.12", "--json"]);
     whole.extend(files.iter().map(String::as_str));
