@@ -1,15 +1,23 @@
 //! The kernel lab: stock Debian kernels (or a user's own) under QEMU TCG with `-cpu max`
 //! (SVM, XSAVE, AVX, PKU), KVM loaded inside, and xsave-rig itself running there against the
-//! guest kernel's `/dev/kvm`. Results come back over a virtio-serial port as a tar stream
-//! (never scraped from the console); the console is saved to a log for failures.
+//! guest kernel's `/dev/kvm`, in one of two ways:
+//!
+//! - [`run`]: one [`Job`] (an xsave-rig command line with its explicit input files and output
+//!   directories) runs whole inside the guest; its results come back over a virtio-serial port
+//!   as a tar stream (never scraped from the console). `lab run` and `lab matrix` use it.
+//! - [`LabBackend`]: a [`crate::Backend`] whose guest is booted once with [`serve()`] inside;
+//!   the campaign stays on the host and only cases and traces cross a second virtio-serial
+//!   port. `--backend lab:K` for fuzz, replay, minimize and bench uses it.
+//!
+//! The console is saved to a log for failures; every run has its own [`Scratch`] directory.
 //!
 //! Cache layout (`$XDG_CACHE_HOME/xsave-rig`, else `~/.cache/xsave-rig`):
 //! `apt/` (a private apt configuration: the system's sources are never touched),
-//! `kernels/<id>/{vmlinuz, modules/*.ko, modules.order, kernel.json}`.
-
+//! `kernels/<id>/{vmlinuz, modules/*.ko, modules.order, kernel.json}`, `runs/<id>/<pid>-<n>/`.
 //!
-//! Modules: [`debian`] (apt resolution and download), [`modules`] (the module dependency
-//! closure), [`initramfs`] (the cpio the guest boots), [`qemu`] (launch, reaping, results).
+//! Modules: `debian` (apt resolution and download), `modules` (the module dependency
+//! closure), `initramfs` (the cpio the guest boots), `qemu` (launch, reaping, jobs),
+//! `backend`, `serve` and `wire` (the lab backend and its control channel).
 
 mod backend;
 mod debian;
