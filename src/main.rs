@@ -65,16 +65,16 @@ struct OracleArgs {
 struct BackendArgs {
     /// Where cases run: `kvm` (this host's /dev/kvm), `model:V0`…`model:V3` (the oracle
     /// under that contract, standing in for a historical kernel; `+quirk` models a quirk too,
-    /// e.g. `model:V3+kvm-fpu-legacy` for today's KVM_GET/SET_FPU), or `lab:<kernel>` (the whole
-    /// command runs inside that kernel's lab guest under QEMU, e.g. `lab:debian:6.1`; see
-    /// `lab fetch`).
+    /// e.g. `model:V3+kvm-fpu-legacy` for today's KVM_GET/SET_FPU), or `lab:<kernel>` (the cases
+    /// run on the KVM of that kernel's lab guest under QEMU, booted once, e.g. `lab:debian:6.1`;
+    /// see `lab fetch`).
     #[arg(long, default_value = "kvm", value_parser = parse_backend)]
     backend: BackendKind,
     /// Create a fresh VM for every case instead of resetting a pooled vCPU.
     #[arg(long)]
     no_pool: bool,
-    /// Internal (set by `--backend lab:K` for the command it runs in the guest): the name
-    /// summaries, campaign.json and findings give the backend.
+    /// Internal (for commands run in a guest with `lab run`): the name summaries,
+    /// campaign.json and findings give the backend.
     #[arg(long)]
     backend_label: Option<String>,
 }
@@ -231,6 +231,9 @@ enum Cmd {
         #[arg(long)]
         full: bool,
     },
+    /// Internal (what `--backend lab:K` runs inside the lab guest): probe the guest's KVM, then
+    /// execute the cases the host sends on the control port.
+    LabServe,
     /// Run case files and print observation, prediction and verdict (exit 0 agree, 1 divergence).
     Replay {
         /// Case files (binary or .json).
@@ -323,9 +326,19 @@ enum LabCmd {
         /// Seconds before the guest counts as hung.
         #[arg(long, default_value_t = 900)]
         timeout: u64,
-        /// Where the initramfs, console log and results go (default: a directory under the cache).
+        /// Where the initramfs, console log and results go (default: a fresh directory
+        /// runs/<kernel>/<pid>-<n> under the cache, cleaned but for the console log on success).
         #[arg(long)]
         scratch: Option<PathBuf>,
+        /// A file or directory the command reads: shipped into the guest at the same path
+        /// (the guest runs in this working directory, so relative paths work). Repeatable;
+        /// nothing else is shipped.
+        #[arg(long)]
+        input: Vec<PathBuf>,
+        /// A directory the command writes (e.g. its --workdir): copied back to the same path.
+        /// Repeatable.
+        #[arg(long)]
+        output: Vec<PathBuf>,
         /// Internal (for testing failure handling): replace the guest's /init with this script.
         #[arg(long)]
         init_script: Option<PathBuf>,
@@ -648,38 +661,43 @@ fn make_backend_unlabelled(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn 
         BackendKind::Model(contract, quirks) => {
             Box::new(ModelBackend::new(host.clone(), ModelConfig { contract: *contract, quirks: quirks.clone() }))
         }
-        BackendKind::Lab(k) => bail!("lab:{k} runs the whole command inside the guest (internal error: not delegated)"),
+        BackendKind::Lab(k) => bail!("lab:{k}: the lab backend is opened with its host facts (internal error)"),
     })
 }
 
-/// `--backend lab:K`: run this very command inside kernel K's lab guest with `--backend kvm`,
-/// bring results back, and exit with the guest's status.
-fn delegate_to_lab(kernel: &str) -> Result<i32> {
-    let mut args: Vec<String> = Vec::new();
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let lab = if a == "--backend" { it.next() } else { a.strip_prefix("--backend=").map(str::to_string) };
-        match lab {
-            // The guest runs on its own /dev/kvm but names the backend as the user did.
-            Some(b) => args.extend(["--backend".into(), "kvm".into(), "--backend-label".into(), b]),
-            None => args.push(a),
+/// The backend, the host facts it renders cases with and their fingerprint. `lab:K` boots
+/// K's guest once and takes its probe report (or `--host-facts`, checked against the guest's
+/// unless `--force-host-facts`).
+fn open_backend(b: &BackendArgs, o: &OracleArgs) -> Result<(Box<dyn Backend>, HostFacts, serde_json::Value)> {
+    let BackendKind::Lab(k) = &b.backend else {
+        let (host, fp) = backend_host(b, o)?;
+        return Ok((make_backend(b, &host)?, host, fp));
+    };
+    let given = if o.host_facts.is_some() { Some(host_facts(o, false)?) } else { None };
+    let opts = lab::LabOptions { host: given.as_ref().map(|(h, _)| h.clone()), no_pool: b.no_pool, ..lab::LabOptions::default() };
+    let be = lab::LabBackend::boot(k, opts)?;
+    let fp = match (given, &o.host_facts) {
+        (Some((g, fp)), Some(p)) => {
+            if let (Some(d), false) = (host_difference(&g, &be.probe_report().host), o.force_host_facts) {
+                bail!(
+                    "--host-facts {} describes another host than lab:{k} ({d}); pass --force-host-facts to run its KVM against it anyway",
+                    p.display()
+                );
+            }
+            fp
         }
-    }
-    let k = lab::kernel(kernel)?;
-    let scratch = lab::cache_dir().join("runs").join(&k.id);
-    run_in_lab(&k, &args, &scratch, Duration::from_secs(1800), None)
+        _ => serde_json::to_value(be.probe_report())?,
+    };
+    let host = be.host().clone();
+    Ok((Box::new(be), host, fp))
 }
 
-/// Run `xsave-rig ARGS` in `k`'s lab guest: print its output, copy `--workdir` back, report
+/// Run `job` in `k`'s lab guest: print its output (its outputs are copied back), report
 /// timings, and return the guest's exit status.
-fn run_in_lab(k: &lab::Kernel, args: &[String], scratch: &Path, timeout: Duration, init: Option<&str>) -> Result<i32> {
-    let host_workdir = args.iter().position(|a| a == "--workdir").and_then(|i| args.get(i + 1)).map(PathBuf::from);
-    let out = lab::run_with(k, args, scratch, timeout, init)?;
+fn run_in_lab(k: &lab::Kernel, job: &lab::Job, scratch: &lab::Scratch, timeout: Duration) -> Result<i32> {
+    let out = lab::run(k, job, scratch, timeout)?;
     lab::passthrough(&out.stdout);
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    if let Some(w) = host_workdir {
-        copy_tree(&out.outdir.join("workdir"), &w)?;
-    }
     eprintln!(
         "xsave-rig lab: {} booted in {:.1} s, ran {:.1} s, {:.1} s wall; console log {}",
         k.id,
@@ -970,8 +988,13 @@ fn run_matrix(
         let k = lab::kernel(spec)?;
         let out = workdir.join("kernels").join(&k.id).join("pass1");
         let _ = std::fs::remove_dir_all(&out);
-        let args: Vec<String> = vec!["exec-cases".into(), cdir.display().to_string(), "--workdir".into(), out.display().to_string()];
-        let r = lab::run(&k, &args, &workdir.join("kernels").join(&k.id).join("scratch"), timeout)?;
+        let job = lab::Job {
+            args: vec!["exec-cases".into(), cdir.display().to_string(), "--workdir".into(), out.display().to_string()],
+            inputs: vec![cdir.clone()],
+            outputs: vec![out.clone()],
+            init: None,
+        };
+        let r = lab::run(&k, &job, &lab::Scratch::at(&workdir.join("kernels").join(&k.id).join("scratch")), timeout)?;
         if r.status != 0 {
             bail!(
                 "{}: exec-cases exited {} in the guest: {} (console log {})",
@@ -981,7 +1004,6 @@ fn run_matrix(
                 r.console.display()
             );
         }
-        copy_tree(&r.outdir.join("workdir"), &out)?;
         let (p, recs) = read_records(&out)?;
         columns.push(column(&k.id, &p, &recs, r.boot_seconds, r.run_seconds));
         hosts.push(p.host.clone());
@@ -1012,17 +1034,21 @@ fn run_matrix(
                 Some(k) => {
                     let out = workdir.join("kernels").join(&k.id).join("pass2");
                     let _ = std::fs::remove_dir_all(&out);
-                    let args: Vec<String> = vec![
-                        "exec-cases".into(),
-                        cdir.display().to_string(),
-                        "--workdir".into(),
-                        out.display().to_string(),
-                        "--only".into(),
-                        only.display().to_string(),
-                        "--full".into(),
-                    ];
-                    let r = lab::run(k, &args, &workdir.join("kernels").join(&k.id).join("scratch"), timeout)?;
-                    copy_tree(&r.outdir.join("workdir"), &out)?;
+                    let job = lab::Job {
+                        args: vec![
+                            "exec-cases".into(),
+                            cdir.display().to_string(),
+                            "--workdir".into(),
+                            out.display().to_string(),
+                            "--only".into(),
+                            only.display().to_string(),
+                            "--full".into(),
+                        ],
+                        inputs: vec![cdir.clone(), only.clone()],
+                        outputs: vec![out.clone()],
+                        init: None,
+                    };
+                    lab::run(k, &job, &lab::Scratch::at(&workdir.join("kernels").join(&k.id).join("scratch")), timeout)?;
                     read_records(&out)?.1
                 }
                 None => {
@@ -1067,21 +1093,6 @@ fn column(name: &str, p: &ProbeReport, recs: &[xsave_runner::matrix::ExecRecord]
         boot_seconds: boot,
         run_seconds: run,
     }
-}
-
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    if !from.exists() {
-        return Ok(());
-    }
-    if from.is_dir() {
-        std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
-        for e in std::fs::read_dir(from)?.flatten() {
-            copy_tree(&e.path(), &to.join(e.file_name()))?;
-        }
-    } else {
-        std::fs::copy(from, to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
-    }
-    Ok(())
 }
 
 fn load_target(p: &Path) -> Result<xsave_runner::migrate::Target> {
@@ -1295,8 +1306,6 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Fuzz { backend: BackendArgs { backend: BackendKind::Lab(k), .. }, .. }
-        | Cmd::Replay { backend: BackendArgs { backend: BackendKind::Lab(k), .. }, .. } => delegate_to_lab(&k),
         Cmd::Bench { sub: Some(BenchSub::Detect { seeds, budget, json }), .. } => {
             // The libFuzzer row needs the detect_model target built (cd fuzz && cargo fuzz build -s none).
             let lf = std::env::var_os("XSAVE_RIG_DETECT_BIN").map(PathBuf::from).or_else(|| {
@@ -1331,8 +1340,9 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Bench { backend: BenchBackend { backend: Some(k) }, seconds, .. } => {
             let k = k.strip_prefix("lab:").ok_or_else(|| anyhow::anyhow!("bench --backend takes lab:<kernel>"))?.to_string();
             let kern = lab::kernel(&k)?;
-            let args: Vec<String> = vec!["bench".into(), "--json".into(), "--seconds".into(), seconds.to_string()];
-            let out = lab::run(&kern, &args, &lab::cache_dir().join("runs").join(&kern.id), Duration::from_secs(1800))?;
+            let job =
+                lab::Job { args: vec!["bench".into(), "--json".into(), "--seconds".into(), seconds.to_string()], ..lab::Job::default() };
+            let out = lab::run(&kern, &job, &lab::Scratch::fresh(&kern), Duration::from_secs(1800))?;
             let text = String::from_utf8_lossy(&out.stdout);
             let lab_r: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("lab bench output: {}", String::from_utf8_lossy(&out.stderr).trim()))?;
@@ -1347,7 +1357,13 @@ fn run(cli: Cli) -> Result<i32> {
                 }
                 Some(why) => serde_json::json!({ "unavailable": why }),
             };
-            let both = serde_json::json!({ "lab": { "kernel": kern.id, "bench": lab_r }, "host": host_r });
+            // The same case mix through the lab backend: generated and judged here, run there.
+            let mut be = lab::LabBackend::boot(&k, lab::LabOptions::default())?;
+            let model = ModelConfig { quirks: be.host().quirks.clone(), ..ModelConfig::default() };
+            let rate = xsave_runner::bench::backend_cases_per_sec(&mut be, &model, seconds)?;
+            let backend_r = serde_json::json!({ "name": be.name(), "cases_per_sec": rate });
+            drop(be);
+            let both = serde_json::json!({ "lab": { "kernel": kern.id, "bench": lab_r, "backend": backend_r }, "host": host_r });
             println!("{}", serde_json::to_string_pretty(&both)?);
             Ok(0)
         }
@@ -1369,9 +1385,8 @@ fn run(cli: Cli) -> Result<i32> {
             worker,
             hub,
         } => {
-            let (host, fingerprint) = backend_host(&backend, &oracle)?;
+            let (mut be, host, fingerprint) = open_backend(&backend, &oracle)?;
             let model = model_config(&oracle, &host)?;
-            let mut be = make_backend(&backend, &host)?;
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install signal handler")?;
@@ -1434,6 +1449,8 @@ fn run(cli: Cli) -> Result<i32> {
                 let state = workdir.join("campaign.json");
                 xsave_runner::store::write_atomic(&state, &serde_json::to_vec_pretty(&main)?)
                     .with_context(|| format!("cannot write {}", state.display()))?;
+                // The workers open backends of their own (a lab guest each).
+                drop(be);
                 let code = run_jobs(jobs, &workdir, json, &stop, oracle.host_facts.is_none(), &main);
                 if let Some(s) = sync {
                     eprintln!("{}", hub_cmd::summary_line(&s.finish()));
@@ -1523,9 +1540,8 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Hub { cmd } => hub_cmd::run(cmd),
         Cmd::Replay { files, backend, oracle, json } => {
             let cases = files.iter().map(|f| load_case_or_raw(f).map(|(c, raw)| (f.clone(), c, raw))).collect::<Result<Vec<_>>>()?;
-            let (host, _) = backend_host(&backend, &oracle)?;
+            let (mut be, host, _) = open_backend(&backend, &oracle)?;
             let model = model_config(&oracle, &host)?;
-            let mut be = make_backend(&backend, &host)?;
             let mut code = 0;
             let mut out = Vec::new();
             for (f, case, raw) in cases {
@@ -1559,9 +1575,8 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Minimize { case, output, budget, backend, oracle } => {
             let (c, raw) = load_case_or_raw(&case)?;
-            let (host, _) = backend_host(&backend, &oracle)?;
+            let (mut be, host, _) = open_backend(&backend, &oracle)?;
             let model = model_config(&oracle, &host)?;
-            let mut be = make_backend(&backend, &host)?;
             let Some(sig) = minimize::signature_of(be.as_mut(), &host, &model, &c)? else {
                 bail!("{}: the case does not diverge on {} (oracle {}), nothing to minimize", case.display(), be.name(), model.contract);
             };
@@ -1731,14 +1746,19 @@ fn run(cli: Cli) -> Result<i32> {
             println!("{}  release {}  {} modules  ({})", k.id, k.release, k.modules.len(), k.packages.join(", "));
             Ok(0)
         }
-        Cmd::Lab { cmd: LabCmd::Run { kernel, timeout, scratch, init_script, args } } => {
+        Cmd::Lab { cmd: LabCmd::Run { kernel, timeout, scratch, init_script, input, output, args } } => {
             let k = lab::kernel(&kernel)?;
             let init = match init_script {
                 Some(p) => Some(read_text(&p, caps::JSON)?),
                 None => None,
             };
-            let scratch = scratch.unwrap_or_else(|| lab::cache_dir().join("runs").join(&k.id));
-            run_in_lab(&k, &args, &scratch, Duration::from_secs(timeout), init.as_deref())
+            let scratch = scratch.map_or_else(|| lab::Scratch::fresh(&k), |s| lab::Scratch::at(&s));
+            let job = lab::Job { args, inputs: input, outputs: output, init };
+            run_in_lab(&k, &job, &scratch, Duration::from_secs(timeout))
+        }
+        Cmd::LabServe => {
+            lab::serve()?;
+            Ok(0)
         }
         Cmd::ExecCases { dir, workdir, only, full } => {
             let only: Option<Vec<String>> = match only {

@@ -46,6 +46,8 @@ fn campaign(kernel: &str, contract: &str, n: &str, dir: &Path) -> serde_json::Va
         kernel,
         "--timeout",
         "900",
+        "--output",
+        wd,
         "--",
         "fuzz",
         "--contract",
@@ -164,24 +166,37 @@ fn guest_seed_scenarios_agree_on_stock_kernels() {
         return;
     }
     let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/seed");
-    let mut files: Vec<String> = std::fs::read_dir(&seeds)
-        .expect("seed dir")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("guest-")))
-        .map(|p| p.display().to_string())
-        .collect();
-    files.sort();
+    let files = seed_files(|n| n.starts_with("guest-"));
     assert!(files.len() >= 3, "the three selftest scenarios are seeds");
     for (kernel, contract) in [("debian:6.12", "V3"), ("debian:5.10", "V0")] {
-        let mut args = vec!["lab", "run", "--kernel", kernel, "--timeout", "300", "--", "replay", "--contract", contract];
+        let mut args = vec!["lab", "run", "--kernel", kernel, "--timeout", "300"];
+        for f in &files {
+            args.extend(["--input", f.as_str()]);
+        }
+        args.extend(["--", "replay", "--contract", contract]);
         args.extend(files.iter().map(String::as_str));
         let o = rig(&args);
         let text = String::from_utf8_lossy(&o.stdout);
         assert_eq!(o.status.code(), Some(0), "{kernel} under {contract}:\n{text}\n{}", String::from_utf8_lossy(&o.stderr));
         assert_eq!(text.matches("AGREE").count(), files.len(), "{text}");
     }
+}
+
+fn seeds() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/seed")
+}
+
+/// The seed files whose names `keep` accepts, sorted, as paths.
+fn seed_files(keep: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(seeds())
+        .expect("seed dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(&keep))
+        .map(|p| p.display().to_string())
+        .collect();
+    files.sort();
+    files
 }
 
 /// The kernel id `lab fetch SPEC` resolves to now (downloading it if needed).
@@ -235,5 +250,116 @@ fn matrix_groups_kernels_by_behaviour() {
     for spec in ["debian:6.1", "debian:6.12"] {
         let id = fetched_id(spec);
         assert!(md.contains(&format!("| {id} |")), "matrix.md has no column {id}:\n{md}");
+    }
+}
+
+/// The seeds replayed through `--backend lab:debian:6.12` (the campaign on this host, only the
+/// cases in the guest) get exactly what the rig running whole inside the guest gets: the same
+/// verdicts and the same observed bytes.
+#[test]
+fn lab_backend_replays_seeds_like_the_whole_rig_in_the_guest() {
+    if !lab_or_skip("lab_backend_replays_seeds_like_the_whole_rig_in_the_guest") {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let files = seed_files(|n| n.ends_with(".case"));
+    let mut backend = vec!["replay", "--backend", "lab:debian:6.12", "--json"];
+    backend.extend(files.iter().map(String::as_str));
+    let o = rig(&backend);
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("console log"), "the lab backend names its console log");
+    let via_backend = json_of(&o);
+    let seeds_dir = seeds().display().to_string();
+    let mut whole = vec!["lab", "run", "--kernel", "debian:6.12", "--timeout", "300", "--input", &seeds_dir, "--"];
+    whole.extend(["replay", "--backend", "kvm", "--backend-label", "lab:debian:6.12", "--json"]);
+    whole.extend(files.iter().map(String::as_str));
+    let o = rig(&whole);
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", String::from_utf8_lossy(&o.stderr));
+    let in_guest = json_of(&o);
+    let (a, b) = (via_backend.as_array().expect("rows"), in_guest.as_array().expect("rows"));
+    assert_eq!(a.len(), files.len());
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x["backend"], "lab:debian:6.12");
+        for k in ["file", "backend", "verdict", "observed", "expected", "unpredicted"] {
+            assert_eq!(x[k], y[k], "{}: {k} differs between the lab backend and the rig in the guest", x["file"]);
+        }
+    }
+}
+
+/// A seeded campaign on debian:5.10 (a V0 kernel, judged by V3) finds the same signatures
+/// whether the campaign runs on this host with the cases in the guest (`--backend lab:K`) or
+/// whole inside the guest; both throughputs are printed.
+#[test]
+fn lab_backend_campaign_finds_what_the_whole_rig_in_the_guest_finds() {
+    if !lab_or_skip("lab_backend_campaign_finds_what_the_whole_rig_in_the_guest_finds") {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("backend"), dir.path().join("whole"));
+    let (a, b) = (a.to_str().expect("utf8"), b.to_str().expect("utf8"));
+    let common = ["--quirks", "none", "--no-guest", "--no-fpu", "--iterations", "300", "--seed", "11", "--json"];
+    let t = std::time::Instant::now();
+    let mut args = vec!["fuzz", "--backend", "lab:debian:5.10", "--workdir", a];
+    args.extend(common);
+    let o = rig(&args);
+    let backend_wall = t.elapsed().as_secs_f64();
+    assert_eq!(o.status.code(), Some(1), "5.10 diverges from V3: {}", String::from_utf8_lossy(&o.stderr));
+    let via_backend = json_of(&o);
+    let t = std::time::Instant::now();
+    let mut args = vec!["lab", "run", "--kernel", "debian:5.10", "--timeout", "900", "--output", b, "--"];
+    args.extend(["fuzz", "--backend", "kvm", "--backend-label", "lab:debian:5.10", "--workdir", b]);
+    args.extend(common);
+    let o = rig(&args);
+    let whole_wall = t.elapsed().as_secs_f64();
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let in_guest = json_of(&o);
+    assert_eq!(via_backend["backend"], "lab:debian:5.10");
+    for k in ["backend", "execs", "new_signatures", "by_signature", "by_class", "divergent_cases", "findings", "corpus"] {
+        assert_eq!(via_backend[k], in_guest[k], "{k} differs");
+    }
+    let name = |wd: &str| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(Path::new(wd).join("findings"))
+            .expect("findings")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(name(a), name(b), "the same findings on disk");
+    eprintln!(
+        "throughput: lab backend {:.1} cases/s in the campaign ({backend_wall:.1} s wall incl. boot); whole rig in the guest {:.1} cases/s ({whole_wall:.1} s wall incl. boot)",
+        via_backend["execs_per_sec"].as_f64().unwrap_or(0.0),
+        in_guest["execs_per_sec"].as_f64().unwrap_or(0.0)
+    );
+}
+
+/// A lab backend whose guest dies while booting, or never answers, is an error naming the
+/// console log, within the timeout, and leaves no QEMU behind.
+#[test]
+fn lab_backend_guest_death_and_silence_are_errors() {
+    if !lab_or_skip("lab_backend_guest_death_and_silence_are_errors") {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    use xsave_runner::lab::{LabBackend, LabOptions};
+    let boot = |init: &str| {
+        let opts =
+            LabOptions { init: Some(init.to_string()), boot_timeout: Some(std::time::Duration::from_secs(20)), ..LabOptions::default() };
+        let t = std::time::Instant::now();
+        let e = LabBackend::boot("debian:6.12", opts).err().expect("the guest cannot serve");
+        (e.to_string(), t.elapsed())
+    };
+    let (dies, _) = boot("#!/bin/busybox sh\nexit 1\n");
+    assert!(dies.contains("panicked") && dies.contains("console log"), "{dies}");
+    let (hangs, took) = boot("#!/bin/busybox sh\n/bin/busybox sleep 100000\n");
+    assert!(hangs.contains("hung") && hangs.contains("console log"), "{hangs}");
+    assert!(took < std::time::Duration::from_secs(120), "the timeout holds: {took:?}");
+    for e in [&dies, &hangs] {
+        // "... (console log: <scratch>/console.log)": no QEMU of that run is left.
+        let log = e.split("console log: ").nth(1).and_then(|r| r.split(')').next()).expect("console log path");
+        no_qemu_left(Path::new(log).parent().expect("scratch"));
     }
 }

@@ -148,6 +148,24 @@ fn rig_loop(host: &HostFacts, model: &ModelConfig, dur: Duration, shape: impl Fn
     })
 }
 
+/// Cases checked per second through any backend (the rig's normal case mix, generated and
+/// judged here, executed by `backend`) over `seconds`: for the lab backend, where execution
+/// crosses into a guest.
+pub fn backend_cases_per_sec(backend: &mut dyn Backend, model: &ModelConfig, seconds: f64) -> Result<f64, BackendError> {
+    let dur = Duration::from_secs_f64(seconds);
+    let host = backend.host().clone();
+    let start = Instant::now();
+    let mut cases = 0u64;
+    while start.elapsed() < dur {
+        let case = case_for(0xbe4c, cases);
+        let obs = backend.execute(&case)?;
+        let _ = backend.kernel_log();
+        let _ = judge(&case, &host, model, &obs);
+        cases += 1;
+    }
+    Ok(cases as f64 / start.elapsed().as_secs_f64())
+}
+
 /// One row of the detection benchmark.
 #[derive(Clone, Debug, Serialize)]
 pub struct DetectRow {

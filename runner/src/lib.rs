@@ -38,6 +38,9 @@ pub enum BackendError {
     /// Creating a VM or vCPU failed.
     #[error("KVM setup failed: {0}")]
     Setup(String),
+    /// A lab guest died, hung or failed (the message names its console log).
+    #[error("lab guest: {0}")]
+    Lab(String),
 }
 
 /// Something that executes a case and reports every step's result.

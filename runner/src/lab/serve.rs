@@ -1,0 +1,69 @@
+//! The guest side of [`super::LabBackend`]: inside a lab guest, `xsave-rig lab-serve` probes
+//! the guest kernel's KVM once, sends the probe report, then executes every case the host
+//! sends on a [`KvmBackend`] and sends back its trace, the kernel splat lines logged meanwhile
+//! and the ioctl count, until the host closes the channel ([`super::wire`]).
+
+use super::wire::{self, Done, Hello, Start};
+use super::{io, LabError};
+use crate::kvm::KvmBackend;
+use crate::Backend;
+use std::path::{Path, PathBuf};
+use xsave_oracle::Case;
+
+/// The name of the control port (a virtio-serial port).
+pub(super) const PORT: &str = "org.xsave-rig.ctl";
+
+/// The device of the virtio-serial port named `name` (`/dev/vportNpM`).
+fn find_port(name: &str) -> Result<PathBuf, LabError> {
+    for e in std::fs::read_dir("/sys/class/virtio-ports").map_err(io(Path::new("/sys/class/virtio-ports")))?.flatten() {
+        if std::fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == name) {
+            return Ok(Path::new("/dev").join(e.file_name()));
+        }
+    }
+    Err(LabError::Kernel(format!("no virtio-serial port {name} in this guest")))
+}
+
+/// Serve cases on the control port until the host closes it. A failure of the guest's own
+/// (probe, KVM setup, an undecodable case) is sent to the host as a failure frame before it
+/// is returned.
+pub fn serve() -> Result<(), LabError> {
+    let path = find_port(PORT)?;
+    let mut port = std::fs::OpenOptions::new().read(true).write(true).open(&path).map_err(io(&path))?;
+    let result = serve_on(&mut port, &path);
+    if let Err(e) = &result {
+        let _ = wire::send(&mut port, wire::FAILED, e.to_string().as_bytes());
+    }
+    result
+}
+
+fn serve_on(port: &mut std::fs::File, path: &Path) -> Result<(), LabError> {
+    let guest = |e: crate::BackendError| LabError::Kernel(format!("guest KVM: {e}"));
+    let report = crate::probe::probe().map_err(guest)?;
+    let hello = serde_json::to_vec(&Hello { report }).map_err(|e| LabError::Kernel(format!("probe report: {e}")))?;
+    wire::send(port, wire::HELLO, &hello).map_err(io(path))?;
+    let mut backend: Option<KvmBackend> = None;
+    while let Some((tag, payload)) = wire::recv(port).map_err(io(path))? {
+        match (tag, backend.as_mut()) {
+            (wire::START, _) => {
+                let start: Start = serde_json::from_slice(&payload).map_err(|e| LabError::Kernel(format!("start frame: {e}")))?;
+                backend = Some(KvmBackend::new(start.host, start.pool).map_err(guest)?);
+                wire::send(port, wire::READY, &[]).map_err(io(path))?;
+            }
+            (wire::EXEC, Some(be)) => {
+                let case = Case::decode(&payload).map_err(|e| LabError::Kernel(format!("case frame: {e}")))?;
+                let done = match be.execute(&case) {
+                    Ok(trace) => Done { trace, splats: be.kernel_log(), ioctls: be.ioctls() },
+                    Err(e) => {
+                        wire::send(port, wire::FAILED, e.to_string().as_bytes()).map_err(io(path))?;
+                        continue;
+                    }
+                };
+                let bytes = serde_json::to_vec(&done).map_err(|e| LabError::Kernel(format!("trace: {e}")))?;
+                wire::send(port, wire::DONE, &bytes).map_err(io(path))?;
+            }
+            (wire::EXEC, None) => return Err(LabError::Kernel("case frame before the start frame".into())),
+            (t, _) => return Err(LabError::Kernel(format!("unknown frame tag {t:#x}"))),
+        }
+    }
+    Ok(())
+}
