@@ -1,5 +1,8 @@
 //! Sync a campaign workdir with the hub: push what it found, pull what other hosts found.
 //!
+//! Over 600 lines with its tests: the outbox, ledger and pull cursor are one protocol whose
+//! crash-safety arguments need to be read together.
+//!
 //! `WORKDIR/hub/` holds `identity.json` (host id, campaign id), `ledger.json` (what was
 //! delivered and the pull cursor), `outbox/` (heartbeats not yet delivered), `pulled/`
 //! (validated cases from other hosts) and `skipped.log` (hub entries refused, with why).

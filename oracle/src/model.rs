@@ -1,5 +1,9 @@
 //! The vCPU model: predicts, for every step of a case, the errno or success and every output
 //! byte, under a selectable contract version (spec §9) and optional named host quirks.
+//!
+//! Over 600 lines on purpose: the model is one state machine (the vCPU's fpstate image, CPUID
+//! table, XCR0 and run state in [`Model`]), and its rules read and write the same private fields.
+//! Split by ioctl it would need that state public across modules (docs/ARCHITECTURE.md).
 
 use crate::abi::cpuid::{cpuid2_trace, cpuid2_trace_reg_offset, find_entry, CpuidEntry, CPUID_FLAG_SIGNIFICANT_INDEX, MAX_CPUID_ENTRIES};
 use crate::abi::xcrs::{KvmXcr, KvmXcrs, MAX_XCRS};
