@@ -9,6 +9,7 @@ pub mod campaign;
 pub mod corpus;
 pub mod differential;
 pub mod guest;
+pub mod jobs;
 pub mod kmsg;
 pub mod kvm;
 pub mod lab;

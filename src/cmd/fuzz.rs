@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use xsave_oracle::ModelConfig;
 use xsave_runner::campaign::{self, CampaignConfig, Summary};
+use xsave_runner::jobs;
 use xsave_runner::store::escape;
 
 #[derive(clap::Args)]
@@ -160,18 +161,17 @@ pub fn run(args: Args) -> Result<i32> {
         }
         return code;
     }
-    let worker =
-        match worker.as_deref().map(|w| w.split_once('/').and_then(|(k, n)| Some((k.parse::<u64>().ok()?, n.parse::<u64>().ok()?)))) {
-            None => None,
-            Some(Some((k, n))) if k < n => {
-                xsave_runner::sys::die_with_parent();
-                let dir = workdir.join("workers").join(k.to_string());
-                std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-                _locks.push(lock_workdir(&dir.join("lock"), &workdir, Duration::from_secs(30), &stop)?);
-                Some((k, n))
-            }
-            Some(_) => bail!("--worker takes K/N with K < N"),
-        };
+    let worker = match worker.as_deref().map(jobs::parse_worker) {
+        None => None,
+        Some(Some((k, n))) if k < n => {
+            jobs::die_with_parent();
+            let dir = workdir.join("workers").join(k.to_string());
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            _locks.push(lock_workdir(&dir.join("lock"), &workdir, Duration::from_secs(30), &stop)?);
+            Some((k, n))
+        }
+        Some(_) => bail!("--worker takes K/N with K < N"),
+    };
     let tty = std::io::stderr().is_terminal() && !json;
     let progress: Option<campaign::Progress> = if tty {
         Some(Box::new(|s: &Summary| {
@@ -239,147 +239,30 @@ pub fn run(args: Args) -> Result<i32> {
     Ok(code)
 }
 
-/// `fuzz --jobs N`: this command N times as workers (`--worker K/N`), sharing the workdir.
-/// The parent merges the workers' summaries into `WORKDIR/campaign.json` (written
-/// atomically, so `report WORKDIR` works): counts are summed (`next_iteration` is the sum of
-/// the workers' `next_iteration`, i.e. the cases run over all workers), `new_signatures` are
-/// deduplicated and sorted, and `jobs` is N. Exit status as for one campaign.
+/// `fuzz --jobs N`: this command N times as workers ([`jobs::run`]), sharing the workdir;
+/// prints the merged summary. Exit status as for one campaign.
 pub fn run_jobs(jobs: u64, workdir: &Path, json: bool, stop: &AtomicBool, pass_host: bool, main: &Summary) -> Result<i32> {
-    use std::sync::atomic::Ordering;
     let exe = std::env::current_exe().context("cannot find own executable")?;
-    let mut base: Vec<String> = Vec::new();
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--jobs" | "--worker" | "--iterations" | "--duration" => {
-                it.next();
-            }
-            "--json" => {}
-            _ if ["--jobs=", "--worker=", "--iterations=", "--duration="].iter().any(|p| a.starts_with(p)) => {}
-            _ => base.push(a),
-        }
-    }
-    // The campaign's totals, resolved (given, or stored on resume).
-    if let Some(n) = main.iterations {
-        base.extend(["--iterations".into(), n.to_string()]);
-    }
-    if let Some(d) = main.duration_secs {
-        base.extend(["--duration".into(), format!("{d}s")]);
-    }
-    if pass_host && workdir.join("host.json").exists() {
-        base.push("--host-facts".into());
-        base.push(workdir.join("host.json").display().to_string());
-    }
-    let mut children = Vec::new();
-    for k in 0..jobs {
-        let child = std::process::Command::new(&exe)
-            .args(&base)
-            .args(["--json", "--worker", &format!("{k}/{jobs}")])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot start worker {k}"))?;
-        children.push(child);
-    }
+    let host_json = workdir.join("host.json");
+    let host_facts = (pass_host && host_json.exists()).then_some(host_json.as_path());
+    let args = jobs::worker_args(std::env::args().skip(1), main, host_facts);
     let tty = std::io::stderr().is_terminal() && !json;
-    let mut outputs = vec![None; children.len()];
-    let started = std::time::Instant::now();
-    let mut signalled = false;
-    while outputs.iter().any(|o| o.is_none()) {
-        if stop.load(Ordering::Relaxed) && !signalled {
-            for c in &children {
-                xsave_runner::sys::terminate(c.id());
-            }
-            signalled = true;
-        }
-        for (k, c) in children.iter_mut().enumerate() {
-            if outputs[k].is_none() {
-                if let Some(st) = c.try_wait()? {
-                    let mut out = String::new();
-                    if let Some(mut so) = c.stdout.take() {
-                        std::io::Read::read_to_string(&mut so, &mut out)?;
-                    }
-                    outputs[k] = Some((st, out));
-                }
-            }
-        }
-        if tty {
-            let execs: u64 = (0..jobs)
-                .filter_map(|k| campaign::load_state(&workdir.join("workers").join(k.to_string()).join("campaign.json")).ok())
-                .map(|s| s.execs)
-                .sum();
-            let findings = std::fs::read_dir(workdir.join("findings")).map(|d| d.count()).unwrap_or(0);
-            eprint!(
-                "\r[{:>6.0}s] {jobs} workers  execs {:>9}  {:>7.0}/s  findings {:>4}   ",
-                started.elapsed().as_secs_f64(),
-                execs,
-                execs as f64 / started.elapsed().as_secs_f64().max(1e-3),
-                findings
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut show = |p: &jobs::Progress| {
+        let secs = p.elapsed.as_secs_f64();
+        eprint!(
+            "\r[{:>6.0}s] {jobs} workers  execs {:>9}  {:>7.0}/s  findings {:>4}   ",
+            secs,
+            p.execs,
+            p.execs as f64 / secs.max(1e-3),
+            p.findings
+        );
+    };
+    let progress: Option<&mut dyn FnMut(&jobs::Progress)> = if tty { Some(&mut show) } else { None };
+    let total = jobs::run(&exe, &args, jobs, workdir, main, stop, progress);
     if tty {
         eprintln!();
     }
-    let mut total = Summary::default();
-    let mut failed = Vec::new();
-    for (k, o) in outputs.into_iter().enumerate() {
-        let (st, out) = o.unwrap_or_default();
-        match serde_json::from_str::<Summary>(out.trim()) {
-            Ok(s) => {
-                total.backend = s.backend;
-                total.contract = s.contract;
-                total.quirks = s.quirks;
-                total.seed = s.seed;
-                total.next_iteration += s.next_iteration;
-                total.narrow_cpuid = s.narrow_cpuid;
-                total.ioctls += s.ioctls;
-                total.execs += s.execs;
-                total.divergent_cases += s.divergent_cases;
-                total.agree_unpredicted += s.agree_unpredicted;
-                total.guest_runs += s.guest_runs;
-                for (k, n) in &s.guest_exits {
-                    *total.guest_exits.entry(k.clone()).or_default() += n;
-                }
-                total.explained_by_quirk += s.explained_by_quirk;
-                total.execs_per_sec += s.execs_per_sec;
-                total.seconds = total.seconds.max(s.seconds);
-                total.findings = total.findings.max(s.findings);
-                total.rules_covered = total.rules_covered.max(s.rules_covered);
-                total.rules_total = s.rules_total;
-                total.coverage_points = total.coverage_points.max(s.coverage_points);
-                total.corpus = total.corpus.max(s.corpus);
-                total.resumed |= s.resumed;
-                total.interrupted |= s.interrupted;
-                total.new_signatures.extend(s.new_signatures);
-                total.known_signatures.extend(s.known_signatures);
-                total.known_issue_cases += s.known_issue_cases;
-                total.resources.peak_rss_kib = total.resources.peak_rss_kib.max(s.resources.peak_rss_kib);
-                total.groups = campaign::merge_groups([total.groups.as_slice(), s.groups.as_slice()]);
-                for (c, n) in s.by_class {
-                    *total.by_class.entry(c).or_default() += n;
-                }
-            }
-            Err(_) => failed.push(format!("worker {k} ({st})")),
-        }
-    }
-    if !failed.is_empty() {
-        bail!("{} failed; their state is kept in {}/workers/ (rerun with --resume)", failed.join(", "), workdir.display());
-    }
-    total.findings = std::fs::read_dir(workdir.join("findings"))
-        .map(|d| d.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count() as u64)
-        .unwrap_or(0);
-    total.new_signatures.sort();
-    total.new_signatures.dedup();
-    total.known_signatures.sort();
-    total.known_signatures.dedup();
-    total.jobs = Some(jobs);
-    total.iterations = main.iterations;
-    total.corpus_order = main.corpus_order.clone();
-    total.duration_secs = main.duration_secs;
-    let state = workdir.join("campaign.json");
-    xsave_runner::store::write_atomic(&state, &serde_json::to_vec_pretty(&total)?)
-        .with_context(|| format!("cannot write {}", state.display()))?;
+    let total = total?;
     let code = exit_status(&total);
     if json {
         let mut v = serde_json::to_value(&total)?;

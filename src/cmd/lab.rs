@@ -154,7 +154,6 @@ pub fn run_in_lab(k: &lab::Kernel, args: &[String], scratch: &Path, timeout: Dur
     Ok(out.status)
 }
 
-
 pub fn read_records(dir: &Path) -> Result<(ProbeReport, Vec<xsave_runner::matrix::ExecRecord>)> {
     let p: ProbeReport = serde_json::from_slice(&read_input(&dir.join("probe.json"), caps::JSON)?)?;
     let text = read_text(&dir.join("records.jsonl"), caps::STATS)?;
