@@ -132,16 +132,8 @@ pub fn run(cmd: CorpusCmd) -> Result<i32> {
             let (host, _) = host_facts(&oracle, false)?;
             let model = model_config(&oracle, &host)?;
             let (cases, skipped, raw) = xsave_runner::corpus::read_dir_structural(&dir)?;
-            let mut reach: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-            for (name, _, c) in &cases {
-                let exp = xsave_oracle::predict(c, &host, &model);
-                for p in xsave_oracle::coverage::points(c, &exp) {
-                    reach.entry(p.to_string()).or_default().push(name.clone());
-                }
-            }
-            let rules: Vec<(&str, usize)> =
-                xsave_oracle::rules::Rule::ALL.iter().map(|r| (r.id(), reach.get(r.id()).map_or(0, |v| v.len()))).collect();
-            let unreached: Vec<&str> = rules.iter().filter(|(_, n)| *n == 0).map(|(id, _)| *id).collect();
+            let cov = xsave_runner::corpus::coverage(&cases, &host, &model);
+            let (reach, rules, unreached) = (&cov.reach, &cov.rules, cov.unreached());
             if json {
                 let v = serde_json::json!({
                     "cases": cases.len(), "skipped": skipped, "raw_inputs": raw,
@@ -159,7 +151,7 @@ pub fn run(cmd: CorpusCmd) -> Result<i32> {
                     model.contract,
                     quirk_names(&model)
                 );
-                for (p, cs) in &reach {
+                for (p, cs) in reach {
                     println!("  {:<34} {:>6} cases  e.g. {}", p, cs.len(), cs.iter().take(2).cloned().collect::<Vec<_>>().join(", "));
                 }
                 for u in &unreached {
