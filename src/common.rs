@@ -7,6 +7,7 @@ use xsave_oracle::{Case, HostFacts, ModelConfig, Quirk};
 use xsave_runner::kvm::KvmBackend;
 use xsave_runner::probe;
 use xsave_runner::store::caps;
+pub use xsave_runner::{quirk_list, quirk_names};
 use xsave_runner::{Backend, ModelBackend};
 
 /// Write `bytes` to `path` atomically (temporary file, fsync, rename): a failure leaves
@@ -86,11 +87,7 @@ pub fn model_config(o: &OracleArgs, host: &HostFacts) -> Result<ModelConfig> {
         "none" => Vec::new(),
         list => list
             .split(',')
-            .map(|n| {
-                Quirk::from_name(n.trim()).ok_or_else(|| {
-                    anyhow::anyhow!("unknown quirk {n:?} (known: {})", Quirk::ALL.iter().map(|q| q.name()).collect::<Vec<_>>().join(", "))
-                })
-            })
+            .map(|n| Quirk::from_name(n.trim()).ok_or_else(|| anyhow::anyhow!("unknown quirk {n:?} (known: {})", quirk_names(Quirk::ALL))))
             .collect::<Result<Vec<_>>>()?,
     };
     Ok(ModelConfig { contract: o.contract, quirks })
@@ -211,8 +208,4 @@ pub fn load_target(p: &Path) -> Result<xsave_runner::migrate::Target> {
     let text = read_text(p, caps::JSON)?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))?;
     xsave_runner::migrate::Target::from_fingerprint(&p.display().to_string(), &v).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
-}
-
-pub fn quirk_names(m: &ModelConfig) -> String {
-    m.quirks.iter().map(|q| q.name()).collect::<Vec<_>>().join(", ")
 }

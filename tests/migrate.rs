@@ -7,7 +7,7 @@ use xsave_oracle::case::*;
 use xsave_oracle::xfeatures::*;
 use xsave_oracle::HostFacts;
 use xsave_runner::campaign::case_for;
-use xsave_runner::migrate::{check_state, migrate_case, Target};
+use xsave_runner::migrate::{check_state, migrate_case, LoadVerdict, Target};
 
 fn fingerprint(contract: &str) -> serde_json::Value {
     serde_json::json!({ "contract": contract, "quirks": [], "host": HostFacts::synthetic(0x2e7, 0xffff) })
@@ -36,14 +36,14 @@ fn narrow_guest_state() -> (Vec<Op>, Vec<u8>) {
 fn v2b_target_refuses_guest_unsupported_feature() {
     let (setup, state) = narrow_guest_state();
     let r = check_state(&state, &setup, &target("V2b"), None);
-    assert_eq!(r.verdict, "refused");
+    assert_eq!(r.verdict, LoadVerdict::Refused);
     assert_eq!(r.set_ret, "-EINVAL");
     assert_eq!(r.rule.as_deref(), Some("set.reject.user_xfeatures"));
     assert!(r.reason.contains("not exposed to the guest"), "{}", r.reason);
     // The V3 target accepts it (permissive load); the masked features do not read back.
     let r = check_state(&state, &setup, &target("V3"), None);
     assert_eq!(r.set_ret, "0");
-    assert_eq!(r.verdict, "loads-with-loss");
+    assert_eq!(r.verdict, LoadVerdict::LoadsWithLoss);
     assert_eq!(r.lost, vec!["YMM_Hi128".to_string(), "PKRU".to_string()]);
 }
 
@@ -55,11 +55,11 @@ fn v3_source_never_refused_by_v2b_and_v3_to_v3_loads_cleanly() {
         let case = case_for(8, i);
         if let Some(m) = migrate_case("c", &case, &v3, &v3) {
             saved += 1;
-            assert_eq!(m.check.verdict, "loads", "V3 → V3 case {i}: {m:?}");
+            assert_eq!(m.check.verdict, LoadVerdict::Loads, "V3 → V3 case {i}: {m:?}");
             assert!(m.unmasked.is_empty());
         }
         if let Some(m) = migrate_case("c", &case, &v3, &v2b) {
-            assert_ne!(m.check.verdict, "refused", "masked save never carries guest-unsupported features: {m:?}");
+            assert_ne!(m.check.verdict, LoadVerdict::Refused, "masked save never carries guest-unsupported features: {m:?}");
         }
     }
     assert!(saved > 1000);
@@ -74,11 +74,11 @@ fn v1_source_unmasked_save_is_flagged() {
         if let Some(m) = migrate_case("c", &case, &v1, &v3) {
             if !m.unmasked.is_empty() {
                 flagged += 1;
-                assert_ne!(m.check.verdict, "refused", "V3 loads permissively: {m:?}");
+                assert_ne!(m.check.verdict, LoadVerdict::Refused, "V3 loads permissively: {m:?}");
             }
         }
         if let Some(m) = migrate_case("c", &case, &v1, &v2b) {
-            refused += usize::from(m.check.verdict == "refused");
+            refused += usize::from(m.check.verdict == LoadVerdict::Refused);
         }
     }
     assert!(flagged > 0 && refused > 0, "flagged {flagged} refused {refused}");

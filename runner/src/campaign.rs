@@ -144,6 +144,35 @@ pub struct CampaignConfig {
     pub inbox: Option<std::sync::mpsc::Receiver<Vec<Case>>>,
 }
 
+impl CampaignConfig {
+    /// A campaign of `iterations` cases (none: until `duration` or `stop`) from generator
+    /// `seed`, with every other setting at its plainest: no workdir (findings in memory only),
+    /// no resume, the V3 oracle without quirks, no progress, no minimization, no CPUID
+    /// narrowing, no coverage feedback, no stop class, not a worker, guest runs and FPU ops
+    /// generated, no initial corpus and no inbox. Change fields with struct update syntax.
+    pub fn new(seed: u64, iterations: Option<u64>) -> CampaignConfig {
+        CampaignConfig {
+            seed,
+            iterations,
+            duration: None,
+            workdir: None,
+            resume: false,
+            model: ModelConfig::default(),
+            stop: std::sync::Arc::new(AtomicBool::new(false)),
+            progress: None,
+            minimize_budget: 0,
+            narrow_cpuid: false,
+            feedback: false,
+            stop_on_class: None,
+            worker: None,
+            guest: true,
+            fpu: true,
+            initial_corpus: None,
+            inbox: None,
+        }
+    }
+}
+
 /// Persistent state (`campaign.json`) and the summary printed at the end.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Summary {
@@ -526,7 +555,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
     let mut s = Summary {
         backend: backend.name(),
         contract: cfg.model.contract.name().to_string(),
-        quirks: cfg.model.quirks.iter().map(|q| q.name().to_string()).collect(),
+        quirks: crate::quirk_list(&cfg.model.quirks),
         seed: cfg.seed,
         narrow_cpuid: cfg.narrow_cpuid,
         ..Summary::default()

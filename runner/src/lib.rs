@@ -21,7 +21,7 @@ pub mod seeds;
 pub mod store;
 pub mod sys;
 
-use xsave_oracle::{predict, Case, HostFacts, ModelConfig, Trace};
+use xsave_oracle::{predict, Case, HostFacts, ModelConfig, Quirk, Trace};
 
 /// Why a backend could not produce an observation (not a divergence: the rig's own failure).
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +92,17 @@ pub fn kvm_or_skip(test: &str) -> bool {
             false
         }
     }
+}
+
+/// Quirk names, in order, as `campaign.json`, findings and matrix columns store them.
+pub fn quirk_list(quirks: &[Quirk]) -> Vec<String> {
+    quirks.iter().map(|q| q.name().to_string()).collect()
+}
+
+/// Quirk names joined with `, ` (empty for none): how summaries and messages show the quirks a
+/// model is judged under (`quirks [a, b]`).
+pub fn quirk_names(quirks: &[Quirk]) -> String {
+    quirks.iter().map(|q| q.name()).collect::<Vec<_>>().join(", ")
 }
 
 /// Executes cases on the oracle itself under some contract: a stand-in for a historical

@@ -24,19 +24,57 @@ pub struct ExecRecord {
     pub steps: Vec<(String, String)>,
     /// Digest of the whole trace.
     pub digest: String,
-    /// `agree` or the divergence signature under V3 (no quirks).
-    pub v3: String,
-    /// `agree` or the signature under the kernel's probed contract and quirks.
-    pub own: String,
+    /// The verdict under V3 (no quirks).
+    pub v3: Outcome,
+    /// The verdict under the kernel's probed contract and quirks.
+    pub own: Outcome,
     /// The full trace (pass 2 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<Trace>,
 }
 
-fn verdict_word(v: &Verdict) -> String {
-    match v {
-        Verdict::Agree => "agree".into(),
-        Verdict::Diverge(d) => d.signature.clone(),
+/// A case's verdict in a record: agreement, or the divergence's signature. Stored as the
+/// string `agree` or the signature (`records.jsonl`, what lab guests send back).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum Outcome {
+    /// Kernel and oracle agree.
+    Agree,
+    /// They diverge, with this signature.
+    Diverge(String),
+}
+
+impl Outcome {
+    /// The outcome of a verdict.
+    pub fn of(v: &Verdict) -> Outcome {
+        match v {
+            Verdict::Agree => Outcome::Agree,
+            Verdict::Diverge(d) => Outcome::Diverge(d.signature.clone()),
+        }
+    }
+
+    /// Whether kernel and oracle agree.
+    pub fn agrees(&self) -> bool {
+        *self == Outcome::Agree
+    }
+}
+
+impl From<String> for Outcome {
+    fn from(s: String) -> Outcome {
+        if s == "agree" {
+            Outcome::Agree
+        } else {
+            Outcome::Diverge(s)
+        }
+    }
+}
+
+impl From<Outcome> for String {
+    fn from(o: Outcome) -> String {
+        match o {
+            Outcome::Agree => "agree".into(),
+            Outcome::Diverge(sig) => sig,
+        }
     }
 }
 
@@ -55,8 +93,8 @@ pub fn exec_cases(report: &ProbeReport, cases: &[(String, Case)], full: bool) ->
             case: name.clone(),
             digest: format!("{:016x}", fnv1a(all.as_bytes())),
             steps,
-            v3: verdict_word(&judge(case, host, &strict, &t).1),
-            own: verdict_word(&judge(case, host, &own, &t).1),
+            v3: Outcome::of(&judge(case, host, &strict, &t).1),
+            own: Outcome::of(&judge(case, host, &own, &t).1),
             trace: full.then_some(t),
         });
     }

@@ -3,8 +3,6 @@
 //! KVM_GET_FPU after a KVM_SET_FPU; the mxcsr departure is labelled as the known issue. On the
 //! model of today's kernels (`kvm-fpu-legacy`, no KVM needed) and on this host's KVM.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Instant;
 use xsave_oracle::diff::Verdict;
 use xsave_oracle::{Case, Contract, HostFacts, ModelConfig, Op, Quirk};
@@ -12,25 +10,7 @@ use xsave_runner::campaign::{run, CampaignConfig, Summary};
 use xsave_runner::{kvm_or_skip, Backend, ModelBackend};
 
 fn campaign(be: &mut dyn Backend, model: ModelConfig, n: u64, dir: &std::path::Path) -> Summary {
-    let cfg = CampaignConfig {
-        guest: true,
-        fpu: true,
-        initial_corpus: None,
-        inbox: None,
-        seed: 14,
-        iterations: Some(n),
-        duration: None,
-        workdir: Some(dir.to_path_buf()),
-        resume: false,
-        model,
-        stop: Arc::new(AtomicBool::new(false)),
-        progress: None,
-        minimize_budget: 0,
-        narrow_cpuid: false,
-        feedback: false,
-        stop_on_class: None,
-        worker: None,
-    };
+    let cfg = CampaignConfig { workdir: Some(dir.to_path_buf()), model, ..CampaignConfig::new(14, Some(n)) };
     run(be, cfg).expect("campaign")
 }
 

@@ -50,7 +50,7 @@ pub fn run(args: Args) -> Result<i32> {
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        println!("target            {} ({} [{}])", target.display(), dst.model.contract, quirk_names(&dst.model));
+        println!("target            {} ({} [{}])", target.display(), dst.model.contract, quirk_names(&dst.model.quirks));
         println!("state XSTATE_BV   {}", r.state_xstate_bv);
         println!("KVM_SET_XSAVE     {} ({})", r.set_ret, r.verdict);
         println!("reason            {}", r.reason);
@@ -64,7 +64,7 @@ pub fn run(args: Args) -> Result<i32> {
             println!("lost              {}", r.lost.join(", "));
         }
     }
-    Ok(if r.verdict == "loads" { 0 } else { 1 })
+    Ok(if r.verdict == xsave_runner::migrate::LoadVerdict::Loads { 0 } else { 1 })
 }
 
 /// `KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)` on a host: the standard-format size of the

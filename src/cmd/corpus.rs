@@ -149,7 +149,7 @@ pub fn run(cmd: CorpusCmd) -> Result<i32> {
                     rules.len() - unreached.len(),
                     rules.len(),
                     model.contract,
-                    quirk_names(&model)
+                    quirk_names(&model.quirks)
                 );
                 for (p, cs) in reach {
                     println!("  {:<34} {:>6} cases  e.g. {}", p, cs.len(), cs.iter().take(2).cloned().collect::<Vec<_>>().join(", "));

@@ -144,7 +144,7 @@ pub fn run(args: Args) -> Result<i32> {
         let mut main = stored.unwrap_or_else(|| Summary {
             backend: be.name(),
             contract: model.contract.name().to_string(),
-            quirks: model.quirks.iter().map(|q| q.name().to_string()).collect(),
+            quirks: quirk_list(&model.quirks),
             seed,
             jobs: Some(jobs),
             corpus_order: Some(campaign::corpus_names(&workdir.join("corpus"))),
@@ -338,7 +338,7 @@ pub fn check_resume(
     if old.contract != model.contract.name() {
         bail!("--resume: the campaign in {w} ran contract {}, not {}", old.contract, model.contract.name());
     }
-    let quirks: Vec<String> = model.quirks.iter().map(|q| q.name().to_string()).collect();
+    let quirks = quirk_list(&model.quirks);
     if old.quirks != quirks {
         bail!("--resume: the campaign in {w} ran quirks [{}], not [{}]", old.quirks.join(", "), quirks.join(", "));
     }

@@ -297,10 +297,10 @@ pub fn column(name: &str, p: &ProbeReport, recs: &[xsave_runner::matrix::ExecRec
     xsave_runner::matrix::Column {
         kernel: name.to_string(),
         contract: p.contract.clone(),
-        quirks: p.quirks.iter().map(|q| q.name().to_string()).collect(),
+        quirks: quirk_list(&p.quirks),
         release: p.kernel_release.clone(),
-        v3_divergences: recs.iter().filter(|r| r.v3 != "agree").count(),
-        own_divergences: recs.iter().filter(|r| r.own != "agree").count(),
+        v3_divergences: recs.iter().filter(|r| !r.v3.agrees()).count(),
+        own_divergences: recs.iter().filter(|r| !r.own.agrees()).count(),
         boot_seconds: boot,
         run_seconds: run,
     }

@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use std::path::PathBuf;
 use xsave_oracle::Case;
 use xsave_runner::campaign::{self};
+use xsave_runner::migrate::{LoadVerdict::*, Preflight};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -41,17 +42,16 @@ pub fn run(args: Args) -> Result<i32> {
         }
         None => (0..iterations.unwrap_or(1000)).map(|i| (format!("seed {seed} case {i}"), campaign::case_for(seed, i))).collect(),
     };
-    let results: Vec<xsave_runner::migrate::Migration> =
-        list.iter().filter_map(|(l, c)| xsave_runner::migrate::migrate_case(l, c, &src, &dst)).collect();
-    let count = |v: &str| results.iter().filter(|m| m.check.verdict == v).count();
-    let unmasked = results.iter().filter(|m| !m.unmasked.is_empty()).count();
+    let pre = Preflight::run(&list, &src, &dst);
+    let count = |v| pre.count(v);
+    let unmasked = pre.unmasked_saves();
     let summary = serde_json::json!({
         "from": {"file": from, "contract": src.model.contract, "quirks": src.model.quirks},
         "to": {"file": to, "contract": dst.model.contract, "quirks": dst.model.quirks},
-        "cases": list.len(), "saved_states": results.len(),
-        "loads": count("loads"), "loads_with_loss": count("loads-with-loss"), "refused": count("refused"), "config_refused": count("config-refused"),
+        "cases": pre.cases, "saved_states": pre.results.len(),
+        "loads": count(Loads), "loads_with_loss": count(LoadsWithLoss), "refused": count(Refused), "config_refused": count(ConfigRefused),
         "unmasked_saves": unmasked,
-        "examples": results.iter().filter(|m| m.check.verdict != "loads" || !m.unmasked.is_empty()).take(10).collect::<Vec<_>>(),
+        "examples": pre.examples(),
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -60,21 +60,21 @@ pub fn run(args: Args) -> Result<i32> {
             "from {} ({} [{}]) to {} ({} [{}])",
             from.display(),
             src.model.contract,
-            quirk_names(&src.model),
+            quirk_names(&src.model.quirks),
             to.display(),
             dst.model.contract,
-            quirk_names(&dst.model)
+            quirk_names(&dst.model.quirks)
         );
-        println!("cases {}  saved states {}", list.len(), results.len());
+        println!("cases {}  saved states {}", pre.cases, pre.results.len());
         println!(
             "loads {}  loads with loss {}  refused {}  guest config refused {}",
-            count("loads"),
-            count("loads-with-loss"),
-            count("refused"),
-            count("config-refused")
+            count(Loads),
+            count(LoadsWithLoss),
+            count(Refused),
+            count(ConfigRefused)
         );
         println!("unmasked saves (source saved features its guest does not have): {unmasked}");
-        for m in results.iter().filter(|m| m.check.verdict != "loads" || !m.unmasked.is_empty()).take(10) {
+        for m in pre.examples() {
             println!(
                 "  {}: saved {} -> {} ({}){}",
                 m.case,
@@ -85,5 +85,5 @@ pub fn run(args: Args) -> Result<i32> {
             );
         }
     }
-    Ok(if count("refused") + count("loads-with-loss") > 0 { 1 } else { 0 })
+    Ok(if pre.refused_or_lossy() { 1 } else { 0 })
 }

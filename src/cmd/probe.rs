@@ -1,5 +1,6 @@
 //! `xsave-rig probe`: measure this host.
 
+use crate::common::quirk_names;
 use anyhow::Result;
 use xsave_runner::probe::{self, ProbeReport};
 
@@ -60,8 +61,7 @@ pub fn print_probe(r: &ProbeReport) {
     } else {
         println!("contract         {} (matches: {})", r.contract, r.contract_matches.join(", "));
     }
-    let q: Vec<&str> = r.quirks.iter().map(|q| q.name()).collect();
-    println!("quirks           {}", if q.is_empty() { "none".into() } else { q.join(", ") });
+    println!("quirks           {}", if r.quirks.is_empty() { "none".into() } else { quirk_names(&r.quirks) });
     if let Some(g) = &r.guest {
         println!(
             "guest            {} at CPL{}; guest-writable xfeatures {}; hardware XCR0 {}",

@@ -51,7 +51,7 @@ pub fn run(args: Args) -> Result<i32> {
                 if raw { format!(" {RAW_LABEL}") } else { String::new() },
                 be.name(),
                 model.contract,
-                model.quirks.iter().map(|q| q.name()).collect::<Vec<_>>().join(", ")
+                quirk_names(&model.quirks)
             );
             print!("{}", xsave_reports::verdict_text(&case, &host, &verdict, &expected, &observed));
         }

@@ -34,7 +34,7 @@ pub fn run(args: Args) -> Result<i32> {
         output.display(),
         if raw { format!(" from {} {RAW_LABEL}", case.display()) } else { String::new() },
         model.contract,
-        model.quirks.iter().map(|q| q.name()).collect::<Vec<_>>().join(", ")
+        quirk_names(&model.quirks)
     );
     Ok(0)
 }
