@@ -2,12 +2,14 @@
 //! guest-unsupported host feature with EINVAL; V1 → V3 flags the unmasked save; V3 → V3 on
 //! identical hosts loads cleanly.
 
-use std::process::Command;
 use xsave_oracle::case::*;
 use xsave_oracle::xfeatures::*;
 use xsave_oracle::HostFacts;
 use xsave_runner::campaign::case_for;
 use xsave_runner::migrate::{check_state, migrate_case, LoadVerdict, Target};
+use xsave_testkit::{tempdir, Rig};
+
+const RIG: Rig = Rig::new(env!("CARGO_BIN_EXE_xsave-rig"));
 
 fn fingerprint(contract: &str) -> serde_json::Value {
     serde_json::json!({ "contract": contract, "quirks": [], "host": HostFacts::synthetic(0x2e7, 0xffff) })
@@ -86,7 +88,7 @@ fn v1_source_unmasked_save_is_flagged() {
 
 #[test]
 fn check_state_cli() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let (setup, state) = narrow_guest_state();
     let st = dir.path().join("state.bin");
     std::fs::write(&st, &state).expect("state");
@@ -95,30 +97,16 @@ fn check_state_cli() {
     let Op::SetCpuid2(t) = &setup[0] else { unreachable!() };
     let cpuid = dir.path().join("cpuid.json");
     std::fs::write(&cpuid, serde_json::to_string(t).expect("json")).expect("cpuid");
-    let o = Command::new(env!("CARGO_BIN_EXE_xsave-rig"))
-        .arg("check-state")
-        .arg(&st)
-        .arg("--target")
-        .arg(&fp)
-        .arg("--guest-cpuid")
-        .arg(&cpuid)
-        .output()
-        .expect("run");
+    let o = RIG.command().arg("check-state").arg(&st).arg("--target").arg(&fp).arg("--guest-cpuid").arg(&cpuid).output().expect("run");
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("-EINVAL") && out.contains("not exposed to the guest"), "{out}");
     std::fs::write(dir.path().join("short.bin"), [0u8; 100]).expect("short");
-    let o = Command::new(env!("CARGO_BIN_EXE_xsave-rig"))
-        .arg("check-state")
-        .arg(dir.path().join("short.bin"))
-        .arg("--target")
-        .arg(&fp)
-        .output()
-        .expect("run");
+    let o = RIG.command().arg("check-state").arg(dir.path().join("short.bin")).arg("--target").arg(&fp).output().expect("run");
     assert_eq!(o.status.code(), Some(2));
     let unknown = dir.path().join("unknown.json");
     std::fs::write(&unknown, fingerprint("unknown").to_string()).expect("fp");
-    let o = Command::new(env!("CARGO_BIN_EXE_xsave-rig")).arg("check-state").arg(&st).arg("--target").arg(&unknown).output().expect("run");
+    let o = RIG.command().arg("check-state").arg(&st).arg("--target").arg(&unknown).output().expect("run");
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be predicted"));
 }

@@ -77,23 +77,6 @@ pub fn kvm_unavailable() -> Option<String> {
     open_kvm().err().map(|e| e.to_string())
 }
 
-/// For tests that need KVM: `true` when it is usable. Otherwise prints one line
-/// `SKIPPED(kvm) <test>: <reason>` and returns `false`, unless `XSAVE_RIG_REQUIRE_KVM=1`
-/// (set by CI on machines with `/dev/kvm`), in which case it panics: a KVM test must not be
-/// skipped where KVM exists.
-pub fn kvm_or_skip(test: &str) -> bool {
-    match kvm_unavailable() {
-        None => true,
-        Some(why) if std::env::var("XSAVE_RIG_REQUIRE_KVM").as_deref() == Ok("1") => {
-            panic!("{test}: KVM required (XSAVE_RIG_REQUIRE_KVM=1) but unusable: {why}")
-        }
-        Some(why) => {
-            eprintln!("SKIPPED(kvm) {test}: {why}");
-            false
-        }
-    }
-}
-
 /// Quirk names, in order, as `campaign.json`, findings and matrix columns store them.
 pub fn quirk_list(quirks: &[Quirk]) -> Vec<String> {
     quirks.iter().map(|q| q.name().to_string()).collect()

@@ -6,10 +6,11 @@ use xsave_oracle::diff::Verdict;
 use xsave_oracle::{Contract, HostFacts, ModelConfig};
 use xsave_runner::campaign::{run, CampaignConfig};
 use xsave_runner::ModelBackend;
+use xsave_testkit::tempdir;
 
 /// Run `contract` as the backend against the V3 oracle; return the verdicts of the findings.
 fn findings(contract: Contract, iterations: u64) -> Vec<serde_json::Value> {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let host = HostFacts::synthetic(0x2e7, 0xffff);
     let mut be = ModelBackend::new(host, ModelConfig { contract, quirks: vec![] });
     let cfg = CampaignConfig {
@@ -82,7 +83,7 @@ fn v3_model_agrees_with_v3_oracle() {
 
 #[test]
 fn feedback_grows_a_corpus_and_reaches_more_rules() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let host = HostFacts::synthetic(0x2e7, 0xffff);
     let run_with = |feedback: bool, wd: &std::path::Path| {
         let mut be = ModelBackend::new(host.clone(), ModelConfig::default());

@@ -11,7 +11,8 @@ use xsave_oracle::{HostFacts, ModelConfig, Quirk};
 use xsave_runner::campaign::{case_for, run, CampaignConfig, Summary};
 use xsave_runner::kvm::KvmBackend;
 use xsave_runner::probe::{probe, ProbeReport};
-use xsave_runner::{kvm_or_skip, Backend};
+use xsave_runner::Backend;
+use xsave_testkit::kvm_or_skip;
 
 fn probed() -> &'static ProbeReport {
     static P: OnceLock<ProbeReport> = OnceLock::new();
