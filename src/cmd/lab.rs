@@ -6,8 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use xsave_oracle::{Case, HostFacts};
-use xsave_runner::campaign::{self};
+use xsave_oracle::Case;
 use xsave_runner::lab;
 use xsave_runner::probe::{self, ProbeReport};
 use xsave_runner::store::caps;
@@ -177,22 +176,13 @@ pub fn run_matrix(
     workdir: &Path,
     timeout: Duration,
 ) -> Result<xsave_runner::matrix::Matrix> {
-    use xsave_runner::matrix::{build, exec_cases};
+    use xsave_runner::matrix::{build, column, differing, exec_cases, generated, materialized};
     let cdir = workdir.join("cases");
     let list: Vec<(String, Case)> = match cases {
         Some(d) => read_case_dir(&d)?,
-        None => (0..iterations)
-            .map(|i| {
-                let c = campaign::case_for_with(seed, i, xsave_oracle::gen::GenOptions { guest, fpu: guest });
-                let c = if narrow { campaign::narrow(c, 0x207, i) } else { c };
-                (format!("{i:06}.case"), c)
-            })
-            .collect(),
+        None => generated(iterations, seed, narrow, guest),
     };
-    // Every kernel must get the same input bytes: render CPUID bases (which depend on each
-    // kernel's KVM_GET_SUPPORTED_CPUID) against one fixed reference table.
-    let reference = HostFacts::synthetic(0x207, 0xffff);
-    let list: Vec<(String, Case)> = list.into_iter().map(|(n, c)| (n, materialize(c, &reference))).collect();
+    let list = materialized(list);
     let _ = std::fs::remove_dir_all(&cdir);
     std::fs::create_dir_all(&cdir).with_context(|| format!("cannot create {}", cdir.display()))?;
     for (n, c) in &list {
@@ -235,11 +225,7 @@ pub fn run_matrix(
         kernels_used.push(None);
     }
     // Pass 2: full traces of the cases that differ.
-    let differing: Vec<String> = (0..list.len())
-        .filter(|&i| pass1.iter().filter_map(|r| r.get(i)).map(|r| &r.digest).collect::<std::collections::BTreeSet<_>>().len() > 1)
-        .map(|i| list[i].0.clone())
-        .take(100)
-        .collect();
+    let differing = differing(&list, &pass1);
     let mut full = std::collections::BTreeMap::new();
     if !differing.is_empty() {
         let only = workdir.join("differing.txt");
@@ -278,32 +264,6 @@ pub fn run_matrix(
     xsave_runner::store::write_atomic(&workdir.join("matrix.json"), &serde_json::to_vec_pretty(&m)?)?;
     xsave_runner::store::write_atomic(&workdir.join("matrix.md"), xsave_runner::matrix::markdown(&m).as_bytes())?;
     Ok(m)
-}
-
-/// Replace every CPUID base by the explicit entries it renders to on `reference`.
-pub fn materialize(mut case: Case, reference: &HostFacts) -> Case {
-    use xsave_oracle::case::{CpuidBase, CpuidTable};
-    let fix = |t: &CpuidTable| CpuidTable { base: CpuidBase::Empty, entries: t.render(reference), reverse: false };
-    case.config.cpuid = case.config.cpuid.as_ref().map(fix);
-    for op in &mut case.ops {
-        if let xsave_oracle::Op::SetCpuid2(t) = op {
-            *t = fix(t);
-        }
-    }
-    case
-}
-
-pub fn column(name: &str, p: &ProbeReport, recs: &[xsave_runner::matrix::ExecRecord], boot: f64, run: f64) -> xsave_runner::matrix::Column {
-    xsave_runner::matrix::Column {
-        kernel: name.to_string(),
-        contract: p.contract.clone(),
-        quirks: quirk_list(&p.quirks),
-        release: p.kernel_release.clone(),
-        v3_divergences: recs.iter().filter(|r| !r.v3.agrees()).count(),
-        own_divergences: recs.iter().filter(|r| !r.own.agrees()).count(),
-        boot_seconds: boot,
-        run_seconds: run,
-    }
 }
 
 pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
