@@ -184,3 +184,34 @@ pub fn run(
     crate::store::write_atomic(&state, &serde_json::to_vec_pretty(&total)?).map_err(|source| JobsError::Write { path: state, source })?;
     Ok(total)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_get_the_command_without_pool_flags_and_with_the_resolved_totals() {
+        let argv = ["fuzz", "--jobs", "4", "--json", "--iterations=9", "--workdir", "w", "--duration", "1s", "--worker=0/2"];
+        let main = Summary { iterations: Some(100), duration_secs: Some(2.5), ..Summary::default() };
+        let args = worker_args(argv.iter().map(|a| a.to_string()), &main, Some(Path::new("w/host.json")));
+        assert_eq!(args, ["fuzz", "--workdir", "w", "--iterations", "100", "--duration", "2.5s", "--host-facts", "w/host.json"]);
+    }
+
+    #[test]
+    fn worker_spec() {
+        assert_eq!(parse_worker("1/3"), Some((1, 3)));
+        assert_eq!(parse_worker("1"), None);
+        assert_eq!(parse_worker("a/3"), None);
+    }
+
+    #[test]
+    fn merge_sums_counts_and_keeps_maxima() {
+        let a = Summary { execs: 3, seconds: 2.0, findings: 1, new_signatures: vec!["b".into()], ..Summary::default() };
+        let b = Summary { execs: 4, seconds: 1.0, findings: 2, new_signatures: vec!["a".into()], interrupted: true, ..Summary::default() };
+        let mut m = Summary::default();
+        m.merge(a);
+        m.merge(b);
+        assert_eq!((m.execs, m.seconds, m.findings, m.interrupted), (7, 2.0, 2, true));
+        assert_eq!(m.new_signatures, ["b", "a"]);
+    }
+}
