@@ -1,9 +1,11 @@
 //! `xsave-rig`: differential fuzzing rig for the Linux KVM x86 XSAVE userspace ABI.
-
 //!
 //! This file parses the command line and dispatches: each command lives in its own module
 //! under `cmd/`, the helpers they share in `common.rs` and `args.rs`, and the logic a library
-//! user or a test needs in the library crates.
+//! user or a test needs in the library crates. The binary has no unsafe code of its own: the
+//! few system calls it needs go through safe functions of `xsave-runner`.
+
+#![forbid(unsafe_code)]
 
 mod args;
 mod cmd;
