@@ -6,6 +6,10 @@
 //! - `findings/<signature>/{case.bin,case.json,verdict.json}`: one directory per distinct
 //!   divergence, created atomically the moment it is found;
 //! - `stats.jsonl`: one line per second (execs, execs/s, findings) for plotting.
+//!
+//! Over 600 lines: the engine loop, the state it checkpoints ([`Summary`], with its schema
+//! check and the merge of parallel workers) and the findings writer share private helpers
+//! (`io`, `save`, `state_dir`); `Summary` and its groups could move to a module of their own.
 
 use crate::minimize::{minimize, MinStats};
 use crate::store::{create_dir_atomic, write_atomic};
