@@ -6,18 +6,16 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use xsave_testkit::{seed_files, tempdir, text, Rig};
 
-const SEEDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/corpus/seed");
+const RIG: Rig = Rig::new(env!("CARGO_BIN_EXE_xsave-rig"));
+
 const SYNTH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/synthetic-host.json");
 
 fn rig() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_xsave-rig"));
+    let mut c = RIG.command();
     c.env("XSAVE_RIG_CHECKPOINT_MS", "20");
     c
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).to_string()
 }
 
 fn kvm_usable() -> bool {
@@ -46,9 +44,7 @@ fn run_within(mut cmd: Command, limit: Duration) -> (Output, Duration) {
 }
 
 fn seed_case() -> PathBuf {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(SEEDS).expect("seeds").flatten().map(|e| e.path()).collect();
-    v.sort();
-    v.remove(0)
+    seed_files().remove(0)
 }
 
 /// Names and contents under `dir` (relative), temporaries included.
@@ -112,7 +108,7 @@ fn outcome(dir: &Path) -> Outcome {
 
 #[test]
 fn a_second_campaign_on_a_held_workdir_is_refused_and_readers_see_complete_findings() {
-    let t = tempfile::tempdir().expect("tmp");
+    let t = tempdir();
     let w = t.path().join("w");
     let ws = w.display().to_string();
     let mut first = rig()
@@ -173,7 +169,7 @@ fn a_second_campaign_on_a_held_workdir_is_refused_and_readers_see_complete_findi
 
 #[test]
 fn fifo_device_socket_and_huge_file_are_refused_in_one_line_within_a_second() {
-    let t = tempfile::tempdir().expect("tmp");
+    let t = tempdir();
     let d = t.path();
     let fifo = d.join("fifo.case");
     assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
@@ -210,7 +206,7 @@ fn fifo_device_socket_and_huge_file_are_refused_in_one_line_within_a_second() {
         for args in commands {
             let mut c = Command::new("sh");
             // Bounded memory: an unbounded read of /dev/zero would fail the allocation.
-            c.args(["-c", "ulimit -v 2000000; exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_xsave-rig")]).args(&args);
+            c.args(["-c", "ulimit -v 2000000; exec \"$0\" \"$@\"", RIG.bin()]).args(&args);
             let (out, took) = run_within(c, Duration::from_secs(5));
             let err = text(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
@@ -237,7 +233,7 @@ fn fifo_device_socket_and_huge_file_are_refused_in_one_line_within_a_second() {
             vec!["report", &w, "--output", &o],
         ] {
             let mut cmd = Command::new("sh");
-            cmd.args(["-c", "ulimit -v 2000000; exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_xsave-rig")]).args(&args);
+            cmd.args(["-c", "ulimit -v 2000000; exec \"$0\" \"$@\"", RIG.bin()]).args(&args);
             let (out, took) = run_within(cmd, Duration::from_secs(5));
             let err = text(&out.stderr);
             assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
@@ -348,7 +344,7 @@ fn killed_and_resumed_campaigns_equal_uninterrupted_ones() {
     if kvm_usable() {
         backends.push(("kvm", 120, 150));
     }
-    let t = tempfile::tempdir().expect("tmp");
+    let t = tempdir();
     let mut table = Vec::new();
     let mut failures = Vec::new();
     for (backend, iterations, max_delay_ms) in backends {
@@ -412,7 +408,7 @@ fn disk_full_at_several_fill_levels_errs_in_one_line_and_resumes_to_the_same_out
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     }
-    let t = tempfile::tempdir().expect("tmp");
+    let t = tempdir();
     let base = t.path().join("base");
     let o = rig().args(fuzz_args("model:V2b", &base, 1, 600)).output().expect("baseline");
     assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o.stderr));
@@ -499,7 +495,7 @@ fn refused_in_one_line(args: &[String], what: &str) {
 
 #[test]
 fn corrupt_state_values_are_refused_in_one_line() {
-    let t = tempfile::tempdir().expect("tmp");
+    let t = tempdir();
     let w = t.path().join("w");
     let good = good_state(&w);
     let rep = t.path().join("rep").display().to_string();
@@ -595,7 +591,7 @@ fn tar_entry(name: &[u8], data: &[u8]) -> Vec<u8> {
 
 #[test]
 fn corpus_unpack_escapes_archive_bytes_before_they_reach_the_terminal() {
-    let t = tempfile::tempdir().expect("tmp");
+    let t = tempdir();
     let manifest = |format: &str| {
         serde_json::to_vec(&serde_json::json!({"format": format, "format_version": 1, "case_format_version": 2, "rig_version": "0.1.0\u{1b}[2J", "host": null, "contract": "V3", "cases": 0, "members": []})).expect("json")
     };

@@ -3,29 +3,18 @@
 //! long real-KVM campaign leaks nothing.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
+use xsave_testkit::{assert_one_line_error, kvm_or_skip, tempdir, Rig, V2B_CASE};
 
-fn rig() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_xsave-rig"))
-}
-
-fn run(args: &[&str]) -> Output {
-    rig().args(args).output().expect("run xsave-rig")
-}
-
-fn assert_one_line_error(o: &Output, needle: &str) {
-    assert_eq!(o.status.code(), Some(2), "exit status; stderr: {}", String::from_utf8_lossy(&o.stderr));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
-    assert!(err.starts_with("xsave-rig: error: ") && err.contains(needle), "{err:?} lacks {needle:?}");
-}
+const RIG: Rig = Rig::new(env!("CARGO_BIN_EXE_xsave-rig"));
 
 #[test]
 fn missing_kvm_device_is_one_line() {
-    let o = rig().args(["probe"]).env("XSAVE_RIG_DEV_KVM", "/nonexistent/kvm").output().expect("run");
+    let o = RIG.command().args(["probe"]).env("XSAVE_RIG_DEV_KVM", "/nonexistent/kvm").output().expect("run");
     assert_one_line_error(&o, "/nonexistent/kvm");
-    let o = rig()
+    let o = RIG
+        .command()
         .args(["fuzz", "--iterations", "1", "--workdir", "/tmp/unused"])
         .env("XSAVE_RIG_DEV_KVM", "/nonexistent/kvm")
         .output()
@@ -35,28 +24,28 @@ fn missing_kvm_device_is_one_line() {
 
 #[test]
 fn unreadable_kvm_device_is_one_line() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let f = dir.path().join("kvm");
     std::fs::write(&f, b"").expect("file");
-    let o = rig().args(["probe"]).env("XSAVE_RIG_DEV_KVM", &f).output().expect("run");
+    let o = RIG.command().args(["probe"]).env("XSAVE_RIG_DEV_KVM", &f).output().expect("run");
     assert_one_line_error(&o, "cannot use KVM");
 }
 
 #[test]
 fn bad_flags_are_one_line() {
-    assert_one_line_error(&run(&["fuzz", "--contract", "V9"]), "V9");
-    assert_one_line_error(&run(&["fuzz", "--backend", "qemu"]), "qemu");
-    assert_one_line_error(&run(&["fuzz", "--duration", "soon"]), "soon");
-    assert_one_line_error(&run(&["fuzz", "--frobnicate"]), "frobnicate");
+    assert_one_line_error(&RIG.run(&["fuzz", "--contract", "V9"]), "V9");
+    assert_one_line_error(&RIG.run(&["fuzz", "--backend", "qemu"]), "qemu");
+    assert_one_line_error(&RIG.run(&["fuzz", "--duration", "soon"]), "soon");
+    assert_one_line_error(&RIG.run(&["fuzz", "--frobnicate"]), "frobnicate");
     assert_one_line_error(
-        &run(&["fuzz", "--backend", "model:V3", "--quirks", "bogus", "--iterations", "1", "--workdir", "/tmp/unused2"]),
+        &RIG.run(&["fuzz", "--backend", "model:V3", "--quirks", "bogus", "--iterations", "1", "--workdir", "/tmp/unused2"]),
         "bogus",
     );
 }
 
 #[test]
 fn corrupt_case_files_are_one_line() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     // (Bytes that are neither XSRC nor JSON are raw fuzzer inputs, read structurally: see
     // tests/fresh.rs.)
     for (name, bytes) in
@@ -64,40 +53,32 @@ fn corrupt_case_files_are_one_line() {
     {
         let p = dir.path().join(name);
         std::fs::write(&p, bytes).expect("write");
-        let o = run(&["replay", "--backend", "model:V3", p.to_str().expect("utf8")]);
+        let o = RIG.run(&["replay", "--backend", "model:V3", p.to_str().expect("utf8")]);
         assert_one_line_error(&o, name);
-        let o = run(&["case", "show", p.to_str().expect("utf8")]);
+        let o = RIG.run(&["case", "show", p.to_str().expect("utf8")]);
         assert_one_line_error(&o, name);
     }
-    assert_one_line_error(&run(&["case", "show", "/nonexistent/case"]), "/nonexistent/case");
+    assert_one_line_error(&RIG.run(&["case", "show", "/nonexistent/case"]), "/nonexistent/case");
 }
-
-const CASE_JSON: &str = r#"{
-  "config": {"cpuid": {"base": {"Subset": {"leaves": ["0xd"], "xcr0_mask": "0x3"}}}},
-  "ops": [
-    {"set_xsave": {"xstate_bv": "0x7", "fcw": "0x37f", "mxcsr": "0x1f80", "xmm_seed": "0x5", "components": [{"bit": 2, "seed": "0x9"}]}},
-    "get_xsave"
-  ]
-}"#;
 
 #[test]
 fn case_encode_show_round_trip_and_replay_exit_codes() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let json = dir.path().join("c.json");
     let bin = dir.path().join("c.bin");
-    std::fs::write(&json, CASE_JSON).expect("write");
-    let o = run(&["case", "encode", json.to_str().expect("utf8"), "-o", bin.to_str().expect("utf8")]);
+    std::fs::write(&json, V2B_CASE).expect("write");
+    let o = RIG.run(&["case", "encode", json.to_str().expect("utf8"), "-o", bin.to_str().expect("utf8")]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(std::fs::read(&bin).expect("bin").starts_with(b"XSRC"));
-    let shown = run(&["case", "show", bin.to_str().expect("utf8")]);
+    let shown = RIG.run(&["case", "show", bin.to_str().expect("utf8")]);
     assert!(shown.status.success());
     let a: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("show prints JSON");
-    let b: serde_json::Value = serde_json::from_slice(&run(&["case", "show", json.to_str().expect("utf8")]).stdout).expect("json");
+    let b: serde_json::Value = serde_json::from_slice(&RIG.run(&["case", "show", json.to_str().expect("utf8")]).stdout).expect("json");
     assert_eq!(a, b);
     // V3 model agrees with the V3 oracle (exit 0); the V2b model rejects the SET (exit 1).
-    let o = run(&["replay", "--backend", "model:V3", bin.to_str().expect("utf8")]);
+    let o = RIG.run(&["replay", "--backend", "model:V3", bin.to_str().expect("utf8")]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
-    let o = run(&["replay", "--backend", "model:V2b", "--json", bin.to_str().expect("utf8")]);
+    let o = RIG.run(&["replay", "--backend", "model:V2b", "--json", bin.to_str().expect("utf8")]);
     assert_eq!(o.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("replay --json");
     assert_eq!(v[0]["verdict"]["class"], "errno");
@@ -123,9 +104,10 @@ fn assert_findings_valid(dir: &Path) -> usize {
 
 #[test]
 fn sigkill_then_resume_loses_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let wd = dir.path().to_str().expect("utf8");
-    let mut child = rig()
+    let mut child = RIG
+        .command()
         .args(["fuzz", "--backend", "model:V2b", "--duration", "60s", "--seed", "9", "--workdir", wd])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -141,10 +123,10 @@ fn sigkill_then_resume_loses_nothing() {
     let done = state["next_iteration"].as_u64().expect("next_iteration");
     assert!(done > 0);
     // Without --resume the workdir is refused; with it the campaign continues.
-    let o = run(&["fuzz", "--backend", "model:V2b", "--iterations", "10", "--workdir", wd]);
+    let o = RIG.run(&["fuzz", "--backend", "model:V2b", "--iterations", "10", "--workdir", wd]);
     assert_one_line_error(&o, "--resume");
     let target = done + 2000;
-    let o = run(&["fuzz", "--backend", "model:V2b", "--resume", "--json", "--iterations", &target.to_string(), "--workdir", wd]);
+    let o = RIG.run(&["fuzz", "--backend", "model:V2b", "--resume", "--json", "--iterations", &target.to_string(), "--workdir", wd]);
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("summary");
     assert_eq!(o.status.code(), s["exit_status"].as_i64().map(|c| c as i32), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(matches!(o.status.code(), Some(0 | 1)));
@@ -158,13 +140,14 @@ fn sigkill_then_resume_loses_nothing() {
 
 #[test]
 fn long_kvm_campaign_leaks_nothing() {
-    if !xsave_runner::kvm_or_skip("long_kvm_campaign_leaks_nothing") {
+    if !kvm_or_skip("long_kvm_campaign_leaks_nothing") {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     // The KVM_SET_FPU departure (docs/findings) would be found here: left out, so 0 divergences
     // keeps its meaning.
-    let o = run(&["fuzz", "--iterations", "100000", "--seed", "3", "--no-fpu", "--json", "--workdir", dir.path().to_str().expect("utf8")]);
+    let o =
+        RIG.run(&["fuzz", "--iterations", "100000", "--seed", "3", "--no-fpu", "--json", "--workdir", dir.path().to_str().expect("utf8")]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("summary");
     assert_eq!(s["execs"].as_u64(), Some(100_000));
@@ -180,12 +163,12 @@ fn long_kvm_campaign_leaks_nothing() {
 
 #[test]
 fn corpus_coverage_lists_points_and_names_bad_files() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     for e in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/corpus/seed")).expect("seeds").flatten() {
         std::fs::copy(e.path(), dir.path().join(e.file_name())).expect("copy");
     }
     std::fs::write(dir.path().join("crash-deadbeef"), b"{\"not\": \"a case\"}").expect("write");
-    let o = run(&[
+    let o = RIG.run(&[
         "corpus",
         "coverage",
         "--json",
@@ -204,9 +187,10 @@ fn corpus_coverage_lists_points_and_names_bad_files() {
 
 #[test]
 fn sigkill_during_parallel_campaign_then_resume() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let wd = dir.path().to_str().expect("utf8");
-    let mut parent = rig()
+    let mut parent = RIG
+        .command()
         .args([
             "fuzz",
             "--jobs",
@@ -241,7 +225,7 @@ fn sigkill_during_parallel_campaign_then_resume() {
         })
         .collect();
     let target = (done[0].max(done[1]) + 1000) * 2;
-    let o = run(&[
+    let o = RIG.run(&[
         "fuzz",
         "--jobs",
         "2",

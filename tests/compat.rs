@@ -14,7 +14,9 @@
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use xsave_testkit::{tempdir, Rig};
+
+const RIG: Rig = Rig::new(env!("CARGO_BIN_EXE_xsave-rig"));
 
 const BACKENDS: [&str; 4] = ["model:V0", "model:V1", "model:V2b", "model:V3"];
 
@@ -37,7 +39,7 @@ fn fnv(bytes: &[u8]) -> String {
 }
 
 fn rig(args: &[&str], files: &[PathBuf]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_xsave-rig")).args(args).args(files).output().expect("run xsave-rig");
+    let out = RIG.command().args(args).args(files).output().expect("run xsave-rig");
     assert!(
         matches!(out.status.code(), Some(0) | Some(1)),
         "{args:?}: exit {:?}: {}",
@@ -132,7 +134,7 @@ const CAMPAIGN: [&str; 14] = [
 
 #[test]
 fn seeded_model_campaign_finds_the_same_signatures() {
-    let work = tempfile::tempdir().expect("tempdir");
+    let work = tempdir();
     let facts = data().join("hosts/synthetic.json");
     let mut args = CAMPAIGN.to_vec();
     args[13] = facts.to_str().expect("utf-8");

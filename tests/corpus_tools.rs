@@ -2,17 +2,15 @@
 //! round-trips, and corrupt archives or members are named, never a panic.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use xsave_testkit::{tempdir, Rig};
+
+const RIG: Rig = Rig::new(env!("CARGO_BIN_EXE_xsave-rig"));
 
 const HOST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/synthetic-host.json");
 const SEEDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/corpus/seed");
 
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xsave-rig")).args(args).output().expect("run xsave-rig")
-}
-
 fn ok(args: &[&str]) -> String {
-    let o = run(args);
+    let o = RIG.run(args);
     assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).to_string()
 }
@@ -34,7 +32,7 @@ fn points(d: &Path) -> serde_json::Value {
 
 #[test]
 fn merge_minimize_pack_unpack() {
-    let t = tempfile::tempdir().expect("tempdir");
+    let t = tempdir();
     let d = |n: &str| t.path().join(n);
     let s = |p: &Path| p.to_str().expect("utf8").to_string();
     // A second corpus from a short feedback campaign (model backend).
@@ -57,7 +55,7 @@ fn merge_minimize_pack_unpack() {
     // Raw fuzzer inputs: skipped by default, imported with --structural.
     std::fs::create_dir_all(d("raw")).expect("mkdir");
     std::fs::write(d("raw/hfuzz-input"), b"\x07\x01\x02\x03 raw bytes from a byte-level fuzzer").expect("write");
-    let o = run(&["corpus", "merge", &s(&d("raw")), "-o", &s(&d("raw-out"))]);
+    let o = RIG.run(&["corpus", "merge", &s(&d("raw")), "-o", &s(&d("raw-out"))]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("hfuzz-input"));
     assert_eq!(names(&d("raw-out")).len(), 0);
     ok(&["corpus", "merge", "--structural", &s(&d("raw")), "-o", &s(&d("raw-out"))]);
@@ -68,7 +66,7 @@ fn merge_minimize_pack_unpack() {
     let pos = tar.windows(4).rposition(|w| w == b"XSRC").expect("a member");
     tar[pos + 6] ^= 0xff;
     std::fs::write(d("bad-member.tar"), &tar).expect("write");
-    let o = run(&["corpus", "unpack", &s(&d("bad-member.tar")), "-o", &s(&d("un2"))]);
+    let o = RIG.run(&["corpus", "unpack", &s(&d("bad-member.tar")), "-o", &s(&d("un2"))]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("skipped cases/") && err.contains("hash"), "{err}");
@@ -79,7 +77,7 @@ fn merge_minimize_pack_unpack() {
     std::fs::write(d("trunc.tar"), &tar[..700]).expect("write");
     std::fs::write(d("foreign.tar"), b"this is not a tar archive at all, just text....................").expect("write");
     for f in ["trunc.tar", "foreign.tar"] {
-        let o = run(&["corpus", "unpack", &s(&d(f)), "-o", &s(&d("un3"))]);
+        let o = RIG.run(&["corpus", "unpack", &s(&d(f)), "-o", &s(&d("un3"))]);
         assert_eq!(o.status.code(), Some(2), "{f}");
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");

@@ -4,62 +4,30 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use xsave_testkit::{assert_one_line_error, kvm_or_skip, seed_files, tempdir, text, Rig, V2B_CASE};
+
+const RIG: Rig = Rig::new(env!("CARGO_BIN_EXE_xsave-rig"));
 
 const SYNTH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/synthetic-host.json");
 const SEEDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/corpus/seed");
 
-fn rig() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_xsave-rig"))
-}
-
-fn run(args: &[&str]) -> Output {
-    rig().args(args).output().expect("run xsave-rig")
-}
-
-fn run_in(dir: &Path, args: &[&str]) -> Output {
-    rig().args(args).current_dir(dir).output().expect("run xsave-rig")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).to_string()
-}
-
-fn assert_one_line_error(o: &Output, needle: &str) {
-    let err = text(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "exit status; stderr: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
-    assert!(err.starts_with("xsave-rig: error: ") && err.contains(needle), "{err:?} lacks {needle:?}");
-}
-
 fn seed_case() -> PathBuf {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(SEEDS).expect("seeds").flatten().map(|e| e.path()).collect();
-    v.sort();
-    v.into_iter().find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains("set-xsave"))).unwrap_or_else(|| {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(SEEDS).expect("seeds").flatten().map(|e| e.path()).collect();
-        v.sort();
-        v.remove(0)
-    })
+    seed_files()
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains("set-xsave")))
+        .unwrap_or_else(|| seed_files().remove(0))
 }
-
-/// A case that diverges on the V2b model backend under the V3 oracle.
-const V2B_CASE: &str = r#"{
-  "config": {"cpuid": {"base": {"Subset": {"leaves": ["0xd"], "xcr0_mask": "0x3"}}}},
-  "ops": [
-    {"set_xsave": {"xstate_bv": "0x7", "fcw": "0x37f", "mxcsr": "0x1f80", "xmm_seed": "0x5", "components": [{"bit": 2, "seed": "0x9"}]}},
-    "get_xsave"
-  ]
-}"#;
 
 #[test]
 fn missing_arguments_are_named() {
-    let o = run(&["repro", "c.case", "-o", "r.c"]);
+    let o = RIG.run(&["repro", "c.case", "-o", "r.c"]);
     assert_one_line_error(&o, "--c");
-    let o = run(&["case", "encode", "x.json"]);
+    let o = RIG.run(&["case", "encode", "x.json"]);
     assert_one_line_error(&o, "--output");
-    let o = run(&["fuzz", "--frobnicate"]);
+    let o = RIG.run(&["fuzz", "--frobnicate"]);
     assert_one_line_error(&o, "--frobnicate");
     for a in [&["--help"][..], &["--version"], &["fuzz", "--help"]] {
-        let o = run(a);
+        let o = RIG.run(a);
         assert_eq!(o.status.code(), Some(0), "{a:?}");
         assert!(!o.stdout.is_empty());
     }
@@ -67,39 +35,40 @@ fn missing_arguments_are_named() {
 
 #[test]
 fn check_state_refuses_meaningless_sizes() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let st = dir.path().join("state.json");
     std::fs::write(&st, vec![b' '; 19_588]).expect("write");
-    let o = run(&["check-state", st.to_str().expect("utf8"), "--target", SYNTH]);
+    let o = RIG.run(&["check-state", st.to_str().expect("utf8"), "--target", SYNTH]);
     assert_one_line_error(&o, "19588 bytes");
     std::fs::write(&st, vec![0u8; 4096]).expect("write");
-    let o = run(&["check-state", st.to_str().expect("utf8"), "--target", SYNTH]);
+    let o = RIG.run(&["check-state", st.to_str().expect("utf8"), "--target", SYNTH]);
     assert_ne!(o.status.code(), Some(2), "{}", text(&o.stderr));
 }
 
 #[test]
 fn raw_fuzzer_inputs_are_read_structurally() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let raw = dir.path().join("crash-0123456789abcdef");
     std::fs::write(&raw, b"\x00\x01\x02\xff\x10garbage bytes from libFuzzer\x07\x08\x09").expect("write");
     let rawp = raw.to_str().expect("utf8");
-    let o = run(&["replay", "--backend", "model:V3", "--host-facts", SYNTH, rawp]);
+    let o = RIG.run(&["replay", "--backend", "model:V3", "--host-facts", SYNTH, rawp]);
     assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains("(raw fuzzer input, read structurally)"), "{}", text(&o.stdout));
-    let o = run(&["replay", "--backend", "model:V3", "--host-facts", SYNTH, "--json", rawp]);
+    let o = RIG.run(&["replay", "--backend", "model:V3", "--host-facts", SYNTH, "--json", rawp]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(v[0]["raw_input"], true);
-    let o = run(&["case", "show", rawp]);
+    let o = RIG.run(&["case", "show", rawp]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("case show prints JSON");
     assert!(text(&o.stderr).contains("raw fuzzer input"));
     let out = dir.path().join("r.c");
-    let o = run(&["repro", rawp, "--c", "-o", out.to_str().expect("utf8"), "--host-facts", SYNTH]);
+    let o = RIG.run(&["repro", rawp, "--c", "-o", out.to_str().expect("utf8"), "--host-facts", SYNTH]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains("raw fuzzer input"));
     assert!(std::fs::read_to_string(&out).expect("repro").contains("raw fuzzer input"));
     // minimize: the raw input is read (it may or may not diverge; either way not "not a case").
-    let o = run(&["minimize", "--backend", "model:V2b", "--host-facts", SYNTH, rawp, "-o", dir.path().join("m").to_str().expect("utf8")]);
+    let o =
+        RIG.run(&["minimize", "--backend", "model:V2b", "--host-facts", SYNTH, rawp, "-o", dir.path().join("m").to_str().expect("utf8")]);
     assert!(!text(&o.stderr).contains("not a case"), "{}", text(&o.stderr));
     // corpus coverage counts and names it.
     let cdir = dir.path().join("corpus");
@@ -107,26 +76,26 @@ fn raw_fuzzer_inputs_are_read_structurally() {
     std::fs::copy(&raw, cdir.join("crash-0123456789abcdef")).expect("copy");
     std::fs::copy(seed_case(), cdir.join("seed.case")).expect("copy");
     std::fs::write(cdir.join("bad.json"), "{\"not\": \"a case\"}").expect("write");
-    let o = run(&["corpus", "coverage", "--json", "--host-facts", SYNTH, cdir.to_str().expect("utf8")]);
+    let o = RIG.run(&["corpus", "coverage", "--json", "--host-facts", SYNTH, cdir.to_str().expect("utf8")]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(v["cases"], 2, "{v}");
     assert_eq!(v["raw_inputs"][0], "crash-0123456789abcdef");
     assert!(v["skipped"][0].as_str().expect("skipped").contains("bad.json"));
-    let o = run(&["corpus", "coverage", "--host-facts", SYNTH, cdir.to_str().expect("utf8")]);
+    let o = RIG.run(&["corpus", "coverage", "--host-facts", SYNTH, cdir.to_str().expect("utf8")]);
     assert!(text(&o.stdout).contains("raw fuzzer inputs, read structurally: crash-0123456789abcdef"), "{}", text(&o.stdout));
     // A JSON file that is not a case is still an error, and so is a corrupt XSRC file.
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, "{\"ops\": 3}").expect("write");
-    assert_one_line_error(&run(&["replay", "--backend", "model:V3", bad.to_str().expect("utf8")]), "bad.json");
+    assert_one_line_error(&RIG.run(&["replay", "--backend", "model:V3", bad.to_str().expect("utf8")]), "bad.json");
     let trunc = dir.path().join("trunc");
     std::fs::write(&trunc, b"XSRC\x01\x05").expect("write");
-    assert_one_line_error(&run(&["case", "show", trunc.to_str().expect("utf8")]), "trunc");
+    assert_one_line_error(&RIG.run(&["case", "show", trunc.to_str().expect("utf8")]), "trunc");
 }
 
 #[test]
 fn bare_relative_output_names() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let d = dir.path();
     let case = seed_case();
     let case = case.to_str().expect("utf8");
@@ -143,7 +112,7 @@ fn bare_relative_output_names() {
         (vec!["report", "W", "-o", "rep"], "rep/report.html"),
     ];
     for (args, out) in &cmds {
-        let o = run_in(d, args);
+        let o = RIG.run_in(d, args);
         assert!(matches!(o.status.code(), Some(0 | 1)), "{args:?}: {}", text(&o.stderr));
         assert!(o.stderr.is_empty() || !text(&o.stderr).contains("error"), "{args:?}: {}", text(&o.stderr));
         assert!(d.join(out).exists(), "{args:?} wrote no {out}");
@@ -159,7 +128,7 @@ fn bare_relative_output_names() {
         vec!["repro", case, "--c", "-o", "adir", "--host-facts", SYNTH],
         vec!["corpus", "pack", SEEDS, "-o", "adir", "--host-facts", SYNTH],
     ] {
-        assert_one_line_error(&run_in(d, &args), "adir");
+        assert_one_line_error(&RIG.run_in(d, &args), "adir");
     }
     assert_eq!(std::fs::read_dir(d.join("adir")).expect("dir").count(), 0);
 }
@@ -167,7 +136,7 @@ fn bare_relative_output_names() {
 /// Spawn with stdout piped, read `lines` lines (0: none), close the pipe, and wait.
 fn closed_pipe(args: &[&str], lines: usize) -> Output {
     use std::io::BufRead;
-    let mut child = rig().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut child = RIG.command().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
     {
         let out = child.stdout.take().expect("stdout");
         let mut r = std::io::BufReader::new(out);
@@ -182,7 +151,7 @@ fn closed_pipe(args: &[&str], lines: usize) -> Output {
 
 #[test]
 fn closed_stdout_ends_output_quietly() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let case = seed_case();
     // Far more than a pipe buffer of output: the writer meets the closed pipe for sure.
     let mut args: Vec<&str> = vec!["replay", "--backend", "model:V3", "--host-facts", SYNTH];
@@ -210,25 +179,37 @@ fn json_of(o: &Output) -> serde_json::Value {
 
 #[test]
 fn fuzz_exit_statuses() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let wd = |n: &str| dir.path().join(n).to_str().expect("utf8").to_string();
     // No divergence: exit 0; new findings: exit 1; the summary's last line says which.
-    let o = run(&["fuzz", "--backend", "model:V3", "--host-facts", SYNTH, "--iterations", "300", "--workdir", &wd("a")]);
+    let o = RIG.run(&["fuzz", "--backend", "model:V3", "--host-facts", SYNTH, "--iterations", "300", "--workdir", &wd("a")]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert!(text(&o.stdout).trim_end().ends_with("no new findings (exit 0)"), "{}", text(&o.stdout));
-    let o = run(&["fuzz", "--backend", "model:V2b", "--host-facts", SYNTH, "--iterations", "300", "--workdir", &wd("b")]);
+    let o = RIG.run(&["fuzz", "--backend", "model:V2b", "--host-facts", SYNTH, "--iterations", "300", "--workdir", &wd("b")]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     let last = text(&o.stdout).trim_end().lines().last().unwrap_or_default().to_string();
     assert!(last.starts_with("result") && last.contains("new finding") && last.ends_with("(exit 1)"), "{last}");
-    let o = run(&["fuzz", "--backend", "model:V2b", "--host-facts", SYNTH, "--iterations", "300", "--json", "--workdir", &wd("c")]);
+    let o = RIG.run(&["fuzz", "--backend", "model:V2b", "--host-facts", SYNTH, "--iterations", "300", "--json", "--workdir", &wd("c")]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(json_of(&o)["exit_status"], 1);
     // Resuming with nothing new to find: exit 0.
-    let o =
-        run(&["fuzz", "--backend", "model:V2b", "--host-facts", SYNTH, "--iterations", "300", "--json", "--resume", "--workdir", &wd("c")]);
+    let o = RIG.run(&[
+        "fuzz",
+        "--backend",
+        "model:V2b",
+        "--host-facts",
+        SYNTH,
+        "--iterations",
+        "300",
+        "--json",
+        "--resume",
+        "--workdir",
+        &wd("c"),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     // SIGTERM: a clean stop, exit 130, state saved.
-    let child = rig()
+    let child = RIG
+        .command()
         .args(["fuzz", "--backend", "model:V3", "--host-facts", SYNTH, "--duration", "60s", "--workdir", &wd("d")])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -244,12 +225,12 @@ fn fuzz_exit_statuses() {
 
 #[test]
 fn parallel_campaign_writes_a_reportable_campaign_json() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let wd = dir.path().join("J2");
     let w = wd.to_str().expect("utf8");
     let args =
         ["fuzz", "--jobs", "2", "--backend", "model:V2b", "--host-facts", SYNTH, "--minimize-budget", "50", "--json", "--workdir", w];
-    let o = rig().args(args).args(["--iterations", "3000"]).output().expect("run");
+    let o = RIG.command().args(args).args(["--iterations", "3000"]).output().expect("run");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     let s = json_of(&o);
     assert_eq!(s["exit_status"], 1);
@@ -272,42 +253,43 @@ fn parallel_campaign_writes_a_reportable_campaign_json() {
         serde_json::from_slice(&std::fs::read(wd.join("campaign.json")).expect("merged campaign.json")).expect("json");
     assert_eq!(stored["jobs"], 2);
     assert_eq!(stored["next_iteration"], s["next_iteration"]);
-    let o = run(&["report", w]);
+    let o = RIG.run(&["report", w]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(wd.join("report/report.html").exists());
     // Resume continues all workers; nothing new: exit 0.
-    let o = rig().args(args).args(["--iterations", "3000", "--resume"]).output().expect("run");
+    let o = RIG.command().args(args).args(["--iterations", "3000", "--resume"]).output().expect("run");
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert_eq!(json_of(&o)["new_signatures"], serde_json::json!([]));
 }
 
 #[test]
 fn resume_refuses_a_different_campaign() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let wd = dir.path().join("W");
     let w = wd.to_str().expect("utf8");
     let base = ["fuzz", "--host-facts", SYNTH, "--iterations", "200", "--workdir", w];
     // --resume on a missing or empty workdir is an error, not a fresh start.
-    assert_one_line_error(&rig().args(base).args(["--backend", "model:V2b", "--resume"]).output().expect("run"), "no campaign");
+    assert_one_line_error(&RIG.command().args(base).args(["--backend", "model:V2b", "--resume"]).output().expect("run"), "no campaign");
     assert!(!wd.exists());
     std::fs::create_dir(&wd).expect("mkdir");
-    assert_one_line_error(&rig().args(base).args(["--backend", "model:V2b", "--resume"]).output().expect("run"), "no campaign");
-    let o = rig().args(base).args(["--backend", "model:V2b", "--seed", "7"]).output().expect("run");
+    assert_one_line_error(&RIG.command().args(base).args(["--backend", "model:V2b", "--resume"]).output().expect("run"), "no campaign");
+    let o = RIG.command().args(base).args(["--backend", "model:V2b", "--seed", "7"]).output().expect("run");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
-    let o = rig().args(base).args(["--backend", "model:V3", "--resume"]).output().expect("run");
+    let o = RIG.command().args(base).args(["--backend", "model:V3", "--resume"]).output().expect("run");
     assert_one_line_error(&o, &format!("--resume: the campaign in {w} ran backend model:V2b, not model:V3"));
-    let o = rig().args(base).args(["--backend", "model:V2b", "--resume", "--seed", "8"]).output().expect("run");
+    let o = RIG.command().args(base).args(["--backend", "model:V2b", "--resume", "--seed", "8"]).output().expect("run");
     assert_one_line_error(&o, "ran seed 7, not 8");
-    let o = rig().args(base).args(["--backend", "model:V2b", "--resume", "--contract", "V2b"]).output().expect("run");
+    let o = RIG.command().args(base).args(["--backend", "model:V2b", "--resume", "--contract", "V2b"]).output().expect("run");
     assert_one_line_error(&o, "ran contract V3, not V2b");
-    let o = rig().args(base).args(["--backend", "model:V2b", "--resume", "--quirks", "pvm-cpuid-rewrite"]).output().expect("run");
+    let o = RIG.command().args(base).args(["--backend", "model:V2b", "--resume", "--quirks", "pvm-cpuid-rewrite"]).output().expect("run");
     assert_one_line_error(&o, "ran quirks [], not [pvm-cpuid-rewrite]");
-    let o = rig().args(base).args(["--backend", "model:V2b", "--resume", "--jobs", "2"]).output().expect("run");
+    let o = RIG.command().args(base).args(["--backend", "model:V2b", "--resume", "--jobs", "2"]).output().expect("run");
     assert_one_line_error(&o, "--jobs 1, not 2");
     // The same campaign (seed given or not) resumes.
-    let o = rig().args(base).args(["--backend", "model:V2b", "--resume", "--seed", "7"]).output().expect("run");
+    let o = RIG.command().args(base).args(["--backend", "model:V2b", "--resume", "--seed", "7"]).output().expect("run");
     assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o.stderr));
-    let o = rig()
+    let o = RIG
+        .command()
         .args(["fuzz", "--host-facts", SYNTH, "--iterations", "400", "--workdir", w, "--backend", "model:V2b", "--resume", "--json"])
         .output()
         .expect("run");
@@ -317,11 +299,11 @@ fn resume_refuses_a_different_campaign() {
 
 #[test]
 fn kvm_refuses_another_hosts_facts() {
-    if !xsave_runner::kvm_or_skip("kvm_refuses_another_hosts_facts") {
+    if !kvm_or_skip("kvm_refuses_another_hosts_facts") {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = run(&["probe", "--json"]);
+    let dir = tempdir();
+    let p = RIG.run(&["probe", "--json"]);
     assert!(p.status.success());
     let mine = dir.path().join("mine.json");
     std::fs::write(&mine, &p.stdout).expect("write");
@@ -332,18 +314,18 @@ fn kvm_refuses_another_hosts_facts() {
     std::fs::write(&theirs, other.to_string()).expect("write");
     let wd = |n: &str| dir.path().join(n).to_str().expect("utf8").to_string();
     let t = theirs.to_str().expect("utf8");
-    assert_one_line_error(&run(&["fuzz", "--host-facts", t, "--iterations", "5", "--workdir", &wd("a")]), "supported_xcr0");
-    assert_one_line_error(&run(&["fuzz", "--host-facts", SYNTH, "--iterations", "5", "--workdir", &wd("b")]), "describes another host");
+    assert_one_line_error(&RIG.run(&["fuzz", "--host-facts", t, "--iterations", "5", "--workdir", &wd("a")]), "supported_xcr0");
+    assert_one_line_error(&RIG.run(&["fuzz", "--host-facts", SYNTH, "--iterations", "5", "--workdir", &wd("b")]), "describes another host");
     let mut mx: serde_json::Value = serde_json::from_slice(&p.stdout).expect("json");
     mx["host"]["mxcsr_feature_mask"] = serde_json::json!("0x1");
     std::fs::write(&theirs, mx.to_string()).expect("write");
-    assert_one_line_error(&run(&["fuzz", "--host-facts", t, "--iterations", "5", "--workdir", &wd("c")]), "mxcsr mask");
+    assert_one_line_error(&RIG.run(&["fuzz", "--host-facts", t, "--iterations", "5", "--workdir", &wd("c")]), "mxcsr mask");
     // This host's own fingerprint is fine; --force-host-facts overrides; model backends never check.
-    let o = run(&["fuzz", "--host-facts", mine.to_str().expect("utf8"), "--iterations", "5", "--workdir", &wd("d")]);
+    let o = RIG.run(&["fuzz", "--host-facts", mine.to_str().expect("utf8"), "--iterations", "5", "--workdir", &wd("d")]);
     assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o.stderr));
-    let o = run(&["fuzz", "--host-facts", t, "--force-host-facts", "--iterations", "5", "--workdir", &wd("e")]);
+    let o = RIG.run(&["fuzz", "--host-facts", t, "--force-host-facts", "--iterations", "5", "--workdir", &wd("e")]);
     assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o.stderr));
-    let o = run(&["fuzz", "--backend", "model:V3", "--host-facts", t, "--iterations", "5", "--workdir", &wd("f")]);
+    let o = RIG.run(&["fuzz", "--backend", "model:V3", "--host-facts", t, "--iterations", "5", "--workdir", &wd("f")]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
 }
 
@@ -355,10 +337,11 @@ fn lab_fetch_without_the_archive_is_one_bounded_line() {
         eprintln!("SKIPPED lab_fetch_without_the_archive_is_one_bounded_line: apt-get or debian-archive-keyring missing");
         return;
     }
-    let cache = tempfile::tempdir().expect("tempdir");
+    let cache = tempdir();
     let t = std::time::Instant::now();
     // Port 9 (discard) on localhost: nothing listens, connections are refused.
-    let o = rig()
+    let o = RIG
+        .command()
         .args(["lab", "fetch", "debian:6.1"])
         .env("XSAVE_RIG_CACHE", cache.path())
         .env("XSAVE_RIG_APT_MIRROR", "http://127.0.0.1:9")
@@ -372,19 +355,19 @@ fn lab_fetch_without_the_archive_is_one_bounded_line() {
 
 #[test]
 fn help_documents_every_flag_and_variable() {
-    let top = text(&run(&["--help"]).stdout);
+    let top = text(&RIG.run(&["--help"]).stdout);
     for v in ["XSAVE_RIG_CACHE", "XSAVE_RIG_DETECT_BIN", "XSAVE_RIG_DEV_KVM", "XSAVE_RIG_APT_MIRROR", "exec-cases", "Exit statuses"] {
         assert!(top.contains(v), "--help lacks {v}");
     }
-    let fuzz = text(&run(&["fuzz", "--help"]).stdout);
+    let fuzz = text(&RIG.run(&["fuzz", "--help"]).stdout);
     for f in ["lab:<kernel>", "--worker", "--backend-label", "--force-host-facts", "Internal ("] {
         assert!(fuzz.contains(f), "fuzz --help lacks {f}");
     }
-    assert!(text(&run(&["lab", "run", "--help"]).stdout).contains("--init-script"));
-    assert!(text(&run(&["lab", "run", "--help"]).stdout).contains("--scratch"));
-    assert!(text(&run(&["bench", "detect", "--help"]).stdout).contains("--budget"));
-    assert!(text(&run(&["migrate", "--help"]).stdout).contains("--json"));
-    assert!(text(&run(&["check-state", "--help"]).stdout).contains("--json"));
+    assert!(text(&RIG.run(&["lab", "run", "--help"]).stdout).contains("--init-script"));
+    assert!(text(&RIG.run(&["lab", "run", "--help"]).stdout).contains("--scratch"));
+    assert!(text(&RIG.run(&["bench", "detect", "--help"]).stdout).contains("--budget"));
+    assert!(text(&RIG.run(&["migrate", "--help"]).stdout).contains("--json"));
+    assert!(text(&RIG.run(&["check-state", "--help"]).stdout).contains("--json"));
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
     for w in [
         "exec-cases",
@@ -409,11 +392,11 @@ fn help_documents_every_flag_and_variable() {
 /// summary, campaign.json and findings name `lab:K` (shown here on a model backend).
 #[test]
 fn backend_label_names_the_backend() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let wd = dir.path().join("w");
     let w = wd.to_str().expect("utf8");
     let base = ["fuzz", "--backend", "model:V2b", "--host-facts", SYNTH, "--iterations", "200", "--workdir", w];
-    let o = rig().args(base).args(["--backend-label", "lab:debian:6.1"]).output().expect("run");
+    let o = RIG.command().args(base).args(["--backend-label", "lab:debian:6.1"]).output().expect("run");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains("backend          lab:debian:6.1"), "{}", text(&o.stdout));
     let c: serde_json::Value = serde_json::from_slice(&std::fs::read(wd.join("campaign.json")).expect("state")).expect("json");
@@ -422,7 +405,7 @@ fn backend_label_names_the_backend() {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(f.join("verdict.json")).expect("verdict")).expect("json");
     assert_eq!(v["backend"], "lab:debian:6.1");
     // Resuming it under its own name works; under another backend it is refused.
-    let o = rig().args(base).args(["--backend-label", "lab:debian:6.1", "--resume"]).output().expect("run");
+    let o = RIG.command().args(base).args(["--backend-label", "lab:debian:6.1", "--resume"]).output().expect("run");
     assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o.stderr));
-    assert_one_line_error(&rig().args(base).args(["--resume"]).output().expect("run"), "ran backend lab:debian:6.1, not model:V2b");
+    assert_one_line_error(&RIG.command().args(base).args(["--resume"]).output().expect("run"), "ran backend lab:debian:6.1, not model:V2b");
 }

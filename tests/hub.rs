@@ -12,11 +12,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use xsave_testkit::{tempdir, Rig, TempDir};
 
-const BIN: &str = env!("CARGO_BIN_EXE_xsave-rig");
+const RIG: Rig = Rig::new(env!("CARGO_BIN_EXE_xsave-rig"));
 
 fn rig() -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = RIG.command();
     c.env_remove("XSAVE_RIG_HUB");
     c
 }
@@ -27,13 +28,13 @@ fn hub_db_script() -> PathBuf {
 
 /// A private cluster (stopped on drop).
 struct Cluster {
-    dir: tempfile::TempDir,
+    dir: TempDir,
     url: String,
 }
 
 impl Cluster {
     fn start(test: &str) -> Option<Cluster> {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempdir();
         // The postgres user (initdb refuses root) must reach the data directory.
         let _ = Command::new("chmod").arg("755").arg(dir.path()).status();
         let o = Command::new(hub_db_script()).arg("start").arg(dir.path().join("pg")).output().expect("run scripts/hub-db");
@@ -184,7 +185,7 @@ fn check_delivered(db: &mut Client, l: &Local) {
 fn four_concurrent_hosts_share_one_hub() {
     let Some((url, _cluster)) = fresh_db("concurrent", false) else { return };
     init(&url);
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = tempdir();
     let hosts = [("model:V2b", "6.1.0-fleet"), ("model:V2b", "6.6.0-fleet"), ("model:V1", "5.15.0-fleet"), ("model:V1", "6.1.0-fleet")];
     let children: Vec<(PathBuf, Child)> = hosts
         .iter()
@@ -250,7 +251,7 @@ fn hub_outage_loses_and_duplicates_nothing() {
     let Some((url, cluster)) = fresh_db("outage", true) else { return };
     let cluster = cluster.expect("private cluster");
     init(&url);
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = tempdir();
     let wd = tmp.path().join("w");
     let f = facts(tmp.path(), 0, "6.1.0-outage");
     let child = fuzz(&wd, &f, "model:V2b", 7, "16s", (&url, "1s"), &["--minimize-budget", "0"])
@@ -338,7 +339,7 @@ fn rates(wd: &Path, a: f64, b: f64) -> (f64, f64) {
 fn sigkill_mid_sync_then_resume_loses_and_duplicates_nothing() {
     let Some((url, _cluster)) = fresh_db("sigkill", false) else { return };
     init(&url);
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = tempdir();
     let wd = tmp.path().join("w");
     let f = facts(tmp.path(), 0, "6.1.0-kill");
     // Syncing every 100 ms: the kill lands in or near a push.
@@ -397,7 +398,7 @@ fn bad_hub_data_is_named_and_skipped_while_fuzzing_goes_on() {
         db.execute("INSERT INTO cases (hash, format_version, bytes, contributor, points) VALUES ($1, $2, $3, 'evil', '{}')", &[h, v, b])
             .expect("case");
     }
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = tempdir();
     let wd = tmp.path().join("w");
     let f = facts(tmp.path(), 0, "6.1.0-bad");
     let o = fuzz(&wd, &f, "model:V2b", 3, "3s", (&url, "500ms"), &["--minimize-budget", "0"]).output().expect("fuzz");
@@ -437,7 +438,7 @@ fn writers_and_readers_are_limited_by_the_database() {
     for (login, group) in [(&alice, &w), (&bob, &w), (&carol, &r)] {
         ok(&rig().args(["hub", "add-login", login, "--in", group, "--url", &url]).output().expect("add-login"));
     }
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = tempdir();
     for (n, who, host) in [(0, &alice, "host-a"), (1, &bob, "host-b")] {
         let wd = tmp.path().join(format!("w{n}"));
         let f = facts(tmp.path(), n, "6.1.0-roles");

@@ -3,23 +3,22 @@
 //! test hook `XSAVE_RIG_TEST_KMSG_AT=N`, which logs a WARN-shaped record to `/dev/kmsg` while
 //! the backend runs its N-th case.
 
-use std::process::Command;
+use xsave_testkit::{kvm_or_skip, tempdir, Rig};
 
-fn rig() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_xsave-rig"))
-}
+const RIG: Rig = Rig::new(env!("CARGO_BIN_EXE_xsave-rig"));
 
 #[test]
 fn a_splat_is_a_finding_of_the_case_that_ran() {
-    if !xsave_runner::kvm_or_skip("a_splat_is_a_finding_of_the_case_that_ran") {
+    if !kvm_or_skip("a_splat_is_a_finding_of_the_case_that_ran") {
         return;
     }
     if std::fs::OpenOptions::new().write(true).open("/dev/kmsg").is_err() {
         panic!("/dev/kmsg is not writable here although KVM is usable (run as root)");
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let wd = dir.path().join("w");
-    let o = rig()
+    let o = RIG
+        .command()
         .args(["fuzz", "--iterations", "40", "--seed", "3", "--no-feedback", "--no-fpu", "--minimize-budget", "0", "--json", "--workdir"])
         .arg(&wd)
         .env("XSAVE_RIG_TEST_KMSG_AT", "11")
@@ -41,7 +40,7 @@ fn a_splat_is_a_finding_of_the_case_that_ran() {
     let i = v["iteration"].as_u64().expect("iteration");
     let case = xsave_runner::campaign::case_for(3, i);
     assert_eq!(std::fs::read(splats[0].join("case.bin")).expect("case.bin"), case.encode());
-    let o = rig().arg("replay").arg(splats[0].join("case.bin")).env("XSAVE_RIG_TEST_KMSG_AT", "0").output().expect("replay");
+    let o = RIG.command().arg("replay").arg(splats[0].join("case.bin")).env("XSAVE_RIG_TEST_KMSG_AT", "0").output().expect("replay");
     let text = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(1), "{text}");
     assert!(text.contains("[kernel-splat]") && text.contains("kernel: WARNING:"), "{text}");

@@ -2,12 +2,14 @@
 //! guest-unsupported host feature with EINVAL; V1 → V3 flags the unmasked save; V3 → V3 on
 //! identical hosts loads cleanly.
 
-use std::process::Command;
 use xsave_oracle::case::*;
 use xsave_oracle::xfeatures::*;
 use xsave_oracle::HostFacts;
 use xsave_runner::campaign::case_for;
-use xsave_runner::migrate::{check_state, migrate_case, Target};
+use xsave_runner::migrate::{check_state, migrate_case, LoadVerdict, Target};
+use xsave_testkit::{tempdir, Rig};
+
+const RIG: Rig = Rig::new(env!("CARGO_BIN_EXE_xsave-rig"));
 
 fn fingerprint(contract: &str) -> serde_json::Value {
     serde_json::json!({ "contract": contract, "quirks": [], "host": HostFacts::synthetic(0x2e7, 0xffff) })
@@ -36,14 +38,14 @@ fn narrow_guest_state() -> (Vec<Op>, Vec<u8>) {
 fn v2b_target_refuses_guest_unsupported_feature() {
     let (setup, state) = narrow_guest_state();
     let r = check_state(&state, &setup, &target("V2b"), None);
-    assert_eq!(r.verdict, "refused");
+    assert_eq!(r.verdict, LoadVerdict::Refused);
     assert_eq!(r.set_ret, "-EINVAL");
     assert_eq!(r.rule.as_deref(), Some("set.reject.user_xfeatures"));
     assert!(r.reason.contains("not exposed to the guest"), "{}", r.reason);
     // The V3 target accepts it (permissive load); the masked features do not read back.
     let r = check_state(&state, &setup, &target("V3"), None);
     assert_eq!(r.set_ret, "0");
-    assert_eq!(r.verdict, "loads-with-loss");
+    assert_eq!(r.verdict, LoadVerdict::LoadsWithLoss);
     assert_eq!(r.lost, vec!["YMM_Hi128".to_string(), "PKRU".to_string()]);
 }
 
@@ -55,11 +57,11 @@ fn v3_source_never_refused_by_v2b_and_v3_to_v3_loads_cleanly() {
         let case = case_for(8, i);
         if let Some(m) = migrate_case("c", &case, &v3, &v3) {
             saved += 1;
-            assert_eq!(m.check.verdict, "loads", "V3 → V3 case {i}: {m:?}");
+            assert_eq!(m.check.verdict, LoadVerdict::Loads, "V3 → V3 case {i}: {m:?}");
             assert!(m.unmasked.is_empty());
         }
         if let Some(m) = migrate_case("c", &case, &v3, &v2b) {
-            assert_ne!(m.check.verdict, "refused", "masked save never carries guest-unsupported features: {m:?}");
+            assert_ne!(m.check.verdict, LoadVerdict::Refused, "masked save never carries guest-unsupported features: {m:?}");
         }
     }
     assert!(saved > 1000);
@@ -74,11 +76,11 @@ fn v1_source_unmasked_save_is_flagged() {
         if let Some(m) = migrate_case("c", &case, &v1, &v3) {
             if !m.unmasked.is_empty() {
                 flagged += 1;
-                assert_ne!(m.check.verdict, "refused", "V3 loads permissively: {m:?}");
+                assert_ne!(m.check.verdict, LoadVerdict::Refused, "V3 loads permissively: {m:?}");
             }
         }
         if let Some(m) = migrate_case("c", &case, &v1, &v2b) {
-            refused += usize::from(m.check.verdict == "refused");
+            refused += usize::from(m.check.verdict == LoadVerdict::Refused);
         }
     }
     assert!(flagged > 0 && refused > 0, "flagged {flagged} refused {refused}");
@@ -86,7 +88,7 @@ fn v1_source_unmasked_save_is_flagged() {
 
 #[test]
 fn check_state_cli() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let (setup, state) = narrow_guest_state();
     let st = dir.path().join("state.bin");
     std::fs::write(&st, &state).expect("state");
@@ -95,30 +97,16 @@ fn check_state_cli() {
     let Op::SetCpuid2(t) = &setup[0] else { unreachable!() };
     let cpuid = dir.path().join("cpuid.json");
     std::fs::write(&cpuid, serde_json::to_string(t).expect("json")).expect("cpuid");
-    let o = Command::new(env!("CARGO_BIN_EXE_xsave-rig"))
-        .arg("check-state")
-        .arg(&st)
-        .arg("--target")
-        .arg(&fp)
-        .arg("--guest-cpuid")
-        .arg(&cpuid)
-        .output()
-        .expect("run");
+    let o = RIG.command().arg("check-state").arg(&st).arg("--target").arg(&fp).arg("--guest-cpuid").arg(&cpuid).output().expect("run");
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("-EINVAL") && out.contains("not exposed to the guest"), "{out}");
     std::fs::write(dir.path().join("short.bin"), [0u8; 100]).expect("short");
-    let o = Command::new(env!("CARGO_BIN_EXE_xsave-rig"))
-        .arg("check-state")
-        .arg(dir.path().join("short.bin"))
-        .arg("--target")
-        .arg(&fp)
-        .output()
-        .expect("run");
+    let o = RIG.command().arg("check-state").arg(dir.path().join("short.bin")).arg("--target").arg(&fp).output().expect("run");
     assert_eq!(o.status.code(), Some(2));
     let unknown = dir.path().join("unknown.json");
     std::fs::write(&unknown, fingerprint("unknown").to_string()).expect("fp");
-    let o = Command::new(env!("CARGO_BIN_EXE_xsave-rig")).arg("check-state").arg(&st).arg("--target").arg(&unknown).output().expect("run");
+    let o = RIG.command().arg("check-state").arg(&st).arg("--target").arg(&unknown).output().expect("run");
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be predicted"));
 }

@@ -4,17 +4,20 @@
 
 use std::path::Path;
 use std::process::Command;
+use xsave_testkit::{tempdir, Rig, TempDir};
+
+const RIG: Rig = Rig::new(env!("CARGO_BIN_EXE_xsave-rig"));
 
 /// Run xsave-rig; success, or (for `fuzz`) exit 1 meaning new findings.
 fn rig(args: &[&str]) {
-    let o = Command::new(env!("CARGO_BIN_EXE_xsave-rig")).args(args).output().expect("run xsave-rig");
+    let o = RIG.run(args);
     let ok = o.status.success() || (args[0] == "fuzz" && o.status.code() == Some(1));
     assert!(ok, "xsave-rig {args:?}: {}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// A workdir with findings (V2b model against the V3 oracle), one corrupt finding, reported.
-fn reported() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
+fn reported() -> TempDir {
+    let dir = tempdir();
     let wd = dir.path().to_str().expect("utf8").to_string();
     rig(&["fuzz", "--backend", "model:V2b", "--iterations", "2000", "--seed", "4", "--workdir", &wd]);
     let bad = dir.path().join("findings/errno-deadbeefdeadbeef");
@@ -127,7 +130,7 @@ fn html_renders_in_headless_chromium() {
 /// (by_class) read as key: value lists, not raw JSON.
 #[test]
 fn html_plots_coverage_and_rounds_numbers() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let wd = dir.path().to_str().expect("utf8").to_string();
     rig(&["fuzz", "--backend", "model:V2b", "--duration", "2.5s", "--seed", "4", "--minimize-budget", "20", "--workdir", &wd]);
     let stats = std::fs::read_to_string(dir.path().join("stats.jsonl")).expect("stats");

@@ -4,6 +4,9 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use xsave_testkit::{tempdir, Rig};
+
+const RIG: Rig = Rig::new(env!("CARGO_BIN_EXE_xsave-rig"));
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -27,9 +30,10 @@ fn systemd_unit_verifies() {
 /// What the unit's stop does: SIGTERM to `fuzz --duration forever` saves and exits 130.
 #[test]
 fn forever_campaign_stops_on_sigterm_and_saves() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let wd = dir.path().join("w");
-    let child = Command::new(env!("CARGO_BIN_EXE_xsave-rig"))
+    let child = RIG
+        .command()
         .env_remove("XSAVE_RIG_HUB")
         .args(["fuzz", "--backend", "model:V2b", "--duration", "forever", "--minimize-budget", "0", "--host-facts"])
         .arg(Path::new(ROOT).join("tests/data/synthetic-host.json"))

@@ -9,6 +9,7 @@ use xsave_runner::campaign::case_for;
 use xsave_runner::minimize::{minimize, signature_of};
 use xsave_runner::seeds::seed_corpus;
 use xsave_runner::ModelBackend;
+use xsave_testkit::{kvm_or_skip, tempdir};
 
 fn v2b_finding() -> (Case, String) {
     let host = HostFacts::synthetic(0x2e7, 0xffff);
@@ -53,7 +54,7 @@ fn compile(src: &str, dir: &Path, name: &str) -> std::path::PathBuf {
 
 #[test]
 fn reproducers_compile_warning_free() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let host = HostFacts::synthetic(0x2e7, 0xffff);
     let model = ModelConfig::default();
     let mut cases: Vec<(String, Case)> = seed_corpus();
@@ -66,10 +67,10 @@ fn reproducers_compile_warning_free() {
 
 #[test]
 fn reproducers_reproduce_on_kvm() {
-    if !xsave_runner::kvm_or_skip("reproducers_reproduce_on_kvm") {
+    if !kvm_or_skip("reproducers_reproduce_on_kvm") {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let host = xsave_runner::probe::probe().expect("probe").host;
     let auto = ModelConfig { quirks: host.quirks.clone(), ..ModelConfig::default() };
     let strict = ModelConfig::default();

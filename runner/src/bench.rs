@@ -207,22 +207,9 @@ pub fn detect(seeds: u64, budget: u64, libfuzzer: Option<&std::path::Path>) -> R
             let mut be = crate::ModelBackend::new(host.clone(), ModelConfig { contract, quirks: vec![] });
             let cfg = CampaignConfig {
                 guest: false,
-                fpu: true,
-                initial_corpus: None,
-                inbox: None,
-                seed: 1000 + seed,
-                iterations: Some(budget),
-                duration: None,
-                workdir: None,
-                resume: false,
-                model: ModelConfig::default(),
-                stop: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
-                progress: None,
-                minimize_budget: 0,
-                narrow_cpuid: false,
                 feedback: true,
                 stop_on_class: Some(class),
-                worker: None,
+                ..CampaignConfig::new(1000 + seed, Some(budget))
             };
             if let Some(h) = run(&mut be, cfg)?.first_hit {
                 hits.push(h);

@@ -6,6 +6,10 @@
 //! - `findings/<signature>/{case.bin,case.json,verdict.json}`: one directory per distinct
 //!   divergence, created atomically the moment it is found;
 //! - `stats.jsonl`: one line per second (execs, execs/s, findings) for plotting.
+//!
+//! Over 600 lines: the engine loop, the state it checkpoints ([`Summary`], with its schema
+//! check and the merge of parallel workers) and the findings writer share private helpers
+//! (`io`, `save`, `state_dir`); `Summary` and its groups could move to a module of their own.
 
 use crate::minimize::{minimize, MinStats};
 use crate::store::{create_dir_atomic, write_atomic};
@@ -140,6 +144,35 @@ pub struct CampaignConfig {
     /// once a second and added to the mutation pool (not to `corpus/`: they are not this
     /// campaign's discoveries).
     pub inbox: Option<std::sync::mpsc::Receiver<Vec<Case>>>,
+}
+
+impl CampaignConfig {
+    /// A campaign of `iterations` cases (none: until `duration` or `stop`) from generator
+    /// `seed`, with every other setting at its plainest: no workdir (findings in memory only),
+    /// no resume, the V3 oracle without quirks, no progress, no minimization, no CPUID
+    /// narrowing, no coverage feedback, no stop class, not a worker, guest runs and FPU ops
+    /// generated, no initial corpus and no inbox. Change fields with struct update syntax.
+    pub fn new(seed: u64, iterations: Option<u64>) -> CampaignConfig {
+        CampaignConfig {
+            seed,
+            iterations,
+            duration: None,
+            workdir: None,
+            resume: false,
+            model: ModelConfig::default(),
+            stop: std::sync::Arc::new(AtomicBool::new(false)),
+            progress: None,
+            minimize_budget: 0,
+            narrow_cpuid: false,
+            feedback: false,
+            stop_on_class: None,
+            worker: None,
+            guest: true,
+            fpu: true,
+            initial_corpus: None,
+            inbox: None,
+        }
+    }
 }
 
 /// Persistent state (`campaign.json`) and the summary printed at the end.
@@ -324,6 +357,47 @@ pub fn merge_groups<'a>(all: impl IntoIterator<Item = &'a [Group]>) -> Vec<Group
 pub const MAX_COUNTER: u64 = 1 << 48;
 
 impl Summary {
+    /// Add a parallel worker's summary `s` to this merged one ([`crate::jobs`]): counts,
+    /// ioctls, exec rates, guest exits and classes add up; seconds, findings, coverage and the
+    /// corpus size take the maximum; `resumed` and `interrupted` are set when any worker's is;
+    /// signatures are appended (the pool sorts and deduplicates them at the end); groups merge
+    /// ([`merge_groups`]); the campaign's identity (backend, contract, quirks, seed, narrowing,
+    /// rule total) is the worker's.
+    pub fn merge(&mut self, s: Summary) {
+        self.backend = s.backend;
+        self.contract = s.contract;
+        self.quirks = s.quirks;
+        self.seed = s.seed;
+        self.next_iteration += s.next_iteration;
+        self.narrow_cpuid = s.narrow_cpuid;
+        self.ioctls += s.ioctls;
+        self.execs += s.execs;
+        self.divergent_cases += s.divergent_cases;
+        self.agree_unpredicted += s.agree_unpredicted;
+        self.guest_runs += s.guest_runs;
+        for (k, n) in &s.guest_exits {
+            *self.guest_exits.entry(k.clone()).or_default() += n;
+        }
+        self.explained_by_quirk += s.explained_by_quirk;
+        self.execs_per_sec += s.execs_per_sec;
+        self.seconds = self.seconds.max(s.seconds);
+        self.findings = self.findings.max(s.findings);
+        self.rules_covered = self.rules_covered.max(s.rules_covered);
+        self.rules_total = s.rules_total;
+        self.coverage_points = self.coverage_points.max(s.coverage_points);
+        self.corpus = self.corpus.max(s.corpus);
+        self.resumed |= s.resumed;
+        self.interrupted |= s.interrupted;
+        self.new_signatures.extend(s.new_signatures);
+        self.known_signatures.extend(s.known_signatures);
+        self.known_issue_cases += s.known_issue_cases;
+        self.resources.peak_rss_kib = self.resources.peak_rss_kib.max(s.resources.peak_rss_kib);
+        self.groups = merge_groups([self.groups.as_slice(), s.groups.as_slice()]);
+        for (c, n) in s.by_class {
+            *self.by_class.entry(c).or_default() += n;
+        }
+    }
+
     /// Check a stored state against its schema's ranges and invariants: one line on the
     /// first violation.
     pub fn validate(&self) -> Result<(), String> {
@@ -494,7 +568,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
     let mut s = Summary {
         backend: backend.name(),
         contract: cfg.model.contract.name().to_string(),
-        quirks: cfg.model.quirks.iter().map(|q| q.name().to_string()).collect(),
+        quirks: crate::quirk_list(&cfg.model.quirks),
         seed: cfg.seed,
         narrow_cpuid: cfg.narrow_cpuid,
         ..Summary::default()

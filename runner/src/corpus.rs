@@ -4,10 +4,11 @@
 
 use crate::store::{caps, read_bounded, write_atomic};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use xsave_oracle::coverage::points;
 use xsave_oracle::hash::{content_hash, content_name};
+use xsave_oracle::rules::Rule;
 use xsave_oracle::{predict, Case, HostFacts, ModelConfig};
 
 /// Archive format name in the manifest.
@@ -131,6 +132,36 @@ pub fn merge(dirs: &[PathBuf], out: &Path, structural: bool) -> Result<(usize, V
 /// Points each case reaches under `model` on `host`.
 pub fn coverage_of(cases: &[Member], host: &HostFacts, model: &ModelConfig) -> Vec<BTreeSet<String>> {
     cases.iter().map(|(_, _, c)| points(c, &predict(c, host, model)).iter().map(|p| p.to_string()).collect()).collect()
+}
+
+/// The contract coverage of a set of cases ([`coverage`]).
+#[derive(Clone, Debug, Default)]
+pub struct Coverage {
+    /// Every point reached (rule ids and per-ioctl outcomes), with the names of the cases that
+    /// reach it, in the cases' order.
+    pub reach: BTreeMap<String, Vec<String>>,
+    /// Every rule of the contract, in table order, with the number of cases that reach it.
+    pub rules: Vec<(&'static str, usize)>,
+}
+
+impl Coverage {
+    /// The rules no case reaches, in table order.
+    pub fn unreached(&self) -> Vec<&'static str> {
+        self.rules.iter().filter(|(_, n)| *n == 0).map(|(id, _)| *id).collect()
+    }
+}
+
+/// Which cases reach each contract rule and outcome under `model` on `host`, and the rules
+/// none reaches (`xsave-rig corpus coverage`).
+pub fn coverage(cases: &[Member], host: &HostFacts, model: &ModelConfig) -> Coverage {
+    let mut reach: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for ((name, _, _), points) in cases.iter().zip(coverage_of(cases, host, model)) {
+        for p in points {
+            reach.entry(p).or_default().push(name.clone());
+        }
+    }
+    let rules = Rule::ALL.iter().map(|r| (r.id(), reach.get(r.id()).map_or(0, |v| v.len()))).collect();
+    Coverage { reach, rules }
 }
 
 /// Greedy set cover: the names of a small subset with the same coverage.

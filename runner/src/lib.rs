@@ -15,6 +15,7 @@ pub mod campaign;
 pub mod corpus;
 pub mod differential;
 pub mod guest;
+pub mod jobs;
 pub mod kmsg;
 pub mod kvm;
 pub mod lab;
@@ -27,7 +28,7 @@ pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;
 
-use xsave_oracle::{predict, Case, HostFacts, ModelConfig, Trace};
+use xsave_oracle::{predict, Case, HostFacts, ModelConfig, Quirk, Trace};
 
 /// Why a backend could not produce an observation (not a divergence: the rig's own failure).
 #[derive(Debug, thiserror::Error)]
@@ -86,21 +87,15 @@ pub fn kvm_unavailable() -> Option<String> {
     open_kvm().err().map(|e| e.to_string())
 }
 
-/// For tests that need KVM: `true` when it is usable. Otherwise prints one line
-/// `SKIPPED(kvm) <test>: <reason>` and returns `false`, unless `XSAVE_RIG_REQUIRE_KVM=1`
-/// (set by CI on machines with `/dev/kvm`), in which case it panics: a KVM test must not be
-/// skipped where KVM exists.
-pub fn kvm_or_skip(test: &str) -> bool {
-    match kvm_unavailable() {
-        None => true,
-        Some(why) if std::env::var("XSAVE_RIG_REQUIRE_KVM").as_deref() == Ok("1") => {
-            panic!("{test}: KVM required (XSAVE_RIG_REQUIRE_KVM=1) but unusable: {why}")
-        }
-        Some(why) => {
-            eprintln!("SKIPPED(kvm) {test}: {why}");
-            false
-        }
-    }
+/// Quirk names, in order, as `campaign.json`, findings and matrix columns store them.
+pub fn quirk_list(quirks: &[Quirk]) -> Vec<String> {
+    quirks.iter().map(|q| q.name().to_string()).collect()
+}
+
+/// Quirk names joined with `, ` (empty for none): how summaries and messages show the quirks a
+/// model is judged under (`quirks [a, b]`).
+pub fn quirk_names(quirks: &[Quirk]) -> String {
+    quirks.iter().map(|q| q.name()).collect::<Vec<_>>().join(", ")
 }
 
 /// Executes cases on the oracle itself under some contract: a stand-in for a historical

@@ -25,19 +25,57 @@ pub struct ExecRecord {
     pub steps: Vec<(String, String)>,
     /// Digest of the whole trace.
     pub digest: String,
-    /// `agree` or the divergence signature under V3 (no quirks).
-    pub v3: String,
-    /// `agree` or the signature under the kernel's probed contract and quirks.
-    pub own: String,
+    /// The verdict under V3 (no quirks).
+    pub v3: Outcome,
+    /// The verdict under the kernel's probed contract and quirks.
+    pub own: Outcome,
     /// The full trace (pass 2 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<Trace>,
 }
 
-fn verdict_word(v: &Verdict) -> String {
-    match v {
-        Verdict::Agree => "agree".into(),
-        Verdict::Diverge(d) => d.signature.clone(),
+/// A case's verdict in a record: agreement, or the divergence's signature. Stored as the
+/// string `agree` or the signature (`records.jsonl`, what lab guests send back).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum Outcome {
+    /// Kernel and oracle agree.
+    Agree,
+    /// They diverge, with this signature.
+    Diverge(String),
+}
+
+impl Outcome {
+    /// The outcome of a verdict.
+    pub fn of(v: &Verdict) -> Outcome {
+        match v {
+            Verdict::Agree => Outcome::Agree,
+            Verdict::Diverge(d) => Outcome::Diverge(d.signature.clone()),
+        }
+    }
+
+    /// Whether kernel and oracle agree.
+    pub fn agrees(&self) -> bool {
+        *self == Outcome::Agree
+    }
+}
+
+impl From<String> for Outcome {
+    fn from(s: String) -> Outcome {
+        if s == "agree" {
+            Outcome::Agree
+        } else {
+            Outcome::Diverge(s)
+        }
+    }
+}
+
+impl From<Outcome> for String {
+    fn from(o: Outcome) -> String {
+        match o {
+            Outcome::Agree => "agree".into(),
+            Outcome::Diverge(sig) => sig,
+        }
     }
 }
 
@@ -56,8 +94,8 @@ pub fn exec_cases(report: &ProbeReport, cases: &[(String, Case)], full: bool) ->
             case: name.clone(),
             digest: content_hash(all.as_bytes()),
             steps,
-            v3: verdict_word(&judge(case, host, &strict, &t).1),
-            own: verdict_word(&judge(case, host, &own, &t).1),
+            v3: Outcome::of(&judge(case, host, &strict, &t).1),
+            own: Outcome::of(&judge(case, host, &own, &t).1),
             trace: full.then_some(t),
         });
     }
@@ -113,6 +151,62 @@ pub struct Matrix {
     pub group_histogram: BTreeMap<usize, usize>,
     /// Cases whose behaviour differs between kernels.
     pub differences: Vec<Difference>,
+}
+
+/// `n` generated cases from generator `seed`, named `000000.case`, … (with guest runs and FPU
+/// ops only with `guest`; with `narrow`, a guest CPUID narrower than the lab's 0x207).
+pub fn generated(n: u64, seed: u64, narrow: bool, guest: bool) -> Vec<(String, Case)> {
+    (0..n)
+        .map(|i| {
+            let c = crate::campaign::case_for_with(seed, i, xsave_oracle::gen::GenOptions { guest, fpu: guest });
+            let c = if narrow { crate::campaign::narrow(c, 0x207, i) } else { c };
+            (format!("{i:06}.case"), c)
+        })
+        .collect()
+}
+
+/// Every kernel must get the same input bytes: render CPUID bases (which depend on each
+/// kernel's KVM_GET_SUPPORTED_CPUID) against one fixed reference table ([`materialize`]).
+pub fn materialized(cases: Vec<(String, Case)>) -> Vec<(String, Case)> {
+    let reference = xsave_oracle::HostFacts::synthetic(0x207, 0xffff);
+    cases.into_iter().map(|(n, c)| (n, materialize(c, &reference))).collect()
+}
+
+/// Replace every CPUID base by the explicit entries it renders to on `reference`.
+pub fn materialize(mut case: Case, reference: &xsave_oracle::HostFacts) -> Case {
+    use xsave_oracle::case::{CpuidBase, CpuidTable};
+    let fix = |t: &CpuidTable| CpuidTable { base: CpuidBase::Empty, entries: t.render(reference), reverse: false };
+    case.config.cpuid = case.config.cpuid.as_ref().map(fix);
+    for op in &mut case.ops {
+        if let xsave_oracle::Op::SetCpuid2(t) = op {
+            *t = fix(t);
+        }
+    }
+    case
+}
+
+/// A column from a kernel's probe report and pass-1 records (`boot` and `run` in seconds).
+pub fn column(name: &str, p: &ProbeReport, recs: &[ExecRecord], boot: f64, run: f64) -> Column {
+    Column {
+        kernel: name.to_string(),
+        contract: p.contract.clone(),
+        quirks: crate::quirk_list(&p.quirks),
+        release: p.kernel_release.clone(),
+        v3_divergences: recs.iter().filter(|r| !r.v3.agrees()).count(),
+        own_divergences: recs.iter().filter(|r| !r.own.agrees()).count(),
+        boot_seconds: boot,
+        run_seconds: run,
+    }
+}
+
+/// The cases (at most 100, by name) whose pass-1 digests differ between columns: what pass 2
+/// reruns with full traces.
+pub fn differing(cases: &[(String, Case)], pass1: &[Vec<ExecRecord>]) -> Vec<String> {
+    (0..cases.len())
+        .filter(|&i| pass1.iter().filter_map(|r| r.get(i)).map(|r| &r.digest).collect::<std::collections::BTreeSet<_>>().len() > 1)
+        .map(|i| cases[i].0.clone())
+        .take(100)
+        .collect()
 }
 
 /// Build the matrix from pass-1 records (per column) and pass-2 full traces.
@@ -215,4 +309,26 @@ pub fn markdown(m: &Matrix) -> String {
         );
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_keeps_its_record_format() {
+        assert_eq!(serde_json::to_string(&Outcome::Agree).ok().as_deref(), Some("\"agree\""));
+        assert_eq!(serde_json::from_str::<Outcome>("\"sig\"").ok(), Some(Outcome::Diverge("sig".into())));
+    }
+
+    #[test]
+    fn materialized_cases_carry_no_cpuid_base() {
+        use xsave_oracle::case::CpuidBase;
+        let cases = materialized(generated(50, 7, true, false));
+        assert_eq!(cases.len(), 50);
+        assert_eq!(cases[0].0, "000000.case");
+        for (_, c) in &cases {
+            assert!(c.config.cpuid.iter().all(|t| t.base == CpuidBase::Empty));
+        }
+    }
 }

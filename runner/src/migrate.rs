@@ -37,11 +37,44 @@ impl Target {
     }
 }
 
+/// What a target does with a saved state: serialized and shown as `loads`,
+/// `loads-with-loss`, `refused` or `config-refused`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadVerdict {
+    /// Accepted and read back unchanged.
+    Loads,
+    /// Accepted, but some of it does not come back (masked, or placed differently).
+    LoadsWithLoss,
+    /// `KVM_SET_XSAVE` refuses it.
+    Refused,
+    /// The guest configuration itself is refused by the target.
+    ConfigRefused,
+}
+
+impl LoadVerdict {
+    /// The verdict's name: `loads`, `loads-with-loss`, `refused` or `config-refused`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LoadVerdict::Loads => "loads",
+            LoadVerdict::LoadsWithLoss => "loads-with-loss",
+            LoadVerdict::Refused => "refused",
+            LoadVerdict::ConfigRefused => "config-refused",
+        }
+    }
+}
+
+impl std::fmt::Display for LoadVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The predicted fate of one saved state on a target.
 #[derive(Clone, Debug, Serialize)]
 pub struct StateCheck {
-    /// `loads`, `loads-with-loss`, `refused` or `config-refused`.
-    pub verdict: &'static str,
+    /// What the target does with the state.
+    pub verdict: LoadVerdict,
     /// KVM_SET_XSAVE's predicted return.
     pub set_ret: String,
     /// The rule that decided it.
@@ -90,7 +123,7 @@ pub fn check_state(state: &[u8], setup: &[Op], target: &Target, source: Option<&
     let steps = case.steps();
     let t = predict(&case, &target.host, &target.model);
     let mut base = StateCheck {
-        verdict: "loads",
+        verdict: LoadVerdict::Loads,
         set_ret: String::new(),
         rule: None,
         reason: String::new(),
@@ -110,7 +143,7 @@ pub fn check_state(state: &[u8], setup: &[Op], target: &Target, source: Option<&
     let nconf = steps.len() - 2;
     if let Some(r) = t.results[..nconf].iter().find(|r| matches!(r.ret, Ret::Err(_))) {
         return StateCheck {
-            verdict: "config-refused",
+            verdict: LoadVerdict::ConfigRefused,
             set_ret: r.ret.to_string(),
             rule: r.rules.last().map(|r| r.id().to_string()),
             reason: "the guest configuration itself is refused by the target".into(),
@@ -138,7 +171,7 @@ pub fn check_state(state: &[u8], setup: &[Op], target: &Target, source: Option<&
             Some(r) => r.describe().to_string(),
             None => "refused".into(),
         };
-        return StateCheck { verdict: "refused", rule: rule.map(|r| r.id().to_string()), reason, ..base };
+        return StateCheck { verdict: LoadVerdict::Refused, rule: rule.map(|r| r.id().to_string()), reason, ..base };
     }
     let out = &t.results[nconf + 1].data;
     let restored = le64(out, abi::XSTATE_BV);
@@ -161,7 +194,7 @@ pub fn check_state(state: &[u8], setup: &[Op], target: &Target, source: Option<&
     base.get_after = Some(xsave_oracle::hexnum::to_hex(out));
     base.lost = names(lost);
     if lost != 0 || !base.layout_mismatch.is_empty() {
-        base.verdict = "loads-with-loss";
+        base.verdict = LoadVerdict::LoadsWithLoss;
         base.reason = if lost != 0 {
             format!("{} accepted but not reported back (masked or placed differently on the target)", describe(lost))
         } else {
@@ -217,4 +250,42 @@ pub fn migrate_case(label: &str, case: &Case, src: &Target, dst: &Target) -> Opt
         unmasked: names(unmasked),
         check: check_state(state, &setup, dst, Some(&src.host)),
     })
+}
+
+/// A migration pre-flight over many cases (`xsave-rig migrate`): every state the cases save
+/// on the source, and its fate on the target.
+#[derive(Clone, Debug)]
+pub struct Preflight {
+    /// Cases simulated.
+    pub cases: usize,
+    /// One migration per case that saved a state, in the cases' order.
+    pub results: Vec<Migration>,
+}
+
+impl Preflight {
+    /// Simulate every case of `cases` (label, case) on `src` and load its last saved state on
+    /// `dst` ([`migrate_case`]).
+    pub fn run(cases: &[(String, Case)], src: &Target, dst: &Target) -> Preflight {
+        Preflight { cases: cases.len(), results: cases.iter().filter_map(|(l, c)| migrate_case(l, c, src, dst)).collect() }
+    }
+
+    /// States with verdict `v`.
+    pub fn count(&self, v: LoadVerdict) -> usize {
+        self.results.iter().filter(|m| m.check.verdict == v).count()
+    }
+
+    /// States the source saved with features its guest does not have.
+    pub fn unmasked_saves(&self) -> usize {
+        self.results.iter().filter(|m| !m.unmasked.is_empty()).count()
+    }
+
+    /// The first ten migrations worth showing: not a clean load, or an unmasked save.
+    pub fn examples(&self) -> Vec<&Migration> {
+        self.results.iter().filter(|m| m.check.verdict != LoadVerdict::Loads || !m.unmasked.is_empty()).take(10).collect()
+    }
+
+    /// Whether any state would be refused or lose data (the command's exit status 1).
+    pub fn refused_or_lossy(&self) -> bool {
+        self.count(LoadVerdict::Refused) + self.count(LoadVerdict::LoadsWithLoss) > 0
+    }
 }

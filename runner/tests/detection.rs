@@ -2,36 +2,22 @@
 //! by the V3 oracle, must yield divergences of the expected class within a few thousand
 //! cases (no /dev/kvm needed).
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use xsave_oracle::diff::Verdict;
 use xsave_oracle::{Contract, HostFacts, ModelConfig};
 use xsave_runner::campaign::{run, CampaignConfig};
 use xsave_runner::ModelBackend;
+use xsave_testkit::tempdir;
 
 /// Run `contract` as the backend against the V3 oracle; return the verdicts of the findings.
 fn findings(contract: Contract, iterations: u64) -> Vec<serde_json::Value> {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let host = HostFacts::synthetic(0x2e7, 0xffff);
     let mut be = ModelBackend::new(host, ModelConfig { contract, quirks: vec![] });
     let cfg = CampaignConfig {
         guest: false,
-        fpu: true,
-        initial_corpus: None,
-        inbox: None,
-        seed: 42,
-        iterations: Some(iterations),
-        duration: None,
         workdir: Some(dir.path().to_path_buf()),
-        resume: false,
-        model: ModelConfig::default(),
-        stop: Arc::new(AtomicBool::new(false)),
-        progress: None,
         minimize_budget: 500,
-        narrow_cpuid: false,
-        feedback: false,
-        stop_on_class: None,
-        worker: None,
+        ..CampaignConfig::new(42, Some(iterations))
     };
     let s = run(&mut be, cfg).expect("campaign");
     assert_eq!(s.execs, iterations);
@@ -97,29 +83,11 @@ fn v3_model_agrees_with_v3_oracle() {
 
 #[test]
 fn feedback_grows_a_corpus_and_reaches_more_rules() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let host = HostFacts::synthetic(0x2e7, 0xffff);
     let run_with = |feedback: bool, wd: &std::path::Path| {
         let mut be = ModelBackend::new(host.clone(), ModelConfig::default());
-        let cfg = CampaignConfig {
-            guest: false,
-            fpu: true,
-            initial_corpus: None,
-            inbox: None,
-            seed: 3,
-            iterations: Some(3000),
-            duration: None,
-            workdir: Some(wd.to_path_buf()),
-            resume: false,
-            model: ModelConfig::default(),
-            stop: Arc::new(AtomicBool::new(false)),
-            progress: None,
-            minimize_budget: 0,
-            narrow_cpuid: false,
-            feedback,
-            stop_on_class: None,
-            worker: None,
-        };
+        let cfg = CampaignConfig { guest: false, workdir: Some(wd.to_path_buf()), feedback, ..CampaignConfig::new(3, Some(3000)) };
         run(&mut be, cfg).expect("campaign")
     };
     let s = run_with(true, &dir.path().join("fb"));

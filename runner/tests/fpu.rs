@@ -3,34 +3,15 @@
 //! KVM_GET_FPU after a KVM_SET_FPU; the mxcsr departure is labelled as the known issue. On the
 //! model of today's kernels (`kvm-fpu-legacy`, no KVM needed) and on this host's KVM.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Instant;
 use xsave_oracle::diff::Verdict;
 use xsave_oracle::{Case, Contract, HostFacts, ModelConfig, Op, Quirk};
 use xsave_runner::campaign::{run, CampaignConfig, Summary};
-use xsave_runner::{kvm_or_skip, Backend, ModelBackend};
+use xsave_runner::{Backend, ModelBackend};
+use xsave_testkit::{kvm_or_skip, tempdir};
 
 fn campaign(be: &mut dyn Backend, model: ModelConfig, n: u64, dir: &std::path::Path) -> Summary {
-    let cfg = CampaignConfig {
-        guest: true,
-        fpu: true,
-        initial_corpus: None,
-        inbox: None,
-        seed: 14,
-        iterations: Some(n),
-        duration: None,
-        workdir: Some(dir.to_path_buf()),
-        resume: false,
-        model,
-        stop: Arc::new(AtomicBool::new(false)),
-        progress: None,
-        minimize_budget: 0,
-        narrow_cpuid: false,
-        feedback: false,
-        stop_on_class: None,
-        worker: None,
-    };
+    let cfg = CampaignConfig { workdir: Some(dir.to_path_buf()), model, ..CampaignConfig::new(14, Some(n)) };
     run(be, cfg).expect("campaign")
 }
 
@@ -74,7 +55,7 @@ fn check(s: &Summary, f: &[(Case, Verdict)]) {
 
 #[test]
 fn model_of_todays_kernels_yields_the_set_fpu_finding() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let host = HostFacts::synthetic(0x2e7, 0xffff);
     let mut be = ModelBackend::new(host, ModelConfig { contract: Contract::V3, quirks: vec![Quirk::KvmFpuLegacy] });
     let s = campaign(&mut be, ModelConfig::default(), 1500, dir.path());
@@ -87,7 +68,7 @@ fn kvm_yields_the_set_fpu_finding() {
         return;
     }
     let host = xsave_runner::probe::probe().expect("probe").host;
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let mut be = xsave_runner::kvm::KvmBackend::new(host.clone(), true).expect("backend");
     let t = Instant::now();
     let s = campaign(&mut be, ModelConfig { quirks: host.quirks.clone(), ..ModelConfig::default() }, 1500, dir.path());
@@ -113,7 +94,7 @@ fn kvm_agrees_with_todays_fpu_model() {
         return;
     }
     let host = xsave_runner::probe::probe().expect("probe").host;
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempdir();
     let mut be = xsave_runner::kvm::KvmBackend::new(host.clone(), true).expect("backend");
     let mut quirks = host.quirks.clone();
     quirks.push(Quirk::KvmFpuLegacy);

@@ -2,8 +2,6 @@
 //! judged by the V3 oracle over 20 000 cases (guest runs included), give exactly the groups
 //! their defect implies — each listed here with the reason.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use xsave_oracle::{Contract, HostFacts, ModelConfig};
 use xsave_runner::campaign::{run, CampaignConfig, Group};
 use xsave_runner::ModelBackend;
@@ -11,25 +9,7 @@ use xsave_runner::ModelBackend;
 fn groups(contract: Contract, iterations: u64) -> Vec<Group> {
     let host = HostFacts::synthetic(0x2e7, 0xffff);
     let mut be = ModelBackend::new(host, ModelConfig { contract, quirks: vec![] });
-    let cfg = CampaignConfig {
-        fpu: false,
-        guest: true,
-        initial_corpus: None,
-        inbox: None,
-        seed: 42,
-        iterations: Some(iterations),
-        duration: None,
-        workdir: None,
-        resume: false,
-        model: ModelConfig::default(),
-        stop: Arc::new(AtomicBool::new(false)),
-        progress: None,
-        minimize_budget: 0,
-        narrow_cpuid: false,
-        feedback: false,
-        stop_on_class: None,
-        worker: None,
-    };
+    let cfg = CampaignConfig { fpu: false, ..CampaignConfig::new(42, Some(iterations)) };
     let s = run(&mut be, cfg).expect("campaign");
     assert_eq!(s.execs, iterations);
     // Groups are added on top of signatures: every signature is in a group.

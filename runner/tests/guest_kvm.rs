@@ -11,7 +11,8 @@ use xsave_oracle::xfeatures::*;
 use xsave_oracle::HostFacts;
 use xsave_runner::kvm::KvmBackend;
 use xsave_runner::probe::host_facts;
-use xsave_runner::{kvm_or_skip, Backend};
+use xsave_runner::Backend;
+use xsave_testkit::kvm_or_skip;
 
 /// The tests count this process's descriptors and mappings: run them one at a time.
 fn serial() -> std::sync::MutexGuard<'static, ()> {

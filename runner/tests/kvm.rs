@@ -2,8 +2,7 @@
 //! `SKIPPED(kvm)` line and pass, unless `XSAVE_RIG_REQUIRE_KVM=1` (CI on a KVM machine),
 //! where a skip is a failure.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use xsave_oracle::case::*;
 use xsave_oracle::diff::{judge, Verdict};
 use xsave_oracle::trace::Ret;
@@ -12,7 +11,8 @@ use xsave_oracle::{HostFacts, ModelConfig, Quirk};
 use xsave_runner::campaign::{case_for, run, CampaignConfig, Summary};
 use xsave_runner::kvm::KvmBackend;
 use xsave_runner::probe::{probe, ProbeReport};
-use xsave_runner::{kvm_or_skip, Backend};
+use xsave_runner::Backend;
+use xsave_testkit::kvm_or_skip;
 
 fn probed() -> &'static ProbeReport {
     static P: OnceLock<ProbeReport> = OnceLock::new();
@@ -21,25 +21,7 @@ fn probed() -> &'static ProbeReport {
 
 fn campaign(host: &HostFacts, quirks: Vec<Quirk>, n: u64, seed: u64) -> Summary {
     let mut be = KvmBackend::new(host.clone(), true).expect("backend");
-    let cfg = CampaignConfig {
-        guest: true,
-        fpu: false,
-        initial_corpus: None,
-        inbox: None,
-        seed,
-        iterations: Some(n),
-        duration: None,
-        workdir: None,
-        resume: false,
-        model: ModelConfig { quirks, ..ModelConfig::default() },
-        stop: Arc::new(AtomicBool::new(false)),
-        progress: None,
-        minimize_budget: 0,
-        narrow_cpuid: false,
-        feedback: false,
-        stop_on_class: None,
-        worker: None,
-    };
+    let cfg = CampaignConfig { fpu: false, model: ModelConfig { quirks, ..ModelConfig::default() }, ..CampaignConfig::new(seed, Some(n)) };
     run(&mut be, cfg).expect("campaign")
 }
 

@@ -28,7 +28,7 @@ pub struct FuzzHubArgs {
     #[arg(long, env = "XSAVE_RIG_HUB", hide_env_values = true)]
     hub: Option<String>,
     /// Time between syncs, e.g. 30s, 2m.
-    #[arg(long, default_value = "30s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::args::parse_duration)]
     hub_interval: Duration,
     /// This host's id in the hub (default: <hostname>-<hash of the fingerprint>, kept in
     /// WORKDIR/hub/identity.json).
@@ -88,7 +88,7 @@ pub enum HubCmd {
         #[command(flatten)]
         url: UrlArg,
         /// A host is alive when it synced within this long.
-        #[arg(long, default_value = "2m", value_parser = crate::parse_duration)]
+        #[arg(long, default_value = "2m", value_parser = crate::args::parse_duration)]
         alive: Duration,
         /// Print JSON.
         #[arg(long)]

@@ -1,0 +1,120 @@
+//! Command-line argument types and value parsers shared by several commands.
+
+use anyhow::Result;
+use std::path::PathBuf;
+use std::time::Duration;
+use xsave_oracle::{Contract, Quirk};
+
+#[derive(clap::Args, Clone)]
+pub struct OracleArgs {
+    /// Contract version the oracle predicts under: V0, V1, V2a, V2b or V3.
+    #[arg(long, default_value = "V3", value_parser = parse_contract)]
+    pub contract: Contract,
+    /// Host quirks the oracle models: `auto` (those the probe found), `none` (strict
+    /// upstream), or a comma-separated list of quirk names.
+    #[arg(long, default_value = "auto")]
+    pub quirks: String,
+    /// Host facts from a saved `probe --json` (default: probe this host, or a synthetic
+    /// Intel-layout host for model backends when /dev/kvm is absent). With `--backend kvm`
+    /// they must describe this host (supported XCR0, host XCR0, component layout, MXCSR mask).
+    #[arg(long)]
+    pub host_facts: Option<PathBuf>,
+    /// Use `--host-facts` with `--backend kvm` even where they differ from this host's.
+    #[arg(long)]
+    pub force_host_facts: bool,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct BackendArgs {
+    /// Where cases run: `kvm` (this host's /dev/kvm), `model:V0`…`model:V3` (the oracle
+    /// under that contract, standing in for a historical kernel; `+quirk` models a quirk too,
+    /// e.g. `model:V3+kvm-fpu-legacy` for today's KVM_GET/SET_FPU), or `lab:<kernel>` (the cases
+    /// run on the KVM of that kernel's lab guest under QEMU, booted once, e.g. `lab:debian:6.1`;
+    /// see `lab fetch`).
+    #[arg(long, default_value = "kvm", value_parser = parse_backend)]
+    pub backend: BackendKind,
+    /// Create a fresh VM for every case instead of resetting a pooled vCPU.
+    #[arg(long)]
+    pub no_pool: bool,
+    /// Internal (for commands run in a guest with `lab run`): the name summaries,
+    /// campaign.json and findings give the backend.
+    #[arg(long)]
+    pub backend_label: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum BackendKind {
+    Kvm,
+    /// The oracle under a contract, with the quirks after `+` (e.g. `model:V3+kvm-fpu-legacy`,
+    /// today's KVM_GET/SET_FPU).
+    Model(Contract, Vec<Quirk>),
+    Lab(String),
+}
+
+pub fn parse_backend(s: &str) -> Result<BackendKind, String> {
+    match s {
+        "kvm" => Ok(BackendKind::Kvm),
+        _ => match (s.strip_prefix("model:"), s.strip_prefix("lab:")) {
+            (Some(v), _) => {
+                let mut parts = v.split('+');
+                let contract = parse_contract(parts.next().unwrap_or(""))?;
+                let quirks = parts
+                    .map(|q| Quirk::from_name(q).ok_or_else(|| format!("unknown quirk {q:?} in {s:?}")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(BackendKind::Model(contract, quirks))
+            }
+            (_, Some(k)) if !k.is_empty() => Ok(BackendKind::Lab(k.to_string())),
+            _ => Err(format!("unknown backend {s:?} (expected kvm, model:V0..V3 or lab:<kernel>)")),
+        },
+    }
+}
+
+pub fn parse_contract(s: &str) -> Result<Contract, String> {
+    Contract::parse(s).ok_or_else(|| format!("unknown contract {s:?} (expected V0, V1, V2a, V2b or V3)"))
+}
+
+/// A campaign's run time: a duration ([`parse_duration`]) or `forever`.
+/// `--duration forever`: about 317 years, so it stays a valid stored total (campaign.json keeps
+/// durations in seconds up to 1e10) and survives a resume.
+pub const FOREVER: Duration = Duration::from_secs(10_000_000_000);
+
+pub fn parse_run_time(s: &str) -> Result<Duration, String> {
+    if s.trim() == "forever" {
+        Ok(FOREVER)
+    } else {
+        parse_duration(s).map_err(|e| format!("{e}, or forever"))
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("bad duration {s:?} (expected e.g. 90s, 1m30s, 500ms, 2h)");
+    let t = s.trim();
+    if let Ok(v) = t.parse::<f64>() {
+        return if v.is_finite() && v >= 0.0 { Ok(Duration::from_secs_f64(v)) } else { Err(bad()) };
+    }
+    // A sequence of <number><unit>, unit one of ms, s, m, h, d.
+    let mut total = 0.0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let v: f64 = rest[..n].parse().map_err(|_| bad())?;
+        let after = &rest[n..];
+        let (mult, len) = if after.starts_with("ms") {
+            (0.001, 2)
+        } else {
+            match after.chars().next() {
+                Some('s') => (1.0, 1),
+                Some('m') => (60.0, 1),
+                Some('h') => (3600.0, 1),
+                Some('d') => (86400.0, 1),
+                _ => return Err(bad()),
+            }
+        };
+        total += v * mult;
+        rest = &after[len..];
+    }
+    if t.is_empty() || !total.is_finite() {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(total))
+}

@@ -1,0 +1,264 @@
+//! `xsave-rig lab …`: the kernel lab (fetch, run, matrix), and `--backend lab:K`, which runs
+//! the whole command inside the lab guest.
+
+use crate::common::*;
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use xsave_oracle::Case;
+use xsave_runner::lab;
+use xsave_runner::probe::{self, ProbeReport};
+use xsave_runner::store::caps;
+
+#[derive(Subcommand)]
+pub enum LabCmd {
+    /// Download and prepare a kernel: debian:5.10, debian:6.1, debian:6.12, debian:7 or an
+    /// exact Debian linux-image-amd64 version; or --kernel-image PATH [--modules DIR].
+    Fetch {
+        /// Kernel spec.
+        kernel: Option<String>,
+        /// A kernel image of your own (bzImage).
+        #[arg(long)]
+        kernel_image: Option<PathBuf>,
+        /// Its modules directory (lib/modules/<release>), unless KVM is built in.
+        #[arg(long)]
+        modules: Option<PathBuf>,
+    },
+    /// Boot a kernel and run `xsave-rig ARGS` inside; results come back to the host.
+    Run {
+        /// Kernel: debian:X, a cached id, or an image path.
+        #[arg(long)]
+        kernel: String,
+        /// Seconds before the guest counts as hung.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        /// Where the initramfs, console log and results go (default: a fresh directory
+        /// runs/<kernel>/<pid>-<n> under the cache, cleaned but for the console log on success).
+        #[arg(long)]
+        scratch: Option<PathBuf>,
+        /// A file or directory the command reads: shipped into the guest at the same path
+        /// (the guest runs in this working directory, so relative paths work). Repeatable;
+        /// nothing else is shipped.
+        #[arg(long)]
+        input: Vec<PathBuf>,
+        /// A directory the command writes (e.g. its --workdir): copied back to the same path.
+        /// Repeatable.
+        #[arg(long)]
+        output: Vec<PathBuf>,
+        /// Internal (for testing failure handling): replace the guest's /init with this script.
+        #[arg(long)]
+        init_script: Option<PathBuf>,
+        /// The xsave-rig subcommand and its arguments.
+        #[arg(last = true, required = true)]
+        args: Vec<String>,
+    },
+    /// The same cases on several kernels (and this host): per-kernel verdicts and the cases
+    /// whose behaviour differs between kernels.
+    Matrix {
+        /// Comma-separated kernels (debian:5.10,debian:6.1,…, cached ids or image paths).
+        #[arg(long, value_delimiter = ',', required = true)]
+        kernels: Vec<String>,
+        /// Also run the cases on this host's /dev/kvm.
+        #[arg(long)]
+        host: bool,
+        /// Case files to run (default: generated cases).
+        #[arg(long, conflicts_with = "iterations")]
+        cases: Option<PathBuf>,
+        /// Number of generated cases.
+        #[arg(long, default_value_t = 1000)]
+        iterations: u64,
+        /// Generator seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Give generated cases a guest CPUID narrower than the lab's supported set.
+        #[arg(long)]
+        narrow_cpuid: bool,
+        /// Generate guest runs and legacy FPU ops too (off by default for the matrix: the guest
+        /// model's remaining gaps on stock kernels under QEMU TCG are listed in
+        /// docs/CONTRACT-RUN.md, and every stock kernel departs on KVM_SET_FPU).
+        #[arg(long)]
+        guest: bool,
+        /// Where cases, per-kernel results and matrix.{json,md} go.
+        #[arg(long, default_value = "xsave-matrix")]
+        workdir: PathBuf,
+        /// Seconds per guest before it counts as hung.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+        /// Print the matrix as JSON instead of Markdown.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Run a `lab` subcommand; returns the exit status.
+pub fn run(cmd: LabCmd) -> Result<i32> {
+    match cmd {
+        LabCmd::Fetch { kernel, kernel_image, modules } => {
+            let k = match (kernel, kernel_image) {
+                (_, Some(img)) => lab::local_kernel(&img, modules.as_deref())?,
+                (Some(spec), None) => lab::kernel(&spec)?,
+                (None, None) => bail!("lab fetch needs a kernel spec (debian:6.12, …) or --kernel-image PATH"),
+            };
+            println!("{}  release {}  {} modules  ({})", k.id, k.release, k.modules.len(), k.packages.join(", "));
+            Ok(0)
+        }
+        LabCmd::Run { kernel, timeout, scratch, init_script, input, output, args } => {
+            let k = lab::kernel(&kernel)?;
+            let init = match init_script {
+                Some(p) => Some(read_text(&p, caps::JSON)?),
+                None => None,
+            };
+            let scratch = scratch.map_or_else(|| lab::Scratch::fresh(&k), |s| lab::Scratch::at(&s));
+            let job = lab::Job { args, inputs: input, outputs: output, init };
+            run_in_lab(&k, &job, &scratch, Duration::from_secs(timeout))
+        }
+        LabCmd::Matrix { kernels, host, cases, iterations, seed, narrow_cpuid, guest, workdir, timeout, json } => {
+            let m = run_matrix(&kernels, host, cases, iterations, seed, narrow_cpuid, guest, &workdir, Duration::from_secs(timeout))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                print!("{}", xsave_runner::matrix::markdown(&m));
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// Run `job` in `k`'s lab guest: print its output (its outputs are copied back), report
+/// timings, and return the guest's exit status.
+pub fn run_in_lab(k: &lab::Kernel, job: &lab::Job, scratch: &lab::Scratch, timeout: Duration) -> Result<i32> {
+    let out = lab::run(k, job, scratch, timeout)?;
+    lab::passthrough(&out.stdout);
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "xsave-rig lab: {} booted in {:.1} s, ran {:.1} s, {:.1} s wall; console log {}",
+        k.id,
+        out.boot_seconds,
+        out.run_seconds,
+        out.wall_seconds,
+        out.console.display()
+    );
+    Ok(out.status)
+}
+
+pub fn read_records(dir: &Path) -> Result<(ProbeReport, Vec<xsave_runner::matrix::ExecRecord>)> {
+    let p: ProbeReport = serde_json::from_slice(&read_input(&dir.join("probe.json"), caps::JSON)?)?;
+    let text = read_text(&dir.join("records.jsonl"), caps::STATS)?;
+    let recs = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .with_context(|| format!("{}: corrupt records", dir.display()))?;
+    Ok((p, recs))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn run_matrix(
+    kernels: &[String],
+    host: bool,
+    cases: Option<PathBuf>,
+    iterations: u64,
+    seed: u64,
+    narrow: bool,
+    guest: bool,
+    workdir: &Path,
+    timeout: Duration,
+) -> Result<xsave_runner::matrix::Matrix> {
+    use xsave_runner::matrix::{build, column, differing, exec_cases, generated, materialized};
+    let cdir = workdir.join("cases");
+    let list: Vec<(String, Case)> = match cases {
+        Some(d) => read_case_dir(&d)?,
+        None => generated(iterations, seed, narrow, guest),
+    };
+    let list = materialized(list);
+    let _ = std::fs::remove_dir_all(&cdir);
+    std::fs::create_dir_all(&cdir).with_context(|| format!("cannot create {}", cdir.display()))?;
+    for (n, c) in &list {
+        std::fs::write(cdir.join(n), c.encode())?;
+    }
+    // Pass 1: every case on every column.
+    let mut columns = Vec::new();
+    let mut hosts = Vec::new();
+    let mut pass1 = Vec::new();
+    let mut kernels_used = Vec::new();
+    for spec in kernels {
+        let k = lab::kernel(spec)?;
+        let out = workdir.join("kernels").join(&k.id).join("pass1");
+        let _ = std::fs::remove_dir_all(&out);
+        let job = lab::Job {
+            args: vec!["exec-cases".into(), cdir.display().to_string(), "--workdir".into(), out.display().to_string()],
+            inputs: vec![cdir.clone()],
+            outputs: vec![out.clone()],
+            init: None,
+        };
+        let r = lab::run(&k, &job, &lab::Scratch::at(&workdir.join("kernels").join(&k.id).join("scratch")), timeout)?;
+        if r.status != 0 {
+            bail!(
+                "{}: exec-cases exited {} in the guest: {} (console log {})",
+                k.id,
+                r.status,
+                String::from_utf8_lossy(&r.stderr).trim(),
+                r.console.display()
+            );
+        }
+        let (p, recs) = read_records(&out)?;
+        columns.push(column(&k.id, &p, &recs, r.boot_seconds, r.run_seconds));
+        hosts.push(p.host.clone());
+        pass1.push(recs);
+        kernels_used.push(Some(k));
+    }
+    if host {
+        let p = probe::probe()?;
+        let t = std::time::Instant::now();
+        let recs = exec_cases(&p, &list, false)?;
+        columns.push(column("host", &p, &recs, 0.0, t.elapsed().as_secs_f64()));
+        hosts.push(p.host.clone());
+        pass1.push(recs);
+        kernels_used.push(None);
+    }
+    // Pass 2: full traces of the cases that differ.
+    let differing = differing(&list, &pass1);
+    let mut full = std::collections::BTreeMap::new();
+    if !differing.is_empty() {
+        let only = workdir.join("differing.txt");
+        std::fs::write(&only, differing.join("\n"))?;
+        for (col, k) in columns.iter().zip(&kernels_used) {
+            let recs = match k {
+                Some(k) => {
+                    let out = workdir.join("kernels").join(&k.id).join("pass2");
+                    let _ = std::fs::remove_dir_all(&out);
+                    let job = lab::Job {
+                        args: vec![
+                            "exec-cases".into(),
+                            cdir.display().to_string(),
+                            "--workdir".into(),
+                            out.display().to_string(),
+                            "--only".into(),
+                            only.display().to_string(),
+                            "--full".into(),
+                        ],
+                        inputs: vec![cdir.clone(), only.clone()],
+                        outputs: vec![out.clone()],
+                        init: None,
+                    };
+                    lab::run(k, &job, &lab::Scratch::at(&workdir.join("kernels").join(&k.id).join("scratch")), timeout)?;
+                    read_records(&out)?.1
+                }
+                None => {
+                    let sel: Vec<(String, Case)> = list.iter().filter(|(n, _)| differing.contains(n)).cloned().collect();
+                    exec_cases(&probe::probe()?, &sel, true)?
+                }
+            };
+            for r in recs {
+                if let Some(t) = r.trace {
+                    full.insert((col.kernel.clone(), r.case.clone()), t);
+                }
+            }
+        }
+    }
+    let m = build(&list, columns, &hosts, &pass1, &full);
+    xsave_runner::store::write_atomic(&workdir.join("matrix.json"), &serde_json::to_vec_pretty(&m)?)?;
+    xsave_runner::store::write_atomic(&workdir.join("matrix.md"), xsave_runner::matrix::markdown(&m).as_bytes())?;
+    Ok(m)
+}

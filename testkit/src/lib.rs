@@ -1,0 +1,113 @@
+//! # xsave-testkit
+//!
+//! What the workspace's tests share (a dev-only crate, never published): spawning the
+//! `xsave-rig` CLI, temporary workdirs, the repository's seed corpus and test data, one-line
+//! error assertions, and the skip helpers whose `SKIPPED(<kind>) <test>: <reason>` lines
+//! `scripts/test` counts.
+//!
+//! The CLI's path is only known to the root package's integration tests
+//! (`env!("CARGO_BIN_EXE_xsave-rig")`), so they name it once:
+//! `const RIG: Rig = Rig::new(env!("CARGO_BIN_EXE_xsave-rig"));`.
+
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub use tempfile::TempDir;
+
+/// A JSON case that diverges on the V2b model backend under the V3 oracle (a SET_XSAVE with
+/// YMM under a guest CPUID of FP|SSE, then a GET).
+pub const V2B_CASE: &str = r#"{
+  "config": {"cpuid": {"base": {"Subset": {"leaves": ["0xd"], "xcr0_mask": "0x3"}}}},
+  "ops": [
+    {"set_xsave": {"xstate_bv": "0x7", "fcw": "0x37f", "mxcsr": "0x1f80", "xmm_seed": "0x5", "components": [{"bit": 2, "seed": "0x9"}]}},
+    "get_xsave"
+  ]
+}"#;
+
+/// The `xsave-rig` binary under test.
+#[derive(Clone, Copy, Debug)]
+pub struct Rig {
+    bin: &'static str,
+}
+
+impl Rig {
+    /// The binary at `bin` (in the root package's tests: `env!("CARGO_BIN_EXE_xsave-rig")`).
+    pub const fn new(bin: &'static str) -> Rig {
+        Rig { bin }
+    }
+
+    /// The binary's path.
+    pub fn bin(&self) -> &'static str {
+        self.bin
+    }
+
+    /// A command running the binary, to add arguments, environment and stdio to.
+    pub fn command(&self) -> Command {
+        Command::new(self.bin)
+    }
+
+    /// Run the binary with `args` and wait for its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("run xsave-rig")
+    }
+
+    /// [`Rig::run`] in directory `dir`.
+    pub fn run_in(&self, dir: &Path, args: &[&str]) -> Output {
+        self.command().args(args).current_dir(dir).output().expect("run xsave-rig")
+    }
+}
+
+/// The repository's root directory.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// The checked-in seed corpus (`corpus/seed`).
+pub fn seeds() -> PathBuf {
+    repo().join("corpus").join("seed")
+}
+
+/// The seed corpus's files, sorted by name.
+pub fn seed_files() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(seeds()).expect("seeds").flatten().map(|e| e.path()).collect();
+    v.sort();
+    v
+}
+
+/// A fresh temporary directory, removed when the value is dropped.
+pub fn tempdir() -> TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+/// Bytes (a process's stdout or stderr) as text, invalid UTF-8 replaced.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+/// The CLI failed the way every error must: exit status 2 and one line on stderr,
+/// `xsave-rig: error: …`, containing `needle`.
+pub fn assert_one_line_error(o: &Output, needle: &str) {
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "exit status; stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+    assert!(err.starts_with("xsave-rig: error: ") && err.contains(needle), "{err:?} lacks {needle:?}");
+}
+
+/// For tests that need KVM: `true` when it is usable. Otherwise prints one line
+/// `SKIPPED(kvm) <test>: <reason>` and returns `false`, unless `XSAVE_RIG_REQUIRE_KVM=1`
+/// (set by `scripts/test` on machines with `/dev/kvm`), in which case it panics: a KVM test
+/// must not be skipped where KVM exists.
+pub fn kvm_or_skip(test: &str) -> bool {
+    match xsave_runner::kvm_unavailable() {
+        None => true,
+        Some(why) if std::env::var("XSAVE_RIG_REQUIRE_KVM").as_deref() == Ok("1") => {
+            panic!("{test}: KVM required (XSAVE_RIG_REQUIRE_KVM=1) but unusable: {why}")
+        }
+        Some(why) => {
+            eprintln!("SKIPPED(kvm) {test}: {why}");
+            false
+        }
+    }
+}
