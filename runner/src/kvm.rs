@@ -207,15 +207,17 @@ impl KvmBackend {
             let base = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
             let pke = if self.host.supported_xcr0 & PKRU != 0 { CR4_PKE } else { 0 };
             // Stock KVM refuses CR4.OSXSAVE without XSAVE and CR4.PKE without PKU in the guest
-            // CPUID (EINVAL): drop PKE, then OSXSAVE too.
-            let tries: [(u64, &'static str); 3] = [
+            // CPUID (EINVAL), each on its own: drop PKE, or OSXSAVE, or both (the oracle's
+            // rule `run.cr4.osxsave` decides the two bits independently).
+            let tries: [(u64, &'static str); 4] = [
                 (base | CR4_OSXSAVE | pke, "KVM_SET_SREGS(cr4 full)"),
                 (base | CR4_OSXSAVE, "KVM_SET_SREGS(cr4 -PKE)"),
+                (base | pke, "KVM_SET_SREGS(cr4 -OSXSAVE)"),
                 (base, "KVM_SET_SREGS(cr4 -PKE -OSXSAVE)"),
             ];
             let mut res = Err(libc::EINVAL);
             for (i, (cr4, name)) in tries.into_iter().enumerate() {
-                if i == 1 && pke == 0 {
+                if (i == 1 || i == 2) && pke == 0 {
                     continue;
                 }
                 res = timed(st, name, || g.load_sregs(&vm.vcpu, cr4)).map_err(|e| e.errno);
