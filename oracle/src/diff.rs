@@ -582,7 +582,7 @@ pub fn judge(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace)
             d.class = match q {
                 Quirk::PvmCpuidRewrite => Class::CpuidConfig,
                 Quirk::PvmHwXcr0 => Class::GuestView,
-                Quirk::KvmFpuLegacy => Class::LegacyArea,
+                Quirk::KvmFpuLegacy | Quirk::TcgXsaveFop => Class::LegacyArea,
             };
             let names: Vec<&str> = qs.iter().map(|q| q.name()).collect();
             let key = format!("quirk|{}|{}", names.join("+"), d.signature);

@@ -36,11 +36,18 @@ pub enum Quirk {
     /// without KVM (`--backend model:V3+kvm-fpu-legacy`).
     #[serde(rename = "kvm-fpu-legacy")]
     KvmFpuLegacy,
+    /// QEMU's TCG (the lab's processor, a nested guest's too): its XSAVE never stores FOP, so
+    /// after a guest run the saved FOP is whatever the kernel's save area held before: the
+    /// value the last `KVM_SET_XSAVE` with FP (or `KVM_SET_FPU`) wrote, else 0. Real
+    /// processors store FOP (or zero it, AMD without FSW.ES). The probe finds it by a run that
+    /// clears FOP (FNINIT) and keeps x87 in use (FLDCW) after a SET with a non-zero FOP.
+    #[serde(rename = "tcg-xsave-fop")]
+    TcgXsaveFop,
 }
 
 impl Quirk {
     /// Every quirk the rig knows.
-    pub const ALL: &'static [Quirk] = &[Quirk::PvmCpuidRewrite, Quirk::PvmHwXcr0, Quirk::KvmFpuLegacy];
+    pub const ALL: &'static [Quirk] = &[Quirk::PvmCpuidRewrite, Quirk::PvmHwXcr0, Quirk::KvmFpuLegacy, Quirk::TcgXsaveFop];
 
     /// Stable name used on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -48,6 +55,7 @@ impl Quirk {
             Quirk::PvmCpuidRewrite => "pvm-cpuid-rewrite",
             Quirk::PvmHwXcr0 => "pvm-hw-xcr0",
             Quirk::KvmFpuLegacy => "kvm-fpu-legacy",
+            Quirk::TcgXsaveFop => "tcg-xsave-fop",
         }
     }
 

@@ -119,6 +119,9 @@ struct Vcpu {
     /// SSE): the bytes before each save in a row that left the component free.
     raw_fp: Vec<Vec<u8>>,
     raw_sse: Vec<Vec<u8>>,
+    /// FOP as the kernel's save area holds it (quirk `tcg-xsave-fop`: a save that does not
+    /// store FOP leaves this): written by SET_XSAVE with FP (V0: always) and SET_FPU.
+    mem_fop: [u8; 2],
 }
 
 /// The model of one vCPU under one contract on one host.
@@ -165,6 +168,7 @@ impl<'a> Model<'a> {
             uabi_size: abi::KVM_XSAVE_SIZE,
             hidden: 0,
             kbv_free: 0,
+            mem_fop: [0; 2],
             legacy_alts: Vec::new(),
             ran: false,
             fsw_derived: false,
@@ -843,6 +847,12 @@ impl<'a> Model<'a> {
         if let Allowed::OneOf { values, .. } = fip_choice(&old) {
             v.legacy_alts.push((8, values, Rule::RunFipCanonical, FP));
         }
+        if self.cfg.quirks.contains(&Quirk::TcgXsaveFop) {
+            v.legacy_alts.push((abi::FOP, vec![v.mem_fop.to_vec()], Rule::QuirkTcgXsaveFop, FP));
+            rules.push(Rule::QuirkTcgXsaveFop);
+        } else {
+            v.mem_fop = [v.kbuf[abi::FOP], v.kbuf[abi::FOP + 1]];
+        }
         v.fsw_derived = true;
         rules.extend([Rule::RunSaved, Rule::RunMxcsrMaskHw]);
         if free != 0 {
@@ -866,6 +876,7 @@ impl<'a> Model<'a> {
             }
             let v = &mut self.vcpu;
             v.kbuf[..abi::LEGACY_SIZE].copy_from_slice(&buf[..abi::LEGACY_SIZE]);
+            v.mem_fop = [buf[abi::FOP], buf[abi::FOP + 1]];
             v.raw_free = 0;
             rules.push(Rule::SetV0LegacyRaw);
             self.store_components(buf, bv, &mut rules);
@@ -896,6 +907,7 @@ impl<'a> Model<'a> {
         }
         if bv & FP != 0 {
             self.vcpu.kbuf[..abi::FP_END].copy_from_slice(&buf[..abi::FP_END]);
+            self.vcpu.mem_fop = [buf[abi::FOP], buf[abi::FOP + 1]];
             self.vcpu.raw_free &= !FP;
             rules.push(Rule::SetFpCopied);
         }
@@ -979,6 +991,7 @@ impl<'a> Model<'a> {
         }
         // `fxsave->twd = fpu->ftwx`: the u16 store zeroes FTW's reserved byte.
         v.kbuf[abi::FTW_RSVD] = 0;
+        v.mem_fop = [v.kbuf[abi::FOP], v.kbuf[abi::FOP + 1]];
         v.raw_free = 0;
         v.fsw_derived = false;
         let mut rules = vec![Rule::SetFpuStored];

@@ -275,3 +275,42 @@ fn pkru_key0_blocks_the_program() {
     assert_eq!(exit(last(&t)), Exit::Shutdown);
     assert!(last(&t).rules.contains(&Rule::RunFault));
 }
+
+/// Quirk `tcg-xsave-fop`: QEMU's TCG XSAVE never stores FOP, so after a run GET may show the
+/// FOP the last SET wrote (`quirk.tcg.xsave_fop`); without the quirk that is a divergence.
+#[test]
+fn tcg_xsave_fop_allows_the_stale_fop_only_under_the_quirk() {
+    use xsave_oracle::case::{Config, CpuidBase, CpuidTable, XsaveImage};
+    use xsave_oracle::guest::{GuestAction, GuestProgram};
+    use xsave_oracle::{diff, predict, Case, HostFacts, ModelConfig, Op, Quirk, Verdict};
+    let host = HostFacts::synthetic(0x207, 0xffff);
+    let mut set = XsaveImage::init(0x3);
+    set.fop = 0x393;
+    let case = Case {
+        config: Config {
+            cpuid: Some(CpuidTable { base: CpuidBase::Supported { xcr0_mask: !0, drop_leaves: vec![] }, entries: vec![], reverse: false }),
+            xcr0: None,
+        },
+        ops: vec![
+            Op::SetXsave(set),
+            Op::RunGuest(GuestProgram { actions: vec![GuestAction::Fninit, GuestAction::Fldcw { value: 0x27f }] }),
+            Op::GetXsave,
+        ],
+    };
+    let plain = ModelConfig::default();
+    let tcg = ModelConfig { quirks: vec![Quirk::TcgXsaveFop], ..ModelConfig::default() };
+    // What QEMU's TCG does: the predicted image with the SET's FOP left in place.
+    let mut observed = predict(&case, &host, &plain);
+    let get = observed.results.last_mut().expect("GET");
+    assert_eq!(&get.data[6..8], &[0, 0], "FNINIT clears FOP");
+    get.data[6..8].copy_from_slice(&0x393u16.to_le_bytes());
+    for r in &mut observed.results {
+        r.rules.clear();
+        r.allowed.clear();
+    }
+    assert!(matches!(diff(&case, &host, &plain, &predict(&case, &host, &plain), &observed), Verdict::Diverge(_)));
+    assert_eq!(diff(&case, &host, &tcg, &predict(&case, &host, &tcg), &observed), Verdict::Agree);
+    // Any other FOP is still a divergence under the quirk.
+    observed.results.last_mut().expect("GET").data[6] = 0x94;
+    assert!(matches!(diff(&case, &host, &tcg, &predict(&case, &host, &tcg), &observed), Verdict::Diverge(_)));
+}

@@ -427,7 +427,40 @@ pub fn detect_quirks(backend: &mut dyn Backend) -> Result<(Vec<Quirk>, Vec<Strin
         }
         other => evidence.push(format!("guest run with XCR0 = FP: unexpected result {other:?}")),
     }
+    // FOP after a hardware save: SET FOP 0x1234, the guest clears it (FNINIT) and keeps x87 in
+    // use (FLDCW), GET. A processor stores FOP 0; QEMU's TCG leaves the save area's 0x1234.
+    let case = fop_case();
+    let obs = backend.execute(&case)?;
+    let n = obs.results.len();
+    let run = obs.results.get(n.wrapping_sub(2)).map(|r| r.ret);
+    let fop = obs.results.last().and_then(|r| r.data.get(xsave_oracle::abi::FOP..xsave_oracle::abi::FOP + 2));
+    match (run, fop) {
+        (Some(Ret::Ok(0)), Some([0x34, 0x12])) => {
+            quirks.push(Quirk::TcgXsaveFop);
+            evidence.push("after SET FOP 0x1234 and a guest FNINIT; FLDCW, GET shows FOP 0x1234: the processor's XSAVE does not store FOP (tcg-xsave-fop)".into());
+        }
+        (Some(Ret::Ok(0)), Some(f)) => evidence.push(format!("after a guest FNINIT; FLDCW, GET shows FOP {}: the processor stores FOP", hex(f))),
+        other => evidence.push(format!("FOP probe run: unexpected result {other:?}")),
+    }
     Ok((quirks, evidence))
+}
+
+/// The probe's FOP run: SET with FOP 0x1234, a guest FNINIT; FLDCW 0x27f, GET.
+pub fn fop_case() -> Case {
+    use xsave_oracle::guest::{GuestAction, GuestProgram};
+    let mut set = img(FPSSE);
+    set.fop = 0x1234;
+    Case {
+        config: Config {
+            cpuid: Some(CpuidTable { base: CpuidBase::Supported { xcr0_mask: !0, drop_leaves: vec![] }, entries: vec![], reverse: false }),
+            xcr0: None,
+        },
+        ops: vec![
+            Op::SetXsave(set),
+            Op::RunGuest(GuestProgram { actions: vec![GuestAction::Fninit, GuestAction::Fldcw { value: 0x27f }] }),
+            Op::GetXsave,
+        ],
+    }
 }
 
 /// The probe's guest run: full supported CPUID, guest XCR0 left at FP, one VMOVDQU ymm.
