@@ -581,7 +581,7 @@ pub fn judge(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace)
             d.explained_by = Some(q);
             d.class = match q {
                 Quirk::PvmCpuidRewrite => Class::CpuidConfig,
-                Quirk::PvmHwXcr0 => Class::GuestView,
+                Quirk::PvmHwXcr0 | Quirk::TcgX87NoMf => Class::GuestView,
                 Quirk::KvmFpuLegacy | Quirk::TcgXsaveFop => Class::LegacyArea,
             };
             let names: Vec<&str> = qs.iter().map(|q| q.name()).collect();

@@ -292,7 +292,9 @@ pub fn pkru_blocks(pkru: u32, cr4_pke: bool, read: bool, write: bool) -> bool {
 }
 
 /// Why an action faults (no handler: the run ends in a shutdown), given hardware XCR0.
-pub fn faults(host: &HostFacts, regs: &Regs, a: &GuestAction, hw_xcr0: u64, cr4_pke: bool) -> bool {
+/// `pending_mf`: a pending unmasked x87 exception faults the next waiting x87 instruction (as on
+/// every processor; not under QEMU TCG, quirk `tcg-x87-no-mf`).
+pub fn faults(host: &HostFacts, regs: &Regs, a: &GuestAction, hw_xcr0: u64, cr4_pke: bool, pending_mf: bool) -> bool {
     if a.needs_xcr0() & !hw_xcr0 != 0 {
         return true;
     }
@@ -301,7 +303,7 @@ pub fn faults(host: &HostFacts, regs: &Regs, a: &GuestAction, hw_xcr0: u64, cr4_
         return true;
     }
     match a {
-        GuestAction::Fldcw { .. } => x87_pending(&regs.image),
+        GuestAction::Fldcw { .. } => pending_mf && x87_pending(&regs.image),
         GuestAction::Ldmxcsr { value } => value & !host.mxcsr_feature_mask != 0,
         GuestAction::Wrpkru { .. } => !cr4_pke,
         _ => false,

@@ -43,11 +43,16 @@ pub enum Quirk {
     /// clears FOP (FNINIT) and keeps x87 in use (FLDCW) after a SET with a non-zero FOP.
     #[serde(rename = "tcg-xsave-fop")]
     TcgXsaveFop,
+    /// QEMU's TCG: an unmasked x87 exception left pending by a load (FSW.ES from the image) is
+    /// not delivered on the next waiting x87 instruction (FLDCW runs instead of raising #MF).
+    /// The probe finds it by a SET with FSW.IE|ES and FCW 0, and a guest FLDCW that runs.
+    #[serde(rename = "tcg-x87-no-mf")]
+    TcgX87NoMf,
 }
 
 impl Quirk {
     /// Every quirk the rig knows.
-    pub const ALL: &'static [Quirk] = &[Quirk::PvmCpuidRewrite, Quirk::PvmHwXcr0, Quirk::KvmFpuLegacy, Quirk::TcgXsaveFop];
+    pub const ALL: &'static [Quirk] = &[Quirk::PvmCpuidRewrite, Quirk::PvmHwXcr0, Quirk::KvmFpuLegacy, Quirk::TcgXsaveFop, Quirk::TcgX87NoMf];
 
     /// Stable name used on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -56,6 +61,7 @@ impl Quirk {
             Quirk::PvmHwXcr0 => "pvm-hw-xcr0",
             Quirk::KvmFpuLegacy => "kvm-fpu-legacy",
             Quirk::TcgXsaveFop => "tcg-xsave-fop",
+            Quirk::TcgX87NoMf => "tcg-x87-no-mf",
         }
     }
 

@@ -713,7 +713,11 @@ impl<'a> Model<'a> {
         }
         for a in &prog.actions {
             let xsave_fault = *a == GuestAction::Xsave && !self.vcpu.cr4_osxsave;
-            if xsave_fault || faults(host, &regs, a, hw, self.vcpu.cr4_pke) {
+            let pending_mf = !self.quirk(Quirk::TcgX87NoMf);
+            if !pending_mf && matches!(a, GuestAction::Fldcw { .. }) && crate::guest::x87_pending(&regs.image) {
+                rules.push(Rule::QuirkTcgX87NoMf);
+            }
+            if xsave_fault || faults(host, &regs, a, hw, self.vcpu.cr4_pke, pending_mf) {
                 exit = Exit::Shutdown;
                 rules.push(Rule::RunFault);
                 break;

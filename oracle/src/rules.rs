@@ -125,6 +125,7 @@ rules! {
     QuirkFpuRaw = "quirk.fpu.raw", "§10.3", "quirk kvm-fpu-legacy (today's kernels): KVM_SET_FPU leaves XSTATE_BV unchanged, KVM_GET_FPU copies the stored legacy bytes whatever XSTATE_BV";
     QuirkFpuMxcsr = "quirk.fpu.mxcsr", "§10.3", "quirk kvm-fpu-legacy (today's kernels): KVM_GET_FPU returns mxcsr 0, KVM_SET_FPU ignores mxcsr";
     QuirkTcgXsaveFop = "quirk.tcg.xsave_fop", "§7 R5", "quirk tcg-xsave-fop (QEMU TCG): a hardware save leaves FOP as the save area held it (the last SET's FOP, else 0)";
+    QuirkTcgX87NoMf = "quirk.tcg.x87_no_mf", "§7", "quirk tcg-x87-no-mf (QEMU TCG): a pending unmasked x87 exception loaded from the image does not fault the next FLDCW";
     QuirkPvmHwXcr0 = "quirk.pvm.hw_xcr0", "§8.4", "quirk pvm-hw-xcr0: hardware XCR0 stays the host's while the guest runs, whatever the guest's XCR0";
 }
 

@@ -32,7 +32,7 @@ fn every_rule_is_reachable() {
             (&amx, vec![]),
             (&old, vec![]),
             (&pvm, vec![Quirk::PvmCpuidRewrite, Quirk::PvmHwXcr0]),
-            (&plain, vec![Quirk::KvmFpuLegacy, Quirk::TcgXsaveFop]),
+            (&plain, vec![Quirk::KvmFpuLegacy, Quirk::TcgXsaveFop, Quirk::TcgX87NoMf]),
         ] {
             for r in predict(&case, host, &ModelConfig { contract: c, quirks }).results {
                 seen.extend(r.rules);

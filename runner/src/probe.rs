@@ -442,7 +442,30 @@ pub fn detect_quirks(backend: &mut dyn Backend) -> Result<(Vec<Quirk>, Vec<Strin
         (Some(Ret::Ok(0)), Some(f)) => evidence.push(format!("after a guest FNINIT; FLDCW, GET shows FOP {}: the processor stores FOP", hex(f))),
         other => evidence.push(format!("FOP probe run: unexpected result {other:?}")),
     }
+    // A pending x87 exception: SET FSW.IE|ES with FCW 0 (unmasked), the guest runs FLDCW. A
+    // processor raises #MF (no IDT: shutdown); QEMU's TCG runs on.
+    let obs = backend.execute(&mf_case())?;
+    let n = obs.results.len();
+    match obs.results.get(n.wrapping_sub(2)).map(|r| r.ret) {
+        Some(Ret::Ok(0)) => {
+            quirks.push(Quirk::TcgX87NoMf);
+            evidence.push("FLDCW ran with an unmasked x87 exception pending: no #MF (tcg-x87-no-mf)".into());
+        }
+        Some(Ret::Ok(1)) => evidence.push("FLDCW with an unmasked x87 exception pending faulted (#MF), as a processor does".into()),
+        other => evidence.push(format!("pending-#MF probe run: unexpected result {other:?}")),
+    }
     Ok((quirks, evidence))
+}
+
+/// The probe's pending-#MF run: SET FCW 0 and FSW IE|ES, a guest FLDCW 0x37f, GET.
+pub fn mf_case() -> Case {
+    use xsave_oracle::guest::{GuestAction, GuestProgram};
+    let mut set = img(FPSSE);
+    set.fcw = 0;
+    set.fsw = 0x81;
+    let mut c = fop_case();
+    c.ops = vec![Op::SetXsave(set), Op::RunGuest(GuestProgram { actions: vec![GuestAction::Fldcw { value: 0x37f }] }), Op::GetXsave];
+    c
 }
 
 /// The probe's FOP run: SET with FOP 0x1234, a guest FNINIT; FLDCW 0x27f, GET.
