@@ -118,6 +118,11 @@ struct Vcpu {
     /// The last run did not end at its end marker: the rig loads its set-up's sregs again
     /// (`KVM_SET_SREGS` with the same CR4) before the next run (rule `run.setup.reload`).
     reload: bool,
+    /// V0 on AMD (SVM): a shutdown left the event being delivered queued in KVM
+    /// (`svm_complete_interrupts` requeued EXITINTINFO; 5.10's `shutdown_interception` only
+    /// re-initialises the VMCB), so every later run re-injects it and shuts down before the
+    /// program's first instruction (rule `run.v0.shutdown.requeued`).
+    event_queued: bool,
     /// FP/SSE bits whose raw legacy bytes are the processor's choice: saved after a run while
     /// at their init value (XINUSE clear: an XSAVES may leave the memory as it was). Only a raw
     /// view (quirk `kvm-fpu-legacy` GET_FPU) shows those bytes.
@@ -185,6 +190,7 @@ impl<'a> Model<'a> {
             cr4_pke: false,
             cpuid_set: false,
             reload: false,
+            event_queued: false,
             raw_free: 0,
             raw_fp: Vec::new(),
             raw_sse: Vec::new(),
@@ -671,6 +677,11 @@ impl<'a> Model<'a> {
         (self.vcpu.cr4_osxsave, self.vcpu.cr4_pke) = self.cr4_accepted(rules);
     }
 
+    /// V0 on an AMD (SVM) host: a shutdown leaves its event queued (`run.v0.shutdown.requeued`).
+    fn shutdown_requeues(&self) -> bool {
+        self.contract() == Contract::V0 && self.host.vendor_amd() && !self.quirk(Quirk::PvmHwXcr0)
+    }
+
     fn run_guest(&mut self, origin: Origin, prog: &crate::guest::GuestProgram) -> OpResult {
         use crate::guest::{faults, output_size, Exit, GuestAction, Regs};
         let host = self.host;
@@ -740,7 +751,14 @@ impl<'a> Model<'a> {
         if stores {
             out = vec![0u8; output_size(host)];
         }
-        for a in &prog.actions {
+        // V0 on AMD: the event a shutdown left queued is injected at entry; with no IDT its
+        // delivery triple-faults before the program's first instruction.
+        let requeued = self.vcpu.event_queued;
+        if requeued {
+            exit = Exit::Shutdown;
+            rules.push(Rule::RunV0ShutdownRequeued);
+        }
+        for a in prog.actions.iter().filter(|_| !requeued) {
             let xsave_fault = *a == GuestAction::Xsave && !self.vcpu.cr4_osxsave;
             let pending_mf = !self.quirk(Quirk::TcgX87NoMf);
             if !pending_mf && matches!(a, GuestAction::Fldcw { .. }) && crate::guest::x87_pending(&regs.image) {
@@ -773,6 +791,9 @@ impl<'a> Model<'a> {
         self.save_after_run(&regs, &mut rules);
         self.vcpu.cr4_free = exit == Exit::Shutdown;
         self.vcpu.reload = exit != Exit::End;
+        if exit == Exit::Shutdown && self.shutdown_requeues() {
+            self.vcpu.event_queued = true;
+        }
         if let (Some(alt), true) = (mxcsr_alt, regs.image[abi::MXCSR..abi::MXCSR + 4] == entry_mxcsr[..]) {
             self.vcpu.legacy_alts.push((abi::MXCSR, vec![alt.clone()], Rule::RunEntryMxcsr, SSE | YMM));
             self.vcpu.mxcsr_alt = Some(alt);

@@ -315,6 +315,13 @@ fn tcg_xsave_fop_allows_the_stale_fop_only_under_the_quirk() {
     assert!(matches!(diff(&case, &host, &tcg, &predict(&case, &host, &tcg), &observed), Verdict::Diverge(_)));
 }
 
+/// The worked-example host, vendor AMD (KVM on SVM, like the lab's QEMU TCG processor).
+fn host207_amd() -> xsave_oracle::HostFacts {
+    let mut h = host207();
+    h.supported_cpuid.insert(0, CpuidEntry::new(0, 0, 0, [0xd, 0x6874_7541, 0x444d_4163, 0x6974_6e65]));
+    h
+}
+
 /// run.v0.cr4_rsvd: 5.10 checks CR4.OSXSAVE/PKE against cr4_guest_rsvd_bits, which only a
 /// KVM_SET_CPUID2 computes: a vCPU that never had one accepts both bits, one whose CPUID lacks
 /// XSAVE/PKU refuses them (XSAVE and WRPKRU then fault). V3 checks the CPUID either way.
@@ -354,4 +361,31 @@ fn v0_reload_after_a_shutdown_checks_the_new_cpuid() {
     assert!(last(&t).rules.contains(&Rule::RunSetupReload));
     let t = run_under(&h, Contract::V0, Config::default(), vec![run(vec![A::Xmm { seed: 1 }]), empty, run(vec![A::Xmm { seed: 2 }])]);
     assert_eq!(exit(last(&t)), Exit::End, "no reload after an end-marker exit");
+}
+
+/// run.v0.shutdown.requeued: on V0 with an AMD host, every run after a shutdown shuts down before
+/// its first instruction (the registers keep what the first shutdown saved). Intel hosts and V3
+/// (which INITs the vCPU on shutdown) run the program.
+#[test]
+fn v0_amd_runs_after_a_shutdown_shut_down_at_once() {
+    let amd = host207_amd();
+    assert!(amd.vendor_amd() && !host207().vendor_amd());
+    let ops = vec![
+        run(vec![A::Xmm { seed: 1 }, A::Ymm { seed: 2 }]),
+        run(vec![A::Xmm { seed: 3 }, A::Xsave]),
+        run(vec![A::Xmm { seed: 4 }]),
+        Op::GetXsave,
+    ];
+    let t = run_under(&amd, Contract::V0, Config::default(), ops.clone());
+    assert_eq!(exit(&t.results[0]), Exit::Shutdown);
+    for r in &t.results[1..3] {
+        assert_eq!(exit(r), Exit::Shutdown);
+        assert!(r.rules.contains(&Rule::RunV0ShutdownRequeued));
+    }
+    assert!(t.results[1].data.iter().all(|&b| b == 0), "the guest's XSAVE never ran");
+    assert_eq!(&ok(last(&t))[160..176], &A::Xmm { seed: 1 }.input()[..16], "XMM as the first run left it");
+    let intel = run_under(&host207(), Contract::V0, Config::default(), ops.clone());
+    assert_eq!(exit(&intel.results[1]), Exit::End);
+    let v3 = run_under(&amd, Contract::V3, full_avx(), ops);
+    assert_eq!(exit(&v3.results[1]), Exit::End);
 }
