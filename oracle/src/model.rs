@@ -115,6 +115,18 @@ struct Vcpu {
     /// CR4.OSXSAVE and CR4.PKE as the rig's guest set-up left them.
     cr4_osxsave: bool,
     cr4_pke: bool,
+    /// A `KVM_SET_CPUID2` has succeeded on this vCPU: 5.10 (V0) computes the CR4 bits the
+    /// guest CPUID reserves (`vcpu->arch.cr4_guest_rsvd_bits`) only then (rule
+    /// `run.v0.cr4_rsvd`).
+    cpuid_set: bool,
+    /// The last run did not end at its end marker: the rig loads its set-up's sregs again
+    /// (`KVM_SET_SREGS` with the same CR4) before the next run (rule `run.setup.reload`).
+    reload: bool,
+    /// V0 on AMD (SVM): a shutdown left the event being delivered queued in KVM
+    /// (`svm_complete_interrupts` requeued EXITINTINFO; 5.10's `shutdown_interception` only
+    /// re-initialises the VMCB), so every later run re-injects it and shuts down before the
+    /// program's first instruction (rule `run.v0.shutdown.requeued`).
+    event_queued: bool,
     /// FP/SSE bits whose raw legacy bytes are the processor's choice: saved after a run while
     /// at their init value (XINUSE clear: an XSAVES may leave the memory as it was). Only a raw
     /// view (quirk `kvm-fpu-legacy` GET_FPU) shows those bytes.
@@ -180,6 +192,9 @@ impl<'a> Model<'a> {
             cr4_free: false,
             cr4_osxsave: false,
             cr4_pke: false,
+            cpuid_set: false,
+            reload: false,
+            event_queued: false,
             raw_free: 0,
             raw_fp: Vec::new(),
             raw_sse: Vec::new(),
@@ -323,6 +338,7 @@ impl<'a> Model<'a> {
             self.vcpu.kbuf.resize(need, 0);
         }
         rules.push(Rule::CpuidAccept);
+        self.vcpu.cpuid_set = true;
         let mut unpredicted = Vec::new();
         let gsx_source = if self.quirk(Quirk::PvmCpuidRewrite) {
             self.pvm_rewrite(&mut entries, &mut unpredicted, &mut rules)
@@ -640,19 +656,34 @@ impl<'a> Model<'a> {
         }
     }
 
-    /// CR4 bits the rig's guest set-up gets accepted: OSXSAVE needs XSAVE in the guest CPUID,
-    /// PKE needs PKU there (and the host's PKRU) — except under `pvm-hw-xcr0` and on V0.
-    fn setup_cr4(&mut self, rules: &mut Vec<Rule>) {
+    /// CR4.OSXSAVE and CR4.PKE as `KVM_SET_SREGS` accepts them now: OSXSAVE needs XSAVE in the
+    /// guest CPUID, PKE needs PKU there (and the host's PKRU) — except under `pvm-hw-xcr0`, and
+    /// on V0 before the first `KVM_SET_CPUID2`: 5.10's `kvm_valid_cr4` tests
+    /// `vcpu->arch.cr4_guest_rsvd_bits`, which only `kvm_vcpu_after_set_cpuid` computes
+    /// (`__cr4_reserved_bits(guest_cpuid_has, vcpu)`) and which is zero until then.
+    fn cr4_accepted(&self, rules: &mut Vec<Rule>) -> (bool, bool) {
         let t = &self.vcpu.cpuid;
         let leaf1 = find_entry(t, 1, NOT_SIGNIFICANT).map_or(0, |i| t[i].ecx);
         let leaf7 = find_entry(t, 7, Some(0)).map_or(0, |i| t[i].ecx);
         let pvm = self.quirk(Quirk::PvmHwXcr0);
-        // Measured boundary, like the EFER check: 5.10 (V0) accepts the CR4 bits whatever the
-        // guest CPUID says; 6.1 and later check them.
-        let lax = pvm || self.contract() == Contract::V0;
-        self.vcpu.cr4_osxsave = lax || leaf1 & (1 << 26) != 0;
-        self.vcpu.cr4_pke = self.host.supported_xcr0 & PKRU != 0 && (lax || leaf7 & (1 << 3) != 0);
-        rules.push(if pvm { Rule::QuirkPvmHwXcr0 } else { Rule::RunCr4Osxsave });
+        let v0 = self.contract() == Contract::V0;
+        let lax = pvm || (v0 && !self.vcpu.cpuid_set);
+        rules.push(match (pvm, v0) {
+            (true, _) => Rule::QuirkPvmHwXcr0,
+            (false, true) => Rule::RunV0Cr4Rsvd,
+            (false, false) => Rule::RunCr4Osxsave,
+        });
+        (lax || leaf1 & (1 << 26) != 0, self.host.supported_xcr0 & PKRU != 0 && (lax || leaf7 & (1 << 3) != 0))
+    }
+
+    /// The CR4 bits the rig's first guest set-up loads (it drops a bit KVM refuses).
+    fn setup_cr4(&mut self, rules: &mut Vec<Rule>) {
+        (self.vcpu.cr4_osxsave, self.vcpu.cr4_pke) = self.cr4_accepted(rules);
+    }
+
+    /// V0 on an AMD (SVM) host: a shutdown leaves its event queued (`run.v0.shutdown.requeued`).
+    fn shutdown_requeues(&self) -> bool {
+        self.contract() == Contract::V0 && self.host.vendor_amd() && !self.quirk(Quirk::PvmHwXcr0)
     }
 
     fn run_guest(&mut self, origin: Origin, prog: &crate::guest::GuestProgram) -> OpResult {
@@ -670,6 +701,15 @@ impl<'a> Model<'a> {
                 return ret_err(origin, EINVAL, vec![Rule::RunSetupLongMode]);
             }
             self.setup_cr4(&mut rules);
+        } else if self.vcpu.reload {
+            // After a run that did not end at its marker the rig loads its set-up's sregs again,
+            // same CR4; a KVM_SET_CPUID2 since (V0 accepts one after a run) may now reserve
+            // OSXSAVE or PKE: KVM_SET_SREGS fails with EINVAL and the vCPU does not run.
+            rules.push(Rule::RunSetupReload);
+            let (osxsave, pke) = self.cr4_accepted(&mut rules);
+            if (self.vcpu.cr4_osxsave && !osxsave) || (self.vcpu.cr4_pke && !pke) {
+                return ret_err(origin, EINVAL, rules);
+            }
         }
         let hw = if self.vcpu.cr4_osxsave { self.hw_xcr0() } else { FP | SSE };
         if !self.quirk(Quirk::PvmHwXcr0) {
@@ -715,7 +755,14 @@ impl<'a> Model<'a> {
         if stores {
             out = vec![0u8; output_size(host)];
         }
-        for a in &prog.actions {
+        // V0 on AMD: the event a shutdown left queued is injected at entry; with no IDT its
+        // delivery triple-faults before the program's first instruction.
+        let requeued = self.vcpu.event_queued;
+        if requeued {
+            exit = Exit::Shutdown;
+            rules.push(Rule::RunV0ShutdownRequeued);
+        }
+        for a in prog.actions.iter().filter(|_| !requeued) {
             let xsave_fault = *a == GuestAction::Xsave && !self.vcpu.cr4_osxsave;
             let pending_mf = !self.quirk(Quirk::TcgX87NoMf);
             if !pending_mf && matches!(a, GuestAction::Fldcw { .. }) && crate::guest::x87_pending(&regs.image) {
@@ -747,6 +794,10 @@ impl<'a> Model<'a> {
         }
         self.save_after_run(&regs, &mut rules);
         self.vcpu.cr4_free = exit == Exit::Shutdown;
+        self.vcpu.reload = exit != Exit::End;
+        if exit == Exit::Shutdown && self.shutdown_requeues() {
+            self.vcpu.event_queued = true;
+        }
         if let (Some(alt), true) = (mxcsr_alt, regs.image[abi::MXCSR..abi::MXCSR + 4] == entry_mxcsr[..]) {
             self.vcpu.legacy_alts.push((abi::MXCSR, vec![alt.clone()], Rule::RunEntryMxcsr, SSE | YMM));
             self.vcpu.mxcsr_alt = Some(alt);

@@ -113,6 +113,9 @@ rules! {
     RunFswDerived = "run.fsw.derived", "§7 R5", "after a hardware load FSW.ES and FSW.B are recomputed from the exception flags and masks";
     RunEntryMxcsr = "run.entry.mxcsr", "§7 R1", "with neither SSE nor YMM in XSTATE_BV, the kernel's compacted restore initialises MXCSR (a standard XRSTOR loads the stored value)";
     RunCpuidFrozen = "run.cpuid.frozen", "§7 R6", "after the first KVM_RUN, KVM_SET_CPUID2 succeeds only with the identical table (EINVAL otherwise)";
+    RunV0Cr4Rsvd = "run.v0.cr4_rsvd", "§9 V0, §7 R3", "V0 (5.10): KVM_SET_SREGS checks CR4.OSXSAVE/PKE against the CR4 bits the guest CPUID reserves as the last KVM_SET_CPUID2 computed them (cr4_guest_rsvd_bits); before any KVM_SET_CPUID2 none are reserved";
+    RunSetupReload = "run.setup.reload", "§7 R3", "after a run that did not end at its marker the rig reloads its set-up's sregs (same CR4); KVM_SET_SREGS refuses a CR4 bit the guest CPUID now reserves (EINVAL, the vCPU does not run)";
+    RunV0ShutdownRequeued = "run.v0.shutdown.requeued", "§9 V0, §7 R2", "V0 on AMD (5.10 shutdown_interception re-initialises only the VMCB): the event being delivered at a shutdown stays queued, so every later KVM_RUN re-injects it and shuts down before the program's first instruction";
     RunCr4Runtime = "run.cr4.cpuid", "§6.3", "after a run CPUID.1 ECX.OSXSAVE and CPUID.7 ECX.OSPKE follow the CR4 the rig set";
     GuestXsave = "guest.xsave", "§7 R7", "guest XSAVE: XSTATE_BV = in-use components & hardware XCR0, each component in RFBM written with its value";
     GuestXsaveFpSkipped = "guest.xsave.fp_init", "§7 R7", "guest XSAVE of x87 state not in use writes its init values or leaves memory unwritten";

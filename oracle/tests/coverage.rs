@@ -15,6 +15,11 @@ fn every_rule_is_reachable() {
     let mut old = HostFacts::synthetic(0x2e7, 0xffff);
     old.get_cpuid2_keeps_nent = true;
     old.cpuid_sgx_xfrm_masked = true;
+    // ... and AMD (SVM): vendor-specific rules (run.v0.shutdown.requeued).
+    for e in old.supported_cpuid.iter_mut().filter(|e| e.function == 0) {
+        (e.ebx, e.ecx, e.edx) = (0x6874_7541, 0x444d_4163, 0x6974_6e65);
+    }
+    assert!(old.vendor_amd());
     let mut pvm = HostFacts::synthetic(0x2e7, 0xffff);
     pvm.quirks = vec![Quirk::PvmCpuidRewrite, Quirk::PvmHwXcr0];
     pvm.pvm_dropped_leaves = vec![0x1d, 0x14];

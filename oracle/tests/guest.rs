@@ -314,3 +314,78 @@ fn tcg_xsave_fop_allows_the_stale_fop_only_under_the_quirk() {
     observed.results.last_mut().expect("GET").data[6] = 0x94;
     assert!(matches!(diff(&case, &host, &tcg, &predict(&case, &host, &tcg), &observed), Verdict::Diverge(_)));
 }
+
+/// The worked-example host, vendor AMD (KVM on SVM, like the lab's QEMU TCG processor).
+fn host207_amd() -> xsave_oracle::HostFacts {
+    let mut h = host207();
+    h.supported_cpuid.insert(0, CpuidEntry::new(0, 0, 0, [0xd, 0x6874_7541, 0x444d_4163, 0x6974_6e65]));
+    h
+}
+
+/// run.v0.cr4_rsvd: 5.10 checks CR4.OSXSAVE/PKE against cr4_guest_rsvd_bits, which only a
+/// KVM_SET_CPUID2 computes: a vCPU that never had one accepts both bits, one whose CPUID lacks
+/// XSAVE/PKU refuses them (XSAVE and WRPKRU then fault). V3 checks the CPUID either way.
+#[test]
+fn v0_cr4_bits_are_checked_once_a_cpuid_is_set() {
+    let h = host207();
+    let progs = [vec![A::Xsave], vec![A::Wrpkru { value: 0x8 }]];
+    for p in &progs {
+        let t = run_under(&h, Contract::V0, Config::default(), vec![run(p.clone())]);
+        assert_eq!(exit(last(&t)), Exit::End, "no KVM_SET_CPUID2: {p:?} runs");
+        assert!(last(&t).rules.contains(&Rule::RunV0Cr4Rsvd));
+        let t = run_under(&h, Contract::V0, Config { cpuid: Some(table(vec![])), xcr0: None }, vec![run(p.clone())]);
+        assert_eq!(exit(last(&t)), Exit::Shutdown, "an empty CPUID reserves OSXSAVE and PKE: {p:?} faults");
+        let t = run_under(&h, Contract::V0, full_avx(), vec![run(p.clone())]);
+        assert_eq!(exit(last(&t)), Exit::End, "XSAVE and PKU in the CPUID: {p:?} runs");
+    }
+    // After the run a narrower table is accepted (V0), and the CPUID runtime bits still follow
+    // the CR4 the set-up loaded: no OSPKE when an empty table before the run refused PKE.
+    let leaf7 = set_cpuid(h.supported_cpuid.iter().filter(|e| e.function == 7).copied().collect());
+    let t = run_under(&h, Contract::V0, Config { cpuid: Some(table(vec![])), xcr0: None }, vec![run(vec![A::Fninit]), leaf7, Op::GetCpuid2 { capacity: 256 }]);
+    let got = ok(last(&t));
+    let ecx = xsave_oracle::abi::le32(got, xsave_oracle::abi::cpuid::cpuid2_trace_reg_offset(0, 2));
+    assert_eq!(ecx & (1 << 4), 0, "OSPKE clear: CR4.PKE was refused");
+}
+
+/// run.setup.reload: after a shutdown the rig reloads its set-up's sregs; on V0 a KVM_SET_CPUID2
+/// after the run can reserve the CR4 bits it loaded, so the reload (and the run) fail with
+/// EINVAL. A run that ended at its marker needs no reload.
+#[test]
+fn v0_reload_after_a_shutdown_checks_the_new_cpuid() {
+    let h = host207();
+    let empty = Op::SetCpuid2(table(vec![]));
+    let t = run_under(&h, Contract::V0, Config::default(), vec![run(vec![A::Ymm { seed: 1 }]), empty.clone(), run(vec![A::Xmm { seed: 2 }])]);
+    assert_eq!(exit(&t.results[0]), Exit::Shutdown, "XCR0 = FP: VEX faults");
+    assert_eq!(t.results[1].ret, Ret::Ok(0), "V0 accepts a new table after a run");
+    assert_eq!(err(last(&t)), EINVAL);
+    assert!(last(&t).rules.contains(&Rule::RunSetupReload));
+    let t = run_under(&h, Contract::V0, Config::default(), vec![run(vec![A::Xmm { seed: 1 }]), empty, run(vec![A::Xmm { seed: 2 }])]);
+    assert_eq!(exit(last(&t)), Exit::End, "no reload after an end-marker exit");
+}
+
+/// run.v0.shutdown.requeued: on V0 with an AMD host, every run after a shutdown shuts down before
+/// its first instruction (the registers keep what the first shutdown saved). Intel hosts and V3
+/// (which INITs the vCPU on shutdown) run the program.
+#[test]
+fn v0_amd_runs_after_a_shutdown_shut_down_at_once() {
+    let amd = host207_amd();
+    assert!(amd.vendor_amd() && !host207().vendor_amd());
+    let ops = vec![
+        run(vec![A::Xmm { seed: 1 }, A::Ymm { seed: 2 }]),
+        run(vec![A::Xmm { seed: 3 }, A::Xsave]),
+        run(vec![A::Xmm { seed: 4 }]),
+        Op::GetXsave,
+    ];
+    let t = run_under(&amd, Contract::V0, Config::default(), ops.clone());
+    assert_eq!(exit(&t.results[0]), Exit::Shutdown);
+    for r in &t.results[1..3] {
+        assert_eq!(exit(r), Exit::Shutdown);
+        assert!(r.rules.contains(&Rule::RunV0ShutdownRequeued));
+    }
+    assert!(t.results[1].data.iter().all(|&b| b == 0), "the guest's XSAVE never ran");
+    assert_eq!(&ok(last(&t))[160..176], &A::Xmm { seed: 1 }.input()[..16], "XMM as the first run left it");
+    let intel = run_under(&host207(), Contract::V0, Config::default(), ops.clone());
+    assert_eq!(exit(&intel.results[1]), Exit::End);
+    let v3 = run_under(&amd, Contract::V3, full_avx(), ops);
+    assert_eq!(exit(&v3.results[1]), Exit::End);
+}

@@ -143,13 +143,15 @@ impl KvmBackend {
         if vm.tainted {
             return false;
         }
+        // KVM_SET_CPUID2 with no entries does not give back a vCPU that never had a CPUID
+        // table: 5.10 keeps the CR4 bits the empty table reserves (cr4_guest_rsvd_bits, rule
+        // run.v0.cr4_rsvd) where a fresh vCPU reserves none, so the next guest set-up would
+        // lose CR4.OSXSAVE/PKE. A vCPU that had a KVM_SET_CPUID2 is not reused.
+        if vm.dirty_cpuid {
+            return false;
+        }
         let vcpu = &vm.vcpu;
         let mut ok = true;
-        if vm.dirty_cpuid {
-            let cbuf = &mut self.cbuf;
-            cbuf.bytes_mut()[..8].fill(0);
-            ok &= timed(&mut self.stats, "KVM_SET_CPUID2", || sys::set_cpuid2(vcpu, cbuf)).is_ok();
-        }
         if vm.dirty_xcr0 {
             let x = xcrs_struct(&XcrsImage::xcr0(1));
             ok &= timed(&mut self.stats, "KVM_SET_XCRS", || vcpu.set_xcrs(&x).map(|_| 0).map_err(|e| e.errno())).is_ok();
