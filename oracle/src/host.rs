@@ -119,7 +119,10 @@ impl HostFacts {
     /// Whether the host is AMD (KVM on SVM): `KVM_GET_SUPPORTED_CPUID` leaf 0 passes the host's
     /// vendor string through ("AuthenticAMD").
     pub fn vendor_amd(&self) -> bool {
-        self.supported_cpuid.iter().find(|e| e.function == 0 && e.index == 0).is_some_and(|e| [e.ebx, e.edx, e.ecx] == [0x6874_7541, 0x6974_6e65, 0x444d_4163])
+        self.supported_cpuid
+            .iter()
+            .find(|e| e.function == 0 && e.index == 0)
+            .is_some_and(|e| [e.ebx, e.edx, e.ecx] == [0x6874_7541, 0x6974_6e65, 0x444d_4163])
     }
 
     /// The default user xfeatures of a guest fpstate: host user XCR0 minus dynamic features.

@@ -280,23 +280,13 @@ fn pkru_key0_blocks_the_program() {
 /// FOP the last SET wrote (`quirk.tcg.xsave_fop`); without the quirk that is a divergence.
 #[test]
 fn tcg_xsave_fop_allows_the_stale_fop_only_under_the_quirk() {
-    use xsave_oracle::case::{Config, CpuidBase, CpuidTable, XsaveImage};
-    use xsave_oracle::guest::{GuestAction, GuestProgram};
-    use xsave_oracle::{diff, predict, Case, HostFacts, ModelConfig, Op, Quirk, Verdict};
+    use xsave_oracle::case::XsaveImage;
+    use xsave_oracle::{diff, predict, Case, HostFacts, ModelConfig, Quirk, Verdict};
     let host = HostFacts::synthetic(0x207, 0xffff);
     let mut set = XsaveImage::init(0x3);
     set.fop = 0x393;
-    let case = Case {
-        config: Config {
-            cpuid: Some(CpuidTable { base: CpuidBase::Supported { xcr0_mask: !0, drop_leaves: vec![] }, entries: vec![], reverse: false }),
-            xcr0: None,
-        },
-        ops: vec![
-            Op::SetXsave(set),
-            Op::RunGuest(GuestProgram { actions: vec![GuestAction::Fninit, GuestAction::Fldcw { value: 0x27f }] }),
-            Op::GetXsave,
-        ],
-    };
+    let ops = vec![Op::SetXsave(set), run(vec![A::Fninit, A::Fldcw { value: 0x27f }]), Op::GetXsave];
+    let case = Case { config: full_avx(), ops };
     let plain = ModelConfig::default();
     let tcg = ModelConfig { quirks: vec![Quirk::TcgXsaveFop], ..ModelConfig::default() };
     // What QEMU's TCG does: the predicted image with the SET's FOP left in place.
@@ -341,7 +331,12 @@ fn v0_cr4_bits_are_checked_once_a_cpuid_is_set() {
     // After the run a narrower table is accepted (V0), and the CPUID runtime bits still follow
     // the CR4 the set-up loaded: no OSPKE when an empty table before the run refused PKE.
     let leaf7 = set_cpuid(h.supported_cpuid.iter().filter(|e| e.function == 7).copied().collect());
-    let t = run_under(&h, Contract::V0, Config { cpuid: Some(table(vec![])), xcr0: None }, vec![run(vec![A::Fninit]), leaf7, Op::GetCpuid2 { capacity: 256 }]);
+    let t = run_under(
+        &h,
+        Contract::V0,
+        Config { cpuid: Some(table(vec![])), xcr0: None },
+        vec![run(vec![A::Fninit]), leaf7, Op::GetCpuid2 { capacity: 256 }],
+    );
     let got = ok(last(&t));
     let ecx = xsave_oracle::abi::le32(got, xsave_oracle::abi::cpuid::cpuid2_trace_reg_offset(0, 2));
     assert_eq!(ecx & (1 << 4), 0, "OSPKE clear: CR4.PKE was refused");
@@ -354,7 +349,8 @@ fn v0_cr4_bits_are_checked_once_a_cpuid_is_set() {
 fn v0_reload_after_a_shutdown_checks_the_new_cpuid() {
     let h = host207();
     let empty = Op::SetCpuid2(table(vec![]));
-    let t = run_under(&h, Contract::V0, Config::default(), vec![run(vec![A::Ymm { seed: 1 }]), empty.clone(), run(vec![A::Xmm { seed: 2 }])]);
+    let t =
+        run_under(&h, Contract::V0, Config::default(), vec![run(vec![A::Ymm { seed: 1 }]), empty.clone(), run(vec![A::Xmm { seed: 2 }])]);
     assert_eq!(exit(&t.results[0]), Exit::Shutdown, "XCR0 = FP: VEX faults");
     assert_eq!(t.results[1].ret, Ret::Ok(0), "V0 accepts a new table after a run");
     assert_eq!(err(last(&t)), EINVAL);
