@@ -112,3 +112,57 @@ fn detection_benchmark_finds_all_four_historical_contracts() {
         assert!(r.median_execs.is_some_and(|e| e < 5000), "{r:?}");
     }
 }
+
+/// A backend whose divergence does not show again: V2b (which refuses the permissive load) on
+/// its first executions, V3 (agreeing) after. Stands in for a nondeterministic kernel.
+struct Flaky {
+    v2b: ModelBackend,
+    v3: ModelBackend,
+    left: u32,
+}
+
+impl xsave_runner::Backend for Flaky {
+    fn name(&self) -> String {
+        "flaky".into()
+    }
+    fn host(&self) -> &HostFacts {
+        self.v3.host()
+    }
+    fn execute(&mut self, case: &xsave_oracle::Case) -> Result<xsave_oracle::Trace, xsave_runner::BackendError> {
+        if self.left == 0 {
+            return self.v3.execute(case);
+        }
+        let t = self.v2b.execute(case)?;
+        // Once the first divergence is seen, the backend turns well-behaved.
+        let h = self.v3.host().clone();
+        if xsave_oracle::diff(case, &h, &ModelConfig::default(), &xsave_oracle::predict(case, &h, &ModelConfig::default()), &t)
+            != Verdict::Agree
+        {
+            self.left -= 1;
+        }
+        Ok(t)
+    }
+}
+
+/// A finding that does not diverge again when the campaign writes it is kept as found (its
+/// divergence, the original case, the finding run's traces) and marked `unreproduced`: never
+/// written as an agreeing verdict.
+#[test]
+fn an_unreproduced_finding_is_kept_as_found() {
+    let dir = tempdir();
+    let host = HostFacts::synthetic(0x2e7, 0xffff);
+    let model = |contract| ModelBackend::new(host.clone(), ModelConfig { contract, quirks: vec![] });
+    let mut be = Flaky { v2b: model(Contract::V2b), v3: model(Contract::V3), left: 1 };
+    let cfg =
+        CampaignConfig { guest: false, workdir: Some(dir.path().to_path_buf()), minimize_budget: 0, ..CampaignConfig::new(42, Some(400)) };
+    let s = run(&mut be, cfg).expect("campaign");
+    assert_eq!(s.divergent_cases, 1, "one divergence, then none");
+    let found: Vec<_> = std::fs::read_dir(dir.path().join("findings")).expect("findings").flatten().collect();
+    assert_eq!(found.len(), 1);
+    let d = found[0].path();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("verdict.json")).expect("verdict")).expect("json");
+    assert_eq!(v["verdict"]["verdict"], "diverge", "{v}");
+    assert_eq!(v["unreproduced"], true);
+    assert_eq!(v["verdict"]["signature"].as_str(), found[0].file_name().to_str());
+    assert_eq!(std::fs::read(d.join("case.bin")).expect("case"), std::fs::read(d.join("original.bin")).expect("original"));
+}
