@@ -108,6 +108,12 @@ pub fn markdown(r: &Report) -> String {
         if let Some(q) = d.explained_by {
             let _ = writeln!(o, "- explained by host quirk `{}`", q.name());
         }
+        if f.unreproduced {
+            let _ = writeln!(
+                o,
+                "- **unreproduced**: the case did not diverge again when it was written (nondeterministic); kept as found, not minimized"
+            );
+        }
         if let Some(k) = d.known_issue.as_deref().and_then(xsave_oracle::known::by_id) {
             let _ = writeln!(o, "- **known issue `{}`** (not new): {} — {}", k.id, k.title, k.reference);
         }

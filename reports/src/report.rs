@@ -96,6 +96,10 @@ pub struct FindingReport {
     /// Observed output of the diverging step.
     #[serde(with = "xsave_oracle::hexnum::bytes_hex")]
     pub observed_data: Vec<u8>,
+    /// The case did not diverge again when the campaign wrote it (nondeterministic): kept as
+    /// found, not minimized.
+    #[serde(default)]
+    pub unreproduced: bool,
 }
 
 /// A whole report.
@@ -145,6 +149,8 @@ struct VerdictFile {
     verdict: Verdict,
     expected: Trace,
     observed: Trace,
+    #[serde(default)]
+    unreproduced: bool,
 }
 
 /// Read a campaign workdir.
@@ -240,6 +246,7 @@ fn load_finding(p: &Path) -> Result<FindingReport, ReportError> {
         case,
         steps,
         minimize,
+        unreproduced: v.unreproduced,
     })
 }
 
