@@ -106,8 +106,12 @@ const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 const PTE_P_RW_US: u64 = 0x7;
 
-/// Wall-clock bound of one run.
+/// CPU-time bound of one run (the vCPU thread's, guest execution included).
 pub const TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Wall-clock bound of a run, whatever CPU time it used (a guest that waits in KVM_RUN
+/// without running, e.g. halted, uses none).
+pub const WALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A failed guest ioctl or system call: what, and the errno (the step's `Ret::Err`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,14 +236,24 @@ impl GuestVm {
     pub fn run(&mut self, vcpu: &mut VcpuFd, prog: &GuestProgram, watchdog: &Watchdog) -> Result<RunOutcome, GuestError> {
         let l = self.layout;
         let a = asm::assemble(prog, &l).map_err(|_| GuestError { what: "assemble", errno: libc::E2BIG })?;
-        self.mem.write(l.code as usize, &a.code);
-        if self.last_code_len > a.code.len() {
-            self.mem.fill(l.code as usize + a.code.len(), self.last_code_len - a.code.len(), 0);
-        }
-        self.last_code_len = a.code.len();
         for (off, bytes) in &a.inputs {
             self.mem.write(l.input as usize + *off as usize, bytes);
         }
+        self.run_code(vcpu, &a.code, watchdog)
+    }
+
+    /// Run raw 64-bit `code` the way [`GuestVm::run`] runs an assembled program (tests of the
+    /// watchdog run code no program assembles to, such as a loop).
+    pub fn run_code(&mut self, vcpu: &mut VcpuFd, code: &[u8], watchdog: &Watchdog) -> Result<RunOutcome, GuestError> {
+        let l = self.layout;
+        if code.len() as u64 > l.code_size {
+            return Err(GuestError { what: "assemble", errno: libc::E2BIG });
+        }
+        self.mem.write(l.code as usize, code);
+        if self.last_code_len > code.len() {
+            self.mem.fill(l.code as usize + code.len(), self.last_code_len - code.len(), 0);
+        }
+        self.last_code_len = code.len();
         self.mem.fill(l.output as usize, l.output_size as usize, 0);
         if self.sregs_stale {
             self.load_sregs(vcpu, self.sregs.cr4)?;
@@ -264,6 +278,7 @@ impl GuestVm {
 /// `KVM_RUN` under the watchdog; an `EINTR` before the deadline (a stray signal) resumes.
 fn enter(vcpu: &mut VcpuFd, l: &Layout, watchdog: &Watchdog) -> Result<RunOutcome, GuestError> {
     let start = Instant::now();
+    let cpu = crate::sys::thread_cpu_time();
     watchdog.arm(TIMEOUT, Duration::from_millis(1)).map_err(err("timer_settime"))?;
     let out = loop {
         let exit = match vcpu.run() {
@@ -272,7 +287,9 @@ fn enter(vcpu: &mut VcpuFd, l: &Layout, watchdog: &Watchdog) -> Result<RunOutcom
             Ok(VcpuExit::InternalError | VcpuExit::FailEntry(..)) => Exit::Internal,
             Ok(_) => Exit::Other,
             Err(e) if e.errno() == libc::EINTR => {
-                if start.elapsed() >= TIMEOUT {
+                // The limit is the thread's CPU time (guest execution included), so a host too
+                // loaded to schedule the vCPU thread does not turn a run into a timeout.
+                if crate::sys::thread_cpu_time().saturating_sub(cpu) >= TIMEOUT || start.elapsed() >= WALL_TIMEOUT {
                     break Ok(RunOutcome { exit: Exit::Timeout, reason: 0 });
                 }
                 continue;
