@@ -144,15 +144,6 @@ impl Report {
     }
 }
 
-#[derive(Deserialize)]
-struct VerdictFile {
-    verdict: Verdict,
-    expected: Trace,
-    observed: Trace,
-    #[serde(default)]
-    unreproduced: bool,
-}
-
 /// Read a campaign workdir.
 pub fn load(dir: &Path) -> Result<Report, ReportError> {
     let state_path = dir.join("campaign.json");
@@ -220,7 +211,7 @@ fn load_finding(p: &Path) -> Result<FindingReport, ReportError> {
     let case_path = p.join("case.bin");
     let case = Case::decode(&read(&case_path)?).map_err(|e| ReportError::Corrupt { path: case_path.clone(), why: e.to_string() })?;
     let vpath = p.join("verdict.json");
-    let v: VerdictFile = json(&vpath)?;
+    let v: xsave_runner::campaign::Finding = json(&vpath)?;
     let Verdict::Diverge(d) = v.verdict else {
         return Err(ReportError::Corrupt { path: vpath, why: "verdict is not a divergence".into() });
     };

@@ -526,20 +526,32 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// What a finding's `verdict.json` holds.
-#[derive(Serialize)]
-struct FindingRecord<'a> {
-    verdict: &'a Verdict,
-    backend: String,
-    seed: u64,
-    worker: u64,
-    iteration: u64,
-    expected: &'a Trace,
-    observed: &'a Trace,
-    /// False when the stored case, run again at write time, did not show the divergence: a
+/// A finding as `findings/<signature>/verdict.json` holds it: written by the campaign, read
+/// back by reports (the one type for both).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Finding {
+    /// The verdict of the stored case (a divergence).
+    pub verdict: Verdict,
+    /// The backend that found it (`kvm`, `lab:debian:6.12`, `model:V2b`, ...).
+    #[serde(default)]
+    pub backend: String,
+    /// The campaign's generator seed.
+    #[serde(default)]
+    pub seed: u64,
+    /// The worker (of `--jobs`) that found it.
+    #[serde(default)]
+    pub worker: u64,
+    /// The iteration that found it.
+    #[serde(default)]
+    pub iteration: u64,
+    /// The oracle's prediction for the stored case.
+    pub expected: Trace,
+    /// What the backend returned for it.
+    pub observed: Trace,
+    /// True when the stored case, run again at write time, did not show the divergence: a
     /// nondeterministic finding, kept as found (the case, both traces of the finding run).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    unreproduced: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unreproduced: bool,
 }
 
 /// A divergence as a campaign found it: the case's first run.
@@ -889,14 +901,14 @@ fn write_finding(
             found.observed.clone(),
         ),
     };
-    let rec = FindingRecord {
-        verdict: &verdict,
+    let rec = Finding {
+        verdict,
         backend: backend.name(),
         seed: cfg.seed,
         worker,
         iteration: i,
-        expected: &expected,
-        observed: &observed,
+        expected,
+        observed,
         unreproduced: splat.is_none() && !reproduced,
     };
     let json = serde_json::to_vec_pretty(&rec).map_err(|e| CampaignError::State(e.to_string()))?;
