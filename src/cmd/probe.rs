@@ -26,6 +26,7 @@ pub fn run(args: Args) -> Result<i32> {
 pub fn print_probe(r: &ProbeReport) {
     println!("kernel           {}", r.kernel_release);
     println!("kvm module       {}", r.kvm_module);
+    println!("cpu              {} {} ({}, microcode {})", r.cpu.vendor, r.cpu.model_name, r.cpu.signature, r.cpu.microcode);
     println!("capabilities     XSAVE={} XCRS={} XSAVE2={}", r.capabilities.xsave, r.capabilities.xcrs, r.capabilities.xsave2);
     println!(
         "supported XCR0   {} (device attr)  {} (KVM_GET_SUPPORTED_CPUID)  [{}]",
