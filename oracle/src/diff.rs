@@ -482,9 +482,11 @@ pub fn diff(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, 
             kinds.join(","),
             if bytes.is_empty() { rule.map_or("", |r| r.id()) } else { "" }
         );
-        let why = explain(case, host, cfg, k, exp, obs).or_else(|| rule.map(|r| r.id().to_string()));
         let bad_mxcsr = crate::model::set_buffer(case, host, cfg, observed, &[], k).is_some_and(|b| crate::cause::mxcsr_invalid(host, &b));
         let violated = crate::cause::violated_rule_of(op, host, exp, obs, &bytes, bad_mxcsr);
+        // The title says why: the model's explanation, else the rule the observation violates,
+        // else the rule that decided the return value.
+        let why = explain(case, host, cfg, k, exp, obs).or_else(|| violated.or(rule).map(|r| r.id().to_string()));
         let title = format!("{}: {}{}", ioctl_of(op), what, why.map(|w| format!(" ({w})")).unwrap_or_default());
         return Verdict::Diverge(Box::new(Divergence {
             class,
