@@ -157,6 +157,15 @@ pub fn seed_corpus() -> Vec<(String, Case)> {
             "guest-avx-with-xcr0-fp",
             Case { config: supported(!0), ops: vec![run(vec![A::Ymm { seed: 0x51 }, A::Xsave]), Op::GetXsave] },
         ),
+        (
+            // A run after a shutdown: the rig loads its set-up's sregs again (run.setup.reload);
+            // 6.x INITs the vCPU on shutdown, 5.10 on AMD re-injects the fault (run.v0.shutdown.requeued).
+            "guest-run-after-a-shutdown",
+            Case {
+                config: supported(!0),
+                ops: vec![run(vec![A::Ymm { seed: 0x52 }, A::Xsave]), run(vec![A::Xmm { seed: 0x53 }, A::Xsave]), Op::GetXsave],
+            },
+        ),
     ];
     let extra: Vec<(&str, Case)> = vec![
         (
