@@ -71,6 +71,9 @@ pub struct KvmBackend {
     kvm: Kvm,
     host: HostFacts,
     pool: bool,
+    /// A pooled vCPU whose CPUID was set is reset with an empty KVM_SET_CPUID2 (the kernel
+    /// treats that like a vCPU that never had one); otherwise it is not reused.
+    empty_cpuid_resets: bool,
     cur: Option<Vm>,
     xbuf: AlignedBuf,
     cbuf: AlignedBuf,
@@ -105,10 +108,12 @@ impl KvmBackend {
     pub fn new(host: HostFacts, pool: bool) -> Result<KvmBackend, BackendError> {
         let kvm = crate::open_kvm()?;
         let xsave_size = xsave_buffer_size(&kvm);
+        let empty_cpuid_resets = pool && empty_cpuid_is_fresh(&kvm);
         Ok(KvmBackend {
             kvm,
             host,
             pool,
+            empty_cpuid_resets,
             cur: None,
             xbuf: AlignedBuf::new(xsave_size),
             cbuf: AlignedBuf::new(cpuid2_entry_offset(MAX_CPUID_ENTRIES)),
@@ -121,6 +126,12 @@ impl KvmBackend {
             executed: 0,
             inject_at: std::env::var("XSAVE_RIG_TEST_KMSG_AT").ok().and_then(|v| v.parse().ok()),
         })
+    }
+
+    /// Whether a pooled vCPU whose CPUID was set is reused (reset with an empty table): where
+    /// the kernel treats that like a fresh vCPU (not 5.10).
+    pub fn reuses_cpuid_vcpus(&self) -> bool {
+        self.empty_cpuid_resets
     }
 
     fn create(&mut self) -> Result<Vm, BackendError> {
@@ -143,15 +154,20 @@ impl KvmBackend {
         if vm.tainted {
             return false;
         }
-        // KVM_SET_CPUID2 with no entries does not give back a vCPU that never had a CPUID
-        // table: 5.10 keeps the CR4 bits the empty table reserves (cr4_guest_rsvd_bits, rule
-        // run.v0.cr4_rsvd) where a fresh vCPU reserves none, so the next guest set-up would
-        // lose CR4.OSXSAVE/PKE. A vCPU that had a KVM_SET_CPUID2 is not reused.
-        if vm.dirty_cpuid {
+        // KVM_SET_CPUID2 with no entries gives back a vCPU that never had a CPUID table only
+        // where the kernel treats both alike (measured at start, `empty_cpuid_is_fresh`): 5.10
+        // keeps the CR4 bits an empty table reserves (rule run.v0.cr4_rsvd) where a fresh vCPU
+        // reserves none. There a vCPU that had a KVM_SET_CPUID2 is not reused.
+        if vm.dirty_cpuid && !self.empty_cpuid_resets {
             return false;
         }
         let vcpu = &vm.vcpu;
         let mut ok = true;
+        if vm.dirty_cpuid {
+            let cbuf = &mut self.cbuf;
+            cbuf.bytes_mut()[..8].fill(0);
+            ok &= timed(&mut self.stats, "KVM_SET_CPUID2", || sys::set_cpuid2(vcpu, cbuf)).is_ok();
+        }
         if vm.dirty_xcr0 {
             let x = xcrs_struct(&XcrsImage::xcr0(1));
             ok &= timed(&mut self.stats, "KVM_SET_XCRS", || vcpu.set_xcrs(&x).map(|_| 0).map_err(|e| e.errno())).is_ok();
@@ -447,4 +463,22 @@ impl Backend for KvmBackend {
     fn kernel_log(&mut self) -> Vec<String> {
         self.kmsg.as_mut().map(|k| k.splats()).unwrap_or_default()
     }
+}
+
+/// Whether `KVM_SET_CPUID2` with no entries leaves a vCPU's CR4 checks as a fresh vCPU has them:
+/// CR4.OSXSAVE is accepted by both or refused by both. 5.10 accepts it on a fresh vCPU and
+/// refuses it after an empty table (rule run.v0.cr4_rsvd). Any failure to measure says no.
+fn empty_cpuid_is_fresh(kvm: &kvm_ioctls::Kvm) -> bool {
+    let accepts = |set_empty: bool| -> Option<bool> {
+        let vm = kvm.create_vm().ok()?;
+        let vcpu = vm.create_vcpu(0).ok()?;
+        if set_empty {
+            let mut cbuf = AlignedBuf::new(cpuid2_entry_offset(0));
+            sys::set_cpuid2(&vcpu, &mut cbuf).ok()?;
+        }
+        let mut s = vcpu.get_sregs().ok()?;
+        s.cr4 |= crate::guest::CR4_OSXSAVE;
+        Some(vcpu.set_sregs(&s).is_ok())
+    };
+    matches!((accepts(false), accepts(true)), (Some(a), Some(b)) if a == b)
 }
