@@ -88,7 +88,7 @@ pub fn markdown(r: &Report) -> String {
     for f in &r.findings {
         let d = &f.divergence;
         let _ = writeln!(o, "### {}\n", d.title);
-        if let Some(g) = r.group_of(&f.signature) {
+        if let Some(g) = crate::report::group_of(&groups, &f.signature) {
             let _ = writeln!(o, "- root cause: {} (group `{}`)", g.title, g.key);
         }
         let _ = writeln!(

@@ -124,6 +124,11 @@ pub struct Report {
     pub workdir: String,
 }
 
+/// The group of `groups` a signature belongs to.
+pub fn group_of<'a>(groups: &'a [xsave_runner::campaign::Group], signature: &str) -> Option<&'a xsave_runner::campaign::Group> {
+    groups.iter().find(|g| g.signatures.iter().any(|s| s == signature))
+}
+
 impl Report {
     /// The campaign's root-cause groups, largest first (none in workdirs written before groups).
     pub fn groups(&self) -> Vec<xsave_runner::campaign::Group> {
@@ -131,11 +136,6 @@ impl Report {
             self.campaign.get("groups").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
         g.sort_by(|a, b| b.cases.cmp(&a.cases).then_with(|| a.key.cmp(&b.key)));
         g
-    }
-
-    /// The group a signature belongs to.
-    pub fn group_of(&self, signature: &str) -> Option<xsave_runner::campaign::Group> {
-        self.groups().into_iter().find(|g| g.signatures.iter().any(|s| s == signature))
     }
 
     /// The host facts, if the fingerprint carries them.
