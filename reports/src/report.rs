@@ -138,6 +138,11 @@ impl Report {
         g
     }
 
+    /// Per-signature hit counts and first/last hits (empty in states written before them).
+    pub fn signature_hits(&self) -> std::collections::BTreeMap<String, xsave_runner::campaign::Hits> {
+        self.campaign.get("signature_hits").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default()
+    }
+
     /// The host facts, if the fingerprint carries them.
     pub fn host_facts(&self) -> Option<HostFacts> {
         serde_json::from_value(self.host.get("host")?.clone()).ok()
