@@ -9,7 +9,7 @@
 //!
 //! Over 600 lines: the engine loop, the state it checkpoints ([`Summary`], with its schema
 //! check and the merge of parallel workers) and the findings writer share private helpers
-//! (`io`, `save`, `state_dir`); `Summary` and its groups could move to a module of their own.
+//! (`io`, `save`, `state_dir`); the groups and hit counts live in `crate::groups`.
 
 pub use crate::groups::{merge_groups, note_group, Group, Hits, Seen};
 use crate::minimize::{minimize, MinStats};
