@@ -161,6 +161,27 @@ pub fn markdown(r: &Report) -> String {
                 );
             }
         }
+        if !f.guest_runs.is_empty() {
+            let _ = writeln!(
+                o,
+                "\n#### Guest runs\n\nHow each run ended and what the guest saw (its own XSAVE image), apart from the GETs' bytes above.\n"
+            );
+            let _ = writeln!(o, "| step | exit expected | exit observed | guest's image |\n|---|---|---|---|");
+            for g in &f.guest_runs {
+                let _ = writeln!(o, "| {} | {} | {} | {} |", g.step, g.expected_exit, g.observed_exit, guest_image(g));
+            }
+            for g in f.guest_runs.iter().filter(|g| !g.regions.is_empty()) {
+                let _ = writeln!(
+                    o,
+                    "\nStep {}: the guest's image, by region\n\n| region | bytes | expected | observed |\n|---|---|---|---|",
+                    g.step
+                );
+                for b in &g.regions {
+                    let (e, ob) = (trunc(&to_hex(&b.expected)), trunc(&to_hex(&b.observed)));
+                    let _ = writeln!(o, "| {} | {}..{} | `{e}` | `{ob}` |", b.region, b.start, b.end);
+                }
+            }
+        }
         let _ =
             writeln!(o, "\nMinimized case (`xsave-rig replay findings/{}/case.bin`):\n\n```json\n{}\n```\n", f.signature, f.case.to_json());
     }
@@ -174,6 +195,18 @@ pub fn markdown(r: &Report) -> String {
 fn seen_cells(g: &xsave_runner::campaign::Group) -> (String, String) {
     let t = |s: Option<xsave_runner::campaign::Seen>| s.map_or_else(|| "?".to_string(), |s| s.text());
     (t(g.first_seen), t(g.last_seen))
+}
+
+/// A guest run's image in a few words: none stored, a length difference, the regions that
+/// differ, or as predicted.
+fn guest_image(g: &crate::report::GuestRunView) -> String {
+    let differing = g.regions.iter().filter(|b| b.expected != b.observed).count();
+    match (g.expected_len, g.observed_len) {
+        (0, 0) => "none stored".into(),
+        (e, o) if e != o => format!("{o} bytes, expected {e}"),
+        _ if differing > 0 => format!("{differing} regions differ"),
+        (e, _) => format!("{e} bytes as predicted"),
+    }
 }
 
 fn trunc(h: &str) -> String {
@@ -425,6 +458,37 @@ th{{background:#f0f0f5}} code,.hex{{font-family:ui-monospace,monospace;font-size
                 );
             }
             let _ = write!(o, "</table>");
+        }
+        if !f.guest_runs.is_empty() {
+            let _ = write!(o, "<h4>Guest runs</h4><table class=\"guest\"><tr><th>step</th><th>exit expected</th><th>exit observed</th><th>guest's image</th></tr>");
+            for g in &f.guest_runs {
+                let mark = if g.expected_exit != g.observed_exit { " class=\"mark\"" } else { "" };
+                let _ = write!(
+                    o,
+                    "<tr{mark}><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    g.step,
+                    esc(&g.expected_exit),
+                    esc(&g.observed_exit),
+                    esc(&guest_image(g))
+                );
+            }
+            let _ = write!(o, "</table>");
+            for g in f.guest_runs.iter().filter(|g| !g.regions.is_empty()) {
+                let _ = write!(o, "<p>Step {}: the guest's image, by region</p><table><tr><th>region</th><th>bytes</th><th>expected</th><th>observed</th></tr>", g.step);
+                for b in &g.regions {
+                    let cls = if b.expected == b.observed { "same" } else { "diff" };
+                    let _ = write!(
+                        o,
+                        "<tr class=\"{cls}\"><td>{}</td><td>{}..{}</td><td class=\"exp hex\">{}</td><td class=\"obs hex\">{}</td></tr>",
+                        esc(&b.region),
+                        b.start,
+                        b.end,
+                        to_hex(&b.expected),
+                        to_hex(&b.observed)
+                    );
+                }
+                let _ = write!(o, "</table>");
+            }
         }
         let _ =
             write!(o, "<details><summary>minimized case</summary><pre><code>{}</code></pre></details></section>", esc(&f.case.to_json()));
