@@ -151,3 +151,30 @@ fn reproducers_skip_where_the_host_lacks_the_xfeatures() {
     let (code, _) = run_repro(&bin, &["--plain"]);
     assert_eq!(code, Some(2));
 }
+
+/// `repro --c --bisect` through the CLI: the program defaults to bisect mode (TAP on stdout,
+/// the exit a `git bisect run` understands) and `--plain` still gives the plain lines.
+#[test]
+fn repro_cli_bisect_makes_tap_the_default() {
+    if !kvm_or_skip("repro_cli_bisect_makes_tap_the_default") {
+        return;
+    }
+    let dir = tempdir();
+    let case = concat!(env!("CARGO_MANIFEST_DIR"), "/corpus/seed/guest-touch-save-restore-readback.case");
+    let src = dir.path().join("r.c");
+    let o = Command::new(env!("CARGO_BIN_EXE_xsave-rig"))
+        .args(["repro", case, "--c", "--bisect", "-o"])
+        .arg(&src)
+        .output()
+        .expect("xsave-rig repro");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("default mode --bisect"));
+    let bin = compile(&std::fs::read_to_string(&src).expect("r.c"), dir.path(), "cli");
+    let steps = Case::decode(&std::fs::read(case).expect("case")).expect("decode").steps().len();
+    let (code, tap) = run_repro(&bin, &[]);
+    assert!(matches!(code, Some(0 | 1)), "{tap}");
+    check_tap(&tap, steps, code, "cli --bisect");
+    let (plain, text) = run_repro(&bin, &["--plain"]);
+    assert_eq!(plain, code);
+    assert!(text.contains("step  0 ") && !text.starts_with("1.."), "{text}");
+}
