@@ -9,8 +9,9 @@
 //!
 //! Over 600 lines: the engine loop, the state it checkpoints ([`Summary`], with its schema
 //! check and the merge of parallel workers) and the findings writer share private helpers
-//! (`io`, `save`, `state_dir`); `Summary` and its groups could move to a module of their own.
+//! (`io`, `save`, `state_dir`); the groups and hit counts live in `crate::groups`.
 
+pub use crate::groups::{merge_groups, note_group, Group, Hits, Seen};
 use crate::minimize::{minimize, MinStats};
 use crate::store::{create_dir_atomic, write_atomic};
 use crate::{Backend, BackendError};
@@ -274,83 +275,10 @@ pub struct Summary {
     /// one group per kernel defect, its signatures below it. Added on top of signatures.
     #[serde(default)]
     pub groups: Vec<Group>,
-}
-
-/// One root cause and the signatures (symptoms) it produced.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Group {
-    /// `<rule>|<ioctl>|<class>`: stable across hosts, layouts and engines.
-    pub key: String,
-    /// The violated contract rule (`none` when no rule applies, e.g. a trace-length mismatch).
-    pub rule: String,
-    /// Class of the first divergence.
-    pub class: String,
-    /// The ioctl of the first divergence.
-    pub ioctl: String,
-    /// Plain-words title naming the rule.
-    pub title: String,
-    /// Member signatures, in order of discovery.
-    pub signatures: Vec<String>,
-    /// Diverging cases in the group.
+    /// Per signature: hit count (diverging cases, re-hits of stored findings included) and
+    /// first and last hit, all sessions ([`Hits`]; `by_signature` keeps the bare counts).
     #[serde(default)]
-    pub cases: u64,
-    /// The signature of the group's smallest reproducer and its number of steps.
-    #[serde(default)]
-    pub smallest: Option<(String, usize)>,
-}
-
-/// Add one diverging case (`steps` long) with divergence `d` to `groups`.
-pub fn note_group(groups: &mut Vec<Group>, d: &xsave_oracle::diff::Divergence, steps: usize) {
-    let key = d.group_key();
-    let g = match groups.iter().position(|g| g.key == key) {
-        Some(i) => &mut groups[i],
-        None => {
-            groups.push(Group {
-                key: key.clone(),
-                rule: d.violated.map_or("none", |r| r.id()).to_string(),
-                class: d.class.name().to_string(),
-                ioctl: d.ioctl().to_string(),
-                title: d.group_title(),
-                ..Group::default()
-            });
-            groups.last_mut().expect("just pushed")
-        }
-    };
-    g.cases += 1;
-    if !g.signatures.contains(&d.signature) {
-        g.signatures.push(d.signature.clone());
-    }
-    if g.smallest.as_ref().is_none_or(|(_, n)| steps < *n) {
-        g.smallest = Some((d.signature.clone(), steps));
-    }
-}
-
-/// Merge the groups of several summaries (parallel workers): members and counts add up, the
-/// smallest reproducer wins; sorted by key.
-pub fn merge_groups<'a>(all: impl IntoIterator<Item = &'a [Group]>) -> Vec<Group> {
-    let mut out: Vec<Group> = Vec::new();
-    for gs in all {
-        for g in gs {
-            match out.iter_mut().find(|o| o.key == g.key) {
-                None => out.push(g.clone()),
-                Some(o) => {
-                    o.cases += g.cases;
-                    for sig in &g.signatures {
-                        if !o.signatures.contains(sig) {
-                            o.signatures.push(sig.clone());
-                        }
-                    }
-                    if let Some((sig, n)) = &g.smallest {
-                        if o.smallest.as_ref().is_none_or(|(_, m)| n < m) {
-                            o.smallest = Some((sig.clone(), *n));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    out.sort_by(|a, b| a.key.cmp(&b.key));
-    out
+    pub signature_hits: BTreeMap<String, Hits>,
 }
 
 /// The largest counter value a state file may hold (far beyond any real campaign).
@@ -361,7 +289,7 @@ impl Summary {
     /// ioctls, exec rates, guest exits and classes add up; seconds, findings, coverage and the
     /// corpus size take the maximum; `resumed` and `interrupted` are set when any worker's is;
     /// signatures are appended (the pool sorts and deduplicates them at the end); groups merge
-    /// ([`merge_groups`]); the campaign's identity (backend, contract, quirks, seed, narrowing,
+    /// ([`merge_groups`]), and so do per-signature counts and hits; the campaign's identity (backend, contract, quirks, seed, narrowing,
     /// rule total) is the worker's.
     pub fn merge(&mut self, s: Summary) {
         self.backend = s.backend;
@@ -393,6 +321,10 @@ impl Summary {
         self.known_issue_cases += s.known_issue_cases;
         self.resources.peak_rss_kib = self.resources.peak_rss_kib.max(s.resources.peak_rss_kib);
         self.groups = merge_groups([self.groups.as_slice(), s.groups.as_slice()]);
+        crate::groups::merge_hits(&mut self.signature_hits, &s.signature_hits);
+        for (sig, n) in s.by_signature {
+            *self.by_signature.entry(sig).or_default() += n;
+        }
         for (c, n) in s.by_class {
             *self.by_class.entry(c).or_default() += n;
         }
@@ -481,6 +413,11 @@ impl Summary {
         }
         if self.groups.iter().any(|g| !printable(&g.key) || !printable(&g.title) || g.cases > MAX_COUNTER) {
             return Err("groups: bad key, title or count".into());
+        }
+        if self.signature_hits.iter().any(|(k, h)| !printable(k) || h.hits > MAX_COUNTER || h.first_seen > h.last_seen)
+            || self.groups.iter().any(|g| g.first_seen > g.last_seen)
+        {
+            return Err("signature_hits/groups: bad signature, count or first/last seen".into());
         }
         if let Some(sigs) = &self.own_signatures {
             if sigs.iter().any(|n| !printable(n) || n.starts_with('.') || n.contains('/')) {
@@ -780,7 +717,9 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
                     s.findings += 1;
                 }
             }
-            note_group(&mut s.groups, d, steps);
+            let at = Seen::now(i);
+            note_group(&mut s.groups, d, steps, at);
+            s.signature_hits.entry(d.signature.clone()).or_default().hit(at);
         }
         if last_tick.elapsed() >= every {
             if let Some(rx) = &cfg.inbox {

@@ -364,11 +364,17 @@ pub fn print_summary(s: &Summary) {
         for g in &s.groups {
             println!("  {}", g.title);
             println!("    key {}  cases {}", g.key, g.cases);
+            if let (Some(f), Some(l)) = (g.first_seen, g.last_seen) {
+                println!("    first seen {}  last seen {}", f.text(), l.text());
+            }
             if let Some((sig, n)) = &g.smallest {
                 println!("    smallest reproducer {sig} ({n} steps)");
             }
             for sig in &g.signatures {
-                println!("      {sig}");
+                match s.signature_hits.get(sig) {
+                    Some(h) => println!("      {sig}  hits {}  first {}  last {}", h.hits, h.first_seen.text(), h.last_seen.text()),
+                    None => println!("      {sig}"),
+                }
             }
         }
     }
