@@ -7,6 +7,7 @@
 pub mod render;
 pub mod report;
 pub mod repro;
+pub mod status;
 
 use std::fmt::Write;
 use xsave_oracle::diff::{unpredicted, Divergence, Verdict};
