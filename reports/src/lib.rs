@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod fleet;
 pub mod render;
 pub mod report;
 pub mod repro;
