@@ -177,6 +177,8 @@ fn check_campaign(wd: &Path, metrics: &Path, o: &Output, started: f64) {
             serde_json::from_slice(&std::fs::read(wd.join("findings").join(sig).join("verdict.json")).expect("verdict")).expect("json");
         assert_eq!(v["verdict"]["class"].as_str(), Some(class.as_str()), "{sig}");
     }
+    let execs: Vec<u64> = status.iter().map(|l| l["execs"].parse().expect("execs")).collect();
+    assert!(execs.windows(2).all(|w| w[0] <= w[1]), "status lines go forward: {execs:?}");
     let last = status.last().expect("a status line at least at exit");
     assert_eq!(last["execs"], summary["execs"].to_string(), "{last:?}");
     assert_eq!(last["findings"], summary["findings"].to_string());
