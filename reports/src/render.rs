@@ -331,12 +331,12 @@ pub fn sarif(r: &Report) -> serde_json::Value {
     })
 }
 
-fn esc(t: &str) -> String {
+pub(crate) fn esc(t: &str) -> String {
     t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// An SVG line plot of `ys` against `xs`.
-fn plot(title: &str, xs: &[f64], ys: &[f64], color: &str) -> String {
+pub(crate) fn plot(title: &str, xs: &[f64], ys: &[f64], color: &str) -> String {
     let (w, h, pad) = (560.0, 180.0, 36.0);
     let xmax = xs.iter().cloned().fold(1e-9, f64::max);
     let ymax = ys.iter().cloned().fold(1e-9, f64::max);

@@ -59,6 +59,15 @@ pub struct StatPoint {
     /// Contract rules reached so far (absent in workdirs written before it was recorded).
     #[serde(default)]
     pub rules_covered: usize,
+    /// Wall-clock time of the sample, RFC 3339 UTC (absent in older workdirs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// Wall-clock time of the sample, Unix seconds (absent in older workdirs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix: Option<f64>,
+    /// The host id ([`xsave_runner::stamp::host_id`]; absent in older workdirs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// One executed step as the report shows it.

@@ -5,7 +5,9 @@
 //! - `campaign.json`: seed, next iteration, counters (rewritten atomically every second);
 //! - `findings/<signature>/{case.bin,case.json,verdict.json}`: one directory per distinct
 //!   divergence, created atomically the moment it is found;
-//! - `stats.jsonl`: one line per second (execs, execs/s, findings) for plotting.
+//! - `stats.jsonl`: one line per second (execs, execs/s, findings, coverage, corpus) for
+//!   plotting, with the wall-clock time (`time`, RFC 3339 UTC; `unix`, seconds) and the host
+//!   id (`host`, [`crate::stamp::host_id`]) when the campaign was given one.
 //!
 //! Over 600 lines: the engine loop, the state it checkpoints ([`Summary`], with its schema
 //! check and the merge of parallel workers) and the findings writer share private helpers
@@ -103,6 +105,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CampaignError + '_ {
 /// A live-progress callback.
 pub type Progress = Box<dyn FnMut(&Summary)>;
 
+/// Called once per new signature, the moment it is found (before it is minimized).
+pub type FindingNote = Box<dyn FnMut(&xsave_oracle::diff::Divergence)>;
+
 /// What to run.
 pub struct CampaignConfig {
     /// Seed of the generator.
@@ -145,6 +150,10 @@ pub struct CampaignConfig {
     /// once a second and added to the mutation pool (not to `corpus/`: they are not this
     /// campaign's discoveries).
     pub inbox: Option<std::sync::mpsc::Receiver<Vec<Case>>>,
+    /// The host id stamped on `stats.jsonl` rows ([`crate::stamp::host_id`]).
+    pub host_id: Option<String>,
+    /// Told of every new signature (e.g. a plain log line when stderr is not a terminal).
+    pub on_finding: Option<FindingNote>,
 }
 
 impl CampaignConfig {
@@ -152,7 +161,7 @@ impl CampaignConfig {
     /// `seed`, with every other setting at its plainest: no workdir (findings in memory only),
     /// no resume, the V3 oracle without quirks, no progress, no minimization, no CPUID
     /// narrowing, no coverage feedback, no stop class, not a worker, guest runs and FPU ops
-    /// generated, no initial corpus and no inbox. Change fields with struct update syntax.
+    /// generated, no initial corpus, no inbox, no host id and no finding callback. Change fields with struct update syntax.
     pub fn new(seed: u64, iterations: Option<u64>) -> CampaignConfig {
         CampaignConfig {
             seed,
@@ -172,6 +181,8 @@ impl CampaignConfig {
             fpu: true,
             initial_corpus: None,
             inbox: None,
+            host_id: None,
+            on_finding: None,
         }
     }
 }
@@ -705,6 +716,9 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
                     s.new_signatures.push(d.signature.clone());
                 }
                 own.push(d.signature.clone());
+                if let Some(note) = cfg.on_finding.as_mut() {
+                    note(d);
+                }
                 if let Some(dir) = &cfg.workdir {
                     let dest = dir.join("findings").join(&d.signature);
                     let found = Found { divergence: d, expected: &expected, observed: &observed };
@@ -907,7 +921,11 @@ fn save(cfg: &CampaignConfig, s: &Summary) -> Result<(), CampaignError> {
     let json = serde_json::to_vec_pretty(s).map_err(|e| CampaignError::State(e.to_string()))?;
     write_atomic(&state, &json).map_err(io(&state))?;
     let stats = dir.join("stats.jsonl");
-    let line = serde_json::json!({"seconds": s.seconds, "execs": s.execs, "execs_per_sec": s.execs_per_sec, "findings": s.findings, "rules_covered": s.rules_covered, "coverage_points": s.coverage_points, "corpus": s.corpus});
+    let unix = crate::stamp::unix_now();
+    let mut line = serde_json::json!({"seconds": s.seconds, "execs": s.execs, "execs_per_sec": s.execs_per_sec, "findings": s.findings, "rules_covered": s.rules_covered, "coverage_points": s.coverage_points, "corpus": s.corpus, "time": crate::stamp::rfc3339(unix), "unix": (unix * 1000.0).round() / 1000.0});
+    if let Some(h) = &cfg.host_id {
+        line["host"] = serde_json::json!(h);
+    }
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&stats).map_err(io(&stats))?;
     writeln!(f, "{line}").map_err(io(&stats))?;
     Ok(())

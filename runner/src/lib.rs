@@ -25,6 +25,7 @@ pub mod migrate;
 pub mod minimize;
 pub mod probe;
 pub mod seeds;
+pub mod stamp;
 pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;
