@@ -5,7 +5,8 @@ use crate::kvm::KvmBackend;
 use crate::probe::probe;
 use crate::Backend;
 use std::sync::{Mutex, OnceLock};
-use xsave_oracle::diff::{judge, Verdict};
+use xsave_oracle::judge::judge;
+use xsave_oracle::verdict::Verdict;
 use xsave_oracle::{Case, Contract, HostFacts, ModelConfig};
 
 struct Rig {
@@ -59,7 +60,7 @@ pub fn check_on_kvm(case: &Case) {
 /// `$XSAVE_RIG_DETECT_CONTRACT` (synthetic host) and panic when the V3 oracle sees a
 /// divergence of class `$XSAVE_RIG_DETECT_CLASS`.
 pub fn check_detect(case: &Case) {
-    use xsave_oracle::diff::Class;
+    use xsave_oracle::verdict::Class;
     static CFG: OnceLock<(Contract, String)> = OnceLock::new();
     let (contract, class) = CFG.get_or_init(|| {
         let c = std::env::var("XSAVE_RIG_DETECT_CONTRACT").ok().and_then(|c| Contract::parse(&c)).unwrap_or(Contract::V2b);

@@ -4,7 +4,7 @@
 //! model of today's kernels (`kvm-fpu-legacy`, no KVM needed) and on this host's KVM.
 
 use std::time::Instant;
-use xsave_oracle::diff::Verdict;
+use xsave_oracle::verdict::Verdict;
 use xsave_oracle::{Case, Contract, HostFacts, ModelConfig, Op, Quirk};
 use xsave_runner::campaign::{run, CampaignConfig, Summary};
 use xsave_runner::{Backend, ModelBackend};
