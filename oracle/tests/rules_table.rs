@@ -6,11 +6,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use xsave_oracle::rules::Rule;
 
-const SOURCES: [(&str, &str); 4] = [
-    ("model", include_str!("../src/model.rs")),
+const SOURCES: [(&str, &str); 11] = [
+    ("model", include_str!("../src/model/mod.rs")),
+    ("model::cpuid", include_str!("../src/model/cpuid.rs")),
+    ("model::fpu", include_str!("../src/model/fpu.rs")),
+    ("model::replay", include_str!("../src/model/replay.rs")),
+    ("model::run", include_str!("../src/model/run.rs")),
+    ("model::xcrs", include_str!("../src/model/xcrs.rs")),
+    ("model::xsave", include_str!("../src/model/xsave.rs")),
     ("guest", include_str!("../src/guest.rs")),
     ("diff", include_str!("../src/diff.rs")),
     ("known", include_str!("../src/known.rs")),
+    ("judge", include_str!("../src/judge.rs")),
 ];
 
 /// Rules also named outside their deciding function (a helper computing the allowed set, the
@@ -34,7 +41,7 @@ fn functions() -> BTreeMap<String, BTreeSet<String>> {
         let mut cur: Option<String> = None;
         for line in text.lines() {
             let t = line.trim_start();
-            let t = t.strip_prefix("pub(crate) ").or_else(|| t.strip_prefix("pub ")).unwrap_or(t);
+            let t = ["pub(crate) ", "pub(super) ", "pub "].iter().find_map(|p| t.strip_prefix(*p)).unwrap_or(t);
             if let Some(rest) = t.strip_prefix("fn ") {
                 let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
                 cur = Some(format!("{module}::{name}"));
