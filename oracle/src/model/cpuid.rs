@@ -93,7 +93,7 @@ impl Model<'_> {
     pub(super) fn pvm_rewrite(
         &self,
         entries: &mut Vec<CpuidEntry>,
-        unpredicted: &mut Vec<(usize, u8)>,
+        unpredicted: &mut Vec<(usize, u8, Rule)>,
         rules: &mut Vec<Rule>,
     ) -> Option<u64> {
         let host = self.host;
@@ -139,13 +139,14 @@ impl Model<'_> {
             (e.eax, e.ebx, e.ecx, e.edx) = (regs[0], regs[1], regs[2], regs[3]);
             rules.push(Rule::QuirkPvmRewrite);
         }
+        let rule = Rule::QuirkPvmHostOwned;
         for (k, e) in entries.iter().enumerate() {
             match e.function {
-                1 => unpredicted.push((k, 0b1100)),
-                7 => unpredicted.push((k, 0b1111)),
+                1 => unpredicted.push((k, 0b1100, rule)),
+                7 => unpredicted.push((k, 0b1111, rule)),
                 _ => continue,
             }
-            rules.push(Rule::QuirkPvmHostOwned);
+            rules.push(rule);
         }
         gsx_source
     }
@@ -201,7 +202,7 @@ impl Model<'_> {
         // The caller's buffer is zeroed; entries the kernel did not write stay zero.
         let data = cpuid2_trace(shown as u32, &t, shown);
         let mut unpredicted = Vec::new();
-        for &(k, regs) in &self.vcpu.cpuid_unpredicted {
+        for &(k, regs, _) in &self.vcpu.cpuid_unpredicted {
             for r in 0..4 {
                 if regs & (1 << r) != 0 {
                     let s = cpuid2_trace_reg_offset(k, r) as u32;
@@ -209,8 +210,9 @@ impl Model<'_> {
                 }
             }
         }
-        if !unpredicted.is_empty() {
-            rules.push(Rule::QuirkPvmHostOwned);
+        // The rule pvm_rewrite left the fields unpredicted under (every entry has a register).
+        if let Some(&(_, _, rule)) = self.vcpu.cpuid_unpredicted.first() {
+            rules.push(rule);
         }
         let mut allowed = Vec::new();
         if self.vcpu.cr4_free {

@@ -1,6 +1,7 @@
 //! `KVM_GET_FPU` and `KVM_SET_FPU` (spec §10): the contract's view, and quirk
 //! `kvm-fpu-legacy` (today's kernels, §10.3).
 
+use super::run::fsw_choice;
 use super::{ret_err, ret_ok, Model};
 use crate::abi::{self, le32, put};
 use crate::case::{FpuImage, Origin};
@@ -10,14 +11,22 @@ use crate::trace::{Allowed, OpResult, Ret, EINVAL};
 use crate::xfeatures::*;
 
 impl Model<'_> {
+    /// Quirk `kvm-fpu-legacy` (today's kernels, spec §10.3), when modelled: its two rules, for
+    /// both FPU ioctls. `KVM_SET_FPU` leaves XSTATE_BV unchanged and ignores `mxcsr`;
+    /// `KVM_GET_FPU` copies the stored legacy bytes whatever XSTATE_BV and returns `mxcsr` 0
+    /// (`kvm_arch_vcpu_ioctl_set_fpu`/`_get_fpu` in arch/x86/kvm/x86.c).
+    pub(super) fn legacy_fpu(&self) -> Option<[Rule; 2]> {
+        self.quirk(Quirk::KvmFpuLegacy).then_some([Rule::QuirkFpuRaw, Rule::QuirkFpuMxcsr])
+    }
+
     /// `KVM_SET_FPU`: the fields go into the legacy area (`kvm_arch_vcpu_ioctl_set_fpu`). The
     /// contract adds what the kernel's own `xfpregs_set` does: MXCSR validated and stored, FP
     /// and SSE marked in use. Quirk `kvm-fpu-legacy` is today's kernels.
     pub(super) fn set_fpu(&mut self, origin: Origin, img: &FpuImage) -> OpResult {
         let b = img.render();
-        let legacy = self.quirk(Quirk::KvmFpuLegacy);
+        let legacy = self.legacy_fpu();
         let mxcsr = le32(&b, abi::FPU_MXCSR);
-        if !legacy && mxcsr & !self.host.mxcsr_feature_mask != 0 {
+        if legacy.is_none() && mxcsr & !self.host.mxcsr_feature_mask != 0 {
             return ret_err(origin, EINVAL, vec![Rule::SetFpuRejectMxcsr]);
         }
         let v = &mut self.vcpu;
@@ -32,14 +41,14 @@ impl Model<'_> {
         v.raw_free = 0;
         v.fsw_derived = false;
         let mut rules = vec![Rule::SetFpuStored];
-        if legacy {
+        if let Some(quirk) = legacy {
             // XSTATE_BV is left as it is. A bit a hardware save left free (component at init:
             // XINUSE decides) stays free: the written state is reported and loaded only if the
             // processor saved the bit set. The model predicts "set" and allows "clear" at the
             // next GET (rule run.xinuse.free); a KVM_RUN before any GET resolves it is not
             // followed (a known limit: tests/fpu.rs).
             v.legacy_alts.retain(|a| a.0 == abi::MXCSR);
-            rules.extend([Rule::QuirkFpuRaw, Rule::QuirkFpuMxcsr]);
+            rules.extend(quirk);
         } else {
             put(&mut v.kbuf, abi::MXCSR, &mxcsr.to_le_bytes());
             v.legacy_alts.clear();
@@ -56,15 +65,16 @@ impl Model<'_> {
     pub(super) fn get_fpu(&self, origin: Origin) -> OpResult {
         let v = &self.vcpu;
         let k = &v.kbuf;
-        let legacy = self.quirk(Quirk::KvmFpuLegacy);
+        let quirk = self.legacy_fpu();
+        let legacy = quirk.is_some();
         let mut img = vec![0u8; abi::LEGACY_SIZE];
         let mut rules = Vec::with_capacity(4);
         let unpredicted = Vec::new();
         let mut allowed = Vec::new();
-        let shown = if legacy {
+        let shown = if let Some(quirk) = quirk {
             img.copy_from_slice(&k[..abi::LEGACY_SIZE]);
             put(&mut img, abi::MXCSR, &0u32.to_le_bytes());
-            rules.extend([Rule::QuirkFpuRaw, Rule::QuirkFpuMxcsr]);
+            rules.extend(quirk);
             if v.raw_free != 0 {
                 // Saved at init with XINUSE clear: written as init or left as it was.
                 let rule = Rule::RunXinuseFree;
@@ -95,8 +105,9 @@ impl Model<'_> {
         };
         let data = abi::fpu_from_legacy(&img);
         if shown & FP != 0 && v.fsw_derived {
-            allowed.push(Allowed::FreeBits { at: abi::FPU_FCW as u32, mask: 0x8080 << 16, rule: Rule::RunFswDerived });
-            rules.push(Rule::RunFswDerived);
+            let choice = fsw_choice(abi::FPU_FCW);
+            rules.push(choice.rule());
+            allowed.push(choice);
         }
         for (start, values, rule, under) in &v.legacy_alts {
             let mxcsr = *start == abi::MXCSR;

@@ -98,7 +98,8 @@ struct Vcpu {
     cpuid: Vec<CpuidEntry>,
     /// Fields of the stored table the model does not predict: (entry index, register mask
     /// bit 0..3 = EAX..EDX).
-    cpuid_unpredicted: Vec<(usize, u8)>,
+    /// (entry index, register mask, the rule that leaves them unpredicted).
+    cpuid_unpredicted: Vec<(usize, u8, Rule)>,
     gsx: u64,
     user_xfeatures: u64,
     uabi_size: usize,
@@ -115,9 +116,9 @@ struct Vcpu {
     /// FSW.ES and FSW.B are the processor's (recomputed by a hardware load).
     fsw_derived: bool,
     /// The other MXCSR the processor may have loaded at the last run's entry (rule
-    /// `run.entry.mxcsr`), while nothing has written MXCSR since; adopted when an observation
-    /// shows the choice ([`predict_following`]).
-    mxcsr_alt: Option<Vec<u8>>,
+    /// `run.entry.mxcsr`, carried with it), while nothing has written MXCSR since; adopted when
+    /// an observation shows the choice ([`predict_following`]).
+    mxcsr_alt: Option<(Vec<u8>, Rule)>,
     /// The last run ended in a shutdown: AMD resets the vCPU (INIT, CR4 0) until the next
     /// run's set-up, Intel does not, so CR4's CPUID runtime bits are the vendor's choice.
     cr4_free: bool,

@@ -101,7 +101,7 @@ impl Model<'_> {
             put(&mut regs.image, abi::MXCSR, &abi::MXCSR_INIT.to_le_bytes());
         }
         let entry_mxcsr = regs.image[abi::MXCSR..abi::MXCSR + 4].to_vec();
-        let carried = self.vcpu.mxcsr_alt.take();
+        let carried = self.vcpu.mxcsr_alt.take().map(|(alt, _)| alt);
         let mxcsr_alt = if k & SSE == 0 {
             let other = if entry_mxcsr == stored_mxcsr { abi::MXCSR_INIT.to_le_bytes().to_vec() } else { stored_mxcsr.clone() };
             (other != entry_mxcsr).then_some(other)
@@ -165,7 +165,7 @@ impl Model<'_> {
         }
         if let (Some(alt), true) = (mxcsr_alt, regs.image[abi::MXCSR..abi::MXCSR + 4] == entry_mxcsr[..]) {
             self.vcpu.legacy_alts.push((abi::MXCSR, vec![alt.clone()], Rule::RunEntryMxcsr, SSE | YMM));
-            self.vcpu.mxcsr_alt = Some(alt);
+            self.vcpu.mxcsr_alt = Some((alt, Rule::RunEntryMxcsr));
         }
         self.vcpu.ran = true;
         OpResult { origin, ret: Ret::Ok(exit as i64), data: out, unpredicted: Vec::new(), rules, allowed }
@@ -196,7 +196,7 @@ impl Model<'_> {
                 allowed.push(Allowed::OneOf { start: 0, values: vec![vec![0; abi::MXCSR]], rule: Rule::GuestXsaveFpSkipped });
             }
             allowed.push(fip_choice(&regs.image));
-            allowed.push(fsw_choice());
+            allowed.push(fsw_choice(abi::FCW));
             for (start, values, rule) in x87_choices(&regs.image) {
                 allowed.push(Allowed::OneOf { start: start as u32, values, rule });
             }
@@ -268,8 +268,8 @@ impl Model<'_> {
             let o = abi::ST + 16 * i + 10;
             v.legacy_alts.push((o, vec![vec![0; 6]], Rule::RunReservedZero, FP));
         }
-        if let Allowed::OneOf { values, .. } = fip_choice(&old) {
-            v.legacy_alts.push((8, values, Rule::RunFipCanonical, FP));
+        if let Allowed::OneOf { start, values, rule } = fip_choice(&old) {
+            v.legacy_alts.push((start as usize, values, rule, FP));
         }
         if self.cfg.quirks.contains(&Quirk::TcgXsaveFop) {
             v.legacy_alts.push((abi::FOP, vec![v.mem_fop.to_vec()], Rule::QuirkTcgXsaveFop, FP));
@@ -307,7 +307,8 @@ pub(super) fn x87_choices(img: &[u8]) -> Vec<(usize, Vec<Vec<u8>>, Rule)> {
 }
 
 /// FSW.ES (bit 7) and FSW.B (bit 15) are derived by the processor from the exception flags and
-/// masks when it loads x87 state (rule `run.fsw.derived`).
-pub(super) fn fsw_choice() -> Allowed {
-    Allowed::FreeBits { at: 0, mask: 0x8080 << 16, rule: Rule::RunFswDerived }
+/// masks when it loads x87 state (rule `run.fsw.derived`): the choice for an image whose FCW
+/// is at `fcw` (FSW follows it).
+pub(super) fn fsw_choice(fcw: usize) -> Allowed {
+    Allowed::FreeBits { at: fcw as u32, mask: 0x8080 << 16, rule: Rule::RunFswDerived }
 }

@@ -153,8 +153,9 @@ impl Model<'_> {
         // V0 copies the legacy area raw, whatever XSTATE_BV says: the hardware's bytes show.
         let shown = |under: u64| !legacy || h & under != 0;
         if shown(FP) && v.fsw_derived {
-            allowed.push(fsw_choice());
-            rules.push(Rule::RunFswDerived);
+            let choice = fsw_choice(abi::FCW);
+            rules.push(choice.rule());
+            allowed.push(choice);
         }
         {
             for (start, values, rule, _) in v.legacy_alts.iter().filter(|a| shown(a.3)) {
