@@ -131,6 +131,7 @@ rules! {
     GetFpuMxcsr = "get_fpu.mxcsr", "§10.2", "KVM_GET_FPU reports MXCSR", "model::fpu::get_fpu";
     QuirkFpuRaw = "quirk.fpu.raw", "§10.3", "quirk kvm-fpu-legacy (today's kernels): KVM_SET_FPU leaves XSTATE_BV unchanged, KVM_GET_FPU copies the stored legacy bytes whatever XSTATE_BV", "model::fpu::legacy_fpu";
     QuirkFpuMxcsr = "quirk.fpu.mxcsr", "§10.3", "quirk kvm-fpu-legacy (today's kernels): KVM_GET_FPU returns mxcsr 0, KVM_SET_FPU ignores mxcsr", "model::fpu::legacy_fpu";
+    QuirkFpuRunInit = "quirk.fpu.run_init", "§10.3", "quirk kvm-fpu-legacy: a KVM_SET_FPU onto FP/SSE whose XSTATE_BV bit the last hardware save left to the processor (XINUSE) is loaded by the next KVM_RUN only if the bit was saved set; else the component enters at init", "model::run::kvm_run";
     QuirkTcgXsaveFop = "quirk.tcg.xsave_fop", "§7 R5", "quirk tcg-xsave-fop (QEMU TCG): a hardware save leaves FOP as the save area held it (the last SET's FOP, else 0)", "model::run::save_after_run";
     QuirkTcgX87NoMf = "quirk.tcg.x87_no_mf", "§7", "quirk tcg-x87-no-mf (QEMU TCG): a pending unmasked x87 exception loaded from the image does not fault the next FLDCW", "model::run::run_guest";
     QuirkPvmHwXcr0 = "quirk.pvm.hw_xcr0", "§8.4", "quirk pvm-hw-xcr0: hardware XCR0 stays the host's while the guest runs, whatever the guest's XCR0", "model::run::cr4_accepted";

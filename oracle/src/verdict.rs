@@ -284,7 +284,8 @@ mod tests {
 
     #[test]
     fn the_kind_is_the_serialized_tag() {
-        for (v, k) in [(Verdict::Agree, VerdictKind::Agree)] {
+        let splat = crate::judge::kernel_splat(&crate::Case::default(), &crate::ModelConfig::default(), vec!["WARN".into()]);
+        for (v, k) in [(Verdict::Agree, VerdictKind::Agree), (Verdict::Diverge(Box::new(splat)), VerdictKind::Diverge)] {
             assert_eq!(v.kind(), k);
             let j = serde_json::to_value(&v).expect("serializes");
             assert_eq!(j["verdict"], k.name());

@@ -48,6 +48,7 @@ impl Model<'_> {
             // next GET (rule run.xinuse.free); a KVM_RUN before any GET resolves it is not
             // followed (a known limit: tests/fpu.rs).
             v.legacy_alts.retain(|a| a.0 == abi::MXCSR);
+            v.fpu_unsure |= v.kbv_free & FPSSE;
             rules.extend(quirk);
         } else {
             put(&mut v.kbuf, abi::MXCSR, &mxcsr.to_le_bytes());

@@ -145,6 +145,13 @@ struct Vcpu {
     /// SSE): the bytes before each save in a row that left the component free.
     raw_fp: Vec<Vec<u8>>,
     raw_sse: Vec<Vec<u8>>,
+    /// Quirk `kvm-fpu-legacy`: FP/SSE bits a `KVM_SET_FPU` wrote while the last hardware save
+    /// left their XSTATE_BV bit to the processor (`kbv_free`): the next run loads the written
+    /// state only if the bit was saved set (rule `quirk.fpu.run_init`).
+    fpu_unsure: u64,
+    /// The vCPU as the last run left it had those bits been saved clear, with the rule; adopted
+    /// when an observation shows it, forgotten at the next step that is not a read.
+    run_alt: Option<(Box<Vcpu>, Rule)>,
     /// FOP as the kernel's save area holds it (quirk `tcg-xsave-fop`: a save that does not
     /// store FOP leaves this): written by SET_XSAVE with FP (V0: always) and SET_FPU.
     mem_fop: [u8; 2],
@@ -208,6 +215,8 @@ impl<'a> Model<'a> {
             raw_free: 0,
             raw_fp: Vec::new(),
             raw_sse: Vec::new(),
+            fpu_unsure: 0,
+            run_alt: None,
         }
     }
 
@@ -252,6 +261,9 @@ impl<'a> Model<'a> {
 
     /// Predict one step.
     pub fn step(&mut self, origin: Origin, op: &Op) -> OpResult {
+        if !matches!(op, Op::GetXsave | Op::GetXsave2 | Op::GetFpu | Op::GetXcrs | Op::GetCpuid2 { .. } | Op::CheckXsave2) {
+            self.vcpu.run_alt = None;
+        }
         match op {
             Op::NewVcpu => {
                 self.vcpu = Self::fresh(self.host, self.cfg);
@@ -280,7 +292,7 @@ impl<'a> Model<'a> {
             Op::SetXcrs(x) => self.set_xcrs(origin, x),
             Op::GetXcrs => self.get_xcrs(origin),
             Op::CheckXsave2 => self.check_xsave2(origin),
-            Op::RunGuest(p) => self.run_guest(origin, p),
+            Op::RunGuest(p) => self.kvm_run(origin, p),
             Op::SetFpu(img) => self.set_fpu(origin, img),
             Op::GetFpu => self.get_fpu(origin),
         }

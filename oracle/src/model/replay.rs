@@ -12,6 +12,9 @@ impl Model<'_> {
     /// Follow a processor choice an observation revealed (`used`: the rules of the choices the
     /// observation took): the state keeps what the processor chose.
     fn adopt(&mut self, used: &[Rule]) {
+        if let Some((alt, _)) = self.vcpu.run_alt.take_if(|(_, rule)| used.contains(rule)) {
+            self.vcpu = *alt;
+        }
         if let Some((alt, _)) = self.vcpu.mxcsr_alt.take_if(|(_, rule)| used.contains(rule)) {
             put(&mut self.vcpu.kbuf, abi::MXCSR, &alt);
             self.vcpu.legacy_alts.retain(|a| a.0 != abi::MXCSR);

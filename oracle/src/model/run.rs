@@ -51,7 +51,53 @@ impl Model<'_> {
         self.contract() == Contract::V0 && self.host.vendor_amd() && !self.quirk(Quirk::PvmHwXcr0)
     }
 
-    pub(super) fn run_guest(&mut self, origin: Origin, prog: &crate::guest::GuestProgram) -> OpResult {
+    /// `KVM_RUN`. Under quirk `kvm-fpu-legacy`, a `KVM_SET_FPU` that wrote FP or SSE state while
+    /// the last hardware save left that XSTATE_BV bit to the processor (the component was at
+    /// init: XINUSE may have been clear) is loaded only if the bit was saved set:
+    /// `kvm_arch_vcpu_ioctl_set_fpu` writes the legacy area and never `xfeatures`, and the
+    /// entry's `kvm_load_guest_fpu` → `fpu_swap_kvm_fpstate` → `restore_fpregs_from_fpstate`
+    /// XRSTOR(S) initialises every component whose bit is clear (rule `quirk.fpu.run_init`).
+    /// The run is predicted with the bit set; the bit-clear run's bytes (the guest's XSAVE, and
+    /// the legacy area later GETs report) are allowed, and adopted once an observation shows
+    /// them. A case whose two runs end differently (exit code) is predicted with the bit set.
+    pub(super) fn kvm_run(&mut self, origin: Origin, prog: &crate::guest::GuestProgram) -> OpResult {
+        let unsure = self.vcpu.fpu_unsure & self.vcpu.kbv_free & self.vcpu.kbv;
+        self.vcpu.fpu_unsure = 0;
+        if unsure == 0 {
+            return self.run_guest(origin, prog);
+        }
+        let mut clear = self.vcpu.clone();
+        clear.kbv &= !unsure;
+        clear.kbv_free &= !unsure;
+        let set = std::mem::replace(&mut self.vcpu, clear);
+        let b = self.run_guest(origin, prog);
+        let b_vcpu = std::mem::replace(&mut self.vcpu, set);
+        let mut r = self.run_guest(origin, prog);
+        if b.ret != r.ret || b.data.len() != r.data.len() || matches!(r.ret, Ret::Err(_)) {
+            return r;
+        }
+        let rule = Rule::QuirkFpuRunInit;
+        for (s, e) in differing_chunks(&r.data, &b.data) {
+            r.allowed.push(Allowed::OneOf { start: s as u32, values: vec![b.data[s..e].to_vec()], rule });
+        }
+        r.allowed.extend(b.allowed);
+        r.rules.push(rule);
+        let v = &mut self.vcpu;
+        for (s, e) in differing_chunks(&v.kbuf[..abi::LEGACY_SIZE], &b_vcpu.kbuf[..abi::LEGACY_SIZE]) {
+            let under = match s {
+                abi::MXCSR..abi::ST => SSE | YMM,
+                abi::XMM.. => SSE,
+                _ => FP,
+            };
+            v.legacy_alts.push((s, vec![b_vcpu.kbuf[s..e].to_vec()], rule, under));
+        }
+        v.kbv_free |= b_vcpu.kbv_free & FPSSE & v.kbv;
+        v.run_alt = Some((Box::new(b_vcpu), rule));
+        r
+    }
+
+    /// One run of the program on the vCPU as it is.
+    fn run_guest(&mut self, origin: Origin, prog: &crate::guest::GuestProgram) -> OpResult {
         use crate::guest::{faults, output_size, Exit, GuestAction, Regs};
         let host = self.host;
         let mut rules = vec![Rule::RunEntryLoad];
@@ -311,4 +357,16 @@ pub(super) fn x87_choices(img: &[u8]) -> Vec<(usize, Vec<Vec<u8>>, Rule)> {
 /// is at `fcw` (FSW follows it).
 pub(super) fn fsw_choice(fcw: usize) -> Allowed {
     Allowed::FreeBits { at: fcw as u32, mask: 0x8080 << 16, rule: Rule::RunFswDerived }
+}
+
+/// The byte ranges where `a` and `b` differ, each a whole field group of the standard XSAVE
+/// layout (x87 control and pointers, MXCSR, MXCSR_MASK, ST, XMM, the legacy padding, the header
+/// word XSTATE_BV, then 64-byte blocks), so that each maps to one `struct kvm_fpu` range.
+fn differing_chunks(a: &[u8], b: &[u8]) -> Vec<(usize, usize)> {
+    let n = a.len().min(b.len());
+    let fixed = [0, abi::MXCSR, abi::MXCSR_MASK, abi::ST, abi::XMM, abi::XMM_END, abi::LEGACY_SIZE, abi::XSTATE_BV + 8];
+    let mut bounds: Vec<usize> =
+        fixed.iter().copied().chain((abi::XSTATE_BV + 8..n).step_by(64).skip(1)).chain([n]).filter(|&x| x <= n).collect();
+    bounds.dedup();
+    bounds.windows(2).map(|w| (w[0], w[1])).filter(|&(s, e)| a[s..e] != b[s..e]).collect()
 }
