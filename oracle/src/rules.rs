@@ -106,7 +106,7 @@ rules! {
     RunCr4Osxsave = "run.cr4.osxsave", "§7 R3", "CR4.OSXSAVE needs XSAVE in guest CPUID (else refused; VEX and XSAVE then fault)", "model::run::cr4_accepted";
     RunHwXcr0Guest = "run.hw_xcr0.guest", "§7 R3", "while the guest runs, hardware XCR0 is the guest's XCR0", "model::run::run_guest";
     RunSaved = "run.saved", "§7 R4", "after the run the vCPU image holds the guest's registers; XSTATE_BV bit set for every component not at its init value", "model::run::save_after_run";
-    RunXinuseFree = "run.xinuse.free", "§7 R4", "a component at its init value may be saved with its XSTATE_BV bit set or clear (XINUSE is the processor's choice, SDM 13.6)", "model::run::save_after_run";
+    RunXinuseFree = "run.xinuse.free", "§7 R4", "a component at its init value may be saved with its XSTATE_BV bit set or clear (XINUSE is the processor's choice, SDM 13.6)", "model::run::xinuse_choice";
     RunMxcsrMaskHw = "run.mxcsr_mask.hw", "§7 R5", "after a hardware save MXCSR_MASK is the processor's mask", "model::run::save_after_run";
     RunReservedZero = "run.reserved.hw", "§7 R5", "after a hardware save the FTW reserved byte and ST reserved bytes are the processor's (zero or unchanged)", "model::run::save_after_run";
     RunFipCanonical = "run.fip.canonical", "§7 R5", "after a hardware save FIP may be canonicalised to the linear-address width (sign-extended from bit 47 or 56)", "model::run::fip_choice";

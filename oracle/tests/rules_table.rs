@@ -23,10 +23,8 @@ const SOURCES: [(&str, &str); 8] = [
 ];
 
 /// Rules still named in more than one deciding function: the remaining work of "one function
-/// per rule". `run.xinuse.free` is the processor's choice of every saved XSTATE_BV bit whose
-/// component is at init; the GET views (`get_choices`, `get_fpu`) and the guest's own XSAVE
-/// (`guest_xsave`) each build that choice for their bytes.
-const SHARED: [&str; 1] = ["RunXinuseFree"];
+/// per rule" (none left; the test fails when one appears).
+const SHARED: [&str; 0] = [];
 
 /// `module::function` → the rule variants its body names (a function runs until the next `fn`).
 fn functions() -> BTreeMap<String, BTreeSet<String>> {

@@ -1,7 +1,7 @@
 //! `KVM_GET_FPU` and `KVM_SET_FPU` (spec §10): the contract's view, and quirk
 //! `kvm-fpu-legacy` (today's kernels, §10.3).
 
-use super::run::fsw_choice;
+use super::run::{fsw_choice, xinuse_choice};
 use super::{ret_err, ret_ok, Model};
 use crate::abi::{self, le32, put};
 use crate::case::{FpuImage, Origin};
@@ -76,9 +76,8 @@ impl Model<'_> {
             img.copy_from_slice(&k[..abi::LEGACY_SIZE]);
             put(&mut img, abi::MXCSR, &0u32.to_le_bytes());
             rules.extend(quirk);
-            if v.raw_free != 0 {
+            if let Some(rule) = xinuse_choice(v.raw_free).map(|c| c.rule()) {
                 // Saved at init with XINUSE clear: written as init or left as it was.
-                let rule = Rule::RunXinuseFree;
                 if v.raw_free & FP != 0 {
                     allowed.push(Allowed::OneOf { start: 0, values: v.raw_fp.clone(), rule });
                 }

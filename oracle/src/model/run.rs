@@ -221,15 +221,7 @@ impl Model<'_> {
     pub(super) fn guest_xsave(&self, regs: &crate::guest::Regs, rfbm: u64, out: &mut [u8]) -> Vec<Allowed> {
         let host = self.host;
         let mut allowed = Vec::new();
-        let mut must = 0;
-        let mut free = 0;
-        for bit in (0..64u8).filter(|b| rfbm & (1u64 << b) != 0) {
-            if regs.is_init(host, bit) {
-                free |= 1u64 << bit;
-            } else {
-                must |= 1u64 << bit;
-            }
-        }
+        let (must, free) = xinuse(host, regs, rfbm);
         if rfbm & FP != 0 {
             out[..abi::MXCSR].copy_from_slice(&regs.image[..abi::MXCSR]);
             out[abi::FTW_RSVD] = 0;
@@ -263,8 +255,8 @@ impl Model<'_> {
             }
         }
         put(out, abi::XSTATE_BV, &(must | free).to_le_bytes());
-        if free != 0 {
-            allowed.insert(0, Allowed::FreeBits { at: abi::XSTATE_BV as u32, mask: free, rule: Rule::RunXinuseFree });
+        if let Some(choice) = xinuse_choice(free) {
+            allowed.insert(0, choice);
         }
         allowed
     }
@@ -281,14 +273,7 @@ impl Model<'_> {
         v.kbuf[abi::PAD..abi::EXT].copy_from_slice(&old[abi::PAD..abi::EXT]);
         put(&mut v.kbuf, abi::MXCSR_MASK, &host.init_mxcsr_mask.to_le_bytes());
         v.upkru = regs.pkru;
-        let (mut must, mut free) = (0u64, 0u64);
-        for bit in (0..64u8).filter(|b| xf & (1u64 << b) != 0) {
-            if regs.is_init(host, bit) {
-                free |= 1u64 << bit;
-            } else {
-                must |= 1u64 << bit;
-            }
-        }
+        let (must, free) = xinuse(host, regs, xf);
         v.kbv = must | free;
         v.kbv_free = free;
         let old_fpu = abi::fpu_from_legacy(&old[..abi::LEGACY_SIZE]);
@@ -325,8 +310,8 @@ impl Model<'_> {
         }
         v.fsw_derived = true;
         rules.extend([Rule::RunSaved, Rule::RunMxcsrMaskHw]);
-        if free != 0 {
-            rules.push(Rule::RunXinuseFree);
+        if let Some(choice) = xinuse_choice(free) {
+            rules.push(choice.rule());
         }
         self.vcpu.hidden = self.vcpu.kbv & !self.get_mask();
     }
@@ -369,4 +354,27 @@ fn differing_chunks(a: &[u8], b: &[u8]) -> Vec<(usize, usize)> {
         fixed.iter().copied().chain((abi::XSTATE_BV + 8..n).step_by(64).skip(1)).chain([n]).filter(|&x| x <= n).collect();
     bounds.dedup();
     bounds.windows(2).map(|w| (w[0], w[1])).filter(|&(s, e)| a[s..e] != b[s..e]).collect()
+}
+
+/// The XINUSE split of the components in `mask` for registers `regs` (SDM 13.6): those not at
+/// their init value must be saved with their XSTATE_BV bit set, those at init are free
+/// ([`xinuse_choice`]). Returns (must, free).
+fn xinuse(host: &crate::host::HostFacts, regs: &crate::guest::Regs, mask: u64) -> (u64, u64) {
+    let (mut must, mut free) = (0u64, 0u64);
+    for bit in (0..64u8).filter(|b| mask & (1u64 << b) != 0) {
+        if regs.is_init(host, bit) {
+            free |= 1u64 << bit;
+        } else {
+            must |= 1u64 << bit;
+        }
+    }
+    (must, free)
+}
+
+/// A save of components at their init value may store their XSTATE_BV bits set or clear
+/// (XINUSE is the processor's, rule `run.xinuse.free`): the choice of the `free` bits in an
+/// XSTATE_BV word, if any. Every view of such a save (the guest's XSAVE, GET_XSAVE, the raw
+/// GET_FPU) builds its allowed bytes under this choice's rule.
+pub(super) fn xinuse_choice(free: u64) -> Option<Allowed> {
+    (free != 0).then_some(Allowed::FreeBits { at: abi::XSTATE_BV as u32, mask: free, rule: Rule::RunXinuseFree })
 }

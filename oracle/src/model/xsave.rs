@@ -1,7 +1,7 @@
 //! `KVM_GET_XSAVE`, `KVM_GET_XSAVE2`, `KVM_SET_XSAVE` and `KVM_CAP_XSAVE2` (spec §1.2, §3, §4):
 //! the GET mask, the legacy area as reported, the permissive load and its checks.
 
-use super::run::fsw_choice;
+use super::run::{fsw_choice, xinuse_choice};
 use super::{ret_err, ret_ok, Contract, Model, Vcpu};
 use crate::abi::{self, le32, le64, put, xstate_required_size};
 use crate::case::Origin;
@@ -124,10 +124,10 @@ impl Model<'_> {
         let mut allowed = Vec::new();
         let free = v_free(v, h);
         let legacy = self.contract() != Contract::V0;
-        if free != 0 {
-            let rule = Rule::RunXinuseFree;
+        if let Some(choice) = xinuse_choice(free) {
+            let rule = choice.rule();
             rules.push(rule);
-            allowed.push(Allowed::FreeBits { at: abi::XSTATE_BV as u32, mask: free, rule });
+            allowed.push(choice);
             let unless =
                 |bits: u64, start: usize, alt: Vec<u8>| Allowed::Unless { at: abi::XSTATE_BV as u32, bits, start: start as u32, alt, rule };
             if legacy && free & FP != 0 {
