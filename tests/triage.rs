@@ -4,7 +4,8 @@
 
 use std::path::Path;
 use std::process::Command;
-use xsave_oracle::diff::{judge, Verdict};
+use xsave_oracle::judge::judge;
+use xsave_oracle::verdict::Verdict;
 use xsave_oracle::{predict, Case, Contract, HostFacts, ModelConfig};
 use xsave_runner::campaign::case_for;
 use xsave_runner::minimize::{minimize, signature_of};

@@ -2,8 +2,8 @@
 
 use crate::report::{xsave_regions, FindingReport, Report};
 use std::fmt::Write;
-use xsave_oracle::diff::Class;
 use xsave_oracle::hexnum::to_hex;
+use xsave_oracle::verdict::Class;
 
 /// A number for people: integers as they are, other values rounded to 2 decimals (whole
 /// numbers from 1000 on).

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use xsave_oracle::abi::Region;
-use xsave_oracle::diff::{ByteDiff, Divergence, Verdict};
 use xsave_oracle::trace::Trace;
+use xsave_oracle::verdict::{ByteDiff, Divergence, Verdict};
 use xsave_oracle::{Case, HostFacts};
 use xsave_runner::store::{caps, read_bounded, read_bounded_string};
 

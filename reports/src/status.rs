@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
-use xsave_oracle::diff::Divergence;
+use xsave_oracle::verdict::Divergence;
 use xsave_runner::campaign::Summary;
 use xsave_runner::stamp::rfc3339;
 use xsave_runner::store::escape;
@@ -21,8 +21,8 @@ pub fn finding_line_of_dir(unix: f64, dir: &std::path::Path) -> Option<String> {
     let bytes = xsave_runner::store::read_bounded(&dir.join("verdict.json"), xsave_runner::store::caps::JSON).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     match serde_json::from_value(v.get("verdict")?.clone()).ok()? {
-        xsave_oracle::diff::Verdict::Diverge(d) => Some(finding_line(unix, &d)),
-        xsave_oracle::diff::Verdict::Agree => None,
+        xsave_oracle::verdict::Verdict::Diverge(d) => Some(finding_line(unix, &d)),
+        xsave_oracle::verdict::Verdict::Agree => None,
     }
 }
 

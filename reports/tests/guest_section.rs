@@ -62,9 +62,9 @@ fn report_md_and_html_have_a_guest_runs_section() {
     assert!(exp.results[run].data.len() >= 576, "the program stores its XSAVE image");
     let mut obs = exp.clone();
     obs.results[run].data[176] ^= 0x5a;
-    let (expected, verdict) = xsave_oracle::diff::judge(&case, &host, &model, &obs);
+    let (expected, verdict) = xsave_oracle::judge::judge(&case, &host, &model, &obs);
     let sig = match &verdict {
-        xsave_oracle::diff::Verdict::Diverge(d) => d.signature.clone(),
+        xsave_oracle::verdict::Verdict::Diverge(d) => d.signature.clone(),
         v => panic!("diverges: {v:?}"),
     };
     let f = xsave_runner::campaign::Finding {

@@ -25,10 +25,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use xsave_oracle::diff::kernel_splat;
-use xsave_oracle::diff::{judge, Verdict};
 use xsave_oracle::gen::GenOptions;
+use xsave_oracle::judge::{judge, kernel_splat};
 use xsave_oracle::trace::Trace;
+use xsave_oracle::verdict::Verdict;
 use xsave_oracle::{Case, HostFacts, ModelConfig, Op};
 
 /// The case for iteration `i` of a campaign seeded with `seed` (reproducible, O(1) to seek).
@@ -106,7 +106,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CampaignError + '_ {
 pub type Progress = Box<dyn FnMut(&Summary)>;
 
 /// Called once per new signature, the moment it is found (before it is minimized).
-pub type FindingNote = Box<dyn FnMut(&xsave_oracle::diff::Divergence)>;
+pub type FindingNote = Box<dyn FnMut(&xsave_oracle::verdict::Divergence)>;
 
 /// What to run.
 pub struct CampaignConfig {
@@ -134,7 +134,7 @@ pub struct CampaignConfig {
     /// derive half of the cases by structure-aware mutation of corpus entries.
     pub feedback: bool,
     /// Stop at the first divergence of this class (detection benchmarks).
-    pub stop_on_class: Option<xsave_oracle::diff::Class>,
+    pub stop_on_class: Option<xsave_oracle::verdict::Class>,
     /// Worker `k` of `n` in a parallel campaign: runs global iterations `k, k+n, k+2n, …`,
     /// keeps its state in `WORKDIR/workers/<k>/`, shares `findings/` and `corpus/`.
     pub worker: Option<(u64, u64)>,
@@ -504,7 +504,7 @@ pub struct Finding {
 
 /// A divergence as a campaign found it: the case's first run.
 struct Found<'a> {
-    divergence: &'a xsave_oracle::diff::Divergence,
+    divergence: &'a xsave_oracle::verdict::Divergence,
     expected: &'a Trace,
     observed: &'a Trace,
 }
@@ -827,7 +827,7 @@ fn write_finding(
     i: u64,
 ) -> Result<(bool, usize), CampaignError> {
     let sig = found.divergence.signature.as_str();
-    let splat = (found.divergence.class == xsave_oracle::diff::Class::KernelSplat).then_some(found.divergence);
+    let splat = (found.divergence.class == xsave_oracle::verdict::Class::KernelSplat).then_some(found.divergence);
     let worker = cfg.worker.map_or(0, |(k, _)| k);
     let beaten = |d: &Path| finding_key(d).is_some_and(|key| key <= (worker, i));
     if beaten(dest) {

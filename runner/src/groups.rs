@@ -1,7 +1,7 @@
 //! Root-cause groups of a campaign and the hit counts of groups and signatures.
 //!
 //! A group collects every signature (symptom) of one violated contract rule, ioctl and class
-//! ([`xsave_oracle::cause::group_key`]). Each group and each signature carries its hit count
+//! ([`xsave_oracle::verdict::group_key`]). Each group and each signature carries its hit count
 //! (diverging cases, re-hits after the finding was stored included) and when it was first and
 //! last seen ([`Seen`]: wall-clock time and campaign iteration). They live in the campaign's
 //! state (`campaign.json`), so they survive `--resume`, and [`merge_groups`] /
@@ -131,7 +131,7 @@ impl Group {
 }
 
 /// Add one diverging case (`steps` long) with divergence `d`, hit at `at`, to `groups`.
-pub fn note_group(groups: &mut Vec<Group>, d: &xsave_oracle::diff::Divergence, steps: usize, at: Seen) {
+pub fn note_group(groups: &mut Vec<Group>, d: &xsave_oracle::verdict::Divergence, steps: usize, at: Seen) {
     let key = d.group_key();
     let g = match groups.iter().position(|g| g.key == key) {
         Some(i) => &mut groups[i],

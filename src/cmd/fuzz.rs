@@ -244,7 +244,7 @@ pub fn run(args: Args) -> Result<i32> {
     // Not a terminal: each new finding is a plain line the moment it is found (by the
     // parent of --jobs workers, which sees the shared findings/).
     let on_finding: Option<campaign::FindingNote> = if plain && worker.is_none() {
-        Some(Box::new(|d: &xsave_oracle::diff::Divergence| {
+        Some(Box::new(|d: &xsave_oracle::verdict::Divergence| {
             eprintln!("{}", xsave_reports::status::finding_line(xsave_runner::stamp::unix_now(), d))
         }))
     } else {
