@@ -37,6 +37,9 @@ fn bad_flags_are_one_line() {
     assert_one_line_error(&RIG.run(&["fuzz", "--backend", "qemu"]), "qemu");
     assert_one_line_error(&RIG.run(&["fuzz", "--duration", "soon"]), "soon");
     assert_one_line_error(&RIG.run(&["fuzz", "--frobnicate"]), "frobnicate");
+    assert_one_line_error(&RIG.run(&["fuzz", "--backend", "model:V3+get=V9"]), "V9");
+    assert_one_line_error(&RIG.run(&["fuzz", "--backend", "model:V3+put=V1"]), "put");
+    assert_one_line_error(&RIG.run(&["fuzz", "--backend", "model:V3+set=V1+set=V2b"]), "twice");
     assert_one_line_error(
         &RIG.run(&["fuzz", "--backend", "model:V3", "--quirks", "bogus", "--iterations", "1", "--workdir", "/tmp/unused2"]),
         "bogus",
