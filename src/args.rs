@@ -3,7 +3,7 @@
 use anyhow::Result;
 use std::path::PathBuf;
 use std::time::Duration;
-use xsave_oracle::{Contract, Quirk};
+use xsave_oracle::{Contract, ModelConfig, Quirk};
 
 #[derive(clap::Args, Clone)]
 pub struct OracleArgs {
@@ -28,7 +28,9 @@ pub struct OracleArgs {
 pub struct BackendArgs {
     /// Where cases run: `kvm` (this host's /dev/kvm), `model:V0`…`model:V3` (the oracle
     /// under that contract, standing in for a historical kernel; `+quirk` models a quirk too,
-    /// e.g. `model:V3+kvm-fpu-legacy` for today's KVM_GET/SET_FPU), or `lab:<kernel>` (the cases
+    /// e.g. `model:V3+kvm-fpu-legacy` for today's KVM_GET/SET_FPU; `+get=V`/`+set=V` take
+    /// KVM_GET_XSAVE(2)'s or KVM_SET_XSAVE's contract from version V, a composite carrying two
+    /// defects, e.g. `model:V3+get=V1+set=V2b`), or `lab:<kernel>` (the cases
     /// run on the KVM of that kernel's lab guest under QEMU, booted once, e.g. `lab:debian:6.1`;
     /// see `lab fetch`).
     #[arg(long, default_value = "kvm", value_parser = parse_backend)]
@@ -45,9 +47,9 @@ pub struct BackendArgs {
 #[derive(Clone, PartialEq, Eq)]
 pub enum BackendKind {
     Kvm,
-    /// The oracle under a contract, with the quirks after `+` (e.g. `model:V3+kvm-fpu-legacy`,
-    /// today's KVM_GET/SET_FPU).
-    Model(Contract, Vec<Quirk>),
+    /// The oracle under a contract, with the quirks and per-family contracts after `+` (e.g.
+    /// `model:V3+kvm-fpu-legacy`, today's KVM_GET/SET_FPU; `model:V3+get=V1+set=V2b`).
+    Model(ModelConfig),
     Lab(String),
 }
 
@@ -57,14 +59,24 @@ pub fn parse_backend(s: &str) -> Result<BackendKind, String> {
         _ => match (s.strip_prefix("model:"), s.strip_prefix("lab:")) {
             (Some(v), _) => {
                 let mut parts = v.split('+');
-                let contract = parse_contract(parts.next().unwrap_or(""))?;
-                let quirks = parts
-                    .map(|q| Quirk::from_name(q).ok_or_else(|| format!("unknown quirk {q:?} in {s:?}")))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(BackendKind::Model(contract, quirks))
+                let mut cfg = ModelConfig::new(parse_contract(parts.next().unwrap_or(""))?, Vec::new());
+                for p in parts {
+                    let slot = match p.split_once('=') {
+                        Some(("get", c)) => Some((&mut cfg.families.get, c)),
+                        Some(("set", c)) => Some((&mut cfg.families.set, c)),
+                        Some((f, _)) => return Err(format!("unknown ioctl family {f:?} in {s:?} (expected get= or set=)")),
+                        None => None,
+                    };
+                    match slot {
+                        Some((slot, _)) if slot.is_some() => return Err(format!("{p:?} given twice in {s:?}")),
+                        Some((slot, c)) => *slot = Some(parse_contract(c)?),
+                        None => cfg.quirks.push(Quirk::from_name(p).ok_or_else(|| format!("unknown quirk {p:?} in {s:?}"))?),
+                    }
+                }
+                Ok(BackendKind::Model(cfg))
             }
             (_, Some(k)) if !k.is_empty() => Ok(BackendKind::Lab(k.to_string())),
-            _ => Err(format!("unknown backend {s:?} (expected kvm, model:V0..V3 or lab:<kernel>)")),
+            _ => Err(format!("unknown backend {s:?} (expected kvm, model:V0..V3[+quirk|+get=V|+set=V] or lab:<kernel>)")),
         },
     }
 }

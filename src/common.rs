@@ -90,7 +90,7 @@ pub fn model_config(o: &OracleArgs, host: &HostFacts) -> Result<ModelConfig> {
             .map(|n| Quirk::from_name(n.trim()).ok_or_else(|| anyhow::anyhow!("unknown quirk {n:?} (known: {})", quirk_names(Quirk::ALL))))
             .collect::<Result<Vec<_>>>()?,
     };
-    Ok(ModelConfig { contract: o.contract, quirks })
+    Ok(ModelConfig::new(o.contract, quirks))
 }
 
 /// A backend under another name (`lab:K` for the guest's `kvm`).
@@ -128,9 +128,7 @@ pub fn make_backend(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn Backend
 pub fn make_backend_unlabelled(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn Backend>> {
     Ok(match &b.backend {
         BackendKind::Kvm => Box::new(KvmBackend::new(host.clone(), !b.no_pool)?),
-        BackendKind::Model(contract, quirks) => {
-            Box::new(ModelBackend::new(host.clone(), ModelConfig { contract: *contract, quirks: quirks.clone() }))
-        }
+        BackendKind::Model(cfg) => Box::new(ModelBackend::new(host.clone(), cfg.clone())),
         BackendKind::Lab(k) => bail!("lab:{k}: the lab backend is opened with its host facts (internal error)"),
     })
 }
@@ -184,11 +182,11 @@ pub fn backend_host(b: &BackendArgs, o: &OracleArgs) -> Result<(HostFacts, serde
             );
         }
     }
-    if let BackendKind::Model(c, _) = &b.backend {
+    if let BackendKind::Model(cfg) = &b.backend {
         host.quirks.clear();
         host.pvm_dropped_leaves.clear();
         fp["host"] = serde_json::to_value(&host)?;
-        fp["model_backend"] = serde_json::json!(c.name());
+        fp["model_backend"] = serde_json::json!(cfg.contract_label());
     }
     Ok((host, fp))
 }

@@ -37,6 +37,9 @@ fn bad_flags_are_one_line() {
     assert_one_line_error(&RIG.run(&["fuzz", "--backend", "qemu"]), "qemu");
     assert_one_line_error(&RIG.run(&["fuzz", "--duration", "soon"]), "soon");
     assert_one_line_error(&RIG.run(&["fuzz", "--frobnicate"]), "frobnicate");
+    assert_one_line_error(&RIG.run(&["fuzz", "--backend", "model:V3+get=V9"]), "V9");
+    assert_one_line_error(&RIG.run(&["fuzz", "--backend", "model:V3+put=V1"]), "put");
+    assert_one_line_error(&RIG.run(&["fuzz", "--backend", "model:V3+set=V1+set=V2b"]), "twice");
     assert_one_line_error(
         &RIG.run(&["fuzz", "--backend", "model:V3", "--quirks", "bogus", "--iterations", "1", "--workdir", "/tmp/unused2"]),
         "bogus",
@@ -100,6 +103,32 @@ fn assert_findings_valid(dir: &Path) -> usize {
         assert_eq!(v["verdict"]["signature"], name);
     }
     f.len()
+}
+
+#[test]
+fn composite_model_backend_runs_names_itself_and_resumes_only_as_itself() {
+    let dir = tempdir();
+    let wd = dir.path().to_str().expect("utf8");
+    let composite = "model:V3+get=V1+set=V2b";
+    let o = RIG.run(&["fuzz", "--backend", composite, "--iterations", "400", "--seed", "3", "--json", "--workdir", wd]);
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("summary");
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(s["backend"], composite);
+    // Only the two carried defects' groups (runner/tests/groups.rs pins the full set).
+    let keys: Vec<&str> = s["groups"].as_array().expect("groups").iter().map(|g| g["key"].as_str().expect("key")).collect();
+    assert!(!keys.is_empty());
+    for k in &keys {
+        assert!(k.starts_with("set.accept|KVM_SET_XSAVE|") || k.starts_with("get.mask.v3|KVM_GET_XSAVE"), "{k}");
+    }
+    assert_findings_valid(dir.path());
+    // Resuming under another composite is refused; under the same one it continues.
+    assert_one_line_error(
+        &RIG.run(&["fuzz", "--backend", "model:V3+get=V1", "--resume", "--iterations", "500", "--workdir", wd]),
+        composite,
+    );
+    let o = RIG.run(&["fuzz", "--backend", composite, "--resume", "--json", "--iterations", "500", "--seed", "3", "--workdir", wd]);
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("summary");
+    assert_eq!(s["resumed"], true, "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 #[test]

@@ -15,7 +15,7 @@ use xsave_testkit::{kvm_or_skip, tempdir};
 
 fn v2b_finding() -> (Case, String) {
     let host = HostFacts::synthetic(0x2e7, 0xffff);
-    let mut be = ModelBackend::new(host.clone(), ModelConfig { contract: Contract::V2b, quirks: vec![] });
+    let mut be = ModelBackend::new(host.clone(), ModelConfig::new(Contract::V2b, vec![]));
     for i in 0..5000 {
         let case = case_for(99, i);
         if let Some(sig) = signature_of(&mut be, &host, &ModelConfig::default(), &case).expect("run") {
@@ -32,7 +32,7 @@ fn minimizer_keeps_signature_and_is_deterministic() {
     let host = HostFacts::synthetic(0x2e7, 0xffff);
     let (case, sig) = v2b_finding();
     let run = || {
-        let mut be = ModelBackend::new(host.clone(), ModelConfig { contract: Contract::V2b, quirks: vec![] });
+        let mut be = ModelBackend::new(host.clone(), ModelConfig::new(Contract::V2b, vec![]));
         minimize(&mut be, &host, &ModelConfig::default(), &case, &sig, 20_000).expect("minimize")
     };
     let (a, stats) = run();
@@ -40,7 +40,7 @@ fn minimizer_keeps_signature_and_is_deterministic() {
     assert_eq!(a.encode(), b.encode(), "minimization is deterministic");
     assert!(stats.steps_after <= 4, "minimized to {} steps: {}", stats.steps_after, a.to_json());
     assert!(stats.steps_after < stats.steps_before && stats.bytes_after < stats.bytes_before, "{stats:?}");
-    let mut be = ModelBackend::new(host.clone(), ModelConfig { contract: Contract::V2b, quirks: vec![] });
+    let mut be = ModelBackend::new(host.clone(), ModelConfig::new(Contract::V2b, vec![]));
     assert_eq!(signature_of(&mut be, &host, &ModelConfig::default(), &a).expect("run").as_deref(), Some(sig.as_str()));
     eprintln!("V2b finding minimized: {stats:?}");
 }
@@ -104,7 +104,7 @@ fn reproducers_reproduce_on_kvm() {
     let host = xsave_runner::probe::probe().expect("probe").host;
     let auto = ModelConfig { quirks: host.quirks.clone(), ..ModelConfig::default() };
     let strict = ModelConfig::default();
-    let v2b = ModelConfig { contract: Contract::V2b, quirks: host.quirks.clone() };
+    let v2b = ModelConfig::new(Contract::V2b, host.quirks.clone());
     let mut be = xsave_runner::kvm::KvmBackend::new(host.clone(), false).expect("kvm");
     let mut guest_outcomes = std::collections::BTreeSet::new();
     for (name, case) in seed_corpus() {

@@ -214,7 +214,7 @@ impl PointsCtx {
         let contract = Contract::parse(&s.contract)
             .ok_or_else(|| HubError::Invalid(format!("{}: unknown contract {}", workdir.display(), s.contract)))?;
         let quirks = s.quirks.iter().filter_map(|q| Quirk::from_name(q)).collect();
-        Ok(PointsCtx { host, model: ModelConfig { contract, quirks } })
+        Ok(PointsCtx { host, model: ModelConfig::new(contract, quirks) })
     }
 }
 

@@ -279,7 +279,7 @@ mod tests {
         // reports less than V3 predicts. Followed as refused, the GETs agree: consequences.
         let (h, c) = (host(), case());
         let v3 = ModelConfig::default();
-        let obs = predict(&c, &h, &ModelConfig { contract: Contract::V2a, quirks: vec![] });
+        let obs = predict(&c, &h, &ModelConfig::new(Contract::V2a, vec![]));
         let (_, v) = crate::judge::judge(&c, &h, &v3, &obs);
         let d = v.divergence().expect("diverges");
         assert_eq!(c.steps()[d.step].1.name(), "KVM_SET_XSAVE", "{d:?}");
@@ -294,7 +294,7 @@ mod tests {
         // Following the first GET's bytes does not make the second agree: it is further.
         let (h, c) = (host(), case());
         let v3 = ModelConfig::default();
-        let obs = predict(&c, &h, &ModelConfig { contract: Contract::V1, quirks: vec![] });
+        let obs = predict(&c, &h, &ModelConfig::new(Contract::V1, vec![]));
         let (_, v) = crate::judge::judge(&c, &h, &v3, &obs);
         let d = v.divergence().expect("diverges");
         assert_eq!(d.violated, Some(Rule::GetMaskV3), "{d:?}");

@@ -14,7 +14,7 @@ use crate::xfeatures::PKRU_BIT;
 pub fn check(case: &Case) {
     let host = HostFacts::synthetic(0x2e7, 0xffff);
     for &c in Contract::ALL {
-        let cfg = ModelConfig { contract: c, quirks: vec![] };
+        let cfg = ModelConfig::new(c, vec![]);
         let t = predict(case, &host, &cfg);
         assert_eq!(t, predict(case, &host, &cfg), "determinism under {c}");
         assert_eq!(diff(case, &host, &cfg, &t, &t), Verdict::Agree, "a prediction agrees with itself under {c}");

@@ -42,6 +42,6 @@ pub use case::{Case, Op};
 pub use diff::diff;
 pub use host::{HostFacts, Quirk};
 pub use judge::judge;
-pub use model::{predict, Contract, ModelConfig};
+pub use model::{predict, Contract, Family, FamilyContracts, ModelConfig};
 pub use trace::{OpResult, Ret, Trace};
 pub use verdict::{Verdict, VerdictKind};

@@ -43,7 +43,7 @@ pub fn host207() -> HostFacts {
 }
 
 pub fn cfg(c: Contract) -> ModelConfig {
-    ModelConfig { contract: c, quirks: vec![] }
+    ModelConfig::new(c, vec![])
 }
 
 pub fn run(host: &HostFacts, c: Contract, config: Config, ops: Vec<Op>) -> Trace {

@@ -39,7 +39,7 @@ fn every_rule_is_reachable() {
             (&pvm, vec![Quirk::PvmCpuidRewrite, Quirk::PvmHwXcr0]),
             (&plain, vec![Quirk::KvmFpuLegacy, Quirk::TcgXsaveFop, Quirk::TcgX87NoMf]),
         ] {
-            for r in predict(&case, host, &ModelConfig { contract: c, quirks }).results {
+            for r in predict(&case, host, &ModelConfig::new(c, quirks)).results {
                 seen.extend(r.rules);
             }
         }

@@ -26,7 +26,7 @@ fn fpu() -> FpuImage {
 }
 
 fn legacy(h: &xsave_oracle::HostFacts, config: Config, ops: Vec<Op>) -> Trace {
-    predict(&Case { config, ops }, h, &ModelConfig { contract: Contract::V3, quirks: vec![Quirk::KvmFpuLegacy] })
+    predict(&Case { config, ops }, h, &ModelConfig::new(Contract::V3, vec![Quirk::KvmFpuLegacy]))
 }
 
 fn written() -> Vec<u8> {
@@ -143,7 +143,7 @@ fn known_issue_labels_only_the_mxcsr_departure() {
     let h = host207();
     let judge = |ops: Vec<Op>| {
         let case = Case { config: no_cpuid(), ops };
-        let observed = predict(&case, &h, &ModelConfig { contract: Contract::V3, quirks: vec![Quirk::KvmFpuLegacy] });
+        let observed = predict(&case, &h, &ModelConfig::new(Contract::V3, vec![Quirk::KvmFpuLegacy]));
         let (_, v) = xsave_oracle::judge(&case, &h, &ModelConfig::default(), &observed);
         v.divergence().cloned().expect("diverges")
     };
@@ -166,7 +166,7 @@ fn known_issue_covers_mxcsr_read_back_through_get_xsave() {
         config: no_cpuid(),
         ops: vec![Op::SetXsave(XsaveImage::init(0x3)), Op::SetFpu(FpuImage { mxcsr: 0x1fa0, ..FpuImage::init() }), Op::GetXsave],
     };
-    let observed = predict(&case, &h, &ModelConfig { contract: Contract::V3, quirks: vec![Quirk::KvmFpuLegacy] });
+    let observed = predict(&case, &h, &ModelConfig::new(Contract::V3, vec![Quirk::KvmFpuLegacy]));
     let (_, v) = xsave_oracle::judge(&case, &h, &ModelConfig::default(), &observed);
     let d = v.divergence().expect("diverges");
     assert_eq!(d.op, "KVM_GET_XSAVE");
@@ -180,7 +180,7 @@ fn known_issue_covers_mxcsr_read_back_through_get_xsave() {
 #[test]
 fn set_fpu_after_a_run_is_loaded_or_dropped_by_the_next_run() {
     let h = host207();
-    let cfg = ModelConfig { contract: Contract::V3, quirks: vec![Quirk::KvmFpuLegacy] };
+    let cfg = ModelConfig::new(Contract::V3, vec![Quirk::KvmFpuLegacy]);
     let config = Config { xcr0: Some(0x7), ..full_avx_config() };
     let idle = Op::RunGuest(GuestProgram { actions: vec![] });
     for second in [vec![A::Xsave], vec![]] {

@@ -96,7 +96,7 @@ fn avx_with_xcr0_fp_faults_unless_hardware_xcr0_is_the_hosts() {
     let up = v3(&h, config.clone(), ops.clone());
     assert_eq!(exit(last(&up)), Exit::Shutdown);
     assert!(last(&up).rules.contains(&Rule::RunFault) && last(&up).rules.contains(&Rule::RunHwXcr0Guest));
-    let pvm = predict(&Case { config, ops }, &h, &ModelConfig { contract: Contract::V3, quirks: vec![Quirk::PvmHwXcr0] });
+    let pvm = predict(&Case { config, ops }, &h, &ModelConfig::new(Contract::V3, vec![Quirk::PvmHwXcr0]));
     assert_eq!(exit(last(&pvm)), Exit::End);
     assert!(last(&pvm).rules.contains(&Rule::QuirkPvmHwXcr0));
 }
@@ -133,7 +133,7 @@ fn long_mode_setup_needs_lm_in_guest_cpuid() {
     let pvm = predict(
         &Case { config: Config::default(), ops: vec![run(vec![A::Xmm { seed: 1 }])] },
         &h,
-        &ModelConfig { contract: Contract::V3, quirks: vec![Quirk::PvmHwXcr0] },
+        &ModelConfig::new(Contract::V3, vec![Quirk::PvmHwXcr0]),
     );
     assert_eq!(exit(last(&pvm)), Exit::End);
 }

@@ -40,7 +40,7 @@ fn pvm_host() -> HostFacts {
 fn read_back(entries: Vec<CpuidEntry>) -> Vec<[u32; 7]> {
     let h = pvm_host();
     let case = Case { config: Config::default(), ops: vec![Op::SetCpuid2(table(entries)), Op::GetCpuid2 { capacity: 256 }] };
-    let t = predict(&case, &h, &ModelConfig { contract: Contract::V3, quirks: vec![Quirk::PvmCpuidRewrite] });
+    let t = predict(&case, &h, &ModelConfig::new(Contract::V3, vec![Quirk::PvmCpuidRewrite]));
     let d = ok(&t.results[1]);
     (0..le32(d, 0) as usize)
         .map(|k| {
@@ -103,7 +103,7 @@ fn visible_gsx(entries: Vec<CpuidEntry>) -> u64 {
     let h = pvm_host();
     let case =
         Case { config: Config::default(), ops: vec![Op::SetCpuid2(table(entries)), Op::SetXsave(XsaveImage::init(0xe7)), Op::GetXsave] };
-    let t = predict(&case, &h, &ModelConfig { contract: Contract::V3, quirks: vec![Quirk::PvmCpuidRewrite] });
+    let t = predict(&case, &h, &ModelConfig::new(Contract::V3, vec![Quirk::PvmCpuidRewrite]));
     bv(ok(&t.results[2]))
 }
 

@@ -204,7 +204,7 @@ pub fn detect(seeds: u64, budget: u64, libfuzzer: Option<&std::path::Path>) -> R
     {
         let mut hits = Vec::new();
         for seed in 0..seeds {
-            let mut be = crate::ModelBackend::new(host.clone(), ModelConfig { contract, quirks: vec![] });
+            let mut be = crate::ModelBackend::new(host.clone(), ModelConfig::new(contract, vec![]));
             let cfg = CampaignConfig {
                 guest: false,
                 feedback: true,

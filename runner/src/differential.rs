@@ -70,7 +70,7 @@ pub fn check_detect(case: &Case) {
         (c, k)
     });
     let host = HostFacts::synthetic(0x2e7, 0xffff);
-    let observed = xsave_oracle::predict(case, &host, &ModelConfig { contract: *contract, quirks: vec![] });
+    let observed = xsave_oracle::predict(case, &host, &ModelConfig::new(*contract, vec![]));
     if let (_, Verdict::Diverge(d)) = judge(case, &host, &ModelConfig::default(), &observed) {
         if d.class.name() == class {
             panic!("detected {contract}: {}", d.title);

@@ -116,7 +116,7 @@ impl ModelBackend {
 
 impl Backend for ModelBackend {
     fn name(&self) -> String {
-        format!("model:{}", self.cfg.contract)
+        format!("model:{}", self.cfg.contract_label())
     }
     fn host(&self) -> &HostFacts {
         &self.host

@@ -84,7 +84,7 @@ impl From<Outcome> for String {
 /// Run named cases on this machine's KVM (inside a lab guest, or on the host) and record them.
 pub fn exec_cases(report: &ProbeReport, cases: &[(String, Case)], full: bool) -> Result<Vec<ExecRecord>, BackendError> {
     let host = &report.host;
-    let own = ModelConfig { contract: Contract::parse(&report.contract).unwrap_or(Contract::V3), quirks: report.quirks.clone() };
+    let own = ModelConfig::new(Contract::parse(&report.contract).unwrap_or(Contract::V3), report.quirks.clone());
     let strict = ModelConfig::default();
     let mut be = KvmBackend::new(host.clone(), true)?;
     let mut out = Vec::with_capacity(cases.len());

@@ -33,7 +33,7 @@ impl Target {
             Some(q) => serde_json::from_value::<Vec<Quirk>>(q.clone()).map_err(|e| format!("bad quirks: {e}"))?,
             None => host.quirks.clone(),
         };
-        Ok(Target { name: name.to_string(), host, model: ModelConfig { contract, quirks } })
+        Ok(Target { name: name.to_string(), host, model: ModelConfig::new(contract, quirks) })
     }
 }
 

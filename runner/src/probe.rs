@@ -192,7 +192,7 @@ pub fn match_contract(backend: &mut dyn Backend, host: &HostFacts, quirks: &[Qui
             .iter()
             .copied()
             .filter(|c| {
-                let cfg = ModelConfig { contract: *c, quirks: quirks.to_vec() };
+                let cfg = ModelConfig::new(*c, quirks.to_vec());
                 diff(&case, host, &cfg, &predict(&case, host, &cfg), &obs) == Verdict::Agree
             })
             .collect();
@@ -207,7 +207,7 @@ pub fn match_contract(backend: &mut dyn Backend, host: &HostFacts, quirks: &[Qui
     let nearest = Contract::ALL
         .iter()
         .map(|&c| {
-            let cfg = ModelConfig { contract: c, quirks: quirks.to_vec() };
+            let cfg = ModelConfig::new(c, quirks.to_vec());
             let departures: Vec<Departure> = runs
                 .iter()
                 .filter(|r| !r.3.contains(&c))

@@ -12,7 +12,7 @@ use xsave_testkit::tempdir;
 fn findings(contract: Contract, iterations: u64) -> Vec<serde_json::Value> {
     let dir = tempdir();
     let host = HostFacts::synthetic(0x2e7, 0xffff);
-    let mut be = ModelBackend::new(host, ModelConfig { contract, quirks: vec![] });
+    let mut be = ModelBackend::new(host, ModelConfig::new(contract, vec![]));
     let cfg = CampaignConfig {
         guest: false,
         workdir: Some(dir.path().to_path_buf()),
@@ -29,7 +29,7 @@ fn findings(contract: Contract, iterations: u64) -> Vec<serde_json::Value> {
                 serde_json::from_slice(&std::fs::read(e.path().join("verdict.json")).expect("verdict")).expect("json");
             // Every finding is complete: its case decodes and replays to the same verdict.
             let case = xsave_oracle::Case::decode(&std::fs::read(e.path().join("case.bin")).expect("case")).expect("decode");
-            let obs = xsave_oracle::predict(&case, &HostFacts::synthetic(0x2e7, 0xffff), &ModelConfig { contract, quirks: vec![] });
+            let obs = xsave_oracle::predict(&case, &HostFacts::synthetic(0x2e7, 0xffff), &ModelConfig::new(contract, vec![]));
             let (_, again) = xsave_oracle::judge(&case, &HostFacts::synthetic(0x2e7, 0xffff), &ModelConfig::default(), &obs);
             let stored: Verdict = serde_json::from_value(v["verdict"].clone()).expect("verdict parses");
             assert_eq!(again, stored, "finding {} replays identically", e.path().display());
@@ -151,7 +151,7 @@ impl xsave_runner::Backend for Flaky {
 fn an_unreproduced_finding_is_kept_as_found() {
     let dir = tempdir();
     let host = HostFacts::synthetic(0x2e7, 0xffff);
-    let model = |contract| ModelBackend::new(host.clone(), ModelConfig { contract, quirks: vec![] });
+    let model = |contract| ModelBackend::new(host.clone(), ModelConfig::new(contract, vec![]));
     let mut be = Flaky { v2b: model(Contract::V2b), v3: model(Contract::V3), left: 1 };
     let cfg =
         CampaignConfig { guest: false, workdir: Some(dir.path().to_path_buf()), minimize_budget: 0, ..CampaignConfig::new(42, Some(400)) };

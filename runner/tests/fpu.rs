@@ -57,7 +57,7 @@ fn check(s: &Summary, f: &[(Case, Verdict)]) {
 fn model_of_todays_kernels_yields_the_set_fpu_finding() {
     let dir = tempdir();
     let host = HostFacts::synthetic(0x2e7, 0xffff);
-    let mut be = ModelBackend::new(host, ModelConfig { contract: Contract::V3, quirks: vec![Quirk::KvmFpuLegacy] });
+    let mut be = ModelBackend::new(host, ModelConfig::new(Contract::V3, vec![Quirk::KvmFpuLegacy]));
     let s = campaign(&mut be, ModelConfig::default(), 1500, dir.path());
     check(&s, &findings(dir.path()));
 }

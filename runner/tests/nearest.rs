@@ -21,8 +21,8 @@ impl Backend for Hybrid {
         &self.host
     }
     fn execute(&mut self, case: &Case) -> Result<Trace, BackendError> {
-        let base = ModelConfig { contract: Contract::V3, quirks: vec![] };
-        let other = ModelConfig { contract: self.get_from, quirks: vec![] };
+        let base = ModelConfig::new(Contract::V3, vec![]);
+        let other = ModelConfig::new(self.get_from, vec![]);
         let mut t = predict(case, &self.host, &base);
         let o = predict(case, &self.host, &other);
         for (k, (_, op)) in case.steps().iter().enumerate() {
@@ -59,7 +59,7 @@ fn v3_with_unmasked_get_is_nearest_v3_and_departs_on_masking() {
 fn an_exact_match_has_no_departures() {
     let host = HostFacts::synthetic(0x2e7, 0xffff);
     for c in [Contract::V0, Contract::V3] {
-        let mut be = xsave_runner::ModelBackend::new(host.clone(), ModelConfig { contract: c, quirks: vec![] });
+        let mut be = xsave_runner::ModelBackend::new(host.clone(), ModelConfig::new(c, vec![]));
         let m = match_contract(&mut be, &host, &[]).expect("probe");
         assert_eq!(m.matches.last(), Some(&c));
         let n = m.nearest.expect("nearest");

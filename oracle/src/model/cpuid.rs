@@ -1,7 +1,7 @@
 //! `KVM_SET_CPUID2` and `KVM_GET_CPUID2` (spec §6): validation, guest_supported_xcr0, the
 //! runtime-owned fields, the frozen table after a run, and quirk `pvm-cpuid-rewrite` (§8).
 
-use super::{ret_err, ret_ok, Contract, Model, NOT_SIGNIFICANT};
+use super::{ret_err, ret_ok, Contract, Family, Model, NOT_SIGNIFICANT};
 use crate::abi::cpuid::{cpuid2_trace, cpuid2_trace_reg_offset, find_entry, CpuidEntry, CPUID_FLAG_SIGNIFICANT_INDEX, MAX_CPUID_ENTRIES};
 use crate::abi::xstate_required_size;
 use crate::case::Origin;
@@ -70,16 +70,11 @@ impl Model<'_> {
                 rules.push(Rule::CpuidGsxNone);
             }
         }
-        match self.contract() {
-            Contract::V2a => {
-                self.vcpu.user_xfeatures = self.vcpu.gsx;
-                rules.push(Rule::CpuidV2UserXfeatures);
-            }
-            Contract::V2b => {
-                self.vcpu.user_xfeatures = self.vcpu.gsx | FPSSE;
-                rules.push(Rule::CpuidV2UserXfeatures);
-            }
-            _ => {}
+        // V2a/V2b replace user_xfeatures with the guest CPUID's (derived where used, per
+        // family: `user_xfeatures`).
+        let v2 = |c: Contract| matches!(c, Contract::V2a | Contract::V2b);
+        if v2(self.contract()) || v2(self.contract_for(Family::Get)) || v2(self.contract_for(Family::Set)) {
+            rules.push(Rule::CpuidV2UserXfeatures);
         }
         ret_ok(origin, 0, rules)
     }

@@ -70,18 +70,80 @@ impl std::fmt::Display for Contract {
     }
 }
 
+/// An ioctl family whose contract a composite model may take from another version
+/// ([`FamilyContracts`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// `KVM_GET_XSAVE`/`KVM_GET_XSAVE2`: the GET mask (incl. the `user_xfeatures` it is taken
+    /// from) and the legacy area as reported.
+    Get,
+    /// `KVM_SET_XSAVE`: its validation (incl. the `user_xfeatures` it checks against) and load.
+    Set,
+}
+
+/// Per-family contract overrides: a composite model carries several versions' defects at once,
+/// e.g. V3 with V1's unmasked GET and V2b's restrictive SET (`model:V3+get=V1+set=V2b`). Each
+/// family derives its state from its own contract; every other ioctl follows the base contract.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FamilyContracts {
+    /// Contract of the GET family (none: the base contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub get: Option<Contract>,
+    /// Contract of the SET family (none: the base contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<Contract>,
+}
+
+impl FamilyContracts {
+    /// No override: a single-contract model.
+    pub fn is_empty(&self) -> bool {
+        self.get.is_none() && self.set.is_none()
+    }
+}
+
 /// What the model predicts under.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelConfig {
-    /// Contract version.
+    /// Contract version (the base one, for every family without an override).
     pub contract: Contract,
     /// Host quirks modelled (empty: strict upstream).
     pub quirks: Vec<Quirk>,
+    /// Per-family overrides of `contract` (a composite model); absent from the serialized form
+    /// when empty, so single-contract configurations serialize as before.
+    #[serde(default, skip_serializing_if = "FamilyContracts::is_empty")]
+    pub families: FamilyContracts,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { contract: Contract::V3, quirks: Vec::new() }
+        ModelConfig::new(Contract::V3, Vec::new())
+    }
+}
+
+impl ModelConfig {
+    /// A single-contract model with `quirks`.
+    pub fn new(contract: Contract, quirks: Vec<Quirk>) -> ModelConfig {
+        ModelConfig { contract, quirks, families: FamilyContracts::default() }
+    }
+
+    /// The contract `family` follows.
+    pub fn contract_for(&self, family: Family) -> Contract {
+        let o = match family {
+            Family::Get => self.families.get,
+            Family::Set => self.families.set,
+        };
+        o.unwrap_or(self.contract)
+    }
+
+    /// The contracts as a backend name shows them: `V3`, or `V3+get=V1+set=V2b` for a composite.
+    pub fn contract_label(&self) -> String {
+        let mut s = self.contract.name().to_string();
+        for (name, c) in [("get", self.families.get), ("set", self.families.set)] {
+            if let Some(c) = c {
+                s.push_str(&format!("+{name}={c}"));
+            }
+        }
+        s
     }
 }
 
@@ -101,6 +163,8 @@ struct Vcpu {
     /// (entry index, register mask, the rule that leaves them unpredicted).
     cpuid_unpredicted: Vec<(usize, u8, Rule)>,
     gsx: u64,
+    /// The host default `user_xfeatures`, with AMX once a CPUID enables it; what a contract
+    /// makes of it: [`user_xfeatures`].
     user_xfeatures: u64,
     uabi_size: usize,
     /// Bits accepted by the last SET while outside the GET mask (hidden state).
@@ -259,6 +323,10 @@ impl<'a> Model<'a> {
         self.cfg.contract
     }
 
+    fn contract_for(&self, family: Family) -> Contract {
+        self.cfg.contract_for(family)
+    }
+
     /// Predict one step.
     pub fn step(&mut self, origin: Origin, op: &Op) -> OpResult {
         if !matches!(op, Op::GetXsave | Op::GetXsave2 | Op::GetFpu | Op::GetXcrs | Op::GetCpuid2 { .. } | Op::CheckXsave2) {
@@ -303,10 +371,21 @@ impl<'a> Model<'a> {
     }
 
     fn get_mask_of(&self, v: &Vcpu) -> u64 {
-        match self.contract() {
+        match self.contract_for(Family::Get) {
             Contract::V3 => v.user_xfeatures & (v.gsx | FPSSE),
-            Contract::V1 | Contract::V2a | Contract::V2b => v.user_xfeatures,
+            c @ (Contract::V1 | Contract::V2a | Contract::V2b) => user_xfeatures(v, c),
             Contract::V0 => v.gsx | FPSSE,
         }
+    }
+}
+
+/// The fpstate's `user_xfeatures` under contract `c`: 5.17–6.5 (V2a, V2b) replace it with the
+/// guest CPUID's XCR0 bits at each successful `KVM_SET_CPUID2` (V2b: with FP|SSE); the others
+/// keep the host default (with AMX once the CPUID enables it), [`Vcpu::user_xfeatures`].
+fn user_xfeatures(v: &Vcpu, c: Contract) -> u64 {
+    match c {
+        Contract::V2a if v.cpuid_set => v.gsx,
+        Contract::V2b if v.cpuid_set => v.gsx | FPSSE,
+        _ => v.user_xfeatures,
     }
 }

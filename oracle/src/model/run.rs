@@ -2,7 +2,7 @@
 //! actions and faults, the guest's own XSAVE, and the kernel's save when the run returns, with
 //! the processor's choices (XINUSE, FIP, FCW, FSW, x87 pointers) as allowed sets.
 
-use super::{ret_err, Contract, Model, NOT_SIGNIFICANT};
+use super::{ret_err, user_xfeatures, Contract, Model, NOT_SIGNIFICANT};
 use crate::abi::cpuid::find_entry;
 use crate::abi::{self, le32, le64, put};
 use crate::case::Origin;
@@ -264,7 +264,7 @@ impl Model<'_> {
     /// The kernel saves the guest's registers when the run returns to userspace.
     pub(super) fn save_after_run(&mut self, regs: &crate::guest::Regs, rules: &mut Vec<Rule>) {
         let host = self.host;
-        let xf = host.default_user_xfeatures() | (self.vcpu.user_xfeatures & host.supported_xcr0);
+        let xf = host.default_user_xfeatures() | (user_xfeatures(&self.vcpu, self.contract()) & host.supported_xcr0);
         let v = &mut self.vcpu;
         let old = v.kbuf.clone();
         let n = v.kbuf.len().min(regs.image.len());

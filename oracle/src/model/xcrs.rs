@@ -1,6 +1,6 @@
 //! `KVM_GET_XCRS` and `KVM_SET_XCRS` (spec §5): the XCR0 checks.
 
-use super::{ret_err, ret_ok, Contract, Model};
+use super::{ret_err, ret_ok, user_xfeatures, Contract, Model};
 use crate::abi::xcrs::{KvmXcr, KvmXcrs, MAX_XCRS};
 use crate::case::{Origin, XcrsImage};
 use crate::rules::Rule;
@@ -46,7 +46,7 @@ impl Model<'_> {
             return Err(Rule::Xcr0RejectYmmSse);
         }
         let valid = match self.contract() {
-            Contract::V2a => self.vcpu.user_xfeatures | FP,
+            Contract::V2a => user_xfeatures(&self.vcpu, Contract::V2a) | FP,
             _ => self.vcpu.gsx | FP,
         };
         if x & !valid != 0 {

@@ -2,7 +2,7 @@
 //! the GET mask, the legacy area as reported, the permissive load and its checks.
 
 use super::run::{fsw_choice, xinuse_choice};
-use super::{ret_err, ret_ok, Contract, Model, Vcpu};
+use super::{ret_err, ret_ok, user_xfeatures, Contract, Family, Model, Vcpu};
 use crate::abi::{self, le32, le64, put, xstate_required_size};
 use crate::case::Origin;
 use crate::rules::Rule;
@@ -31,8 +31,8 @@ impl Model<'_> {
     }
 
     pub(super) fn get_xsave(&mut self, origin: Origin, xsave2: bool) -> OpResult {
-        let c = self.contract();
-        if xsave2 && !c.has_xsave2() {
+        let c = self.contract_for(Family::Get);
+        if xsave2 && !self.contract().has_xsave2() {
             return ret_err(origin, EINVAL, vec![Rule::GetXsave2Absent]);
         }
         if !xsave2 && self.vcpu.uabi_size > abi::KVM_XSAVE_SIZE {
@@ -123,7 +123,7 @@ impl Model<'_> {
         let v = &self.vcpu;
         let mut allowed = Vec::new();
         let free = v_free(v, h);
-        let legacy = self.contract() != Contract::V0;
+        let legacy = self.contract_for(Family::Get) != Contract::V0;
         if let Some(choice) = xinuse_choice(free) {
             let rule = choice.rule();
             rules.push(rule);
@@ -167,7 +167,7 @@ impl Model<'_> {
     }
 
     pub(super) fn set_xsave(&mut self, origin: Origin, buf: &[u8]) -> OpResult {
-        let c = self.contract();
+        let c = self.contract_for(Family::Set);
         let bv = le64(buf, abi::XSTATE_BV);
         let mxcsr = le32(buf, abi::MXCSR);
         let mut rules = Vec::with_capacity(8);
@@ -190,7 +190,7 @@ impl Model<'_> {
         if !f && bv & !self.host.supported_xcr0 != 0 {
             return ret_err(origin, EINVAL, vec![Rule::SetRejectUnsupported]);
         }
-        if !f && bv & !self.vcpu.user_xfeatures != 0 {
+        if !f && bv & !user_xfeatures(&self.vcpu, c) != 0 {
             return ret_err(origin, EINVAL, vec![Rule::SetRejectUserXfeatures]);
         }
         if !f && le64(buf, abi::XCOMP_BV) != 0 {
@@ -228,11 +228,12 @@ impl Model<'_> {
     pub(super) fn accept(&mut self, bv: u64, mut rules: Vec<Rule>, origin: Origin) -> OpResult {
         self.vcpu.kbv = bv;
         self.vcpu.kbv_free = 0;
-        if bv & FP != 0 || self.contract() == Contract::V0 {
+        let v0 = self.contract_for(Family::Set) == Contract::V0;
+        if bv & FP != 0 || v0 {
             self.vcpu.legacy_alts.retain(|a| a.0 == abi::MXCSR);
             self.vcpu.fsw_derived = false;
         }
-        if bv & (FP | SSE | YMM) != 0 || self.contract() == Contract::V0 {
+        if bv & (FP | SSE | YMM) != 0 || v0 {
             self.vcpu.legacy_alts.retain(|a| a.0 != abi::MXCSR);
             self.vcpu.mxcsr_alt = None;
         }
