@@ -123,7 +123,7 @@ fn sigkill_then_resume_loses_nothing() {
     let done = state["next_iteration"].as_u64().expect("next_iteration");
     assert!(done > 0);
     // Without --resume the workdir is refused; with it the campaign continues.
-    let o = RIG.run(&["fuzz", "--backend", "model:V2b", "--iterations", "10", "--workdir", wd]);
+    let o = RIG.run(&["fuzz", "--backend", "model:V2b", "--iterations", "10", "--seed", "9", "--workdir", wd]);
     assert_one_line_error(&o, "--resume");
     let target = done + 2000;
     let o = RIG.run(&["fuzz", "--backend", "model:V2b", "--resume", "--json", "--iterations", &target.to_string(), "--workdir", wd]);

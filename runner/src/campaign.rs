@@ -76,6 +76,15 @@ pub fn mutated(corpus: &[Case], seed: u64, i: u64) -> Case {
     Case::decode(&xsave_oracle::mutate::mutate_bytes(&base.encode(), &entropy)).unwrap_or_else(|_| base.clone())
 }
 
+/// A fresh generator seed from the OS (`/dev/urandom`): what `fuzz` runs without `--seed`.
+/// Below 2^53, so JSON readers that hold numbers as doubles keep it exact.
+pub fn random_seed() -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(u64::from_le_bytes(b) & ((1 << 53) - 1))
+}
+
 /// Errors of a campaign (not findings).
 #[derive(Debug, thiserror::Error)]
 pub enum CampaignError {

@@ -27,8 +27,9 @@ pub struct Args {
     /// SIGTERM); kept on --resume unless given again.
     #[arg(long, value_parser = parse_run_time)]
     duration: Option<Duration>,
-    /// Generator seed (default 1; with --resume, the stored campaign's, which a different
-    /// --seed may not change).
+    /// Generator seed (default: a random one drawn from the OS, recorded in campaign.json and
+    /// the summary, so fleet hosts do not all run the same cases; with --resume, the stored
+    /// campaign's, which a different --seed may not change). Give it for a reproducible run.
     #[arg(long)]
     seed: Option<u64>,
     /// Workdir for state and findings (findings/<signature>/).
@@ -124,7 +125,12 @@ pub fn run(args: Args) -> Result<i32> {
         (None, None) => (Some(10_000), None),
         (i, d) => (i, d),
     };
-    let seed = seed.unwrap_or(1);
+    // Given, else the stored campaign's (on resume), else a fresh one from the OS.
+    let seed = match (seed, &stored) {
+        (Some(s), _) => s,
+        (None, Some(old)) => old.seed,
+        (None, None) => campaign::random_seed().context("cannot draw a random seed from /dev/urandom")?,
+    };
     std::fs::create_dir_all(&workdir).with_context(|| format!("cannot create {}", workdir.display()))?;
     let fp_path = workdir.join("host.json");
     if !fp_path.exists() {
