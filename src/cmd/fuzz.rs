@@ -42,7 +42,10 @@ pub struct Args {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
-    /// Executions the minimizer may spend on each new finding (0: no minimization).
+    /// Executions the minimizer may spend on each new finding (0: no minimization). A new
+    /// finding is written raw at once; minimization takes at most 20 % of the campaign's time
+    /// and replaces it when done; pending ones are finished at the end, or by --resume after
+    /// an interrupt.
     #[arg(long, default_value_t = 2000)]
     minimize_budget: u64,
     /// Give every case a guest CPUID strictly narrower than the host's supported set.
@@ -406,6 +409,9 @@ pub fn print_summary(s: &Summary) {
             "contract rules   {}/{} reached, {} coverage points, corpus {}",
             s.rules_covered, s.rules_total, s.coverage_points, s.corpus
         );
+    }
+    if s.minimize_pending > 0 {
+        println!("minimization     {} findings still raw (minimized by --resume)", s.minimize_pending);
     }
     if s.interrupted {
         println!("interrupted      yes (state saved; continue with --resume)");
