@@ -926,9 +926,9 @@ fn finding_key(dir: &Path) -> Option<(u64, u64)> {
 }
 
 /// Write a new finding atomically the moment it is found, without minimizing it (that is
-/// [`crate::minqueue`]'s job, off the hot path): `case.bin`, `case.json` and `original.bin`
-/// (the case as found), `verdict.json` (the finding run's verdict and traces, and the worker
-/// and iteration that found it), `host.json`. A raw finding has no `minimize.json`. A kernel
+/// [`crate::minqueue`]'s job, off the hot path): `case.bin` (the case as found),
+/// `verdict.json` (the finding run's verdict and traces, and the worker and iteration that
+/// found it), `host.json`. A raw finding has no `minimize.json`. A kernel
 /// splat is final as found: it gets an empty `minimize.json` at once and is never queued.
 ///
 /// First writer wins deterministically: a finding already on disk is replaced (atomically,
@@ -970,8 +970,10 @@ fn host_json(dest: &Path) -> Option<Vec<u8>> {
     crate::store::read_bounded(&workdir.join("host.json"), crate::store::caps::JSON).ok()
 }
 
-/// The files of a finding directory: `case.bin` and `case.json` (`case`), `original.bin`,
-/// `verdict.json` (`rec`), `minimize.json` when `stats` (a final finding), `host.json`.
+/// The files of a finding directory. Final (`stats` given): `case.bin` and `case.json`
+/// (`case`), `original.bin`, `verdict.json` (`rec`), `minimize.json`, `host.json`. Raw: only
+/// `case.bin` (the case as found), `verdict.json` and `host.json`: every file costs an fsync
+/// on the hot path, and the final finding adds the rest.
 pub(crate) fn finding_files(
     rec: &Finding,
     case: &Case,
@@ -979,13 +981,10 @@ pub(crate) fn finding_files(
     stats: Option<&MinStats>,
     host_json: Option<Vec<u8>>,
 ) -> Result<Vec<(&'static str, Vec<u8>)>, CampaignError> {
-    let mut files = vec![
-        ("case.bin", case.encode()),
-        ("case.json", case.to_json().into_bytes()),
-        ("original.bin", original.encode()),
-        ("verdict.json", pretty(rec)?),
-    ];
+    let mut files = vec![("case.bin", case.encode()), ("verdict.json", pretty(rec)?)];
     if let Some(st) = stats {
+        files.push(("case.json", case.to_json().into_bytes()));
+        files.push(("original.bin", original.encode()));
         files.push(("minimize.json", pretty(st)?));
     }
     if let Some(h) = host_json {

@@ -1,8 +1,8 @@
 //! Minimization off the campaign's hot path.
 //!
 //! A new finding is written *raw* the moment it is found (`campaign::write_raw`: the case as
-//! found in `case.bin` and `original.bin`, the finding run's verdict and traces in
-//! `verdict.json`, `host.json`, and no `minimize.json`). It joins this [`Queue`]; the campaign
+//! found in `case.bin`, the finding run's verdict and traces in `verdict.json`, `host.json`;
+//! no `minimize.json`, `original.bin` or `case.json`, which the final finding adds). It joins this [`Queue`]; the campaign
 //! loop gives the queue time slices so that minimization takes at most [`SHARE`] of the
 //! campaign's wall time ([`Share`]), one candidate execution at a time ([`Shrinker`]), on the
 //! campaign's own backend (a time share rather than a worker process: a second process would
@@ -114,7 +114,7 @@ pub fn is_raw(dir: &Path) -> bool {
 fn read_finding(dir: &Path) -> Option<(Finding, Case)> {
     let v = crate::store::read_bounded(&dir.join("verdict.json"), crate::store::caps::JSON).ok()?;
     let found: Finding = serde_json::from_slice(&v).ok()?;
-    let b = crate::store::read_bounded(&dir.join("original.bin"), crate::store::caps::CASE).ok()?;
+    let b = crate::store::read_bounded(&dir.join("case.bin"), crate::store::caps::CASE).ok()?;
     Some((found, Case::decode(&b).ok()?))
 }
 
