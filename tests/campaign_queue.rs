@@ -169,3 +169,17 @@ fn without_seed_campaigns_draw_different_seeds_and_resume_keeps_them() {
     let resumed = run(&j, &["--iterations", "80", "--jobs", "2", "--resume"]);
     assert_eq!(resumed["seed"], sj["seed"]);
 }
+
+/// `bench --findings-load`: both campaigns measured in the same run, the loaded one finding
+/// signatures and the clean one none (what the ratio is, is the benchmark's, not the test's).
+#[test]
+fn findings_load_bench_reports_its_ratio() {
+    let o = rig().args(["bench", "--findings-load", "--seconds", "0.4", "--json", "--host-facts", SYNTH]).output().expect("bench");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let ratio = r["findings_load_ratio"].as_f64().expect("findings_load_ratio");
+    assert!(ratio.is_finite() && ratio > 0.0, "{r}");
+    assert_eq!(r["round_ratios"].as_array().map(Vec::len), Some(5), "{r}");
+    assert!(r["signatures"].as_f64().expect("signatures") >= 1.0, "the loaded backend finds signatures: {r}");
+    assert_eq!(r["loaded_backend"], "model:V2b");
+}

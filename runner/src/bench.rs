@@ -445,3 +445,16 @@ fn libfuzzer_hit(
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Spread;
+
+    #[test]
+    fn spread_is_order_free_and_ignores_non_finite_values() {
+        let s = Spread::of(&[0.9, 0.5, f64::NAN, 0.7, 0.6, 0.8]);
+        assert_eq!(s, Spread { min: 0.5, q1: 0.6, median: 0.7, q3: 0.8, max: 0.9 });
+        assert_eq!(Spread::of(&[]), Spread::default());
+        assert_eq!(Spread::of(&[2.0]).median, 2.0);
+    }
+}
