@@ -2,9 +2,10 @@
 //!
 //! A new finding is written *raw* the moment it is found (`campaign::write_raw`: the case as
 //! found in `case.bin`, the finding run's verdict and traces in `verdict.json`, `host.json`;
-//! no `minimize.json`, `original.bin` or `case.json`, which the final finding adds). It joins this [`Queue`]; the campaign
-//! loop gives the queue time slices so that minimization takes at most [`SHARE`] of the
-//! campaign's wall time ([`Share`]), one candidate execution at a time ([`Shrinker`]), on the
+//! no `minimize.json`, `original.bin` or `case.json`, which the final finding adds). It joins
+//! this [`Queue`]; the campaign loop gives the queue time slices so that minimization takes at
+//! most [`SHARE`] of the campaign's wall time ([`Share`]), one candidate execution at a time
+//! ([`Shrinker`]), on the
 //! campaign's own backend (a time share rather than a worker process: a second process would
 //! need a second VM, or a second guest kernel booted under QEMU for a lab backend, and would
 //! compete for the same cores without a bound). A finished minimization replaces the raw
@@ -14,9 +15,15 @@
 //! finding, then its minimized case once).
 //!
 //! At the natural end of a campaign (its iterations or duration done) the rest of the queue is
-//! finished, each finding within `--minimize-budget` executions, so the end is bounded and a
-//! completed campaign leaves only minimized findings; an interrupted one leaves the rest raw on
-//! disk for `--resume`.
+//! finished, each finding within `--minimize-budget` executions, so the end is bounded (by the
+//! queue's length times the budget) and a completed campaign leaves only minimized findings,
+//! as before this queue existed (reports, `compat-collect` and the tests read minimized cases
+//! of finished campaigns); an interrupted one (SIGINT/SIGTERM, also during that drain) leaves
+//! the rest raw on disk for `--resume`.
+//!
+//! Measured (`bench --findings-load`, model backends): minimization is cheap there, and writing
+//! a finding twice (raw, then final: each file an fsync) costs more than the inline
+//! minimization did; the share pays off where candidate executions are slow (kernels, the lab).
 
 use crate::campaign::{finding_files, place_finding, CampaignError, Finding};
 use crate::minimize::{MinStats, Shrinker};
