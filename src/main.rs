@@ -49,7 +49,9 @@ enum Cmd {
     Minimize(minimize::Args),
     /// Write a standalone C reproducer of a case (libc and <linux/kvm.h> only).
     Repro(repro::Args),
-    /// Write report.json, report.md, report.sarif and report.html for a campaign workdir.
+    /// Write report.json, report.md, report.sarif and report.html for a campaign workdir, or
+    /// (--hub URL) for the fleet in a hub: findings by signature, the signatures × kernels
+    /// matrix and per-host campaign plots.
     Report(report::Args),
     /// Migration pre-flight: simulate save on one host and load on another, over cases.
     Migrate(migrate::Args),

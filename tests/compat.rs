@@ -141,6 +141,14 @@ fn seeded_model_campaign_finds_the_same_signatures() {
     let wd = work.path().join("w");
     args.extend(["--workdir", wd.to_str().expect("utf-8")]);
     let s = rig(&args, &[]);
+    // When a group was first and last seen includes the wall-clock time: not frozen.
+    let mut groups = s["groups"].clone();
+    for g in groups.as_array_mut().into_iter().flatten() {
+        if let Some(o) = g.as_object_mut() {
+            o.remove("first_seen");
+            o.remove("last_seen");
+        }
+    }
     let got = json!({
         "by_signature": s["by_signature"],
         "by_class": s["by_class"],
@@ -148,7 +156,7 @@ fn seeded_model_campaign_finds_the_same_signatures() {
         "findings": s["findings"],
         "corpus": s["corpus"],
         "coverage_points": s["coverage_points"],
-        "groups": s["groups"],
+        "groups": groups,
     });
     let path = data().join("campaign-v2b.json");
     if freeze() {

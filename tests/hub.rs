@@ -1,18 +1,22 @@
 //! The fleet hub against a real PostgreSQL server (no mock): concurrent hosts with
 //! overlapping findings, a hub outage mid-campaign, a campaign SIGKILLed mid-sync and
-//! resumed, bad data in the hub, and the writer/reader roles.
+//! resumed, bad data in the hub, the writer/reader roles, and `report --hub` (the fleet report
+//! read by the reader role, its signatures × kernels matrix checked in headless Chromium).
 //!
 //! The server: `$XSAVE_RIG_TEST_HUB` (a superuser URL; `./scripts/test` starts one with
 //! `scripts/hub-db`), where each test makes its own database; otherwise, and always for the
 //! outage test (which stops its server), a private cluster from `scripts/hub-db`. Without
 //! PostgreSQL's binaries a test prints `SKIPPED(postgres) <test>: <reason>` and returns.
+//!
+//! Over 600 lines: every test here shares the cluster, database, fingerprint and workdir
+//! helpers above; split, each part would need them again.
 
 use postgres::{Client, NoTls};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use xsave_testkit::{tempdir, Rig, TempDir};
+use xsave_testkit::{chromium, headless, sarif_results, tempdir, tool_or_skip, Rig, TempDir};
 
 const RIG: Rig = Rig::new(env!("CARGO_BIN_EXE_xsave-rig"));
 
@@ -514,4 +518,124 @@ fn hub_url_password_is_never_printed() {
     let o =
         rig().args(["hub", "status", "--help"]).env("XSAVE_RIG_HUB", "postgres://someone:s3cret-pw@127.0.0.1:1/x").output().expect("help");
     assert!(!String::from_utf8_lossy(&o.stdout).contains("s3cret-pw"));
+}
+
+/// `report --hub` after hosts on three kernels pushed overlapping findings: as the reader
+/// role, every format is written; each matrix cell (signature, kernel) holds exactly the
+/// diverging cases and hosts the workdirs of that kernel's hosts recorded, a kernel whose host
+/// found nothing is a column of clean cells, and the page renders in headless Chromium with
+/// the matrix and per-host plots. stats.jsonl rows name the hub's host id.
+#[test]
+fn report_hub_shows_the_fleet_matrix() {
+    let Some((url, _cluster)) = fresh_db("report", false) else { return };
+    let tag = std::process::id();
+    let (w, r) = (format!("w_{tag}"), format!("r_{tag}"));
+    ok(&rig().args(["hub", "init", "--roles", "--writer-role", &w, "--reader-role", &r, "--url", &url]).output().expect("init"));
+    let reader = format!("triage_{tag}");
+    ok(&rig().args(["hub", "add-login", &reader, "--in", &r, "--url", &url]).output().expect("add-login"));
+    let tmp = tempdir();
+    // Two hosts on one kernel and one on another, all V2b (overlapping findings); a fourth on
+    // a clean kernel (V3 under the V3 oracle).
+    let hosts = [
+        ("h-a", "6.1.0-fleet", "model:V2b"),
+        ("h-b", "6.1.0-fleet", "model:V2b"),
+        ("h-c", "6.12.0-fleet", "model:V2b"),
+        ("h-d", "6.13.0-clean", "model:V3"),
+    ];
+    let mut expected: BTreeMap<(String, String), (i64, BTreeSet<String>)> = BTreeMap::new();
+    for (n, (host, kernel, backend)) in hosts.iter().enumerate() {
+        let wd = tmp.path().join(host);
+        let f = facts(tmp.path(), n, kernel);
+        let login = format!("{}_{tag}", host.replace('-', "_"));
+        ok(&rig().args(["hub", "add-login", &login, "--in", &w, "--url", &url]).output().expect("add-login"));
+        let o = fuzz(&wd, &f, backend, n as u64 + 1, "2s", (&as_user(&url, &login), "1s"), &["--minimize-budget", "0", "--hub-host", host])
+            .output()
+            .expect("fuzz");
+        assert_eq!(summary(&o)["hub"]["delivered_at_exit"], true, "{}", String::from_utf8_lossy(&o.stderr));
+        let l = local(&wd);
+        assert_eq!(&l.host, host);
+        for sig in &l.findings {
+            let e = expected.entry((sig.clone(), kernel.to_string())).or_default();
+            e.0 += l.counts.get(sig).copied().unwrap_or(1).max(1) as i64;
+            e.1.insert(host.to_string());
+        }
+        let stats = std::fs::read_to_string(wd.join("stats.jsonl")).expect("stats");
+        assert!(stats.lines().all(|row| serde_json::from_str::<serde_json::Value>(row).expect("row")["host"] == *host), "{stats}");
+    }
+    assert!(expected.values().any(|(_, h)| h.len() == 2), "overlapping findings on one kernel: {expected:?}");
+    let out = tmp.path().join("fleet");
+    let o = rig().args(["report", "--hub", &as_user(&url, &reader), "-o"]).arg(&out).output().expect("report --hub");
+    ok(&o);
+    let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).expect("json")).expect("json");
+    let kernels: Vec<&str> = rep["kernels"].as_array().expect("kernels").iter().filter_map(|k| k.as_str()).collect();
+    assert_eq!(kernels, ["6.1.0-fleet", "6.12.0-fleet", "6.13.0-clean"]);
+    let cells: BTreeMap<(String, String), (i64, BTreeSet<String>)> = rep["cells"]
+        .as_array()
+        .expect("cells")
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().expect("str").to_string();
+            let hosts = c["hosts"].as_array().expect("hosts").iter().map(|h| h.as_str().expect("host").to_string()).collect();
+            ((s("signature"), s("kernel")), (c["count"].as_i64().expect("count"), hosts))
+        })
+        .collect();
+    assert_eq!(cells, expected, "matrix cells");
+    let sigs: BTreeSet<&str> = rep["findings"].as_array().expect("findings").iter().filter_map(|f| f["signature"].as_str()).collect();
+    assert_eq!(sigs, expected.keys().map(|(s, _)| s.as_str()).collect());
+    assert_eq!(
+        rep["series"].as_array().map(|s| s.iter().map(|x| x["host_id"].as_str().unwrap_or("")).collect::<BTreeSet<_>>().len()),
+        Some(4)
+    );
+    let md = std::fs::read_to_string(out.join("report.md")).expect("md");
+    assert!(md.contains("| signature | 6.1.0-fleet | 6.12.0-fleet | 6.13.0-clean |"), "{md}");
+    if let Some(n) = sarif_results(&out.join("report.sarif")) {
+        assert_eq!(n, sigs.len());
+    }
+    // The page, as a browser renders it: every cell of the matrix, hit or clean.
+    let Some(bin) = chromium() else {
+        tool_or_skip("chromium", false);
+        return;
+    };
+    let page = out.join("report.html");
+    let html = std::fs::read_to_string(&page).expect("html");
+    assert!(!html.contains("<script") && !html.contains("<link ") && !html.contains("url(http"), "self-contained page");
+    let d = headless(bin, &tmp.path().join("p")).arg("--dump-dom").arg(format!("file://{}", page.display())).output().expect("chromium");
+    let dom = String::from_utf8_lossy(&d.stdout);
+    let attr = |td: &str, k: &str| td.split(&format!(" {k}=\"")).nth(1).and_then(|t| t.split('"').next()).map(str::to_string);
+    let (mut hit, mut clean) = (BTreeMap::new(), BTreeSet::new());
+    for td in dom.split("<td ").skip(1).map(|t| t.split('>').next().unwrap_or("")) {
+        let td = format!(" {td}");
+        let (Some(sig), Some(k)) = (attr(&td, "data-sig"), attr(&td, "data-kernel")) else { continue };
+        match attr(&td, "class").as_deref() {
+            Some("hit") => {
+                let n: i64 = attr(&td, "data-count").and_then(|n| n.parse().ok()).expect("count");
+                let hosts = attr(&td, "data-hosts").unwrap_or_default().split(' ').map(str::to_string).collect();
+                hit.insert((sig, k), (n, hosts));
+            }
+            Some("clean") => {
+                clean.insert((sig, k));
+            }
+            c => panic!("matrix cell class {c:?}"),
+        }
+    }
+    assert_eq!(hit, expected, "rendered matrix");
+    assert_eq!(hit.len() + clean.len(), sigs.len() * kernels.len(), "one cell per signature and kernel");
+    assert!(sigs.iter().all(|s| clean.contains(&(s.to_string(), "6.13.0-clean".to_string()))), "the clean kernel's column");
+    for h in ["h-a", "h-b", "h-c", "h-d"] {
+        assert!(dom.contains(&format!("id=\"host-{h}\"")), "no campaign plots for {h}");
+    }
+    assert!(dom.matches("<svg").count() >= 8 && dom.contains("execs/s"), "per-host plots");
+}
+
+#[test]
+fn report_hub_never_prints_the_password() {
+    let o = rig().args(["report", "--hub", "postgres://someone:s3cret-pw@127.0.0.1:1/x"]).output().expect("report");
+    assert_eq!(o.status.code(), Some(2));
+    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(!all.contains("s3cret") && all.contains("***") && all.trim_end().lines().count() == 1, "{all}");
+    let o = rig().env("XSAVE_RIG_HUB", "postgres://someone:s3cret-pw@127.0.0.1:1/x").arg("report").output().expect("report");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("s3cret"));
+    let o = rig().args(["report", "w", "--hub", "postgres://h/x"]).output().expect("report");
+    assert_eq!(o.status.code(), Some(2));
 }

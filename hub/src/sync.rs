@@ -61,21 +61,12 @@ impl Identity {
     pub fn for_workdir(workdir: &Path, fingerprint: &serde_json::Value, backend: &str, host: Option<&str>) -> Result<Identity, HubError> {
         let dir = hub_dir(workdir);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let path = dir.join("identity.json");
+        let path = workdir.join(xsave_runner::stamp::IDENTITY_FILE);
         let stored: Option<Identity> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
-        let mut fp = fingerprint.clone();
-        if let Some(o) = fp.as_object_mut() {
-            o.remove("rig_version");
-        }
-        let default_host = || {
-            let name = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default();
-            let name = if name.is_empty() { "host".to_string() } else { name };
-            format!("{name}-{}", &sha256_hex(fp.to_string().as_bytes())[..8])
-        };
         let host_id = match (host, &stored) {
             (Some(h), _) => h.to_string(),
             (None, Some(s)) => s.host_id.clone(),
-            (None, None) => default_host(),
+            (None, None) => xsave_runner::stamp::default_host_id(fingerprint),
         };
         if host_id.is_empty() || host_id.len() > 200 || host_id.chars().any(|c| c.is_control()) {
             return Err(HubError::Invalid(format!("bad hub host id {host_id:?}")));

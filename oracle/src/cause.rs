@@ -1,6 +1,6 @@
-//! Root causes: which contract rule a divergence violates, whether later differing steps of
-//! the same case are only its consequences, and the group key that collects every symptom of
-//! one violated rule into one report.
+//! Root causes: which contract rule a divergence violates, and whether later differing steps
+//! of the same case are only its consequences. (The group key that collects every symptom of
+//! one violated rule into one report is [`crate::verdict::group_key`].)
 //!
 //! The violated rule is not the set of rules that took part in a prediction: it is the one
 //! rule whose statement the observation contradicts, chosen from the prediction's rules by
@@ -9,12 +9,11 @@
 use crate::abi;
 use crate::abi::region::Region;
 use crate::case::{Case, Op};
-use crate::diff::{ByteDiff, Class};
 use crate::host::HostFacts;
 use crate::model::ModelConfig;
 use crate::rules::Rule;
 use crate::trace::{OpResult, Ret, Trace};
-use serde::{Deserialize, Serialize};
+use crate::verdict::{ByteDiff, Further, MASK_RULES};
 
 /// What differs at the first differing step, as far as the violated rule depends on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,9 +56,6 @@ pub fn region_family(region: Region) -> &'static str {
 fn first_of(rules: &[Rule], candidates: &[Rule]) -> Option<Rule> {
     candidates.iter().copied().find(|c| rules.contains(c))
 }
-
-/// The masking rule a GET was predicted under.
-const MASK_RULES: &[Rule] = &[Rule::GetMaskV3, Rule::GetMaskUser, Rule::GetMaskV0];
 
 /// The violated rule of a difference at one step of kind `op`, given the prediction's `rules`.
 /// `mxcsr_invalid`: a SET's buffer holds an MXCSR outside the host's feature mask (the MXCSR
@@ -143,62 +139,6 @@ pub fn violated_rule_of(
 /// Whether `buf` (a SET's buffer) holds an MXCSR outside the host's feature mask.
 pub fn mxcsr_invalid(host: &HostFacts, buf: &[u8]) -> bool {
     buf.len() >= abi::MXCSR + 4 && abi::le32(buf, abi::MXCSR) & !host.mxcsr_feature_mask != 0
-}
-
-/// A later differing step the cause does not explain: it still differs from the prediction
-/// re-synchronised on every earlier divergence.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Further {
-    /// Step index.
-    pub step: usize,
-    /// The ioctl.
-    pub op: String,
-    /// The rule it violates.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub violated: Option<Rule>,
-}
-
-/// The group key of a divergence: violated rule, ioctl, class. Stable across hosts, layouts
-/// and engines (none of them enters it).
-pub fn group_key(rule: Option<Rule>, ioctl: &str, class: Class) -> String {
-    format!("{}|{}|{}", rule.map_or("none", |r| r.id()), ioctl, group_class(rule, class).name())
-}
-
-/// The class a group is keyed on: the class of the first divergence, except that a GET whose
-/// reported XSTATE_BV breaks the masking rule is a header difference whether or not hidden
-/// state took part (hidden state is the same mask seen after a CPUID change).
-pub fn group_class(rule: Option<Rule>, class: Class) -> Class {
-    match (rule, class) {
-        (Some(r), Class::HiddenState) if MASK_RULES.contains(&r) => Class::Header,
-        _ => class,
-    }
-}
-
-/// What a group's reports are about, in plain words: `ioctl` and the violated rule.
-pub fn group_title(rule: Option<Rule>, ioctl: &str, class: Class) -> String {
-    let Some(rule) = rule else {
-        return format!("{ioctl}: {} divergence", class.name());
-    };
-    let what = match rule {
-        Rule::GetMaskV3 | Rule::GetMaskUser | Rule::GetMaskV0 => {
-            format!("{ioctl} reports xfeatures the contract masks out (not exposed by the guest CPUID, or outside user_xfeatures)")
-        }
-        Rule::GetHiddenRevealed => format!("{ioctl} does not reveal state accepted while masked once the guest CPUID widens"),
-        Rule::SetAccept => format!("{ioctl} refuses a buffer the contract's permissive load accepts"),
-        Rule::SetMxcsrUnchecked => format!("{ioctl} validates MXCSR although XSTATE_BV has no FP, SSE or YMM"),
-        Rule::GetV0LegacyRaw | Rule::SetV0LegacyRaw => format!("{ioctl} legacy area departs from the V0 raw copy"),
-        Rule::GetFpInit | Rule::GetMxcsrInit | Rule::GetSseZero => {
-            format!("{ioctl} legacy area of an unreported component is not at its init value")
-        }
-        Rule::GetFpReported | Rule::GetMxcsrKernel | Rule::GetSseReported => {
-            format!("{ioctl} legacy area of a reported component does not hold the vCPU's state")
-        }
-        r if r.id().starts_with("set.reject.") || r.id().starts_with("xcr0.reject.") || r.id().starts_with("cpuid.reject.") => {
-            format!("{ioctl} accepts what the contract refuses: {}", r.describe())
-        }
-        r => format!("{ioctl} departs from: {}", r.describe()),
-    };
-    format!("{what} (violates {})", rule.id())
 }
 
 /// Follow the kernel at step `k` of `case`: whether the model can be forced to the observed
@@ -317,15 +257,6 @@ mod tests {
         assert_eq!(violated_rule(&Op::GetXsave2, &get, Refused, false), Some(Rule::CapXsave2Size));
     }
 
-    #[test]
-    fn group_key_ignores_hosts_and_folds_hidden_state_into_the_mask() {
-        let a = group_key(Some(Rule::GetMaskV3), "KVM_GET_XSAVE", Class::HiddenState);
-        assert_eq!(a, group_key(Some(Rule::GetMaskV3), "KVM_GET_XSAVE", Class::Header));
-        assert_eq!(a, "get.mask.v3|KVM_GET_XSAVE|header");
-        let t = group_title(Some(Rule::GetMaskV3), "KVM_GET_XSAVE", Class::Header);
-        assert!(t.starts_with("KVM_GET_XSAVE reports xfeatures") && t.ends_with("(violates get.mask.v3)"), "{t}");
-    }
-
     fn host() -> HostFacts {
         HostFacts::synthetic(0x2e7, 0xffff)
     }
@@ -349,7 +280,7 @@ mod tests {
         let (h, c) = (host(), case());
         let v3 = ModelConfig::default();
         let obs = predict(&c, &h, &ModelConfig { contract: Contract::V2a, quirks: vec![] });
-        let (_, v) = crate::diff::judge(&c, &h, &v3, &obs);
+        let (_, v) = crate::judge::judge(&c, &h, &v3, &obs);
         let d = v.divergence().expect("diverges");
         assert_eq!(c.steps()[d.step].1.name(), "KVM_SET_XSAVE", "{d:?}");
         assert_eq!(d.violated, Some(Rule::SetAccept));
@@ -364,7 +295,7 @@ mod tests {
         let (h, c) = (host(), case());
         let v3 = ModelConfig::default();
         let obs = predict(&c, &h, &ModelConfig { contract: Contract::V1, quirks: vec![] });
-        let (_, v) = crate::diff::judge(&c, &h, &v3, &obs);
+        let (_, v) = crate::judge::judge(&c, &h, &v3, &obs);
         let d = v.divergence().expect("diverges");
         assert_eq!(d.violated, Some(Rule::GetMaskV3), "{d:?}");
         assert!(d.consequences.is_empty(), "{d:?}");

@@ -3,10 +3,11 @@
 
 use crate::abi::{self, le32, le64};
 use crate::case::{Case, Op};
-use crate::diff::{diff, Verdict};
+use crate::diff::diff;
 use crate::host::HostFacts;
 use crate::model::{predict, Contract, ModelConfig};
 use crate::trace::Ret;
+use crate::verdict::Verdict;
 use crate::xfeatures::PKRU_BIT;
 
 /// Check the invariants of `case` on a synthetic Intel-layout host under every contract.

@@ -4,9 +4,9 @@
 //! a public reference.
 
 use crate::case::{Case, Op};
-use crate::diff::Divergence;
 use crate::rules::Rule;
 use crate::trace::Ret;
+use crate::verdict::Divergence;
 
 /// One publicly known departure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,7 +3,8 @@
 //! A pure (no I/O) reference model of the Linux KVM x86 XSAVE userspace ABI contract
 //! (`KVM_SET_CPUID2`, `KVM_GET/SET_XSAVE`, `KVM_GET_XSAVE2`, `KVM_GET/SET_XCRS`,
 //! `KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)`), the [`case::Case`] format that drives it, and the
-//! differential [`diff`] that compares a prediction with an observation.
+//! differential [`diff`] that compares a prediction with an observation, and the [`judge`]
+//! that explains a divergence ([`verdict`] is what both say).
 //!
 //! The model is derived from the written contract (`shared/spec/kvm-xsave-contract.md`), one
 //! function per rule; each rule has a stable id ([`rules::Rule`]) and every prediction records
@@ -23,12 +24,14 @@ pub mod hash;
 pub mod hexnum;
 pub mod host;
 pub mod invariants;
+pub mod judge;
 pub mod known;
 pub mod model;
 pub mod mutate;
 pub mod pattern;
 pub mod rules;
 pub mod trace;
+pub mod verdict;
 pub mod xfeatures;
 
 /// The ABI module's name before it owned the whole KVM ABI: kept while callers outside the
@@ -36,7 +39,9 @@ pub mod xfeatures;
 #[doc(hidden)]
 pub use abi as layout;
 pub use case::{Case, Op};
-pub use diff::{diff, judge, Verdict};
+pub use diff::diff;
 pub use host::{HostFacts, Quirk};
+pub use judge::judge;
 pub use model::{predict, Contract, ModelConfig};
 pub use trace::{OpResult, Ret, Trace};
+pub use verdict::{Verdict, VerdictKind};

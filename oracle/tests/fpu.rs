@@ -172,3 +172,54 @@ fn known_issue_covers_mxcsr_read_back_through_get_xsave() {
     assert_eq!(d.op, "KVM_GET_XSAVE");
     assert_eq!(d.known_issue.as_deref(), Some("kvm-fpu-mxcsr"), "{}", d.title);
 }
+
+/// quirk.fpu.run_init: after a run that left x87/SSE at init (their XSTATE_BV bits the
+/// processor's choice), today's kernels load a KVM_SET_FPU at the next run only if the bits were
+/// saved set. An observation where they were saved clear (the guest and the GETs after it see
+/// init state) agrees with the quirk's prediction; a third outcome does not.
+#[test]
+fn set_fpu_after_a_run_is_loaded_or_dropped_by_the_next_run() {
+    let h = host207();
+    let cfg = ModelConfig { contract: Contract::V3, quirks: vec![Quirk::KvmFpuLegacy] };
+    let config = Config { xcr0: Some(0x7), ..full_avx_config() };
+    let idle = Op::RunGuest(GuestProgram { actions: vec![] });
+    for second in [vec![A::Xsave], vec![]] {
+        let run = Op::RunGuest(GuestProgram { actions: second.clone() });
+        let case = Case { config: config.clone(), ops: vec![idle.clone(), Op::SetFpu(fpu()), run.clone(), Op::GetFpu, Op::GetXsave] };
+        let predicted = predict(&case, &h, &cfg);
+        // The configuration's steps come first: the second run is the third step from the end.
+        let k = predicted.results.len() - 3;
+        assert!(predicted.results[k].rules.contains(&Rule::QuirkFpuRunInit), "{:?}", predicted.results[k].rules);
+        // The bits saved clear: as if a SET_XSAVE with XSTATE_BV 0 had cleared them.
+        let cleared = Case {
+            config: config.clone(),
+            ops: vec![idle.clone(), Op::SetXsave(XsaveImage::init(0)), Op::SetFpu(fpu()), run, Op::GetFpu, Op::GetXsave],
+        };
+        let b = predict(&cleared, &h, &cfg);
+        let mut observed = predicted.clone();
+        observed.results.splice(k.., b.results[b.results.len() - 3..].iter().cloned());
+        assert_ne!(observed.results[k + 1].data, predicted.results[k + 1].data, "the two outcomes differ ({second:?})");
+        let (_, v) = xsave_oracle::judge(&case, &h, &cfg, &observed);
+        assert_eq!(v, xsave_oracle::Verdict::Agree, "bits saved clear ({second:?})");
+        let (_, v) = xsave_oracle::judge(&case, &h, &cfg, &predicted);
+        assert_eq!(v, xsave_oracle::Verdict::Agree, "bits saved set ({second:?})");
+        // Neither outcome: XMM0 the guest never had.
+        let mut wrong = observed.clone();
+        wrong.results[k + 1].data[abi::FPU_XMM] ^= 0x55;
+        let (_, v) = xsave_oracle::judge(&case, &h, &cfg, &wrong);
+        assert!(v.divergence().is_some_and(|d| d.op == "KVM_GET_FPU"), "{v:?}");
+    }
+}
+
+/// Without a run before it, or with the contract's SET_FPU (which marks FP|SSE in use), there
+/// is no choice: the rule is not applied.
+#[test]
+fn set_fpu_run_choice_only_after_a_run_under_the_quirk() {
+    let h = host207();
+    let config = Config { xcr0: Some(0x7), ..full_avx_config() };
+    let run = Op::RunGuest(GuestProgram { actions: vec![A::Xsave] });
+    let t = legacy(&h, config.clone(), vec![Op::SetFpu(fpu()), run.clone()]);
+    assert!(!last(&t).rules.contains(&Rule::QuirkFpuRunInit));
+    let t = v3(&h, config, vec![run.clone(), Op::SetFpu(fpu()), run]);
+    assert!(!last(&t).rules.contains(&Rule::QuirkFpuRunInit));
+}

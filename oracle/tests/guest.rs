@@ -5,12 +5,13 @@ mod common;
 use common::*;
 use xsave_oracle::abi::{le64, put};
 use xsave_oracle::case::*;
-use xsave_oracle::diff::{diff, Verdict};
+use xsave_oracle::diff::diff;
 use xsave_oracle::guest::{Exit, GuestAction as A, GuestProgram};
 use xsave_oracle::host::Quirk;
 use xsave_oracle::model::{predict, Contract, ModelConfig};
 use xsave_oracle::rules::Rule;
 use xsave_oracle::trace::{Ret, Trace, EINVAL};
+use xsave_oracle::verdict::Verdict;
 
 fn run(actions: Vec<A>) -> Op {
     Op::RunGuest(GuestProgram { actions })

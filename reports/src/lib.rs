@@ -4,14 +4,17 @@
 
 #![forbid(unsafe_code)]
 
+pub mod fleet;
 pub mod render;
 pub mod report;
 pub mod repro;
+pub mod status;
 
 use std::fmt::Write;
-use xsave_oracle::diff::{unpredicted, Divergence, Verdict};
+use xsave_oracle::diff::unpredicted;
 use xsave_oracle::hexnum::to_hex;
 use xsave_oracle::trace::Trace;
+use xsave_oracle::verdict::{Divergence, Verdict};
 use xsave_oracle::{Case, HostFacts};
 
 /// A multi-line text explanation of `verdict` for `case`.

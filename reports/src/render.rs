@@ -2,8 +2,8 @@
 
 use crate::report::{xsave_regions, FindingReport, Report};
 use std::fmt::Write;
-use xsave_oracle::diff::Class;
 use xsave_oracle::hexnum::to_hex;
+use xsave_oracle::verdict::Class;
 
 /// A number for people: integers as they are, other values rounded to 2 decimals (whole
 /// numbers from 1000 on).
@@ -74,13 +74,20 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(o, "| {k} | {} |", s(&r.campaign, k));
     }
     let groups = r.groups();
+    let hits = r.signature_hits();
     if !groups.is_empty() {
         let _ = writeln!(o, "\n## Root causes ({})\n", groups.len());
         let _ = writeln!(o, "One group per violated contract rule, ioctl and class; its signatures (symptoms) below it.\n");
-        let _ = writeln!(o, "| root cause | rule | cases | signatures |\n|---|---|---|---|");
+        let _ = writeln!(o, "| root cause | rule | hits | first seen | last seen | signatures (hits) |\n|---|---|---|---|---|---|");
         for g in &groups {
-            let sigs = g.signatures.iter().map(|s| format!("[`{s}`](#{s})")).collect::<Vec<_>>().join(", ");
-            let _ = writeln!(o, "| {} | `{}` | {} | {sigs} |", g.title, g.rule, g.cases);
+            let sigs = g
+                .signatures
+                .iter()
+                .map(|s| format!("[`{s}`](#{s}){}", hits.get(s).map(|h| format!(" ({})", h.hits)).unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let (first, last) = seen_cells(g);
+            let _ = writeln!(o, "| {} | `{}` | {} | {first} | {last} | {sigs} |", g.title, g.rule, g.cases);
         }
     }
     let _ = writeln!(o, "\n## Findings ({})\n", r.findings.len());
@@ -90,6 +97,9 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(o, "### {}\n", d.title);
         if let Some(g) = crate::report::group_of(&groups, &f.signature) {
             let _ = writeln!(o, "- root cause: {} (group `{}`)", g.title, g.key);
+        }
+        if let Some(h) = hits.get(&f.signature) {
+            let _ = writeln!(o, "- hits: {}, first seen {}, last seen {}", h.hits, h.first_seen.text(), h.last_seen.text());
         }
         let _ = writeln!(
             o,
@@ -154,6 +164,27 @@ pub fn markdown(r: &Report) -> String {
                 );
             }
         }
+        if !f.guest_runs.is_empty() {
+            let _ = writeln!(
+                o,
+                "\n#### Guest runs\n\nHow each run ended and what the guest saw (its own XSAVE image), apart from the GETs' bytes above.\n"
+            );
+            let _ = writeln!(o, "| step | exit expected | exit observed | guest's image |\n|---|---|---|---|");
+            for g in &f.guest_runs {
+                let _ = writeln!(o, "| {} | {} | {} | {} |", g.step, g.expected_exit, g.observed_exit, guest_image(g));
+            }
+            for g in f.guest_runs.iter().filter(|g| !g.regions.is_empty()) {
+                let _ = writeln!(
+                    o,
+                    "\nStep {}: the guest's image, by region\n\n| region | bytes | expected | observed |\n|---|---|---|---|",
+                    g.step
+                );
+                for b in &g.regions {
+                    let (e, ob) = (trunc(&to_hex(&b.expected)), trunc(&to_hex(&b.observed)));
+                    let _ = writeln!(o, "| {} | {}..{} | `{e}` | `{ob}` |", b.region, b.start, b.end);
+                }
+            }
+        }
         let _ =
             writeln!(o, "\nMinimized case (`xsave-rig replay findings/{}/case.bin`):\n\n```json\n{}\n```\n", f.signature, f.case.to_json());
     }
@@ -161,6 +192,24 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(o, "- skipped: {sk}");
     }
     o
+}
+
+/// A group's first and last hit as text (`?` in states written before hits were timed).
+fn seen_cells(g: &xsave_runner::campaign::Group) -> (String, String) {
+    let t = |s: Option<xsave_runner::campaign::Seen>| s.map_or_else(|| "?".to_string(), |s| s.text());
+    (t(g.first_seen), t(g.last_seen))
+}
+
+/// A guest run's image in a few words: none stored, a length difference, the regions that
+/// differ, or as predicted.
+fn guest_image(g: &crate::report::GuestRunView) -> String {
+    let differing = g.regions.iter().filter(|b| b.expected != b.observed).count();
+    match (g.expected_len, g.observed_len) {
+        (0, 0) => "none stored".into(),
+        (e, o) if e != o => format!("{o} bytes, expected {e}"),
+        _ if differing > 0 => format!("{differing} regions differ"),
+        (e, _) => format!("{e} bytes as predicted"),
+    }
 }
 
 fn trunc(h: &str) -> String {
@@ -285,12 +334,12 @@ pub fn sarif(r: &Report) -> serde_json::Value {
     })
 }
 
-fn esc(t: &str) -> String {
+pub(crate) fn esc(t: &str) -> String {
     t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// An SVG line plot of `ys` against `xs`.
-fn plot(title: &str, xs: &[f64], ys: &[f64], color: &str) -> String {
+pub(crate) fn plot(title: &str, xs: &[f64], ys: &[f64], color: &str) -> String {
     let (w, h, pad) = (560.0, 180.0, 36.0);
     let xmax = xs.iter().cloned().fold(1e-9, f64::max);
     let ymax = ys.iter().cloned().fold(1e-9, f64::max);
@@ -343,16 +392,32 @@ th{{background:#f0f0f5}} code,.hex{{font-family:ui-monospace,monospace;font-size
         plot("contract rules reached", &xs, &r.stats.iter().map(|p| p.rules_covered as f64).collect::<Vec<_>>(), "#27ae60")
     );
     let groups = r.groups();
+    let hits = r.signature_hits();
     if !groups.is_empty() {
         let _ = write!(
             o,
-            "<h2>Root causes ({})</h2><table><tr><th>root cause</th><th>rule</th><th>cases</th><th>signatures</th></tr>",
+            "<h2>Root causes ({})</h2><table><tr><th>root cause</th><th>rule</th><th>hits</th><th>first seen</th><th>last seen</th><th>signatures (hits)</th></tr>",
             groups.len()
         );
         for g in &groups {
-            let sigs: String = g.signatures.iter().map(|s| format!("<a href=\"#{0}\"><code>{0}</code></a> ", esc(s))).collect();
-            let _ =
-                write!(o, "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{sigs}</td></tr>", esc(&g.title), esc(&g.rule), g.cases);
+            let sigs: String = g
+                .signatures
+                .iter()
+                .map(|s| {
+                    let n = hits.get(s).map(|h| format!(" ({})", h.hits)).unwrap_or_default();
+                    format!("<a href=\"#{0}\"><code>{0}</code></a>{n} ", esc(s))
+                })
+                .collect();
+            let (first, last) = seen_cells(g);
+            let _ = write!(
+                o,
+                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{sigs}</td></tr>",
+                esc(&g.title),
+                esc(&g.rule),
+                g.cases,
+                esc(&first),
+                esc(&last)
+            );
         }
         let _ = write!(o, "</table>");
     }
@@ -360,6 +425,9 @@ th{{background:#f0f0f5}} code,.hex{{font-family:ui-monospace,monospace;font-size
     for f in &r.findings {
         let d = &f.divergence;
         let _ = write!(o, "<section class=\"finding\" id=\"{sig}\"><h3>{}</h3><p><span class=\"cls\">{}</span> <code>{sig}</code> — judged under {} with quirks [{}]{}</p>", esc(&d.title), d.class.name(), esc(&d.contract), esc(&d.quirks.iter().map(|q| q.name()).collect::<Vec<_>>().join(", ")), d.explained_by.map(|q| format!("; explained by host quirk <b>{}</b>", q.name())).unwrap_or_default() + &d.known_issue.as_deref().map(|k| format!("; <b>known issue {}</b> (not new)", esc(k))).unwrap_or_default(), sig = esc(&f.signature));
+        if let Some(h) = hits.get(&f.signature) {
+            let _ = write!(o, "<p>hits {}, first seen {}, last seen {}</p>", h.hits, esc(&h.first_seen.text()), esc(&h.last_seen.text()));
+        }
         let _ = write!(o, "<table><tr><th>step</th><th>origin</th><th>ioctl</th><th>expected</th><th>observed</th></tr>");
         for st in &f.steps {
             let mark = if st.index == d.step { " class=\"mark\"" } else { "" };
@@ -393,6 +461,37 @@ th{{background:#f0f0f5}} code,.hex{{font-family:ui-monospace,monospace;font-size
                 );
             }
             let _ = write!(o, "</table>");
+        }
+        if !f.guest_runs.is_empty() {
+            let _ = write!(o, "<h4>Guest runs</h4><table class=\"guest\"><tr><th>step</th><th>exit expected</th><th>exit observed</th><th>guest's image</th></tr>");
+            for g in &f.guest_runs {
+                let mark = if g.expected_exit != g.observed_exit { " class=\"mark\"" } else { "" };
+                let _ = write!(
+                    o,
+                    "<tr{mark}><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    g.step,
+                    esc(&g.expected_exit),
+                    esc(&g.observed_exit),
+                    esc(&guest_image(g))
+                );
+            }
+            let _ = write!(o, "</table>");
+            for g in f.guest_runs.iter().filter(|g| !g.regions.is_empty()) {
+                let _ = write!(o, "<p>Step {}: the guest's image, by region</p><table><tr><th>region</th><th>bytes</th><th>expected</th><th>observed</th></tr>", g.step);
+                for b in &g.regions {
+                    let cls = if b.expected == b.observed { "same" } else { "diff" };
+                    let _ = write!(
+                        o,
+                        "<tr class=\"{cls}\"><td>{}</td><td>{}..{}</td><td class=\"exp hex\">{}</td><td class=\"obs hex\">{}</td></tr>",
+                        esc(&b.region),
+                        b.start,
+                        b.end,
+                        to_hex(&b.expected),
+                        to_hex(&b.observed)
+                    );
+                }
+                let _ = write!(o, "</table>");
+            }
         }
         let _ =
             write!(o, "<details><summary>minimized case</summary><pre><code>{}</code></pre></details></section>", esc(&f.case.to_json()));

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use xsave_oracle::abi::Region;
-use xsave_oracle::diff::{ByteDiff, Divergence, Verdict};
 use xsave_oracle::trace::Trace;
+use xsave_oracle::verdict::{ByteDiff, Divergence, Verdict};
 use xsave_oracle::{Case, HostFacts};
 use xsave_runner::store::{caps, read_bounded, read_bounded_string};
 
@@ -59,6 +59,15 @@ pub struct StatPoint {
     /// Contract rules reached so far (absent in workdirs written before it was recorded).
     #[serde(default)]
     pub rules_covered: usize,
+    /// Wall-clock time of the sample, RFC 3339 UTC (absent in older workdirs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// Wall-clock time of the sample, Unix seconds (absent in older workdirs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix: Option<f64>,
+    /// The host id ([`xsave_runner::stamp::host_id`]; absent in older workdirs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// One executed step as the report shows it.
@@ -74,6 +83,55 @@ pub struct StepView {
     pub expected: String,
     /// Observed return.
     pub observed: String,
+}
+
+/// One guest run of a finding's case (`KVM_RUN` of a guest program), apart from the GETs'
+/// byte diff: how the run ended, and what the guest itself saw (its own XSAVE image of the
+/// state, when the program stores one) where it differs from the prediction, by region.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GuestRunView {
+    /// Step index.
+    pub step: usize,
+    /// Predicted exit (`end`, `shutdown`, ...) or error.
+    pub expected_exit: String,
+    /// Observed exit or error.
+    pub observed_exit: String,
+    /// Bytes of the guest's image predicted and observed (0: the program stores none).
+    pub expected_len: usize,
+    /// Observed length.
+    pub observed_len: usize,
+    /// Differing regions of the guest's image (the prediction's allowed hardware choices
+    /// resolved against the observation first), plus XSTATE_BV for context when any differs.
+    pub regions: Vec<ByteDiff>,
+}
+
+/// The guest runs of `case` with their observations ([`GuestRunView`]).
+pub fn guest_runs(case: &Case, host: Option<&HostFacts>, expected: &Trace, observed: &Trace) -> Vec<GuestRunView> {
+    let exit = |r: &xsave_oracle::trace::OpResult| match r.ret {
+        xsave_oracle::Ret::Ok(v) => xsave_oracle::guest::Exit::from_code(v).map_or_else(|| format!("exit {v}"), |e| e.name().to_string()),
+        e => e.to_string(),
+    };
+    case.steps()
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, op))| matches!(**op, xsave_oracle::Op::RunGuest(_)))
+        .filter_map(|(k, _)| {
+            let (e, o) = (expected.results.get(k)?, observed.results.get(k)?);
+            let (e, _) = e.resolve(o);
+            let regions = match host {
+                Some(h) if e.data.len() == o.data.len() && e.data.len() >= 576 && e.data != o.data => xsave_regions(h, &e.data, &o.data),
+                _ => Vec::new(),
+            };
+            Some(GuestRunView {
+                step: k,
+                expected_exit: exit(&e),
+                observed_exit: exit(o),
+                expected_len: e.data.len(),
+                observed_len: o.data.len(),
+                regions,
+            })
+        })
+        .collect()
 }
 
 /// One finding.
@@ -100,6 +158,9 @@ pub struct FindingReport {
     /// found, not minimized.
     #[serde(default)]
     pub unreproduced: bool,
+    /// The case's guest runs and what the guest saw, apart from the GETs' bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guest_runs: Vec<GuestRunView>,
 }
 
 /// A whole report.
@@ -136,6 +197,11 @@ impl Report {
             self.campaign.get("groups").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
         g.sort_by(|a, b| b.cases.cmp(&a.cases).then_with(|| a.key.cmp(&b.key)));
         g
+    }
+
+    /// Per-signature hit counts and first/last hits (empty in states written before them).
+    pub fn signature_hits(&self) -> std::collections::BTreeMap<String, xsave_runner::campaign::Hits> {
+        self.campaign.get("signature_hits").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default()
     }
 
     /// The host facts, if the fingerprint carries them.
@@ -188,8 +254,9 @@ pub fn load(dir: &Path) -> Result<Report, ReportError> {
         Err(_) => Vec::new(),
     };
     entries.sort();
+    let facts: Option<HostFacts> = host.get("host").and_then(|h| serde_json::from_value(h.clone()).ok());
     for p in entries {
-        match load_finding(&p) {
+        match load_finding(&p, facts.as_ref()) {
             Ok(f) => findings.push(f),
             Err(e) => skipped.push(e.to_string()),
         }
@@ -206,7 +273,7 @@ pub fn load(dir: &Path) -> Result<Report, ReportError> {
     })
 }
 
-fn load_finding(p: &Path) -> Result<FindingReport, ReportError> {
+fn load_finding(p: &Path, host: Option<&HostFacts>) -> Result<FindingReport, ReportError> {
     let signature = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
     let case_path = p.join("case.bin");
     let case = Case::decode(&read(&case_path)?).map_err(|e| ReportError::Corrupt { path: case_path.clone(), why: e.to_string() })?;
@@ -229,7 +296,9 @@ fn load_finding(p: &Path) -> Result<FindingReport, ReportError> {
         })
         .collect();
     let data = |t: &Trace| t.results.get(d.step).map(|r| r.data.clone()).unwrap_or_default();
+    let guest_runs = guest_runs(&case, host, &v.expected, &v.observed);
     Ok(FindingReport {
+        guest_runs,
         signature,
         expected_data: data(&v.expected),
         observed_data: data(&v.observed),

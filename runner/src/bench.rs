@@ -10,7 +10,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use xsave_oracle::case::XsaveImage;
-use xsave_oracle::diff::judge;
+use xsave_oracle::judge::judge;
 use xsave_oracle::xfeatures::FPSSE;
 use xsave_oracle::{Case, HostFacts, ModelConfig, Op};
 
@@ -375,7 +375,7 @@ fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> Option<T> {
 /// class that contract's bug shows as.
 pub fn detect(seeds: u64, budget: u64, libfuzzer: Option<&std::path::Path>) -> Result<Vec<DetectRow>, crate::campaign::CampaignError> {
     use crate::campaign::{run, CampaignConfig};
-    use xsave_oracle::diff::Class;
+    use xsave_oracle::verdict::Class;
     use xsave_oracle::Contract;
     let host = HostFacts::synthetic(0x2e7, 0xffff);
     let mut rows = Vec::new();
@@ -417,7 +417,7 @@ pub fn detect(seeds: u64, budget: u64, libfuzzer: Option<&std::path::Path>) -> R
 fn libfuzzer_hit(
     bin: &std::path::Path,
     contract: xsave_oracle::Contract,
-    class: xsave_oracle::diff::Class,
+    class: xsave_oracle::verdict::Class,
     seed: u64,
     budget: u64,
 ) -> Option<(u64, f64)> {

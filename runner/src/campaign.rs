@@ -6,12 +6,15 @@
 //! - `findings/<signature>/{case.bin,case.json,verdict.json}`: one directory per distinct
 //!   divergence, created atomically the moment it is found, raw (the case as found); the
 //!   minimizer replaces it with the minimized case off the hot path ([`crate::minqueue`]);
-//! - `stats.jsonl`: one line per second (execs, execs/s, findings) for plotting.
+//! - `stats.jsonl`: one line per second (execs, execs/s, findings, coverage, corpus) for
+//!   plotting, with the wall-clock time (`time`, RFC 3339 UTC; `unix`, seconds) and the host
+//!   id (`host`, [`crate::stamp::host_id`]) when the campaign was given one.
 //!
 //! Over 600 lines: the engine loop, the state it checkpoints ([`Summary`], with its schema
 //! check and the merge of parallel workers) and the findings writer share private helpers
-//! (`io`, `save`, `state_dir`); `Summary` and its groups could move to a module of their own.
+//! (`io`, `save`, `state_dir`); the groups and hit counts live in `crate::groups`.
 
+pub use crate::groups::{merge_groups, note_group, note_minimized, Group, Hits, Seen};
 use crate::minimize::MinStats;
 use crate::minqueue::{Queue, Share, SHARE};
 use crate::store::{create_dir_atomic, write_atomic};
@@ -24,10 +27,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use xsave_oracle::diff::kernel_splat;
-use xsave_oracle::diff::{judge, Verdict};
 use xsave_oracle::gen::GenOptions;
+use xsave_oracle::judge::{judge, kernel_splat};
 use xsave_oracle::trace::Trace;
+use xsave_oracle::verdict::Verdict;
 use xsave_oracle::{Case, ModelConfig, Op};
 
 /// The case for iteration `i` of a campaign seeded with `seed` (reproducible, O(1) to seek).
@@ -113,6 +116,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CampaignError + '_ {
 /// A live-progress callback.
 pub type Progress = Box<dyn FnMut(&Summary)>;
 
+/// Called once per new signature, the moment it is found (before it is minimized).
+pub type FindingNote = Box<dyn FnMut(&xsave_oracle::verdict::Divergence)>;
+
 /// What to run.
 pub struct CampaignConfig {
     /// Seed of the generator.
@@ -139,7 +145,7 @@ pub struct CampaignConfig {
     /// derive half of the cases by structure-aware mutation of corpus entries.
     pub feedback: bool,
     /// Stop at the first divergence of this class (detection benchmarks).
-    pub stop_on_class: Option<xsave_oracle::diff::Class>,
+    pub stop_on_class: Option<xsave_oracle::verdict::Class>,
     /// Worker `k` of `n` in a parallel campaign: runs global iterations `k, k+n, k+2n, …`,
     /// keeps its state in `WORKDIR/workers/<k>/`, shares `findings/` and `corpus/`.
     pub worker: Option<(u64, u64)>,
@@ -155,6 +161,10 @@ pub struct CampaignConfig {
     /// once a second and added to the mutation pool (not to `corpus/`: they are not this
     /// campaign's discoveries).
     pub inbox: Option<std::sync::mpsc::Receiver<Vec<Case>>>,
+    /// The host id stamped on `stats.jsonl` rows ([`crate::stamp::host_id`]).
+    pub host_id: Option<String>,
+    /// Told of every new signature (e.g. a plain log line when stderr is not a terminal).
+    pub on_finding: Option<FindingNote>,
 }
 
 impl CampaignConfig {
@@ -162,7 +172,7 @@ impl CampaignConfig {
     /// `seed`, with every other setting at its plainest: no workdir (findings in memory only),
     /// no resume, the V3 oracle without quirks, no progress, no minimization, no CPUID
     /// narrowing, no coverage feedback, no stop class, not a worker, guest runs and FPU ops
-    /// generated, no initial corpus and no inbox. Change fields with struct update syntax.
+    /// generated, no initial corpus, no inbox, no host id and no finding callback. Change fields with struct update syntax.
     pub fn new(seed: u64, iterations: Option<u64>) -> CampaignConfig {
         CampaignConfig {
             seed,
@@ -182,6 +192,8 @@ impl CampaignConfig {
             fpu: true,
             initial_corpus: None,
             inbox: None,
+            host_id: None,
+            on_finding: None,
         }
     }
 }
@@ -292,97 +304,14 @@ pub struct Summary {
     /// one group per kernel defect, its signatures below it. Added on top of signatures.
     #[serde(default)]
     pub groups: Vec<Group>,
+    /// Per signature: hit count (diverging cases, re-hits of stored findings included) and
+    /// first and last hit, all sessions ([`Hits`]; `by_signature` keeps the bare counts).
+    #[serde(default)]
+    pub signature_hits: BTreeMap<String, Hits>,
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
-}
-
-/// One root cause and the signatures (symptoms) it produced.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Group {
-    /// `<rule>|<ioctl>|<class>`: stable across hosts, layouts and engines.
-    pub key: String,
-    /// The violated contract rule (`none` when no rule applies, e.g. a trace-length mismatch).
-    pub rule: String,
-    /// Class of the first divergence.
-    pub class: String,
-    /// The ioctl of the first divergence.
-    pub ioctl: String,
-    /// Plain-words title naming the rule.
-    pub title: String,
-    /// Member signatures, in order of discovery.
-    pub signatures: Vec<String>,
-    /// Diverging cases in the group.
-    #[serde(default)]
-    pub cases: u64,
-    /// The signature of the group's smallest reproducer and its number of steps.
-    #[serde(default)]
-    pub smallest: Option<(String, usize)>,
-}
-
-/// Add one diverging case (`steps` long) with divergence `d` to `groups`.
-pub fn note_group(groups: &mut Vec<Group>, d: &xsave_oracle::diff::Divergence, steps: usize) {
-    let key = d.group_key();
-    let g = match groups.iter().position(|g| g.key == key) {
-        Some(i) => &mut groups[i],
-        None => {
-            groups.push(Group {
-                key: key.clone(),
-                rule: d.violated.map_or("none", |r| r.id()).to_string(),
-                class: d.class.name().to_string(),
-                ioctl: d.ioctl().to_string(),
-                title: d.group_title(),
-                ..Group::default()
-            });
-            groups.last_mut().expect("just pushed")
-        }
-    };
-    g.cases += 1;
-    if !g.signatures.contains(&d.signature) {
-        g.signatures.push(d.signature.clone());
-    }
-    if g.smallest.as_ref().is_none_or(|(_, n)| steps < *n) {
-        g.smallest = Some((d.signature.clone(), steps));
-    }
-}
-
-/// A finding of signature `sig` was minimized to `steps` steps: its group's smallest
-/// reproducer is updated when that is smaller.
-pub fn note_minimized(groups: &mut [Group], sig: &str, steps: usize) {
-    if let Some(g) = groups.iter_mut().find(|g| g.signatures.iter().any(|x| x == sig)) {
-        if g.smallest.as_ref().is_none_or(|(_, n)| steps < *n) {
-            g.smallest = Some((sig.to_string(), steps));
-        }
-    }
-}
-
-/// Merge the groups of several summaries (parallel workers): members and counts add up, the
-/// smallest reproducer wins; sorted by key.
-pub fn merge_groups<'a>(all: impl IntoIterator<Item = &'a [Group]>) -> Vec<Group> {
-    let mut out: Vec<Group> = Vec::new();
-    for gs in all {
-        for g in gs {
-            match out.iter_mut().find(|o| o.key == g.key) {
-                None => out.push(g.clone()),
-                Some(o) => {
-                    o.cases += g.cases;
-                    for sig in &g.signatures {
-                        if !o.signatures.contains(sig) {
-                            o.signatures.push(sig.clone());
-                        }
-                    }
-                    if let Some((sig, n)) = &g.smallest {
-                        if o.smallest.as_ref().is_none_or(|(_, m)| n < m) {
-                            o.smallest = Some((sig.clone(), *n));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    out.sort_by(|a, b| a.key.cmp(&b.key));
-    out
 }
 
 /// The largest counter value a state file may hold (far beyond any real campaign).
@@ -393,7 +322,7 @@ impl Summary {
     /// ioctls, exec rates, guest exits and classes add up; seconds, findings, coverage and the
     /// corpus size take the maximum; `resumed` and `interrupted` are set when any worker's is;
     /// signatures are appended (the pool sorts and deduplicates them at the end); groups merge
-    /// ([`merge_groups`]); the campaign's identity (backend, contract, quirks, seed, narrowing,
+    /// ([`merge_groups`]), and so do per-signature counts and hits; the campaign's identity (backend, contract, quirks, seed, narrowing,
     /// rule total) is the worker's.
     pub fn merge(&mut self, s: Summary) {
         self.backend = s.backend;
@@ -427,6 +356,10 @@ impl Summary {
         self.minimize_seconds += s.minimize_seconds;
         self.resources.peak_rss_kib = self.resources.peak_rss_kib.max(s.resources.peak_rss_kib);
         self.groups = merge_groups([self.groups.as_slice(), s.groups.as_slice()]);
+        crate::groups::merge_hits(&mut self.signature_hits, &s.signature_hits);
+        for (sig, n) in s.by_signature {
+            *self.by_signature.entry(sig).or_default() += n;
+        }
         for (c, n) in s.by_class {
             *self.by_class.entry(c).or_default() += n;
         }
@@ -517,6 +450,11 @@ impl Summary {
         if self.groups.iter().any(|g| !printable(&g.key) || !printable(&g.title) || g.cases > MAX_COUNTER) {
             return Err("groups: bad key, title or count".into());
         }
+        if self.signature_hits.iter().any(|(k, h)| !printable(k) || h.hits > MAX_COUNTER || h.first_seen > h.last_seen)
+            || self.groups.iter().any(|g| g.first_seen > g.last_seen)
+        {
+            return Err("signature_hits/groups: bad signature, count or first/last seen".into());
+        }
         if let Some(sigs) = &self.own_signatures {
             if sigs.iter().any(|n| !printable(n) || n.starts_with('.') || n.contains('/')) {
                 return Err("own_signatures: not a list of signatures".into());
@@ -591,7 +529,7 @@ pub struct Finding {
 
 /// A divergence as a campaign found it: the case's first run.
 struct Found<'a> {
-    divergence: &'a xsave_oracle::diff::Divergence,
+    divergence: &'a xsave_oracle::verdict::Divergence,
     expected: &'a Trace,
     observed: &'a Trace,
 }
@@ -810,11 +748,14 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
                     s.new_signatures.push(d.signature.clone());
                 }
                 own.push(d.signature.clone());
+                if let Some(note) = cfg.on_finding.as_mut() {
+                    note(d);
+                }
                 if let Some(dir) = &cfg.workdir {
                     let dest = dir.join("findings").join(&d.signature);
                     let found = Found { divergence: d, expected: &expected, observed: &observed };
                     let (new, placed) = write_raw(&*backend, &cfg, &dest, &case, found, i)?;
-                    if placed && d.class != xsave_oracle::diff::Class::KernelSplat {
+                    if placed && d.class != xsave_oracle::verdict::Class::KernelSplat {
                         queue.push(dest);
                     }
                     if new {
@@ -824,7 +765,9 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
                     s.findings += 1;
                 }
             }
-            note_group(&mut s.groups, d, steps);
+            let at = Seen::now(i);
+            note_group(&mut s.groups, d, steps, at);
+            s.signature_hits.entry(d.signature.clone()).or_default().hit(at);
         }
         // The minimizer's time slice: everything since the last slice was fuzzing.
         share.fuzzed(mark.elapsed());
@@ -948,7 +891,7 @@ fn write_raw(
     if finding_key(dest).is_some_and(|key| key <= (worker, i)) {
         return Ok((false, false));
     }
-    let splat = found.divergence.class == xsave_oracle::diff::Class::KernelSplat;
+    let splat = found.divergence.class == xsave_oracle::verdict::Class::KernelSplat;
     let rec = Finding {
         verdict: Verdict::Diverge(Box::new(found.divergence.clone())),
         backend: backend.name(),
@@ -1055,7 +998,11 @@ fn save(cfg: &CampaignConfig, s: &Summary) -> Result<(), CampaignError> {
     let json = serde_json::to_vec_pretty(s).map_err(|e| CampaignError::State(e.to_string()))?;
     write_atomic(&state, &json).map_err(io(&state))?;
     let stats = dir.join("stats.jsonl");
-    let line = serde_json::json!({"seconds": s.seconds, "execs": s.execs, "execs_per_sec": s.execs_per_sec, "findings": s.findings, "rules_covered": s.rules_covered, "coverage_points": s.coverage_points, "corpus": s.corpus});
+    let unix = crate::stamp::unix_now();
+    let mut line = serde_json::json!({"seconds": s.seconds, "execs": s.execs, "execs_per_sec": s.execs_per_sec, "findings": s.findings, "rules_covered": s.rules_covered, "coverage_points": s.coverage_points, "corpus": s.corpus, "time": crate::stamp::rfc3339(unix), "unix": (unix * 1000.0).round() / 1000.0});
+    if let Some(h) = &cfg.host_id {
+        line["host"] = serde_json::json!(h);
+    }
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&stats).map_err(io(&stats))?;
     writeln!(f, "{line}").map_err(io(&stats))?;
     Ok(())

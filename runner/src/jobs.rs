@@ -102,6 +102,30 @@ pub fn die_with_parent() {
     crate::sys::die_with_parent();
 }
 
+/// The running campaign of `jobs` workers in `workdir` as one summary: the workers' latest
+/// checkpoints merged ([`Summary::merge`]), `findings` counted in `findings/`.
+pub fn current(workdir: &Path, jobs: u64) -> Summary {
+    let mut total = Summary::default();
+    for k in 0..jobs {
+        if let Ok(s) = campaign::load_state(&workdir.join("workers").join(k.to_string()).join("campaign.json")) {
+            total.merge(s);
+        }
+    }
+    total.findings = finding_count(workdir);
+    total
+}
+
+fn finding_count(workdir: &Path) -> u64 {
+    finding_names(workdir).len() as u64
+}
+
+/// The findings in `workdir` (directory names under `findings/`, temporaries left out).
+pub fn finding_names(workdir: &Path) -> Vec<String> {
+    std::fs::read_dir(workdir.join("findings"))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| !n.starts_with('.')).collect())
+        .unwrap_or_default()
+}
+
 /// Run `exe ARGS --json --worker K/JOBS` for every K, sharing `workdir`, until all have ended;
 /// when `stop` is set, each is sent SIGTERM once (they checkpoint and exit). `progress` is
 /// called about five times a second. Then the workers' JSON summaries are merged
@@ -171,9 +195,7 @@ pub fn run(
     if !failed.is_empty() {
         return Err(JobsError::Failed { failed, workdir: workdir.to_path_buf() });
     }
-    total.findings = std::fs::read_dir(workdir.join("findings"))
-        .map(|d| d.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count() as u64)
-        .unwrap_or(0);
+    total.findings = finding_count(workdir);
     total.new_signatures.sort();
     total.new_signatures.dedup();
     total.known_signatures.sort();

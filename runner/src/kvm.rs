@@ -11,7 +11,7 @@
 //! back by the pool (`KVM_SET_CPUID2` fails after a run), so it is replaced by a fresh VM for
 //! the next case; its guest memory goes with it.
 
-use crate::guest::{GuestVm, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_PAE, CR4_PKE};
+use crate::guest::GuestVm;
 use crate::sys::{self, AlignedBuf, Watchdog};
 use crate::{Backend, BackendError};
 use kvm_bindings::{kvm_xcr, kvm_xcrs};
@@ -24,7 +24,7 @@ use xsave_oracle::abi::ioctl::KVM_CAP_XSAVE2;
 use xsave_oracle::abi::xcrs::{KvmXcr, KvmXcrs};
 use xsave_oracle::abi::{self, put};
 use xsave_oracle::case::{Case, Op, XcrsImage, XsaveImage};
-use xsave_oracle::guest::{GuestAction, GuestProgram};
+use xsave_oracle::guest::GuestProgram;
 use xsave_oracle::trace::{OpResult, Ret, Trace};
 use xsave_oracle::xfeatures::{PKRU, XTILE_DATA};
 use xsave_oracle::HostFacts;
@@ -222,22 +222,8 @@ impl KvmBackend {
                 Ok(g) => g,
                 Err(e) => return Ok((Ret::Err(e.errno), Vec::new())),
             };
-            let base = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
-            let pke = if self.host.supported_xcr0 & PKRU != 0 { CR4_PKE } else { 0 };
-            // Stock KVM refuses CR4.OSXSAVE without XSAVE and CR4.PKE without PKU in the guest
-            // CPUID (EINVAL), each on its own: drop PKE, or OSXSAVE, or both (the oracle's
-            // rule `run.cr4.osxsave` decides the two bits independently).
-            let tries: [(u64, &'static str); 4] = [
-                (base | CR4_OSXSAVE | pke, "KVM_SET_SREGS(cr4 full)"),
-                (base | CR4_OSXSAVE, "KVM_SET_SREGS(cr4 -PKE)"),
-                (base | pke, "KVM_SET_SREGS(cr4 -OSXSAVE)"),
-                (base, "KVM_SET_SREGS(cr4 -PKE -OSXSAVE)"),
-            ];
             let mut res = Err(libc::EINVAL);
-            for (i, (cr4, name)) in tries.into_iter().enumerate() {
-                if (i == 1 || i == 2) && pke == 0 {
-                    continue;
-                }
+            for (cr4, name) in crate::guest::cr4_tries(self.host.supported_xcr0 & PKRU != 0) {
                 res = timed(st, name, || g.load_sregs(&vm.vcpu, cr4)).map_err(|e| e.errno);
                 if res != Err(libc::EINVAL) {
                     break;
@@ -257,7 +243,7 @@ impl KvmBackend {
         let vcpu = &mut vm.vcpu;
         match timed(st, "KVM_RUN", || g.run(vcpu, prog, wd)) {
             Ok(out) => {
-                let data = if prog.actions.contains(&GuestAction::Xsave) {
+                let data = if crate::guest::reads_output(prog) {
                     let n = xsave_oracle::guest::output_size(&self.host).min(g.layout().output_size as usize);
                     let mut d = vec![0u8; n];
                     g.read_output(&mut d);

@@ -14,6 +14,7 @@ pub mod bench;
 pub mod campaign;
 pub mod corpus;
 pub mod differential;
+pub mod groups;
 pub mod guest;
 pub mod jobs;
 pub mod kmsg;
@@ -25,6 +26,7 @@ pub mod minimize;
 pub mod minqueue;
 pub mod probe;
 pub mod seeds;
+pub mod stamp;
 pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;

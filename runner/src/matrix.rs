@@ -11,9 +11,11 @@ use crate::probe::ProbeReport;
 use crate::{Backend, BackendError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use xsave_oracle::diff::{diff, judge, Verdict};
+use xsave_oracle::diff::diff;
 use xsave_oracle::hash::content_hash;
+use xsave_oracle::judge::judge;
 use xsave_oracle::trace::Trace;
+use xsave_oracle::verdict::{Verdict, VerdictKind};
 use xsave_oracle::{Case, Contract, ModelConfig};
 
 /// One case's behaviour on one kernel.
@@ -35,7 +37,7 @@ pub struct ExecRecord {
 }
 
 /// A case's verdict in a record: agreement, or the divergence's signature. Stored as the
-/// string `agree` or the signature (`records.jsonl`, what lab guests send back).
+/// string `agree` ([`VerdictKind::Agree`]'s name) or the signature (`records.jsonl`, what lab guests send back).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "String", into = "String")]
 pub enum Outcome {
@@ -62,7 +64,7 @@ impl Outcome {
 
 impl From<String> for Outcome {
     fn from(s: String) -> Outcome {
-        if s == "agree" {
+        if s == VerdictKind::Agree.name() {
             Outcome::Agree
         } else {
             Outcome::Diverge(s)
@@ -73,7 +75,7 @@ impl From<String> for Outcome {
 impl From<Outcome> for String {
     fn from(o: Outcome) -> String {
         match o {
-            Outcome::Agree => "agree".into(),
+            Outcome::Agree => VerdictKind::Agree.name().into(),
             Outcome::Diverge(sig) => sig,
         }
     }
@@ -137,7 +139,7 @@ pub struct Difference {
     /// Returns of the first two groups there.
     pub rets: (String, String),
     /// Differing regions and bytes (first group vs second), when full traces were fetched.
-    pub bytes: Vec<xsave_oracle::diff::ByteDiff>,
+    pub bytes: Vec<xsave_oracle::verdict::ByteDiff>,
 }
 
 /// The whole matrix.

@@ -5,7 +5,8 @@
 use crate::{Backend, BackendError};
 use serde::Serialize;
 use xsave_oracle::case::*;
-use xsave_oracle::diff::{judge, Verdict};
+use xsave_oracle::judge::judge;
+use xsave_oracle::verdict::Verdict;
 use xsave_oracle::{HostFacts, ModelConfig};
 
 /// Sizes before and after.

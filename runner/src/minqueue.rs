@@ -34,7 +34,8 @@ use crate::Backend;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use xsave_oracle::diff::{judge, Verdict};
+use xsave_oracle::judge::judge;
+use xsave_oracle::verdict::Verdict;
 use xsave_oracle::{Case, HostFacts, ModelConfig};
 
 /// The largest share of a campaign's wall time its minimizer may take.

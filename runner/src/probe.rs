@@ -8,10 +8,12 @@ use serde::{Deserialize, Serialize};
 use xsave_oracle::abi::cpuid::{cpuid2_trace_entries, CPUID_FLAG_SIGNIFICANT_INDEX};
 use xsave_oracle::abi::ioctl::{KVM_CAP_XCRS, KVM_CAP_XSAVE, KVM_CAP_XSAVE2};
 use xsave_oracle::case::*;
-use xsave_oracle::diff::{diff, Verdict};
+use xsave_oracle::diff::diff;
 use xsave_oracle::host::{Component, HostFacts, Quirk};
+use xsave_oracle::judge::diff_explained;
 use xsave_oracle::model::{predict, Contract, ModelConfig};
 use xsave_oracle::trace::Ret;
+use xsave_oracle::verdict::Verdict;
 use xsave_oracle::xfeatures::*;
 
 /// Probe output (`xsave-rig probe --json`). Also a portable host fingerprint.
@@ -211,7 +213,7 @@ pub fn match_contract(backend: &mut dyn Backend, host: &HostFacts, quirks: &[Qui
                 .filter(|r| !r.3.contains(&c))
                 .filter_map(|(name, case, obs, _)| {
                     let exp = predict(case, host, &cfg);
-                    let Verdict::Diverge(d) = diff(case, host, &cfg, &exp, obs) else { return None };
+                    let Verdict::Diverge(d) = diff_explained(case, host, &cfg, &exp, obs) else { return None };
                     let (expected, observed) = match d.bytes.first() {
                         Some(b) => (format!("{} {}", b.region, hex(&b.expected)), format!("{} {}", b.region, hex(&b.observed))),
                         None => (d.expected_ret.to_string(), d.observed_ret.to_string()),

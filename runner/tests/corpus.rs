@@ -3,7 +3,8 @@
 //! Every seed is valid and agrees with the V3 oracle when the V3 model runs it.
 
 use std::path::PathBuf;
-use xsave_oracle::diff::{judge, Verdict};
+use xsave_oracle::judge::judge;
+use xsave_oracle::verdict::Verdict;
 use xsave_oracle::{predict, Case, HostFacts, ModelConfig};
 use xsave_runner::seeds::seed_corpus;
 

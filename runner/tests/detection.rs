@@ -2,7 +2,7 @@
 //! by the V3 oracle, must yield divergences of the expected class within a few thousand
 //! cases (no /dev/kvm needed).
 
-use xsave_oracle::diff::Verdict;
+use xsave_oracle::verdict::Verdict;
 use xsave_oracle::{Contract, HostFacts, ModelConfig};
 use xsave_runner::campaign::{run, CampaignConfig};
 use xsave_runner::ModelBackend;

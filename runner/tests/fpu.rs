@@ -4,7 +4,7 @@
 //! model of today's kernels (`kvm-fpu-legacy`, no KVM needed) and on this host's KVM.
 
 use std::time::Instant;
-use xsave_oracle::diff::Verdict;
+use xsave_oracle::verdict::Verdict;
 use xsave_oracle::{Case, Contract, HostFacts, ModelConfig, Op, Quirk};
 use xsave_runner::campaign::{run, CampaignConfig, Summary};
 use xsave_runner::{Backend, ModelBackend};
@@ -86,8 +86,9 @@ fn kvm_yields_the_set_fpu_finding() {
 
 /// With the departure modelled, the FPU ops agree with KVM everywhere else, except where a
 /// KVM_SET_FPU follows a KVM_RUN: whether the written x87/SSE state is then reported and
-/// loaded depends on the XINUSE bits of the last hardware save (the processor's choice), which
-/// the model follows only when a GET shows them.
+/// loaded depends on the XINUSE bits of the last hardware save (the processor's choice): the
+/// model predicts the next run both ways (`quirk.fpu.run_init`), not a run that ends
+/// differently either way nor what follows a SET_XSAVE or second run (docs/CONTRACT-FPU.md).
 #[test]
 fn kvm_agrees_with_todays_fpu_model() {
     if !kvm_or_skip("kvm_agrees_with_todays_fpu_model") {

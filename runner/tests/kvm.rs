@@ -4,8 +4,9 @@
 
 use std::sync::OnceLock;
 use xsave_oracle::case::*;
-use xsave_oracle::diff::{judge, Verdict};
+use xsave_oracle::judge::judge;
 use xsave_oracle::trace::Ret;
+use xsave_oracle::verdict::Verdict;
 use xsave_oracle::xfeatures::*;
 use xsave_oracle::{HostFacts, ModelConfig, Quirk};
 use xsave_runner::campaign::{case_for, run, CampaignConfig, Summary};

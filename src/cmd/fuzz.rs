@@ -69,6 +69,49 @@ pub struct Args {
     worker: Option<String>,
     #[command(flatten)]
     hub: crate::cmd::hub::FuzzHubArgs,
+    /// Keep a Prometheus textfile-collector file here (execs, exec rate, rules covered/total,
+    /// coverage points, corpus, findings by class), rewritten atomically every status period
+    /// and at exit.
+    #[arg(long, value_name = "FILE")]
+    metrics: Option<PathBuf>,
+    /// Status period, e.g. 10s, 1m: when stderr is not a terminal (journald, CI), a plain
+    /// timestamped status line is printed this often (and one line per new finding at once);
+    /// the --metrics file is rewritten as often.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    status_every: Duration,
+}
+
+/// What a campaign reports while it runs, besides the terminal's progress line: plain
+/// timestamped status lines when stderr is not a terminal, and the `--metrics` file.
+struct StatusOut {
+    plain: bool,
+    metrics: Option<PathBuf>,
+    host: String,
+    every: Duration,
+    last: Option<std::time::Instant>,
+}
+
+impl StatusOut {
+    /// Report `s` if a status period has passed since the last report (or `force`).
+    fn tick(&mut self, s: &Summary, force: bool) {
+        if !force && self.last.is_some_and(|t| t.elapsed() < self.every) {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        let now = xsave_runner::stamp::unix_now();
+        if self.plain {
+            eprintln!("{}", xsave_reports::status::status_line(now, s));
+        }
+        if let Err(e) = self.write_metrics(s, now) {
+            eprintln!("xsave-rig: {e:#}");
+        }
+    }
+
+    fn write_metrics(&self, s: &Summary, now: f64) -> Result<()> {
+        let Some(p) = &self.metrics else { return Ok(()) };
+        let text = xsave_reports::status::metrics(s, &self.host, now);
+        xsave_runner::store::write_atomic(p, text.as_bytes()).with_context(|| format!("cannot write --metrics {}", p.display()))
+    }
 }
 
 /// Run the command; returns the exit status.
@@ -90,6 +133,8 @@ pub fn run(args: Args) -> Result<i32> {
         jobs,
         worker,
         hub,
+        metrics,
+        status_every,
     } = args;
     let (mut be, host, fingerprint) = open_backend(&backend, &oracle)?;
     let model = model_config(&oracle, &host)?;
@@ -145,6 +190,20 @@ pub fn run(args: Args) -> Result<i32> {
         Some(_) => None,
     };
     let inbox = sync.as_mut().and_then(|s| s.inbox.take());
+    // The host id stamped on stats.jsonl and the metrics: the hub's, else derived from the
+    // fingerprint the workdir was started with (the same for every worker of --jobs).
+    let stored_fp: serde_json::Value =
+        std::fs::read(&fp_path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_else(|| fingerprint.clone());
+    let host_id = xsave_runner::stamp::host_id(&workdir, &stored_fp);
+    let plain = !std::io::stderr().is_terminal();
+    let status = StatusOut { plain: plain && worker.is_none(), metrics, host: host_id.clone(), every: status_every, last: None };
+    if worker.is_none() {
+        // A --metrics path that cannot be written fails now, not at the first period.
+        let mut first = stored.clone().unwrap_or_default();
+        first.backend = be.name();
+        first.rules_total = xsave_oracle::coverage::rule_count();
+        status.write_metrics(&first, xsave_runner::stamp::unix_now())?;
+    }
     if jobs > 1 && worker.is_none() {
         let mut main = stored.unwrap_or_else(|| Summary {
             backend: be.name(),
@@ -162,7 +221,7 @@ pub fn run(args: Args) -> Result<i32> {
             .with_context(|| format!("cannot write {}", state.display()))?;
         // The workers open backends of their own (a lab guest each).
         drop(be);
-        let code = run_jobs(jobs, &workdir, json, &stop, oracle.host_facts.is_none(), &main);
+        let code = run_jobs(jobs, &workdir, json, &stop, oracle.host_facts.is_none(), &main, status);
         if let Some(s) = sync {
             eprintln!("{}", crate::cmd::hub::summary_line(&s.finish()));
         }
@@ -179,13 +238,23 @@ pub fn run(args: Args) -> Result<i32> {
         }
         Some(_) => bail!("--worker takes K/N with K < N"),
     };
-    let tty = std::io::stderr().is_terminal() && !json;
-    let progress: Option<campaign::Progress> = if tty {
-        Some(Box::new(|s: &Summary| {
+    let tty = !plain && !json;
+    let status = std::rc::Rc::new(std::cell::RefCell::new(status));
+    let ticker = std::rc::Rc::clone(&status);
+    let progress: Option<campaign::Progress> = Some(Box::new(move |s: &Summary| {
+        if tty {
             eprint!(
                 "\r[{:>6.0}s] execs {:>9}  {:>7.0}/s  rules {}/{}  corpus {:>5}  divergent {:>6}  findings {:>4}   ",
                 s.seconds, s.execs, s.execs_per_sec, s.rules_covered, s.rules_total, s.corpus, s.divergent_cases, s.findings
             )
+        }
+        ticker.borrow_mut().tick(s, false);
+    }));
+    // Not a terminal: each new finding is a plain line the moment it is found (by the
+    // parent of --jobs workers, which sees the shared findings/).
+    let on_finding: Option<campaign::FindingNote> = if plain && worker.is_none() {
+        Some(Box::new(|d: &xsave_oracle::verdict::Divergence| {
+            eprintln!("{}", xsave_reports::status::finding_line(xsave_runner::stamp::unix_now(), d))
         }))
     } else {
         None
@@ -217,6 +286,8 @@ pub fn run(args: Args) -> Result<i32> {
         guest: !no_guest,
         fpu: !no_fpu,
         inbox,
+        host_id: Some(host_id),
+        on_finding,
     };
     let s = campaign::run(be.as_mut(), cfg);
     let hub_stats = sync.map(|x| x.finish());
@@ -224,6 +295,7 @@ pub fn run(args: Args) -> Result<i32> {
     if tty {
         eprintln!();
     }
+    status.borrow_mut().tick(&s, true);
     let code = exit_status(&s);
     if json {
         let mut v = serde_json::to_value(&s)?;
@@ -248,28 +320,43 @@ pub fn run(args: Args) -> Result<i32> {
 
 /// `fuzz --jobs N`: this command N times as workers ([`jobs::run`]), sharing the workdir;
 /// prints the merged summary. Exit status as for one campaign.
-pub fn run_jobs(jobs: u64, workdir: &Path, json: bool, stop: &AtomicBool, pass_host: bool, main: &Summary) -> Result<i32> {
+fn run_jobs(
+    jobs: u64,
+    workdir: &Path,
+    json: bool,
+    stop: &AtomicBool,
+    pass_host: bool,
+    main: &Summary,
+    mut status: StatusOut,
+) -> Result<i32> {
     let exe = std::env::current_exe().context("cannot find own executable")?;
     let host_json = workdir.join("host.json");
     let host_facts = (pass_host && host_json.exists()).then_some(host_json.as_path());
     let args = jobs::worker_args(std::env::args().skip(1), main, host_facts);
     let tty = std::io::stderr().is_terminal() && !json;
+    let mut seen: std::collections::BTreeSet<String> = jobs::finding_names(workdir).into_iter().collect();
     let mut show = |p: &jobs::Progress| {
         let secs = p.elapsed.as_secs_f64();
-        eprint!(
-            "\r[{:>6.0}s] {jobs} workers  execs {:>9}  {:>7.0}/s  findings {:>4}   ",
-            secs,
-            p.execs,
-            p.execs as f64 / secs.max(1e-3),
-            p.findings
-        );
+        if tty {
+            eprint!(
+                "\r[{:>6.0}s] {jobs} workers  execs {:>9}  {:>7.0}/s  findings {:>4}   ",
+                secs,
+                p.execs,
+                p.execs as f64 / secs.max(1e-3),
+                p.findings
+            );
+        }
+        show_new_findings(&status, &mut seen, workdir);
+        if status.last.is_none_or(|t| t.elapsed() >= status.every) {
+            status.tick(&jobs::current(workdir, jobs), true);
+        }
     };
-    let progress: Option<&mut dyn FnMut(&jobs::Progress)> = if tty { Some(&mut show) } else { None };
-    let total = jobs::run(&exe, &args, jobs, workdir, main, stop, progress);
+    let total = jobs::run(&exe, &args, jobs, workdir, main, stop, Some(&mut show));
     if tty {
         eprintln!();
     }
     let total = total?;
+    status.tick(&total, true);
     let code = exit_status(&total);
     if json {
         let mut v = serde_json::to_value(&total)?;
@@ -284,6 +371,21 @@ pub fn run_jobs(jobs: u64, workdir: &Path, json: bool, stop: &AtomicBool, pass_h
         println!("{}", result_line(&total, code));
     }
     Ok(code)
+}
+
+/// `fuzz --jobs N` with stderr not a terminal: the workers share findings/, so the parent
+/// names each new one once (a plain line from its verdict.json).
+fn show_new_findings(status: &StatusOut, seen: &mut std::collections::BTreeSet<String>, workdir: &Path) {
+    if !status.plain {
+        return;
+    }
+    for name in jobs::finding_names(workdir) {
+        if seen.insert(name.clone()) {
+            let now = xsave_runner::stamp::unix_now();
+            let line = xsave_reports::status::finding_line_of_dir(now, &workdir.join("findings").join(&name));
+            eprintln!("{}", line.unwrap_or_else(|| format!("{} finding {name}", xsave_runner::stamp::rfc3339(now))));
+        }
+    }
 }
 
 /// `fuzz`'s exit status: 130 if interrupted (SIGINT/SIGTERM), else 1 with new findings, else 0.
@@ -373,11 +475,17 @@ pub fn print_summary(s: &Summary) {
         for g in &s.groups {
             println!("  {}", g.title);
             println!("    key {}  cases {}", g.key, g.cases);
+            if let (Some(f), Some(l)) = (g.first_seen, g.last_seen) {
+                println!("    first seen {}  last seen {}", f.text(), l.text());
+            }
             if let Some((sig, n)) = &g.smallest {
                 println!("    smallest reproducer {sig} ({n} steps)");
             }
             for sig in &g.signatures {
-                println!("      {sig}");
+                match s.signature_hits.get(sig) {
+                    Some(h) => println!("      {sig}  hits {}  first {}  last {}", h.hits, h.first_seen.text(), h.last_seen.text()),
+                    None => println!("      {sig}"),
+                }
             }
         }
     }

@@ -4,7 +4,8 @@ use crate::args::*;
 use crate::common::*;
 use anyhow::Result;
 use std::path::PathBuf;
-use xsave_oracle::diff::{judge, Verdict};
+use xsave_oracle::judge::judge;
+use xsave_oracle::verdict::Verdict;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -33,7 +34,7 @@ pub fn run(args: Args) -> Result<i32> {
         let (expected, verdict) = judge(&case, &host, &model, &observed);
         let log = be.kernel_log();
         let verdict =
-            if log.is_empty() { verdict } else { Verdict::Diverge(Box::new(xsave_oracle::diff::kernel_splat(&case, &model, log))) };
+            if log.is_empty() { verdict } else { Verdict::Diverge(Box::new(xsave_oracle::judge::kernel_splat(&case, &model, log))) };
         if verdict != Verdict::Agree {
             code = 1;
         }

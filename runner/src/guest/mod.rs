@@ -305,13 +305,19 @@ fn enter(vcpu: &mut VcpuFd, l: &Layout, watchdog: &Watchdog) -> Result<RunOutcom
 const END_MARKER_BYTES: [u8; 4] = asm::END_MARKER.to_le_bytes();
 
 fn write_tables(mem: &mut GuestMemory, l: &Layout) {
-    let q = |v: u64| v.to_le_bytes();
-    mem.write(l.pml4 as usize, &q(l.pdpt | PTE_P_RW_US));
-    mem.write(l.pdpt as usize, &q(l.pd | PTE_P_RW_US));
-    mem.write(l.pd as usize, &q(l.pt | PTE_P_RW_US));
+    for (gpa, bytes) in tables(l) {
+        mem.write(gpa as usize, &bytes);
+    }
+}
+
+/// The bytes [`GuestVm::new`] writes into a fresh (zeroed) guest memory, as (guest-physical
+/// address, bytes): identity page tables, the GDT and the TSS. The C reproducer embeds them.
+pub fn tables(l: &Layout) -> Vec<(u64, Vec<u8>)> {
+    let q = |v: u64| v.to_le_bytes().to_vec();
+    let mut out = vec![(l.pml4, q(l.pdpt | PTE_P_RW_US)), (l.pdpt, q(l.pd | PTE_P_RW_US)), (l.pd, q(l.pt | PTE_P_RW_US))];
     // 4 KiB user pages over 0..2 MiB; page 0 stays not present so null accesses fault.
     let pt: Vec<u8> = (0..512u64).flat_map(|i| q(if i == 0 { 0 } else { i << 12 | PTE_P_RW_US })).collect();
-    mem.write(l.pt as usize, &pt);
+    out.push((l.pt, pt));
     let tss_lo = 0x67 | (l.tss & 0xFF_FFFF) << 16 | 0x8B << 40 | (l.tss >> 24 & 0xFF) << 56;
     let gdt = [
         0,
@@ -323,12 +329,41 @@ fn write_tables(mem: &mut GuestMemory, l: &Layout) {
         l.tss >> 32,
     ];
     let gdt: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
-    mem.write(l.gdt as usize, &gdt);
+    out.push((l.gdt, gdt));
     // TSS: all stacks 0, I/O map base past the limit (no I/O bitmap).
-    mem.write(l.tss as usize + 0x66, &0x68u16.to_le_bytes());
+    out.push((l.tss + 0x66, 0x68u16.to_le_bytes().to_vec()));
+    out
 }
 
-fn build_sregs(mut s: kvm_sregs, l: &Layout) -> kvm_sregs {
+/// Whether a run of `prog` reads the output area back as the run step's data (the program
+/// stores an XSAVE image there).
+pub fn reads_output(prog: &GuestProgram) -> bool {
+    prog.actions.contains(&xsave_oracle::guest::GuestAction::Xsave)
+}
+
+/// The CR4 values a guest set-up tries, in order, with their names: stock KVM refuses
+/// CR4.OSXSAVE without XSAVE and CR4.PKE without PKU in the guest CPUID (EINVAL), each on its
+/// own, so the set-up drops PKE, or OSXSAVE, or both, and keeps the first value KVM does not
+/// refuse with EINVAL (the oracle's rule `run.cr4.osxsave` decides the two bits
+/// independently). `pke`: the host has PKRU.
+pub fn cr4_tries(pke: bool) -> Vec<(u64, &'static str)> {
+    let base = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
+    if pke {
+        vec![
+            (base | CR4_OSXSAVE | CR4_PKE, "KVM_SET_SREGS(cr4 full)"),
+            (base | CR4_OSXSAVE, "KVM_SET_SREGS(cr4 -PKE)"),
+            (base | CR4_PKE, "KVM_SET_SREGS(cr4 -OSXSAVE)"),
+            (base, "KVM_SET_SREGS(cr4 -PKE -OSXSAVE)"),
+        ]
+    } else {
+        vec![(base | CR4_OSXSAVE, "KVM_SET_SREGS(cr4 full)"), (base, "KVM_SET_SREGS(cr4 -PKE -OSXSAVE)")]
+    }
+}
+
+/// The fields of `kvm_sregs` the guest set-up replaces (all others keep what `KVM_GET_SREGS`
+/// returned): segments, descriptor tables, CR0, CR3, CR4 and EFER, as [`build_sregs`] sets
+/// them on `base`.
+pub fn build_sregs(mut s: kvm_sregs, l: &Layout) -> kvm_sregs {
     s.cs = segment(selector::USER_CS, 0xB, 3, true);
     let ds = segment(selector::USER_DS, 0x3, 3, false);
     (s.ds, s.es, s.fs, s.gs, s.ss) = (ds, ds, ds, ds, ds);
