@@ -36,7 +36,7 @@ fn merge_minimize_pack_unpack() {
     let d = |n: &str| t.path().join(n);
     let s = |p: &Path| p.to_str().expect("utf8").to_string();
     // A second corpus from a short feedback campaign (model backend).
-    ok(&["fuzz", "--backend", "model:V3", "--host-facts", HOST, "--iterations", "1500", "--workdir", &s(&d("w"))]);
+    ok(&["fuzz", "--backend", "model:V3", "--host-facts", HOST, "--iterations", "1500", "--seed", "1", "--workdir", &s(&d("w"))]);
     ok(&["corpus", "merge", SEEDS, &s(&d("w/corpus")), "-o", &s(&d("merged"))]);
     let first = names(&d("merged"));
     let again = ok(&["corpus", "merge", SEEDS, &s(&d("w/corpus")), &s(&d("merged")), "-o", &s(&d("merged"))]);

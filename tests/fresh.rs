@@ -108,7 +108,10 @@ fn bare_relative_output_names() {
         (vec!["corpus", "unpack", "seed.tar", "-o", "unpacked"], "unpacked"),
         (vec!["corpus", "merge", SEEDS, "-o", "merged"], "merged"),
         (vec!["corpus", "minimize", "merged", "-o", "kept", "--host-facts", SYNTH], "kept"),
-        (vec!["fuzz", "--backend", "model:V2b", "--host-facts", SYNTH, "--iterations", "200", "--workdir", "W"], "W/campaign.json"),
+        (
+            vec!["fuzz", "--backend", "model:V2b", "--host-facts", SYNTH, "--iterations", "200", "--seed", "1", "--workdir", "W"],
+            "W/campaign.json",
+        ),
         (vec!["report", "W", "-o", "rep"], "rep/report.html"),
     ];
     for (args, out) in &cmds {
@@ -166,7 +169,19 @@ fn closed_stdout_ends_output_quietly() {
     assert!(o.stderr.is_empty(), "stderr: {}", text(&o.stderr));
     let wd = dir.path().join("w");
     let o = closed_pipe(
-        &["fuzz", "--backend", "model:V2b", "--host-facts", SYNTH, "--iterations", "300", "--workdir", wd.to_str().expect("utf8")],
+        &[
+            "fuzz",
+            "--backend",
+            "model:V2b",
+            "--host-facts",
+            SYNTH,
+            "--iterations",
+            "300",
+            "--seed",
+            "1",
+            "--workdir",
+            wd.to_str().expect("utf8"),
+        ],
         0,
     );
     assert_eq!(o.status.code(), Some(0), "stderr: {}", text(&o.stderr));
@@ -191,11 +206,25 @@ fn fuzz_exit_statuses() {
     let o = RIG.run(&["fuzz", "--backend", "model:V3", "--host-facts", SYNTH, "--iterations", "300", "--workdir", &wd("a")]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert!(text(&o.stdout).trim_end().ends_with("no new findings (exit 0)"), "{}", text(&o.stdout));
-    let o = RIG.run(&["fuzz", "--backend", "model:V2b", "--host-facts", SYNTH, "--iterations", "300", "--workdir", &wd("b")]);
+    let o =
+        RIG.run(&["fuzz", "--backend", "model:V2b", "--host-facts", SYNTH, "--iterations", "300", "--seed", "1", "--workdir", &wd("b")]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     let last = text(&o.stdout).trim_end().lines().last().unwrap_or_default().to_string();
     assert!(last.starts_with("result") && last.contains("new finding") && last.ends_with("(exit 1)"), "{last}");
-    let o = RIG.run(&["fuzz", "--backend", "model:V2b", "--host-facts", SYNTH, "--iterations", "300", "--json", "--workdir", &wd("c")]);
+    let o = RIG.run(&[
+        "fuzz",
+        "--backend",
+        "model:V2b",
+        "--host-facts",
+        SYNTH,
+        "--iterations",
+        "300",
+        "--seed",
+        "1",
+        "--json",
+        "--workdir",
+        &wd("c"),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(json_of(&o)["exit_status"], 1);
     // Resuming with nothing new to find: exit 0.
@@ -234,8 +263,22 @@ fn parallel_campaign_writes_a_reportable_campaign_json() {
     let dir = tempdir();
     let wd = dir.path().join("J2");
     let w = wd.to_str().expect("utf8");
-    let args =
-        ["fuzz", "--jobs", "2", "--backend", "model:V2b", "--host-facts", SYNTH, "--minimize-budget", "50", "--json", "--workdir", w];
+    let args = [
+        "fuzz",
+        "--jobs",
+        "2",
+        "--backend",
+        "model:V2b",
+        "--host-facts",
+        SYNTH,
+        "--minimize-budget",
+        "50",
+        "--seed",
+        "1",
+        "--json",
+        "--workdir",
+        w,
+    ];
     let o = RIG.command().args(args).args(["--iterations", "3000"]).output().expect("run");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     let s = json_of(&o);
@@ -401,7 +444,7 @@ fn backend_label_names_the_backend() {
     let dir = tempdir();
     let wd = dir.path().join("w");
     let w = wd.to_str().expect("utf8");
-    let base = ["fuzz", "--backend", "model:V2b", "--host-facts", SYNTH, "--iterations", "200", "--workdir", w];
+    let base = ["fuzz", "--backend", "model:V2b", "--host-facts", SYNTH, "--iterations", "200", "--seed", "1", "--workdir", w];
     let o = RIG.command().args(base).args(["--backend-label", "lab:debian:6.1"]).output().expect("run");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains("backend          lab:debian:6.1"), "{}", text(&o.stdout));

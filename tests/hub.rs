@@ -372,6 +372,14 @@ fn sigkill_mid_sync_then_resume_loses_and_duplicates_nothing() {
     assert_eq!(f_n as usize, l.findings.len());
     let occ: i64 = db.query_one("SELECT count(*) FROM occurrences", &[]).expect("query").get(0);
     assert_eq!(occ as usize, l.findings.len(), "one occurrence row per signature for one host and campaign");
+    // Findings reach the hub raw and then minimized: after the resume finished the queue, each
+    // row holds the workdir's minimized case.
+    for sig in &l.findings {
+        let row = db.query_one("SELECT minimized, case_bytes FROM findings WHERE signature = $1", &[sig]).expect("query");
+        let (minimized, bytes): (bool, Vec<u8>) = (row.get(0), row.get(1));
+        assert!(minimized, "{sig}: the hub still holds the raw case");
+        assert_eq!(bytes, std::fs::read(wd.join("findings").join(sig).join("case.bin")).expect("case.bin"), "{sig}");
+    }
 }
 
 #[test]

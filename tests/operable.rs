@@ -21,7 +21,7 @@ fn fuzz(workdir: &Path, metrics: &Path, extra: &[&str]) -> Output {
     let o = RIG
         .command()
         .env_remove("XSAVE_RIG_HUB")
-        .args(["fuzz", "--backend", "model:V2b", "--host-facts", SYNTH, "--json", "--status-every", "1s", "--workdir"])
+        .args(["fuzz", "--backend", "model:V2b", "--host-facts", SYNTH, "--seed", "1", "--json", "--status-every", "1s", "--workdir"])
         .arg(workdir)
         .arg("--metrics")
         .arg(metrics)

@@ -127,6 +127,9 @@ pub fn markdown(r: &Report) -> String {
         if let Some(k) = d.known_issue.as_deref().and_then(xsave_oracle::known::by_id) {
             let _ = writeln!(o, "- **known issue `{}`** (not new): {} — {}", k.id, k.title, k.reference);
         }
+        if f.minimize.is_none() && !f.unreproduced {
+            let _ = writeln!(o, "- not minimized yet: the case as found (the campaign, or its `--resume`, minimizes it)");
+        }
         if let Some(m) = &f.minimize {
             let _ = writeln!(
                 o,

@@ -1,4 +1,6 @@
-//! `xsave-rig bench`: raw ioctl throughput next to the rig's, measured in the same run.
+//! `xsave-rig bench`: raw ioctl throughput next to the rig's, measured in the same run, in
+//! alternating slices; the exec rate of a campaign under a steady stream of findings next to
+//! a clean one ([`findings_load`]); and the detection benchmark ([`detect`]).
 
 use crate::campaign::case_for;
 use crate::kvm::KvmBackend;
@@ -19,8 +21,10 @@ pub struct BenchReport {
     pub raw_ioctls_per_sec: f64,
     /// (b) the rig checking random cases, every ioctl it issues (case steps + vCPU resets)/s.
     pub rig_ioctls_per_sec: f64,
-    /// rig / raw.
+    /// rig / raw: the median over the A/B slices of each slice pair's ratio.
     pub ratio: f64,
+    /// Spread of `ratio` over the slices.
+    pub ratio_spread: Spread,
     /// (b) counting only the ioctls of case steps (no resets), per second.
     pub rig_case_ioctls_per_sec: f64,
     /// Cases checked per second.
@@ -35,10 +39,41 @@ pub struct BenchReport {
     pub raw_us_per_ioctl: f64,
     /// (c) the rig on random cases restricted to XSAVE ioctls (the raw loop's op mix): ioctls/s.
     pub xsave_only_ioctls_per_sec: f64,
-    /// (c) / (a): the rig's own overhead on the same kind of ioctls.
+    /// (c) / (a): the rig's own overhead on the same kind of ioctls; median over the slices.
     pub xsave_only_ratio: f64,
+    /// Spread of `xsave_only_ratio` over the slices.
+    pub xsave_only_ratio_spread: Spread,
     /// Seconds measured per side.
     pub seconds: f64,
+    /// Slices per side: the sides run alternately, (a) (b) (c) (a) (b) (c) …, each slice
+    /// `seconds / slices` long, so drift of a noisy machine hits all sides alike.
+    pub slices: usize,
+}
+
+/// The spread of a ratio measured once per slice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Spread {
+    /// Smallest.
+    pub min: f64,
+    /// First quartile.
+    pub q1: f64,
+    /// Median.
+    pub median: f64,
+    /// Third quartile.
+    pub q3: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of `v` (quartiles by nearest rank); all zero when `v` is empty.
+    pub fn of(v: &[f64]) -> Spread {
+        let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let Some(&max) = v.last() else { return Spread::default() };
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        Spread { min: v[0], q1: at(0.25), median: at(0.5), q3: at(0.75), max }
+    }
 }
 
 /// Where the rig's time goes.
@@ -52,9 +87,12 @@ pub struct TimeShare {
     pub judge: f64,
 }
 
-/// Run both loops for `seconds` each.
+/// Slices per side of [`bench`].
+pub const SLICES: usize = 10;
+
+/// Run the three loops for `seconds` each, alternating in [`SLICES`] slices.
 pub fn bench(host: &HostFacts, model: &ModelConfig, seconds: f64) -> Result<BenchReport, BackendError> {
-    let dur = Duration::from_secs_f64(seconds);
+    let slice = Duration::from_secs_f64(seconds / SLICES as f64);
     // (a) raw loop.
     let kvm = open_kvm()?;
     let vm = kvm.create_vm().map_err(|e| BackendError::Setup(e.to_string()))?;
@@ -63,24 +101,38 @@ pub fn bench(host: &HostFacts, model: &ModelConfig, seconds: f64) -> Result<Benc
     let mut buf = AlignedBuf::new(size);
     XsaveImage::init(FPSSE).render_into(host, buf.bytes_mut());
     let mut out = AlignedBuf::new(size);
-    let start = Instant::now();
-    let mut raw = 0u64;
-    while start.elapsed() < dur {
-        for _ in 0..256 {
-            sys::set_xsave(&vcpu, &mut buf).map_err(|e| BackendError::Setup(format!("KVM_SET_XSAVE errno {e}")))?;
-            sys::get_xsave(&vcpu, &mut out).map_err(|e| BackendError::Setup(format!("KVM_GET_XSAVE errno {e}")))?;
+    let mut raw_slice = |dur: Duration| -> Result<(u64, f64), BackendError> {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < dur {
+            for _ in 0..256 {
+                sys::set_xsave(&vcpu, &mut buf).map_err(|e| BackendError::Setup(format!("KVM_SET_XSAVE errno {e}")))?;
+                sys::get_xsave(&vcpu, &mut out).map_err(|e| BackendError::Setup(format!("KVM_GET_XSAVE errno {e}")))?;
+            }
+            n += 512;
         }
-        raw += 512;
-    }
-    let raw_rate = raw as f64 / start.elapsed().as_secs_f64();
-    drop((vcpu, vm));
+        Ok((n, start.elapsed().as_secs_f64()))
+    };
     // (b) the rig on its normal case mix; (c) the rig on XSAVE-only cases.
-    let b = rig_loop(host, model, dur, |c| c)?;
-    let c = rig_loop(host, model, dur, xsave_only)?;
+    let mut b = RigLoop::new(host, model, |c| c)?;
+    let mut c = RigLoop::new(host, model, xsave_only)?;
+    let (mut raw, mut raw_secs) = (0u64, 0.0f64);
+    let (mut ratios, mut xratios) = (Vec::new(), Vec::new());
+    for _ in 0..SLICES {
+        let (n, t) = raw_slice(slice)?;
+        let rate = n as f64 / t;
+        (raw, raw_secs) = (raw + n, raw_secs + t);
+        ratios.push(b.slice(slice)? / rate);
+        xratios.push(c.slice(slice)? / rate);
+    }
+    let raw_rate = raw as f64 / raw_secs;
+    let (b, c) = (b.finish(), c.finish());
+    let (spread, xspread) = (Spread::of(&ratios), Spread::of(&xratios));
     Ok(BenchReport {
         raw_ioctls_per_sec: raw_rate,
         rig_ioctls_per_sec: b.ioctls_per_sec,
-        ratio: b.ioctls_per_sec / raw_rate,
+        ratio: spread.median,
+        ratio_spread: spread,
         rig_case_ioctls_per_sec: b.case_ioctls_per_sec,
         cases_per_sec: b.cases_per_sec,
         time_share: b.share,
@@ -88,8 +140,10 @@ pub fn bench(host: &HostFacts, model: &ModelConfig, seconds: f64) -> Result<Benc
         ioctls: b.ioctls,
         raw_us_per_ioctl: 1e6 / raw_rate,
         xsave_only_ioctls_per_sec: c.ioctls_per_sec,
-        xsave_only_ratio: c.ioctls_per_sec / raw_rate,
+        xsave_only_ratio: xspread.median,
+        xsave_only_ratio_spread: xspread,
         seconds,
+        slices: SLICES,
     })
 }
 
@@ -112,40 +166,66 @@ struct RigRun {
     ioctls: BTreeMap<String, (u64, f64)>,
 }
 
-fn rig_loop(host: &HostFacts, model: &ModelConfig, dur: Duration, shape: impl Fn(Case) -> Case) -> Result<RigRun, BackendError> {
-    let mut backend = KvmBackend::new(host.clone(), true)?;
-    let (mut tg, mut te, mut tj) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-    let (mut cases, mut steps) = (0u64, 0u64);
-    let start = Instant::now();
-    while start.elapsed() < dur {
-        let t0 = Instant::now();
-        let case = shape(case_for(0xbe4c, cases));
-        let t1 = Instant::now();
-        let obs = backend.execute(&case)?;
-        let t2 = Instant::now();
-        let _ = judge(&case, host, model, &obs);
-        let t3 = Instant::now();
-        tg += t1 - t0;
-        te += t2 - t1;
-        tj += t3 - t2;
-        cases += 1;
-        steps += case.steps().iter().filter(|(_, op)| **op != Op::NewVcpu).count() as u64;
+/// The rig's loop, run in slices: its backend and counters live across them.
+struct RigLoop<'a, F: Fn(Case) -> Case> {
+    host: &'a HostFacts,
+    model: &'a ModelConfig,
+    shape: F,
+    backend: KvmBackend,
+    times: [Duration; 3],
+    cases: u64,
+    steps: u64,
+    elapsed: Duration,
+}
+
+impl<'a, F: Fn(Case) -> Case> RigLoop<'a, F> {
+    fn new(host: &'a HostFacts, model: &'a ModelConfig, shape: F) -> Result<Self, BackendError> {
+        let backend = KvmBackend::new(host.clone(), true)?;
+        Ok(RigLoop { host, model, shape, backend, times: [Duration::ZERO; 3], cases: 0, steps: 0, elapsed: Duration::ZERO })
     }
-    let el = start.elapsed().as_secs_f64();
-    let kernel_ns: u64 = backend.ioctl_stats().values().map(|s| s.nanos).sum();
-    let total = (tg + te + tj).as_secs_f64().max(1e-9);
-    Ok(RigRun {
-        ioctls_per_sec: backend.ioctls() as f64 / el,
-        case_ioctls_per_sec: steps as f64 / el,
-        cases_per_sec: cases as f64 / el,
-        share: TimeShare { generate: tg.as_secs_f64() / total, execute: te.as_secs_f64() / total, judge: tj.as_secs_f64() / total },
-        in_kernel: kernel_ns as f64 / 1e9 / el,
-        ioctls: backend
-            .ioctl_stats()
-            .iter()
-            .map(|(k, s)| (k.to_string(), (s.count, s.nanos as f64 / 1e3 / s.count.max(1) as f64)))
-            .collect(),
-    })
+
+    /// Run for `dur`; the slice's ioctls per second.
+    fn slice(&mut self, dur: Duration) -> Result<f64, BackendError> {
+        let ioctls = self.backend.ioctls();
+        let start = Instant::now();
+        while start.elapsed() < dur {
+            let t0 = Instant::now();
+            let case = (self.shape)(case_for(0xbe4c, self.cases));
+            let t1 = Instant::now();
+            let obs = self.backend.execute(&case)?;
+            let t2 = Instant::now();
+            let _ = judge(&case, self.host, self.model, &obs);
+            let t3 = Instant::now();
+            self.times[0] += t1 - t0;
+            self.times[1] += t2 - t1;
+            self.times[2] += t3 - t2;
+            self.cases += 1;
+            self.steps += case.steps().iter().filter(|(_, op)| **op != Op::NewVcpu).count() as u64;
+        }
+        let el = start.elapsed();
+        self.elapsed += el;
+        Ok((self.backend.ioctls() - ioctls) as f64 / el.as_secs_f64())
+    }
+
+    fn finish(self) -> RigRun {
+        let el = self.elapsed.as_secs_f64().max(1e-9);
+        let kernel_ns: u64 = self.backend.ioctl_stats().values().map(|s| s.nanos).sum();
+        let [tg, te, tj] = self.times;
+        let total = (tg + te + tj).as_secs_f64().max(1e-9);
+        RigRun {
+            ioctls_per_sec: self.backend.ioctls() as f64 / el,
+            case_ioctls_per_sec: self.steps as f64 / el,
+            cases_per_sec: self.cases as f64 / el,
+            share: TimeShare { generate: tg.as_secs_f64() / total, execute: te.as_secs_f64() / total, judge: tj.as_secs_f64() / total },
+            in_kernel: kernel_ns as f64 / 1e9 / el,
+            ioctls: self
+                .backend
+                .ioctl_stats()
+                .iter()
+                .map(|(k, s)| (k.to_string(), (s.count, s.nanos as f64 / 1e3 / s.count.max(1) as f64)))
+                .collect(),
+        }
+    }
 }
 
 /// Cases checked per second through any backend (the rig's normal case mix, generated and
@@ -164,6 +244,106 @@ pub fn backend_cases_per_sec(backend: &mut dyn Backend, model: &ModelConfig, sec
         cases += 1;
     }
     Ok(cases as f64 / start.elapsed().as_secs_f64())
+}
+
+/// `bench --findings-load`: a campaign's exec rate while it keeps finding new signatures,
+/// next to the same campaign on a clean backend.
+#[derive(Clone, Debug, Serialize)]
+pub struct FindingsLoad {
+    /// The backend with findings (the oracle under a historical contract, judged by V3).
+    pub loaded_backend: String,
+    /// The clean backend (the V3 model, judged by V3: no divergence).
+    pub clean_backend: String,
+    /// Cases per second of the loaded campaign, per round.
+    pub loaded_execs_per_sec: Vec<f64>,
+    /// Cases per second of the clean campaign, per round.
+    pub clean_execs_per_sec: Vec<f64>,
+    /// loaded / clean per round.
+    pub round_ratios: Vec<f64>,
+    /// The median of `round_ratios`.
+    pub findings_load_ratio: f64,
+    /// Distinct signatures the loaded campaigns found (mean per round).
+    pub signatures: f64,
+    /// Cases per new signature in the loaded campaigns.
+    pub execs_per_signature: f64,
+    /// Seconds the loaded campaigns' minimizer took, of their `seconds` (mean per round).
+    pub minimize_seconds: f64,
+    /// Findings left raw at the stop (mean per round).
+    pub minimize_pending: f64,
+    /// Seconds per campaign.
+    pub seconds: f64,
+    /// Rounds: each runs the clean and the loaded campaign at the same time, on two threads,
+    /// so both see the same machine (on a shared, noisy machine, runs one after the other
+    /// differ by more than the effect measured).
+    pub rounds: usize,
+}
+
+/// Rounds of [`findings_load`].
+pub const LOAD_ROUNDS: usize = 5;
+
+/// Run, [`LOAD_ROUNDS`] times, the same campaign (seed, feedback, guest runs, a workdir under
+/// `scratch`, the default `--minimize-budget` 2000) for `seconds` on a clean backend (`model:V3`)
+/// and, at the same time on another thread, on one that yields new signatures every few hundred cases (`model:V2b`, the 5.17–6.5
+/// restrictive-load regression, whose symptoms spread over many signatures), both judged by
+/// the strict V3 oracle under `host`. Each campaign is stopped from outside after `seconds`
+/// (as an interrupt: the minimizer's queue is left, not drained), so each rate is the rate
+/// while it fuzzes.
+pub fn findings_load(host: &HostFacts, seconds: f64, scratch: &std::path::Path) -> Result<FindingsLoad, crate::campaign::CampaignError> {
+    use crate::campaign::{run, CampaignConfig, Summary};
+    use xsave_oracle::Contract;
+    let campaign = |contract: Contract, dir: std::path::PathBuf| -> Result<Summary, crate::campaign::CampaignError> {
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut be = crate::ModelBackend::new(host.clone(), ModelConfig::new(contract, vec![]));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cfg = CampaignConfig {
+            workdir: Some(dir.clone()),
+            feedback: true,
+            minimize_budget: 2000,
+            duration: Some(Duration::from_secs_f64(seconds * 20.0 + 60.0)),
+            stop: stop.clone(),
+            ..CampaignConfig::new(0x10ad, None)
+        };
+        let timer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs_f64(seconds));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let s = run(&mut be, cfg);
+        let _ = timer.join();
+        let _ = std::fs::remove_dir_all(&dir);
+        s
+    };
+    let (mut loaded, mut clean, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut sigs, mut execs, mut min_secs, mut pending) = (0u64, 0u64, 0.0, 0u64);
+    for r in 0..LOAD_ROUNDS {
+        let (c, l) = std::thread::scope(|t| {
+            let c = t.spawn(|| campaign(Contract::V3, scratch.join(format!("clean-{r}"))));
+            let l = campaign(Contract::V2b, scratch.join(format!("loaded-{r}")));
+            (c.join().unwrap_or_else(|_| Err(crate::campaign::CampaignError::State("clean campaign thread panicked".into()))), l)
+        });
+        let (c, l) = (c?, l?);
+        ratios.push(l.execs_per_sec / c.execs_per_sec);
+        clean.push(c.execs_per_sec);
+        loaded.push(l.execs_per_sec);
+        sigs += l.new_signatures.len() as u64;
+        execs += l.execs;
+        min_secs += l.minimize_seconds;
+        pending += l.minimize_pending;
+    }
+    let n = LOAD_ROUNDS as f64;
+    Ok(FindingsLoad {
+        loaded_backend: "model:V2b".into(),
+        clean_backend: "model:V3".into(),
+        findings_load_ratio: Spread::of(&ratios).median,
+        loaded_execs_per_sec: loaded,
+        clean_execs_per_sec: clean,
+        round_ratios: ratios,
+        signatures: sigs as f64 / n,
+        execs_per_signature: execs as f64 / sigs.max(1) as f64,
+        minimize_seconds: min_secs / n,
+        minimize_pending: pending as f64 / n,
+        seconds,
+        rounds: LOAD_ROUNDS,
+    })
 }
 
 /// One row of the detection benchmark.
@@ -263,5 +443,18 @@ fn libfuzzer_hit(
     match (crashed, execs) {
         (true, Some(e)) => Some((e, secs)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Spread;
+
+    #[test]
+    fn spread_is_order_free_and_ignores_non_finite_values() {
+        let s = Spread::of(&[0.9, 0.5, f64::NAN, 0.7, 0.6, 0.8]);
+        assert_eq!(s, Spread { min: 0.5, q1: 0.6, median: 0.7, q3: 0.8, max: 0.9 });
+        assert_eq!(Spread::of(&[]), Spread::default());
+        assert_eq!(Spread::of(&[2.0]).median, 2.0);
     }
 }

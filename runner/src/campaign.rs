@@ -4,7 +4,8 @@
 //! Workdir layout:
 //! - `campaign.json`: seed, next iteration, counters (rewritten atomically every second);
 //! - `findings/<signature>/{case.bin,case.json,verdict.json}`: one directory per distinct
-//!   divergence, created atomically the moment it is found;
+//!   divergence, created atomically the moment it is found, raw (the case as found); the
+//!   minimizer replaces it with the minimized case off the hot path ([`crate::minqueue`]);
 //! - `stats.jsonl`: one line per second (execs, execs/s, findings, coverage, corpus) for
 //!   plotting, with the wall-clock time (`time`, RFC 3339 UTC; `unix`, seconds) and the host
 //!   id (`host`, [`crate::stamp::host_id`]) when the campaign was given one.
@@ -13,8 +14,9 @@
 //! check and the merge of parallel workers) and the findings writer share private helpers
 //! (`io`, `save`, `state_dir`); the groups and hit counts live in `crate::groups`.
 
-pub use crate::groups::{merge_groups, note_group, Group, Hits, Seen};
-use crate::minimize::{minimize, MinStats};
+pub use crate::groups::{merge_groups, note_group, note_minimized, Group, Hits, Seen};
+use crate::minimize::MinStats;
+use crate::minqueue::{Queue, Share, SHARE};
 use crate::store::{create_dir_atomic, write_atomic};
 use crate::{Backend, BackendError};
 use arbitrary::Unstructured;
@@ -29,7 +31,7 @@ use xsave_oracle::gen::GenOptions;
 use xsave_oracle::judge::{judge, kernel_splat};
 use xsave_oracle::trace::Trace;
 use xsave_oracle::verdict::Verdict;
-use xsave_oracle::{Case, HostFacts, ModelConfig, Op};
+use xsave_oracle::{Case, ModelConfig, Op};
 
 /// The case for iteration `i` of a campaign seeded with `seed` (reproducible, O(1) to seek).
 pub fn case_for(seed: u64, i: u64) -> Case {
@@ -77,6 +79,15 @@ pub fn mutated(corpus: &[Case], seed: u64, i: u64) -> Case {
     rng.fill_bytes(&mut entropy);
     let base = &corpus[(rng.next_u64() % corpus.len() as u64) as usize];
     Case::decode(&xsave_oracle::mutate::mutate_bytes(&base.encode(), &entropy)).unwrap_or_else(|_| base.clone())
+}
+
+/// A fresh generator seed from the OS (`/dev/urandom`): what `fuzz` runs without `--seed`.
+/// Below 2^53, so JSON readers that hold numbers as doubles keep it exact.
+pub fn random_seed() -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(u64::from_le_bytes(b) & ((1 << 53) - 1))
 }
 
 /// Errors of a campaign (not findings).
@@ -282,6 +293,13 @@ pub struct Summary {
     /// Signatures this campaign (this worker) found itself, checkpointed with the counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub own_signatures: Option<Vec<String>>,
+    /// Raw findings this session left to minimize (on disk, minimized by `--resume`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub minimize_pending: u64,
+    /// Seconds this session's minimizer took (at most [`SHARE`] of the campaign's time while
+    /// it fuzzed, plus the end's drain of the queue).
+    #[serde(default)]
+    pub minimize_seconds: f64,
     /// Findings grouped by root cause (violated rule, ioctl, class of the first divergence):
     /// one group per kernel defect, its signatures below it. Added on top of signatures.
     #[serde(default)]
@@ -290,6 +308,10 @@ pub struct Summary {
     /// first and last hit, all sessions ([`Hits`]; `by_signature` keeps the bare counts).
     #[serde(default)]
     pub signature_hits: BTreeMap<String, Hits>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The largest counter value a state file may hold (far beyond any real campaign).
@@ -330,6 +352,8 @@ impl Summary {
         self.new_signatures.extend(s.new_signatures);
         self.known_signatures.extend(s.known_signatures);
         self.known_issue_cases += s.known_issue_cases;
+        self.minimize_pending += s.minimize_pending;
+        self.minimize_seconds += s.minimize_seconds;
         self.resources.peak_rss_kib = self.resources.peak_rss_kib.max(s.resources.peak_rss_kib);
         self.groups = merge_groups([self.groups.as_slice(), s.groups.as_slice()]);
         crate::groups::merge_hits(&mut self.signature_hits, &s.signature_hits);
@@ -408,6 +432,7 @@ impl Summary {
         };
         secs("seconds", self.seconds)?;
         secs("execs_per_sec", self.execs_per_sec)?;
+        secs("minimize_seconds", self.minimize_seconds)?;
         if let Some(d) = self.duration_secs {
             secs("duration_secs", d)?;
         }
@@ -634,6 +659,13 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
     s.corpus_order = Some(order.clone());
     s.own_signatures = Some(own.clone());
     save(&cfg, &s)?;
+    // Raw findings of this campaign (worker) left by an earlier session are minimized first.
+    let mut queue = match &cfg.workdir {
+        Some(dir) => Queue::from_disk(dir, cfg.worker.map_or(0, |(k, _)| k), cfg.minimize_budget),
+        None => Queue::new(0, cfg.minimize_budget),
+    };
+    let mut share = Share::new(SHARE);
+    let mut mark = Instant::now();
     loop {
         if cfg.stop.load(Ordering::Relaxed) {
             s.interrupted = true;
@@ -705,7 +737,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
             if d.explained_by.is_some() {
                 s.explained_by_quirk += 1;
             }
-            let mut steps = case.steps().len();
+            let steps = case.steps().len();
             if d.known_issue.is_some() {
                 s.known_issue_cases += 1;
             }
@@ -722,8 +754,10 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
                 if let Some(dir) = &cfg.workdir {
                     let dest = dir.join("findings").join(&d.signature);
                     let found = Found { divergence: d, expected: &expected, observed: &observed };
-                    let (new, min_steps) = write_finding(backend, &host, &cfg, &dest, &case, found, i)?;
-                    steps = min_steps;
+                    let (new, placed) = write_raw(&*backend, &cfg, &dest, &case, found, i)?;
+                    if placed && d.class != xsave_oracle::verdict::Class::KernelSplat {
+                        queue.push(dest);
+                    }
                     if new {
                         s.findings += 1;
                     }
@@ -735,6 +769,17 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
             note_group(&mut s.groups, d, steps, at);
             s.signature_hits.entry(d.signature.clone()).or_default().hit(at);
         }
+        // The minimizer's time slice: everything since the last slice was fuzzing.
+        share.fuzzed(mark.elapsed());
+        while !queue.is_empty() && share.may_minimize() {
+            let t = Instant::now();
+            let done = queue.step(backend, &host, &cfg.model)?;
+            share.minimized(t.elapsed());
+            if let Some(done) = done {
+                note_minimized(&mut s.groups, &done.signature, done.steps);
+            }
+        }
+        mark = Instant::now();
         if last_tick.elapsed() >= every {
             if let Some(rx) = &cfg.inbox {
                 while let Ok(cases) = rx.try_recv() {
@@ -761,6 +806,22 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
             }
         }
     }
+    // At the natural end the queue is finished (each finding within its budget); a stop
+    // leaves the rest raw on disk for --resume.
+    while !queue.is_empty() && !s.interrupted {
+        if cfg.stop.load(Ordering::Relaxed) {
+            s.interrupted = true;
+            break;
+        }
+        let t = Instant::now();
+        let done = queue.step(backend, &host, &cfg.model)?;
+        share.minimized(t.elapsed());
+        if let Some(done) = done {
+            note_minimized(&mut s.groups, &done.signature, done.steps);
+        }
+    }
+    s.minimize_pending = queue.len() as u64;
+    s.minimize_seconds = share.minimizing_secs();
     s.seconds = base_seconds + start.elapsed().as_secs_f64();
     s.ioctls = backend.ioctls() - base_ioctls;
     s.execs_per_sec = if s.seconds > 0.0 { s.execs as f64 / s.seconds } else { 0.0 };
@@ -807,92 +868,108 @@ fn finding_key(dir: &Path) -> Option<(u64, u64)> {
     Some((v.get("worker")?.as_u64()?, v.get("iteration")?.as_u64()?))
 }
 
-/// Minimize a new finding (if a budget is set) and write it atomically: `case.bin` and
-/// `case.json` (minimized), `original.bin`, `verdict.json` (verdict, both traces of the
-/// minimized case, and the worker and iteration that found it), `minimize.json`. A finding
-/// whose case does not show the divergence again when run at write time is kept as found
-/// (the original case and the finding run's traces) and marked `unreproduced`.
+/// Write a new finding atomically the moment it is found, without minimizing it (that is
+/// [`crate::minqueue`]'s job, off the hot path): `case.bin` (the case as found),
+/// `verdict.json` (the finding run's verdict and traces, and the worker and iteration that
+/// found it), `host.json`. A raw finding has no `minimize.json`. A kernel
+/// splat is final as found: it gets an empty `minimize.json` at once and is never queued.
 ///
 /// First writer wins deterministically: a finding already on disk is replaced (atomically,
 /// by exchanging the directories) only by one with a lower (worker, iteration), under the
 /// lock `WORKDIR/findings.lock` that serializes the workers' decisions. Returns whether the
-/// signature was new on disk.
-fn write_finding(
-    backend: &mut dyn Backend,
-    host: &HostFacts,
+/// signature was new on disk and whether this campaign's finding is on disk now (so it is to
+/// be minimized).
+fn write_raw(
+    backend: &dyn Backend,
     cfg: &CampaignConfig,
     dest: &Path,
     case: &Case,
     found: Found<'_>,
     i: u64,
-) -> Result<(bool, usize), CampaignError> {
-    let sig = found.divergence.signature.as_str();
-    let splat = (found.divergence.class == xsave_oracle::verdict::Class::KernelSplat).then_some(found.divergence);
+) -> Result<(bool, bool), CampaignError> {
     let worker = cfg.worker.map_or(0, |(k, _)| k);
-    let beaten = |d: &Path| finding_key(d).is_some_and(|key| key <= (worker, i));
-    if beaten(dest) {
-        return Ok((false, case.steps().len()));
+    if finding_key(dest).is_some_and(|key| key <= (worker, i)) {
+        return Ok((false, false));
     }
-    // A kernel splat is kept as found: the case that provoked it, with the log lines.
-    let (min, stats) = if cfg.minimize_budget > 0 && splat.is_none() {
-        minimize(backend, host, &cfg.model, case, sig, cfg.minimize_budget)?
-    } else {
-        (case.clone(), MinStats::default())
-    };
-    let observed = backend.execute(&min)?;
-    let _ = backend.kernel_log();
-    let (expected, verdict) = judge(&min, host, &cfg.model, &observed);
-    let reproduced = matches!(&verdict, Verdict::Diverge(d) if d.signature == sig);
-    let (min, stats, verdict, expected, observed) = match splat {
-        Some(d) => (min, stats, Verdict::Diverge(Box::new(d.clone())), expected, observed),
-        None if reproduced => (min, stats, verdict, expected, observed),
-        None => (
-            case.clone(),
-            MinStats::default(),
-            Verdict::Diverge(Box::new(found.divergence.clone())),
-            found.expected.clone(),
-            found.observed.clone(),
-        ),
-    };
+    let splat = found.divergence.class == xsave_oracle::verdict::Class::KernelSplat;
     let rec = Finding {
-        verdict,
+        verdict: Verdict::Diverge(Box::new(found.divergence.clone())),
         backend: backend.name(),
         seed: cfg.seed,
         worker,
         iteration: i,
-        expected,
-        observed,
-        unreproduced: splat.is_none() && !reproduced,
+        expected: found.expected.clone(),
+        observed: found.observed.clone(),
+        unreproduced: false,
     };
-    let json = serde_json::to_vec_pretty(&rec).map_err(|e| CampaignError::State(e.to_string()))?;
-    let mjson = serde_json::to_vec_pretty(&stats).map_err(|e| CampaignError::State(e.to_string()))?;
-    let (min_bin, min_json, orig_bin) = (min.encode(), min.to_json(), case.encode());
-    let parent = crate::store::parent_dir(dest);
-    // The host fingerprint (probe report: kernel, module, CPU, layout, quirks) beside the case,
-    // so a finding directory is self-contained when shared.
-    let host_json = crate::store::read_bounded(&crate::store::parent_dir(parent).join("host.json"), crate::store::caps::JSON).ok();
-    let mut files: Vec<(&str, &[u8])> = vec![
-        ("case.bin", &min_bin),
-        ("case.json", min_json.as_bytes()),
-        ("original.bin", &orig_bin),
-        ("verdict.json", &json),
-        ("minimize.json", &mjson),
-    ];
-    if let Some(h) = &host_json {
+    let files = finding_files(&rec, case, case, splat.then(MinStats::default).as_ref(), host_json(dest))?;
+    place_finding(dest, &files, (worker, i), false)
+}
+
+/// The workdir's `host.json` (probe report: kernel, module, CPU, layout, quirks) for a finding
+/// directory `dest`, so a finding is self-contained when shared.
+fn host_json(dest: &Path) -> Option<Vec<u8>> {
+    let workdir = crate::store::parent_dir(crate::store::parent_dir(dest));
+    crate::store::read_bounded(&workdir.join("host.json"), crate::store::caps::JSON).ok()
+}
+
+/// The files of a finding directory. Final (`stats` given): `case.bin` and `case.json`
+/// (`case`), `original.bin`, `verdict.json` (`rec`), `minimize.json`, `host.json`. Raw: only
+/// `case.bin` (the case as found), `verdict.json` and `host.json`: every file costs an fsync
+/// on the hot path, and the final finding adds the rest.
+pub(crate) fn finding_files(
+    rec: &Finding,
+    case: &Case,
+    original: &Case,
+    stats: Option<&MinStats>,
+    host_json: Option<Vec<u8>>,
+) -> Result<Vec<(&'static str, Vec<u8>)>, CampaignError> {
+    let mut files = vec![("case.bin", case.encode()), ("verdict.json", pretty(rec)?)];
+    if let Some(st) = stats {
+        files.push(("case.json", case.to_json().into_bytes()));
+        files.push(("original.bin", original.encode()));
+        files.push(("minimize.json", pretty(st)?));
+    }
+    if let Some(h) = host_json {
         files.push(("host.json", h));
     }
+    Ok(files)
+}
+
+fn pretty<T: Serialize>(v: &T) -> Result<Vec<u8>, CampaignError> {
+    serde_json::to_vec_pretty(v).map_err(|e| CampaignError::State(e.to_string()))
+}
+
+/// Put a finding directory at `dest` atomically, under `WORKDIR/findings.lock`. A raw finding
+/// (`minimized` false) found at `key` = (worker, iteration) is created, or replaces one with a
+/// higher key. A minimized one replaces only the raw finding of the same key (a lower key's
+/// finding that replaced it meanwhile, or a finding already final, wins). Returns whether the
+/// directory was created and whether `files` are on disk now.
+pub(crate) fn place_finding(
+    dest: &Path,
+    files: &[(&str, Vec<u8>)],
+    key: (u64, u64),
+    minimized: bool,
+) -> Result<(bool, bool), CampaignError> {
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+    let parent = crate::store::parent_dir(dest);
     let lock_path = crate::store::parent_dir(parent).join("findings.lock");
     let _lock = match crate::store::lock_waiting(&lock_path, Duration::from_secs(30), &AtomicBool::new(false)).map_err(io(&lock_path))? {
         Ok(l) => l,
         Err(holder) => return Err(CampaignError::State(format!("{}: held for 30 s by {holder}", lock_path.display()))),
     };
-    let n = min.steps().len();
     if !dest.exists() {
-        return create_dir_atomic(dest, &files).map(|new| (new, n)).map_err(io(dest));
+        if minimized {
+            return Ok((false, false));
+        }
+        return create_dir_atomic(dest, &files).map(|new| (new, true)).map_err(io(dest));
     }
-    if beaten(dest) {
-        return Ok((false, n));
+    let on_disk = finding_key(dest);
+    let replace = if minimized { on_disk == Some(key) && !dest.join("minimize.json").exists() } else { on_disk.is_none_or(|k| k > key) };
+    if !replace {
+        return Ok((false, false));
     }
+    let sig = dest.file_name().map_or_else(String::new, |n| n.to_string_lossy().to_string());
     let tmp = parent.join(format!(".{sig}.tmp.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let swapped = crate::store::build_dir(&tmp, &files).and_then(|()| crate::sys::rename_exchange(&tmp, dest));
@@ -900,7 +977,7 @@ fn write_finding(
     let _ = std::fs::remove_dir_all(&tmp);
     swapped.map_err(io(dest))?;
     crate::store::sync_dir(parent).map_err(io(dest))?;
-    Ok((false, n))
+    Ok((false, true))
 }
 
 /// Where a campaign keeps `campaign.json` and `stats.jsonl`: the workdir, or the worker's

@@ -186,6 +186,16 @@ pub fn merge_groups<'a>(all: impl IntoIterator<Item = &'a [Group]>) -> Vec<Group
     out
 }
 
+/// A finding of signature `sig` was minimized to `steps` steps: its group's smallest
+/// reproducer is updated when that is smaller.
+pub fn note_minimized(groups: &mut [Group], sig: &str, steps: usize) {
+    if let Some(g) = groups.iter_mut().find(|g| g.signatures.iter().any(|x| x == sig)) {
+        if g.smallest.as_ref().is_none_or(|(_, n)| steps < *n) {
+            g.smallest = Some((sig.to_string(), steps));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

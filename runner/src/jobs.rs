@@ -59,22 +59,24 @@ pub struct Progress {
 }
 
 /// The arguments every worker gets, from the parent's own (`argv` without the program name):
-/// the same command without `--jobs`, `--worker`, `--json` and the campaign totals, then the
-/// totals as resolved in `main` (given, or stored on resume), then `--host-facts HOST_FACTS`
+/// the same command without `--jobs`, `--worker`, `--json`, `--seed` and the campaign totals,
+/// then the seed and totals as resolved in `main` (given, drawn at random, or stored on
+/// resume), then `--host-facts HOST_FACTS`
 /// when given, so every worker judges under the facts the parent recorded.
 pub fn worker_args(argv: impl IntoIterator<Item = String>, main: &Summary, host_facts: Option<&Path>) -> Vec<String> {
     let mut base: Vec<String> = Vec::new();
     let mut it = argv.into_iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--jobs" | "--worker" | "--iterations" | "--duration" => {
+            "--jobs" | "--worker" | "--iterations" | "--duration" | "--seed" => {
                 it.next();
             }
             "--json" => {}
-            _ if ["--jobs=", "--worker=", "--iterations=", "--duration="].iter().any(|p| a.starts_with(p)) => {}
+            _ if ["--jobs=", "--worker=", "--iterations=", "--duration=", "--seed="].iter().any(|p| a.starts_with(p)) => {}
             _ => base.push(a),
         }
     }
+    base.extend(["--seed".into(), main.seed.to_string()]);
     if let Some(n) = main.iterations {
         base.extend(["--iterations".into(), n.to_string()]);
     }
@@ -213,10 +215,13 @@ mod tests {
 
     #[test]
     fn workers_get_the_command_without_pool_flags_and_with_the_resolved_totals() {
-        let argv = ["fuzz", "--jobs", "4", "--json", "--iterations=9", "--workdir", "w", "--duration", "1s", "--worker=0/2"];
-        let main = Summary { iterations: Some(100), duration_secs: Some(2.5), ..Summary::default() };
+        let argv = ["fuzz", "--jobs", "4", "--json", "--iterations=9", "--workdir", "w", "--duration", "1s", "--worker=0/2", "--seed", "3"];
+        let main = Summary { iterations: Some(100), duration_secs: Some(2.5), seed: 77, ..Summary::default() };
         let args = worker_args(argv.iter().map(|a| a.to_string()), &main, Some(Path::new("w/host.json")));
-        assert_eq!(args, ["fuzz", "--workdir", "w", "--iterations", "100", "--duration", "2.5s", "--host-facts", "w/host.json"]);
+        assert_eq!(
+            args,
+            ["fuzz", "--workdir", "w", "--seed", "77", "--iterations", "100", "--duration", "2.5s", "--host-facts", "w/host.json"]
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod lab;
 pub mod matrix;
 pub mod migrate;
 pub mod minimize;
+pub mod minqueue;
 pub mod probe;
 pub mod seeds;
 pub mod stamp;

@@ -44,25 +44,71 @@ pub fn minimize(
     signature: &str,
     budget: u64,
 ) -> Result<(Case, MinStats), BackendError> {
-    let mut stats = MinStats { steps_before: case.steps().len(), bytes_before: case.encode().len(), ..MinStats::default() };
-    let mut best = case.clone();
-    'outer: loop {
-        for cand in candidates(&best) {
-            if stats.execs >= budget {
-                stats.budget_exhausted = true;
-                break 'outer;
-            }
-            stats.execs += 1;
-            if signature_of(backend, host, model, &cand)?.as_deref() == Some(signature) {
-                best = cand;
-                continue 'outer;
-            }
+    let mut m = Shrinker::new(case, signature, budget);
+    while !m.step(backend, host, model)? {}
+    Ok(m.finish())
+}
+
+/// [`minimize`] one candidate execution at a time, so a campaign can interleave it with its
+/// own cases ([`crate::minqueue`]). Stepping to the end gives exactly [`minimize`]'s result.
+#[derive(Clone, Debug)]
+pub struct Shrinker {
+    best: Case,
+    candidates: Vec<Case>,
+    next: usize,
+    signature: String,
+    budget: u64,
+    stats: MinStats,
+    done: bool,
+}
+
+impl Shrinker {
+    /// A minimization of `case` keeping `signature`, within `budget` executions.
+    pub fn new(case: &Case, signature: &str, budget: u64) -> Shrinker {
+        Shrinker {
+            best: case.clone(),
+            candidates: candidates(case),
+            next: 0,
+            signature: signature.to_string(),
+            budget,
+            stats: MinStats { steps_before: case.steps().len(), bytes_before: case.encode().len(), ..MinStats::default() },
+            done: false,
         }
-        break;
     }
-    stats.steps_after = best.steps().len();
-    stats.bytes_after = best.encode().len();
-    Ok((best, stats))
+
+    /// Try the next candidate (one execution on `backend`); true when finished (a fixpoint:
+    /// no candidate keeps the signature; or the budget is spent), then without executing.
+    pub fn step(&mut self, backend: &mut dyn Backend, host: &HostFacts, model: &ModelConfig) -> Result<bool, BackendError> {
+        if self.done {
+            return Ok(true);
+        }
+        let Some(cand) = self.candidates.get(self.next) else {
+            self.done = true;
+            return Ok(true);
+        };
+        if self.stats.execs >= self.budget {
+            self.stats.budget_exhausted = true;
+            self.done = true;
+            return Ok(true);
+        }
+        self.stats.execs += 1;
+        if signature_of(backend, host, model, cand)?.as_deref() == Some(self.signature.as_str()) {
+            self.best = cand.clone();
+            self.candidates = candidates(&self.best);
+            self.next = 0;
+        } else {
+            self.next += 1;
+        }
+        Ok(false)
+    }
+
+    /// The smallest case found so far and the figures.
+    pub fn finish(self) -> (Case, MinStats) {
+        let mut stats = self.stats;
+        stats.steps_after = self.best.steps().len();
+        stats.bytes_after = self.best.encode().len();
+        (self.best, stats)
+    }
 }
 
 /// One-step simplifications of `case`, biggest first.

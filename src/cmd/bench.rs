@@ -15,9 +15,15 @@ pub struct Args {
     sub: Option<BenchSub>,
     #[command(flatten)]
     backend: BenchBackend,
-    /// Seconds per side.
+    /// Seconds per side (in 10 alternating slices: raw, rig, rig XSAVE-only, raw, …); with
+    /// --findings-load, seconds per campaign.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Instead: a campaign's exec rate while it keeps finding new signatures (model:V2b judged
+    /// by V3) over the same campaign on a clean backend (model:V3) run at the same time, in 5 rounds:
+    /// `findings_load_ratio` (no /dev/kvm needed).
+    #[arg(long)]
+    findings_load: bool,
     #[command(flatten)]
     oracle: OracleArgs,
     /// Print JSON.
@@ -113,6 +119,36 @@ pub fn run(args: Args) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&both)?);
             Ok(0)
         }
+        Args { findings_load: true, seconds, oracle, json, .. } => {
+            let (host, _) = host_facts(&oracle, false)?;
+            let scratch = std::env::temp_dir().join(format!("xsave-rig-findings-load-{}", std::process::id()));
+            let r = xsave_runner::bench::findings_load(&host, seconds, &scratch);
+            let _ = std::fs::remove_dir_all(&scratch);
+            let r = r?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                let rates = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(" ");
+                println!(
+                    "findings_load_ratio {:.3}  (median of {} rounds: {})",
+                    r.findings_load_ratio,
+                    r.rounds,
+                    r.round_ratios.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(" ")
+                );
+                println!(
+                    "loaded execs/s      {}  ({} judged by V3, {:.0} s each)",
+                    rates(&r.loaded_execs_per_sec),
+                    r.loaded_backend,
+                    r.seconds
+                );
+                println!("clean execs/s       {}  ({} judged by V3)", rates(&r.clean_execs_per_sec), r.clean_backend);
+                println!(
+                    "signatures          {:.1} per campaign, one per {:.0} cases; minimizer {:.2} s per campaign, {:.1} left raw at the stop",
+                    r.signatures, r.execs_per_signature, r.minimize_seconds, r.minimize_pending
+                );
+            }
+            Ok(0)
+        }
         Args { seconds, oracle, json, .. } => {
             let (host, _) = host_facts(&oracle, true)?;
             let model = model_config(&oracle, &host)?;
@@ -122,7 +158,8 @@ pub fn run(args: Args) -> Result<i32> {
             } else {
                 println!("raw ioctls/s        {:.0}  (KVM_SET_XSAVE+KVM_GET_XSAVE loop, one vCPU, no oracle)", r.raw_ioctls_per_sec);
                 println!("rig ioctls/s        {:.0}  (all ioctls incl. vCPU resets)", r.rig_ioctls_per_sec);
-                println!("ratio               {:.3}", r.ratio);
+                let spread = |s: &xsave_runner::bench::Spread| format!("min {:.3}  IQR {:.3}–{:.3}  max {:.3}", s.min, s.q1, s.q3, s.max);
+                println!("ratio               {:.3}  (median of {} A/B slices; {})", r.ratio, r.slices, spread(&r.ratio_spread));
                 println!("rig case ioctls/s   {:.0}  (case steps only)", r.rig_case_ioctls_per_sec);
                 println!("cases/s             {:.0}", r.cases_per_sec);
                 println!(
@@ -134,8 +171,10 @@ pub fn run(args: Args) -> Result<i32> {
                 );
                 println!("raw loop            {:.2} us per ioctl", r.raw_us_per_ioctl);
                 println!(
-                    "xsave-only rig      {:.0} ioctls/s, ratio {:.3} (cases restricted to the raw loop's ioctls)",
-                    r.xsave_only_ioctls_per_sec, r.xsave_only_ratio
+                    "xsave-only rig      {:.0} ioctls/s, ratio {:.3} (cases restricted to the raw loop's ioctls; {})",
+                    r.xsave_only_ioctls_per_sec,
+                    r.xsave_only_ratio,
+                    spread(&r.xsave_only_ratio_spread)
                 );
                 for (k, (n, us)) in &r.ioctls {
                     println!("  {k:<20} {n:>9} calls  {us:>7.2} us each");

@@ -27,8 +27,9 @@ pub struct Args {
     /// SIGTERM); kept on --resume unless given again.
     #[arg(long, value_parser = parse_run_time)]
     duration: Option<Duration>,
-    /// Generator seed (default 1; with --resume, the stored campaign's, which a different
-    /// --seed may not change).
+    /// Generator seed (default: a random one drawn from the OS, recorded in campaign.json and
+    /// the summary, so fleet hosts do not all run the same cases; with --resume, the stored
+    /// campaign's, which a different --seed may not change). Give it for a reproducible run.
     #[arg(long)]
     seed: Option<u64>,
     /// Workdir for state and findings (findings/<signature>/).
@@ -41,7 +42,10 @@ pub struct Args {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
-    /// Executions the minimizer may spend on each new finding (0: no minimization).
+    /// Executions the minimizer may spend on each new finding (0: no minimization). A new
+    /// finding is written raw at once; minimization takes at most 20 % of the campaign's time
+    /// and replaces it when done; pending ones are finished at the end, or by --resume after
+    /// an interrupt.
     #[arg(long, default_value_t = 2000)]
     minimize_budget: u64,
     /// Give every case a guest CPUID strictly narrower than the host's supported set.
@@ -169,7 +173,12 @@ pub fn run(args: Args) -> Result<i32> {
         (None, None) => (Some(10_000), None),
         (i, d) => (i, d),
     };
-    let seed = seed.unwrap_or(1);
+    // Given, else the stored campaign's (on resume), else a fresh one from the OS.
+    let seed = match (seed, &stored) {
+        (Some(s), _) => s,
+        (None, Some(old)) => old.seed,
+        (None, None) => campaign::random_seed().context("cannot draw a random seed from /dev/urandom")?,
+    };
     std::fs::create_dir_all(&workdir).with_context(|| format!("cannot create {}", workdir.display()))?;
     let fp_path = workdir.join("host.json");
     if !fp_path.exists() {
@@ -508,6 +517,9 @@ pub fn print_summary(s: &Summary) {
             "contract rules   {}/{} reached, {} coverage points, corpus {}",
             s.rules_covered, s.rules_total, s.coverage_points, s.corpus
         );
+    }
+    if s.minimize_pending > 0 {
+        println!("minimization     {} findings still raw (minimized by --resume)", s.minimize_pending);
     }
     if s.interrupted {
         println!("interrupted      yes (state saved; continue with --resume)");
