@@ -35,7 +35,7 @@ pub enum LabCmd {
         /// The source: debian:X.Y (e.g. debian:6.12).
         #[arg(long)]
         source: String,
-        /// A patch to apply with `patch -p1` (e.g. a `git format-patch` file).
+        /// A patch to apply with `patch -p1 --fuzz=0` (e.g. a `git format-patch` file).
         #[arg(long)]
         patch: Option<PathBuf>,
         /// A kernel config fragment (CONFIG_X=y lines) merged over the lab's base fragment.

@@ -1,8 +1,9 @@
 //! Kernels built from source for the lab (`lab build`): Debian's `linux-source-X.Y` package,
 //! resolved and downloaded through the lab's private apt configuration, unpacked, patched
-//! (`patch -p1`), configured as `make tinyconfig` plus the lab's base fragment
-//! (`build.config` next to this file) plus the user's fragment, and built as a `bzImage` with
-//! everything the lab needs built in (no modules).
+//! (`patch -p1 --fuzz=0`: the context must match, as for `git apply`), configured as
+//! `make tinyconfig` plus the lab's base fragment (`build.config` next to this file) plus the
+//! user's fragment, and built as a `bzImage` with everything the lab needs built in (no
+//! modules).
 //!
 //! The result is cached as `kernels/build-X.Y-<hash12>/` like a downloaded kernel, the hash
 //! covering the resolved source version, the patch bytes, the user's fragment and the base
@@ -29,7 +30,7 @@ pub const BASE_CONFIG: &str = include_str!("build.config");
 pub struct BuildRequest {
     /// `debian:X.Y`: Debian's `linux-source-X.Y` package, newest version the archive serves.
     pub source: String,
-    /// A patch applied with `patch -p1` (e.g. a `git format-patch` file).
+    /// A patch applied with `patch -p1 --fuzz=0` (e.g. a `git format-patch` file).
     pub patch: Option<PathBuf>,
     /// A configuration fragment merged over the lab's base fragment.
     pub config: Option<PathBuf>,
@@ -299,7 +300,7 @@ fn compile(
         let abs = std::fs::canonicalize(p).map_err(io(p))?;
         let out = Command::new("patch")
             .current_dir(&src)
-            .args(["-p1", "--batch", "--forward", "-i"])
+            .args(["-p1", "--fuzz=0", "--batch", "--forward", "-i"])
             .arg(&abs)
             .stdin(Stdio::null())
             .output()
