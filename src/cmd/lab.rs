@@ -1,4 +1,4 @@
-//! `xsave-rig lab …`: the kernel lab (fetch, run, matrix), and `--backend lab:K`, which runs
+//! `xsave-rig lab …`: the kernel lab (fetch, build, run, exec, matrix), and `--backend lab:K`, which runs
 //! the whole command inside the lab guest.
 
 use crate::common::*;
@@ -24,6 +24,33 @@ pub enum LabCmd {
         /// Its modules directory (lib/modules/<release>), unless KVM is built in.
         #[arg(long)]
         modules: Option<PathBuf>,
+    },
+    /// Build a kernel from Debian's linux-source-X.Y package (resolved through the lab's apt
+    /// configuration, newest version), with a patch and a config fragment, configured as
+    /// `make tinyconfig` plus the lab's base fragment (runner/src/lab/build.config: 64-bit,
+    /// virtio-pci, virtio console, KVM_AMD, all built in) plus --config. Cached by source
+    /// version, patch, fragments: prints the kernel id (build-X.Y-<hash12>) that `lab run
+    /// --kernel` and `--backend lab:ID` accept.
+    Build {
+        /// The source: debian:X.Y (e.g. debian:6.12).
+        #[arg(long)]
+        source: String,
+        /// A patch to apply with `patch -p1 --fuzz=0` (e.g. a `git format-patch` file).
+        #[arg(long)]
+        patch: Option<PathBuf>,
+        /// A kernel config fragment (CONFIG_X=y lines) merged over the lab's base fragment.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Parallel make jobs (default: the number of CPUs).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
+    /// Run PROGRAM ARGS and exit with its status: for programs shipped into a lab guest, e.g.
+    /// a compiled C reproducer: `lab run --kernel K --input ./repro -- lab exec ./repro`.
+    Exec {
+        /// The program and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        program: Vec<String>,
     },
     /// Boot a kernel and run `xsave-rig ARGS` inside; results come back to the host.
     Run {
@@ -102,6 +129,25 @@ pub fn run(cmd: LabCmd) -> Result<i32> {
             };
             println!("{}  release {}  {} modules  ({})", k.id, k.release, k.modules.len(), k.packages.join(", "));
             Ok(0)
+        }
+        LabCmd::Build { source, patch, config, jobs } => {
+            let req = lab::BuildRequest { source, patch, config, jobs };
+            let b = lab::build_kernel(&req, &mut |line| eprintln!("xsave-rig lab build: {line}"))?;
+            eprintln!(
+                "xsave-rig lab build: {} {} ({}, release {}) in {:.1} s",
+                b.kernel.id,
+                if b.cached { "from the cache" } else { "built" },
+                b.source,
+                b.kernel.release,
+                b.seconds
+            );
+            println!("{}", b.kernel.id);
+            Ok(0)
+        }
+        LabCmd::Exec { program } => {
+            let (prog, rest) = program.split_first().context("lab exec needs a program")?;
+            let st = std::process::Command::new(prog).args(rest).status().with_context(|| format!("cannot run {prog}"))?;
+            Ok(st.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)))
         }
         LabCmd::Run { kernel, timeout, scratch, init_script, input, output, args } => {
             let k = lab::kernel(&kernel)?;

@@ -161,3 +161,18 @@ pub fn sarif_results(path: &Path) -> Option<usize> {
     assert!(o.status.success(), "SARIF invalid: {}", String::from_utf8_lossy(&o.stderr));
     Some(String::from_utf8_lossy(&o.stdout).trim().parse().expect("count"))
 }
+
+/// For tests that boot lab guests: `true` when qemu-system-x86_64 and busybox are installed.
+/// Otherwise prints one line `SKIPPED(lab) <test>: <reason>` and returns `false`, except
+/// under CI (`CI` set), where it panics: `scripts/setup` installs both.
+pub fn lab_or_skip(test: &str) -> bool {
+    let have = |t: &str| Command::new("sh").arg("-c").arg(format!("command -v {t}")).output().is_ok_and(|o| o.status.success());
+    if have("qemu-system-x86_64") && have("busybox") {
+        return true;
+    }
+    if std::env::var("CI").is_ok() {
+        panic!("{test}: qemu-system-x86 and busybox-static are required in CI (see scripts/setup)");
+    }
+    eprintln!("SKIPPED(lab) {test}: qemu-system-x86_64 or busybox not installed");
+    false
+}

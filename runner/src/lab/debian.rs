@@ -56,7 +56,7 @@ fn apt_unreachable(output: &str) -> Option<String> {
 }
 
 /// The private apt configuration (created, and `apt-get update`d once a day per mirror).
-fn apt_conf() -> Result<PathBuf, LabError> {
+pub(super) fn apt_conf() -> Result<PathBuf, LabError> {
     need("apt-get", "the lab downloads Debian kernel packages with apt-get")?;
     let d = cache_dir().join("apt");
     for sub in ["lists/partial", "cache/archives/partial", "state", "etc"] {
@@ -151,6 +151,32 @@ fn resolve_version(conf: &Path, spec: &str) -> Result<String, LabError> {
     })
 }
 
+/// `apt-get download pkg=ver` into `dir`, through the private configuration `conf`.
+pub(super) fn download(conf: &Path, pkg: &str, ver: &str, dir: &Path) -> Result<(), LabError> {
+    run_cmd(
+        &format!("apt-get download {pkg}={ver}"),
+        Command::new("apt-get")
+            .arg("-c")
+            .arg(conf)
+            .args(["-q", "-o", "Acquire::http::Timeout=10", "-o", "Acquire::Retries=0", "download", &format!("{pkg}={ver}")])
+            .stdin(Stdio::null())
+            .current_dir(dir),
+    )?;
+    Ok(())
+}
+
+/// The newest version of `pkg` the archive serves (e.g. `linux-source-6.12` for `lab build`).
+pub(super) fn newest(conf: &Path, pkg: &str) -> Result<String, LabError> {
+    let out = run_cmd(&format!("apt-cache madison {pkg}"), Command::new("apt-cache").arg("-c").arg(conf).args(["madison", pkg]))?;
+    let mut best: Option<String> = None;
+    for v in out.lines().filter_map(|l| l.split('|').nth(1).map(|v| v.trim().to_string())) {
+        if best.as_ref().is_none_or(|b| newer(&v, b)) {
+            best = Some(v);
+        }
+    }
+    best.ok_or_else(|| LabError::Kernel(format!("the Debian archive {} serves no {pkg}", apt_mirror())))
+}
+
 /// The exact packages (image, binary, modules) behind metapackage version `ver`.
 fn packages_for(conf: &Path, ver: &str) -> Result<Vec<(String, String)>, LabError> {
     let mut todo = vec![("linux-image-amd64".to_string(), ver.to_string())];
@@ -195,15 +221,7 @@ pub fn fetch_debian(spec: &str) -> Result<Kernel, LabError> {
     let root = dir.join("root");
     std::fs::create_dir_all(&debs).map_err(io(&debs))?;
     for (p, v) in &pkgs {
-        run_cmd(
-            &format!("apt-get download {p}={v}"),
-            Command::new("apt-get")
-                .arg("-c")
-                .arg(&conf)
-                .args(["-q", "-o", "Acquire::http::Timeout=10", "-o", "Acquire::Retries=0", "download", &format!("{p}={v}")])
-                .stdin(Stdio::null())
-                .current_dir(&debs),
-        )?;
+        download(&conf, p, v, &debs)?;
     }
     for e in std::fs::read_dir(&debs).map_err(io(&debs))?.flatten() {
         run_cmd("dpkg-deb -x", Command::new("dpkg-deb").arg("-x").arg(e.path()).arg(&root))?;

@@ -89,7 +89,9 @@ fn add_tree(cpio: &mut Cpio, host: &Path, guest: &str) -> Result<(), LabError> {
             add_tree(cpio, &e, &format!("{guest}/{name}"))?;
         }
     } else {
-        cpio.file(guest, &std::fs::read(host).map_err(io(host))?, false);
+        // Executables stay executable (a compiled reproducer run with `lab exec`).
+        let exec = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(host).map_err(io(host))?.permissions()) & 0o111 != 0;
+        cpio.file(guest, &std::fs::read(host).map_err(io(host))?, exec);
     }
     Ok(())
 }

@@ -13,13 +13,18 @@
 //!
 //! Cache layout (`$XDG_CACHE_HOME/xsave-rig`, else `~/.cache/xsave-rig`):
 //! `apt/` (a private apt configuration: the system's sources are never touched),
-//! `kernels/<id>/{vmlinuz, modules/*.ko, modules.order, kernel.json}`, `runs/<id>/<pid>-<n>/`.
+//! `kernels/<id>/{vmlinuz, modules/*.ko, modules.order, kernel.json}` (built kernels:
+//! `kernels/build-X.Y-<hash12>/{vmlinuz, kernel.json, config, build.json}`, their source
+//! trees in `builds/<id>/` while building, the source packages in `builds/sources/`),
+//! `runs/<id>/<pid>-<n>/`.
 //!
-//! Modules: `debian` (apt resolution and download), `modules` (the module dependency
-//! closure), `initramfs` (the cpio the guest boots), `qemu` (launch, reaping, jobs),
-//! `backend`, `serve` and `wire` (the lab backend and its control channel).
+//! Modules: `debian` (apt resolution and download), `build` (kernels built from Debian's
+//! `linux-source` package with a patch and a config fragment: `lab build`), `modules` (the
+//! module dependency closure), `initramfs` (the cpio the guest boots), `qemu` (launch,
+//! reaping, jobs), `backend`, `serve` and `wire` (the lab backend and its control channel).
 
 mod backend;
+mod build;
 mod debian;
 mod initramfs;
 mod modules;
@@ -28,6 +33,7 @@ mod serve;
 mod wire;
 
 pub use backend::{LabBackend, LabOptions};
+pub use build::{build_kernel, BuildRequest, Built, BASE_CONFIG};
 pub use debian::{apt_mirror, fetch_debian};
 pub use qemu::{passthrough, run, Job, RunOutput, Scratch};
 pub use serve::serve;
@@ -170,7 +176,8 @@ fn load_kernel(dir: &Path) -> Result<Kernel, LabError> {
     }
 }
 
-/// Fetch `debian:…`/a version, or use a cached id, or a local image path.
+/// Fetch `debian:…`/a version, or use a cached id (a downloaded or `lab build` kernel), or a
+/// local image path.
 pub fn kernel(spec: &str) -> Result<Kernel, LabError> {
     if Path::new(spec).is_file() {
         return local_kernel(Path::new(spec), None);
@@ -178,6 +185,12 @@ pub fn kernel(spec: &str) -> Result<Kernel, LabError> {
     let cached = cache_dir().join("kernels").join(spec);
     if let Ok(k) = load_kernel(&cached) {
         return Ok(k);
+    }
+    if spec.starts_with("build-") {
+        return Err(LabError::Kernel(format!(
+            "kernel {spec} is not in the cache {}: build it with `xsave-rig lab build`",
+            cache_dir().display()
+        )));
     }
     fetch_debian(spec)
 }
