@@ -14,6 +14,7 @@ pub mod bench;
 pub mod campaign;
 pub mod corpus;
 pub mod differential;
+pub mod feedback;
 pub mod groups;
 pub mod guest;
 pub mod jobs;
