@@ -368,3 +368,38 @@ fn lab_backend_guest_death_and_silence_are_errors() {
         no_qemu_left(Path::new(log).parent().expect("scratch"));
     }
 }
+
+/// The kernel-log oracle through the lab backend: the test hook `XSAVE_RIG_TEST_KMSG_AT`
+/// reaches the guest, whose backend logs a WARN-shaped record into the guest kernel's log while
+/// its 11th case runs; the campaign on this host gets it with that case's result and files a
+/// `kernel-splat` finding for the campaign's case of that iteration (and no other).
+#[test]
+fn lab_backend_attributes_a_guest_kernel_splat_to_its_case() {
+    if !lab_or_skip("lab_backend_attributes_a_guest_kernel_splat_to_its_case") {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wd = dir.path().join("w");
+    let o = Command::new(env!("CARGO_BIN_EXE_xsave-rig"))
+        .args(["fuzz", "--backend", "lab:debian:6.12", "--iterations", "40", "--seed", "3", "--no-feedback", "--no-fpu"])
+        .args(["--minimize-budget", "0", "--json", "--workdir"])
+        .arg(&wd)
+        .env("XSAVE_RIG_TEST_KMSG_AT", "11")
+        .output()
+        .expect("fuzz");
+    assert_eq!(o.status.code(), Some(1), "a new finding: exit 1\n{}", String::from_utf8_lossy(&o.stderr));
+    let splats: Vec<std::path::PathBuf> = std::fs::read_dir(wd.join("findings"))
+        .expect("findings")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("kernel-splat-")))
+        .collect();
+    assert_eq!(splats.len(), 1, "{splats:?}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(splats[0].join("verdict.json")).expect("verdict")).expect("json");
+    let log = v["verdict"]["log"][0].as_str().expect("log line");
+    assert!(log.contains("WARNING:") && log.contains("injected test splat (case 11)"), "{v}");
+    assert_eq!(v["iteration"], 11, "attributed to the case that ran: {v}");
+    let case = xsave_runner::campaign::case_for(3, 11);
+    assert_eq!(std::fs::read(splats[0].join("case.bin")).expect("case.bin"), case.encode());
+}
