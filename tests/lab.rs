@@ -403,3 +403,34 @@ fn lab_backend_attributes_a_guest_kernel_splat_to_its_case() {
     let case = xsave_runner::campaign::case_for(3, 11);
     assert_eq!(std::fs::read(splats[0].join("case.bin")).expect("case.bin"), case.encode());
 }
+
+/// `lab migrate` between a V0 kernel (5.10) and a V3 kernel (6.12), both ways: every state a
+/// case saves on the source agrees with the source's contract (V3: masked save, so nothing
+/// its guest lacks), loads on the destination as its contract says (V0 and V3 both load
+/// permissively: no refusal), reads back as the destination's contract predicts, and meets
+/// exactly the fate the simulated `migrate` pre-flight gives it.
+#[test]
+fn lab_migrate_between_5_10_and_6_12_is_as_the_contracts_say() {
+    if !lab_or_skip("lab_migrate_between_5_10_and_6_12_is_as_the_contracts_say") {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    for (from, to, src_contract) in [("debian:5.10", "debian:6.12", "V0"), ("debian:6.12", "debian:5.10", "V3")] {
+        let o = rig(&["lab", "migrate", "--from", from, "--to", to, "--iterations", "250", "--seed", "5", "--narrow-cpuid", "--json"]);
+        assert!(matches!(o.status.code(), Some(0 | 1)), "{from} -> {to}: {}", String::from_utf8_lossy(&o.stderr));
+        let s = json_of(&o);
+        assert_eq!(s["from"]["contract"], src_contract, "{s}");
+        assert_eq!(s["cases"], 250);
+        let saved = s["saved_states"].as_u64().expect("saved_states");
+        assert!(saved > 100, "most generated cases save a state: {s}");
+        for k in ["source_divergences", "load_divergences", "differs_from_simulation", "refused"] {
+            assert_eq!(s[k], 0, "{from} -> {to}: {k}: {s}");
+        }
+        if src_contract == "V3" {
+            assert_eq!(s["unmasked_saves"], 0, "V3 masks every save by the guest CPUID: {s}");
+        }
+        let fates = ["loads", "loads_with_loss", "refused", "config_refused"].iter().map(|k| s[k].as_u64().expect("count")).sum::<u64>();
+        assert_eq!(fates, saved, "every saved state has one fate: {s}");
+        assert_eq!(o.status.code(), Some(if s["loads"] == saved { 0 } else { 1 }), "exit status: {s}");
+    }
+}
