@@ -115,6 +115,12 @@ impl Backend for Labelled {
     fn kernel_log(&mut self) -> Vec<String> {
         self.inner.kernel_log()
     }
+    fn execute_batch(&mut self, cases: &[Case]) -> Vec<Result<xsave_runner::Executed, xsave_runner::BackendError>> {
+        self.inner.execute_batch(cases)
+    }
+    fn batch_size(&self) -> usize {
+        self.inner.batch_size()
+    }
 }
 
 pub fn make_backend(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn Backend>> {

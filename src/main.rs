@@ -31,7 +31,8 @@ Environment variables:
   XSAVE_RIG_CACHE        the lab's cache directory (default $XDG_CACHE_HOME/xsave-rig, else ~/.cache/xsave-rig)
   XSAVE_RIG_APT_MIRROR   the Debian archive `lab fetch` downloads from (default http://deb.debian.org)
   XSAVE_RIG_TEST_KMSG_AT tests: log a WARN-shaped record to /dev/kmsg while the KVM backend runs
-                         its N-th case (provokes a kernel-splat finding)
+                         its N-th case (provokes a kernel-splat finding); `--backend lab:K` passes
+                         it to the guest, whose own kernel log gets the record
   XSAVE_RIG_DETECT_BIN   the libFuzzer detect_model binary `bench detect` runs (default: fuzz/target/…/release/detect_model)
   XSAVE_RIG_REQUIRE_KVM  tests only: 1 makes a real-KVM test fail instead of skipping when /dev/kvm is unusable
   XSAVE_RIG_CHECKPOINT_MS  tests only: milliseconds between campaign checkpoints (default 1000)

@@ -31,25 +31,15 @@ fn json_of(o: &Output) -> serde_json::Value {
     serde_json::from_str(&text[start..]).unwrap_or_else(|e| panic!("bad JSON ({e}): {text}"))
 }
 
-fn probe(kernel: &str) -> serde_json::Value {
-    let o = rig(&["lab", "run", "--kernel", kernel, "--timeout", "300", "--", "probe", "--json"]);
-    assert!(o.status.success(), "{kernel} probe: {}", String::from_utf8_lossy(&o.stderr));
-    json_of(&o)
-}
-
-fn campaign(kernel: &str, contract: &str, n: &str, dir: &Path) -> serde_json::Value {
+/// A campaign through the lab backend (the campaign here, the cases in the guest, in batches);
+/// returns its summary and the guest's probe report (`host.json` in the workdir).
+fn campaign(kernel: &str, contract: &str, n: &str, dir: &Path) -> (serde_json::Value, serde_json::Value) {
     let wd = dir.to_str().expect("utf8");
+    let backend = format!("lab:{kernel}");
     let o = rig(&[
-        "lab",
-        "run",
-        "--kernel",
-        kernel,
-        "--timeout",
-        "900",
-        "--output",
-        wd,
-        "--",
         "fuzz",
+        "--backend",
+        &backend,
         "--contract",
         contract,
         "--iterations",
@@ -63,13 +53,15 @@ fn campaign(kernel: &str, contract: &str, n: &str, dir: &Path) -> serde_json::Va
         "--workdir",
         wd,
     ]);
-    assert!(o.status.success(), "{kernel} campaign: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{kernel} campaign: {}", String::from_utf8_lossy(&o.stderr));
     eprintln!("{kernel}: {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or(""));
-    json_of(&o)
+    let probe: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("host.json")).expect("host.json: the guest's probe")).expect("probe json");
+    (json_of(&o), probe)
 }
 
 /// 5 000 narrow-CPUID cases on 6.1, 6.12 and 7.x agree with V3; 5.10 probes as V0 and agrees
-/// with V0. Findings (if any) come back to the host workdir.
+/// with V0. The campaigns run through the lab backend (one boot per kernel).
 #[test]
 fn stock_kernels_match_their_contract() {
     if !lab_or_skip("stock_kernels_match_their_contract") {
@@ -77,7 +69,10 @@ fn stock_kernels_match_their_contract() {
     }
     let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     for (kernel, contract) in [("debian:6.12", "V3"), ("debian:6.1", "V3"), ("debian:7", "V3"), ("debian:5.10", "V0")] {
-        let p = probe(kernel);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = std::time::Instant::now();
+        let (s, p) = campaign(kernel, contract, "5000", dir.path());
+        eprintln!("{kernel}: 5000 cases through the lab backend in {:.1} s wall", t.elapsed().as_secs_f64());
         assert_eq!(p["contract"], contract, "{kernel} probe: {p}");
         // The lab's processor is QEMU TCG: the probe finds its two quirks, and no kernel quirk.
         assert_eq!(
@@ -85,15 +80,13 @@ fn stock_kernels_match_their_contract() {
             serde_json::json!(["tcg-xsave-fop", "tcg-x87-no-mf"]),
             "{kernel}: stock kernels have no quirks of their own"
         );
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = campaign(kernel, contract, "5000", dir.path());
         assert_eq!(s["execs"], 5000);
         assert_eq!(s["narrow_cpuid"], true);
+        assert_eq!(s["backend"], format!("lab:{kernel}"));
         let found: Vec<String> = std::fs::read_dir(dir.path().join("findings"))
             .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
             .unwrap_or_default();
         assert_eq!(s["divergent_cases"], 0, "{kernel}: divergences from {contract}: {found:?}");
-        assert!(dir.path().join("campaign.json").is_file(), "results came back to the host workdir");
     }
 }
 
@@ -366,5 +359,71 @@ fn lab_backend_guest_death_and_silence_are_errors() {
         // "... (console log: <scratch>/console.log)": no QEMU of that run is left.
         let log = e.split("console log: ").nth(1).and_then(|r| r.split(')').next()).expect("console log path");
         no_qemu_left(Path::new(log).parent().expect("scratch"));
+    }
+}
+
+/// The kernel-log oracle through the lab backend: the test hook `XSAVE_RIG_TEST_KMSG_AT`
+/// reaches the guest, whose backend logs a WARN-shaped record into the guest kernel's log while
+/// its 11th case runs; the campaign on this host gets it with that case's result and files a
+/// `kernel-splat` finding for the campaign's case of that iteration (and no other).
+#[test]
+fn lab_backend_attributes_a_guest_kernel_splat_to_its_case() {
+    if !lab_or_skip("lab_backend_attributes_a_guest_kernel_splat_to_its_case") {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wd = dir.path().join("w");
+    let o = Command::new(env!("CARGO_BIN_EXE_xsave-rig"))
+        .args(["fuzz", "--backend", "lab:debian:6.12", "--iterations", "40", "--seed", "3", "--no-feedback", "--no-fpu"])
+        .args(["--minimize-budget", "0", "--json", "--workdir"])
+        .arg(&wd)
+        .env("XSAVE_RIG_TEST_KMSG_AT", "11")
+        .output()
+        .expect("fuzz");
+    assert_eq!(o.status.code(), Some(1), "a new finding: exit 1\n{}", String::from_utf8_lossy(&o.stderr));
+    let splats: Vec<std::path::PathBuf> = std::fs::read_dir(wd.join("findings"))
+        .expect("findings")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("kernel-splat-")))
+        .collect();
+    assert_eq!(splats.len(), 1, "{splats:?}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(splats[0].join("verdict.json")).expect("verdict")).expect("json");
+    let log = v["verdict"]["log"][0].as_str().expect("log line");
+    assert!(log.contains("WARNING:") && log.contains("injected test splat (case 11)"), "{v}");
+    assert_eq!(v["iteration"], 11, "attributed to the case that ran: {v}");
+    let case = xsave_runner::campaign::case_for(3, 11);
+    assert_eq!(std::fs::read(splats[0].join("case.bin")).expect("case.bin"), case.encode());
+}
+
+/// `lab migrate` between a V0 kernel (5.10) and a V3 kernel (6.12), both ways: every state a
+/// case saves on the source agrees with the source's contract (V3: masked save, so nothing
+/// its guest lacks), loads on the destination as its contract says (V0 and V3 both load
+/// permissively: no refusal), reads back as the destination's contract predicts, and meets
+/// exactly the fate the simulated `migrate` pre-flight gives it.
+#[test]
+fn lab_migrate_between_5_10_and_6_12_is_as_the_contracts_say() {
+    if !lab_or_skip("lab_migrate_between_5_10_and_6_12_is_as_the_contracts_say") {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    for (from, to, src_contract) in [("debian:5.10", "debian:6.12", "V0"), ("debian:6.12", "debian:5.10", "V3")] {
+        let o = rig(&["lab", "migrate", "--from", from, "--to", to, "--iterations", "250", "--seed", "5", "--narrow-cpuid", "--json"]);
+        assert!(matches!(o.status.code(), Some(0 | 1)), "{from} -> {to}: {}", String::from_utf8_lossy(&o.stderr));
+        let s = json_of(&o);
+        assert_eq!(s["from"]["contract"], src_contract, "{s}");
+        assert_eq!(s["cases"], 250);
+        let saved = s["saved_states"].as_u64().expect("saved_states");
+        assert!(saved > 100, "most generated cases save a state: {s}");
+        for k in ["source_divergences", "load_divergences", "differs_from_simulation", "refused"] {
+            assert_eq!(s[k], 0, "{from} -> {to}: {k}: {s}");
+        }
+        if src_contract == "V3" {
+            assert_eq!(s["unmasked_saves"], 0, "V3 masks every save by the guest CPUID: {s}");
+        }
+        let fates = ["loads", "loads_with_loss", "refused", "config_refused"].iter().map(|k| s[k].as_u64().expect("count")).sum::<u64>();
+        assert_eq!(fates, saved, "every saved state has one fate: {s}");
+        assert_eq!(o.status.code(), Some(if s["loads"] == saved { 0 } else { 1 }), "exit status: {s}");
     }
 }

@@ -18,7 +18,7 @@ pub use crate::groups::{merge_groups, note_group, note_minimized, Group, Hits, S
 use crate::minimize::MinStats;
 use crate::minqueue::{Queue, Share, SHARE};
 use crate::store::{create_dir_atomic, write_atomic};
-use crate::{Backend, BackendError};
+use crate::{Backend, BackendError, Executed};
 use arbitrary::Unstructured;
 use rand::{rngs::SmallRng, RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -31,7 +31,7 @@ use xsave_oracle::gen::GenOptions;
 use xsave_oracle::judge::{judge, kernel_splat};
 use xsave_oracle::trace::Trace;
 use xsave_oracle::verdict::Verdict;
-use xsave_oracle::{Case, ModelConfig, Op};
+use xsave_oracle::{Case, HostFacts, ModelConfig, Op};
 
 /// The case for iteration `i` of a campaign seeded with `seed` (reproducible, O(1) to seek).
 pub fn case_for(seed: u64, i: u64) -> Case {
@@ -616,10 +616,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
     }
     s.iterations = cfg.iterations;
     s.duration_secs = cfg.duration.map(|d| d.as_secs_f64());
-    let mut points: std::collections::BTreeSet<String> = Default::default();
-    let mut shapes: std::collections::HashSet<u64> = Default::default();
-    let mut corpus: Vec<Case> = Vec::new();
-    let mut order: Vec<String> = Vec::new();
+    let mut fb = crate::feedback::Feedback::default();
     let corpus_dir = cfg.workdir.as_ref().map(|d| d.join("corpus"));
     if let (true, Some(cd)) = (cfg.feedback, &corpus_dir) {
         std::fs::create_dir_all(cd).map_err(io(cd))?;
@@ -636,10 +633,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
                 crate::store::read_bounded(&f, crate::store::caps::CASE).map_err(|_| ()).and_then(|b| Case::decode(&b).map_err(|_| ()))
             {
                 let exp = xsave_oracle::predict(&c, &host, &cfg.model);
-                points.extend(xsave_oracle::coverage::points(&c, &exp).iter().map(|p| p.to_string()));
-                shapes.insert(xsave_oracle::coverage::shape(&c));
-                corpus.push(c);
-                order.push(name);
+                fb.seed(c, name, &exp);
             }
         }
     }
@@ -656,7 +650,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
         v.sort();
         v
     });
-    s.corpus_order = Some(order.clone());
+    s.corpus_order = Some(fb.order.clone());
     s.own_signatures = Some(own.clone());
     save(&cfg, &s)?;
     // Raw findings of this campaign (worker) left by an earlier session are minimized first.
@@ -666,6 +660,10 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
     };
     let mut share = Share::new(SHARE);
     let mut mark = Instant::now();
+    // Cases generated and executed ahead, in iteration order, when the backend batches.
+    let batch = backend.batch_size().max(1);
+    let mut pending: std::collections::VecDeque<Pending> = Default::default();
+    let mut inbox_due = false;
     loop {
         if cfg.stop.load(Ordering::Relaxed) {
             s.interrupted = true;
@@ -677,40 +675,47 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
         {
             break;
         }
-        let i = match cfg.worker {
-            Some((k, n)) => n.checked_mul(s.next_iteration).and_then(|x| x.checked_add(k)).ok_or_else(overflow)?,
-            None => s.next_iteration,
-        };
-        let mut case = if cfg.feedback && !corpus.is_empty() && i % 2 == 1 {
-            mutated(&corpus, cfg.seed, i)
-        } else {
-            case_for_with(cfg.seed, i, GenOptions { guest: cfg.guest, fpu: cfg.fpu })
-        };
-        if cfg.narrow_cpuid {
-            case = narrow(case, host.supported_xcr0, i);
+        if pending.is_empty() {
+            if std::mem::take(&mut inbox_due) {
+                if let Some(rx) = &cfg.inbox {
+                    while let Ok(cases) = rx.try_recv() {
+                        for c in cases {
+                            let exp = xsave_oracle::predict(&c, &host, &cfg.model);
+                            fb.absorb(c, &exp);
+                        }
+                    }
+                }
+            }
+            pending = generate_batch(backend, &cfg, &host, &mut fb, s.next_iteration, batch)?;
         }
-        let observed = backend.execute(&case)?;
+        let Some(Pending { i, case, added, result }) = pending.pop_front() else { break };
+        let Executed { trace: observed, kernel_log: log } = result?;
         let (expected, verdict) = judge(&case, &host, &cfg.model, &observed);
         // The kernel's own signal outranks the oracle's: a splat is the case's finding.
-        let log = backend.kernel_log();
         let verdict = if log.is_empty() { verdict } else { Verdict::Diverge(Box::new(kernel_splat(&case, &cfg.model, log))) };
         if cfg.feedback {
-            let before = points.len();
-            points.extend(xsave_oracle::coverage::points(&case, &expected).iter().map(|p| p.to_string()));
-            let new_shape = shapes.insert(xsave_oracle::coverage::shape(&case));
-            if points.len() > before || new_shape {
-                let bytes = case.encode();
-                let name = xsave_oracle::hash::content_hash(&bytes);
-                if let Some(cd) = &corpus_dir {
-                    let path = cd.join(xsave_oracle::hash::content_name(&bytes));
-                    write_atomic(&path, &bytes).map_err(io(&path))?;
+            let points = crate::feedback::Feedback::points_of(&case, &expected);
+            let added = match added {
+                Some(a) if a.points == points => a,
+                speculated => {
+                    // The observation changed what the case covers: the cases generated after
+                    // it came from the wrong corpus. Drop them (and what they added) and add
+                    // this case as judged; generation resumes after it.
+                    while let Some(p) = pending.pop_back() {
+                        if let Some(a) = p.added {
+                            fb.undo(&p.case, a);
+                        }
+                    }
+                    if let Some(a) = speculated {
+                        fb.undo(&case, a);
+                    }
+                    fb.add(&case, points)
                 }
-                corpus.push(case.clone());
-                order.push(name);
-            }
-            s.coverage_points = points.len();
-            s.rules_covered = points.iter().filter(|p| xsave_oracle::rules::Rule::from_id(p).is_some()).count();
-            s.corpus = corpus.len();
+            };
+            fb.commit(&case, &added, corpus_dir.as_deref()).map_err(|(path, err)| CampaignError::Io { path, err })?;
+            s.coverage_points = added.coverage_points;
+            s.rules_covered = added.rules_covered;
+            s.corpus = added.corpus_len;
         }
         s.next_iteration = s.next_iteration.checked_add(1).ok_or_else(overflow)?;
         s.execs = s.execs.checked_add(1).ok_or_else(overflow)?;
@@ -781,16 +786,8 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
         }
         mark = Instant::now();
         if last_tick.elapsed() >= every {
-            if let Some(rx) = &cfg.inbox {
-                while let Ok(cases) = rx.try_recv() {
-                    for c in cases {
-                        let exp = xsave_oracle::predict(&c, &host, &cfg.model);
-                        points.extend(xsave_oracle::coverage::points(&c, &exp).iter().map(|p| p.to_string()));
-                        shapes.insert(xsave_oracle::coverage::shape(&c));
-                        corpus.push(c);
-                    }
-                }
-            }
+            // Other workers' entries join before the next cases are generated.
+            inbox_due = true;
             let dt = last_tick.elapsed().as_secs_f64();
             s.seconds = base_seconds + start.elapsed().as_secs_f64();
             s.execs_per_sec = (s.execs - last_execs) as f64 / dt;
@@ -798,7 +795,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
             last_tick = Instant::now();
             last_execs = s.execs;
             // One checkpoint: counters, corpus view and own signatures, in one atomic write.
-            s.corpus_order = Some(order.clone());
+            s.corpus_order = Some(fb.order.clone());
             s.own_signatures = Some(own.clone());
             save(&cfg, &s)?;
             if let Some(p) = cfg.progress.as_mut() {
@@ -833,10 +830,68 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
     s.resources.fds_end = links.len();
     s.resources.kvm_vm_fds_end = links.iter().filter(|l| l.contains("kvm-vm")).count();
     s.resources.peak_rss_kib = peak_rss_kib();
-    s.corpus_order = Some(order);
+    s.corpus_order = Some(fb.order);
     s.own_signatures = Some(own);
     save(&cfg, &s)?;
     Ok(s)
+}
+
+/// A case generated (and executed) ahead of its turn.
+struct Pending {
+    i: u64,
+    case: Case,
+    /// What it added to the feedback, speculatively (batched campaigns only).
+    added: Option<crate::feedback::Added>,
+    result: Result<Executed, BackendError>,
+}
+
+/// The next `batch` cases from iteration `next` (fewer at the iteration limit), executed in one
+/// [`Backend::execute_batch`]. With more than one case, each case's points are added to the
+/// feedback as the plain prediction gives them before the next is generated, so the batch is
+/// what an unbatched campaign would generate if every observation kept to that prediction;
+/// `run` checks that case by case.
+fn generate_batch(
+    backend: &mut dyn Backend,
+    cfg: &CampaignConfig,
+    host: &HostFacts,
+    fb: &mut crate::feedback::Feedback,
+    next: u64,
+    batch: usize,
+) -> Result<std::collections::VecDeque<Pending>, CampaignError> {
+    let mut gen: Vec<(u64, Case, Option<crate::feedback::Added>)> = Vec::with_capacity(batch);
+    for j in 0..batch as u64 {
+        let n = next.checked_add(j).ok_or_else(overflow)?;
+        if j > 0 && cfg.iterations.is_some_and(|lim| n >= lim) {
+            break;
+        }
+        let i = match cfg.worker {
+            Some((k, w)) => w.checked_mul(n).and_then(|x| x.checked_add(k)).ok_or_else(overflow)?,
+            None => n,
+        };
+        let mut case = if cfg.feedback && !fb.corpus.is_empty() && i % 2 == 1 {
+            mutated(&fb.corpus, cfg.seed, i)
+        } else {
+            case_for_with(cfg.seed, i, GenOptions { guest: cfg.guest, fpu: cfg.fpu })
+        };
+        if cfg.narrow_cpuid {
+            case = narrow(case, host.supported_xcr0, i);
+        }
+        let added = (cfg.feedback && batch > 1).then(|| {
+            let exp = xsave_oracle::predict(&case, host, &cfg.model);
+            fb.add(&case, crate::feedback::Feedback::points_of(&case, &exp))
+        });
+        gen.push((i, case, added));
+    }
+    let cases: Vec<Case> = gen.iter().map(|(_, c, _)| c.clone()).collect();
+    let results = backend.execute_batch(&cases);
+    let mut results = results.into_iter();
+    Ok(gen
+        .into_iter()
+        .map(|(i, case, added)| {
+            let result = results.next().unwrap_or_else(|| Err(BackendError::Lab("the backend returned fewer results than cases".into())));
+            Pending { i, case, added, result }
+        })
+        .collect())
 }
 
 /// The entries of a corpus directory (names without `.case`), sorted: the initial corpus view

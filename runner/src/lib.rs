@@ -14,6 +14,7 @@ pub mod bench;
 pub mod campaign;
 pub mod corpus;
 pub mod differential;
+pub mod feedback;
 pub mod groups;
 pub mod guest;
 pub mod jobs;
@@ -64,6 +65,27 @@ pub trait Backend {
     fn kernel_log(&mut self) -> Vec<String> {
         Vec::new()
     }
+    /// Execute `cases` in order, each exactly as [`Backend::execute`] would, with the kernel
+    /// splat lines logged while each ran ([`Backend::kernel_log`]) kept with its case. A case
+    /// that fails has its error in its place and the cases after it still run. Backends whose
+    /// every case pays a round trip (the lab) send the whole slice at once; the default loops.
+    fn execute_batch(&mut self, cases: &[Case]) -> Vec<Result<Executed, BackendError>> {
+        cases.iter().map(|c| self.execute(c).map(|trace| Executed { trace, kernel_log: self.kernel_log() })).collect()
+    }
+    /// How many cases [`Backend::execute_batch`] should get at a time to pay off (1: batching
+    /// gains nothing, and campaigns then generate each case after the previous one is judged).
+    fn batch_size(&self) -> usize {
+        1
+    }
+}
+
+/// One case's result from [`Backend::execute_batch`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Executed {
+    /// What the backend observed.
+    pub trace: Trace,
+    /// Kernel splat lines logged while the case ran.
+    pub kernel_log: Vec<String>,
 }
 
 /// The KVM device node: `$XSAVE_RIG_DEV_KVM` or `/dev/kvm`.

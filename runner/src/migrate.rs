@@ -7,7 +7,7 @@ use xsave_oracle::abi::{self, le64};
 use xsave_oracle::case::*;
 use xsave_oracle::model::{Contract, Model, ModelConfig};
 use xsave_oracle::rules::Rule;
-use xsave_oracle::trace::Ret;
+use xsave_oracle::trace::{Ret, Trace};
 use xsave_oracle::xfeatures::{describe, FPSSE};
 use xsave_oracle::{predict, HostFacts, Quirk};
 
@@ -111,17 +111,36 @@ fn names(mask: u64) -> Vec<String> {
     }
 }
 
+/// The case that loads `state` into a fresh vCPU of `target` set up by `setup` (its guest
+/// CPUID and XCR0 operations, in order) and reads it back (`KVM_GET_XSAVE2` from V2a on).
+pub fn load_case(state: &[u8], setup: &[Op], target: &Target) -> Case {
+    let get = if target.model.contract >= Contract::V2a { Op::GetXsave2 } else { Op::GetXsave };
+    let mut ops = setup.to_vec();
+    ops.extend([Op::SetXsave(raw_image(state)), get]);
+    Case { config: Config::default(), ops }
+}
+
 /// Predict loading `state` into a fresh vCPU of `target` set up by `setup` (its guest CPUID
 /// and XCR0 operations, in order), then reading it back. `source` (the host that saved it) is
 /// used to spot layout differences.
 pub fn check_state(state: &[u8], setup: &[Op], target: &Target, source: Option<&HostFacts>) -> StateCheck {
-    let bv = le64(state, abi::XSTATE_BV);
-    let get = if target.model.contract >= Contract::V2a { Op::GetXsave2 } else { Op::GetXsave };
-    let mut ops = setup.to_vec();
-    ops.extend([Op::SetXsave(raw_image(state)), get]);
-    let case = Case { config: Config::default(), ops };
-    let steps = case.steps();
+    let case = load_case(state, setup, target);
     let t = predict(&case, &target.host, &target.model);
+    classify(state, &case, &t, target, source)
+}
+
+/// What `target` did with `state`, from the trace `t` of its [`load_case`] `case` (predicted,
+/// or observed on a real kernel); the rules named are the target model's.
+pub fn classify(state: &[u8], case: &Case, t: &Trace, target: &Target, source: Option<&HostFacts>) -> StateCheck {
+    let bv = le64(state, abi::XSTATE_BV);
+    let steps = case.steps();
+    let predicted;
+    let rules = if t.results.iter().any(|r| !r.rules.is_empty()) {
+        t
+    } else {
+        predicted = predict(case, &target.host, &target.model);
+        &predicted
+    };
     let mut base = StateCheck {
         verdict: LoadVerdict::Loads,
         set_ret: String::new(),
@@ -141,17 +160,21 @@ pub fn check_state(state: &[u8], setup: &[Op], target: &Target, source: Option<&
         }
     }
     let nconf = steps.len() - 2;
-    if let Some(r) = t.results[..nconf].iter().find(|r| matches!(r.ret, Ret::Err(_))) {
+    if t.results.len() < steps.len() {
+        return StateCheck { verdict: LoadVerdict::Refused, reason: "the load did not run to its end".into(), ..base };
+    }
+    if let Some((k, r)) = t.results[..nconf].iter().enumerate().find(|(_, r)| matches!(r.ret, Ret::Err(_))) {
         return StateCheck {
             verdict: LoadVerdict::ConfigRefused,
             set_ret: r.ret.to_string(),
-            rule: r.rules.last().map(|r| r.id().to_string()),
+            rule: rules.results.get(k).and_then(|r| r.rules.last()).map(|r| r.id().to_string()),
             reason: "the guest configuration itself is refused by the target".into(),
             ..base
         };
     }
     let set = &t.results[nconf];
-    let rule = set.rules.iter().rev().find(|r| r.id().starts_with("set.reject") || r.id().starts_with("set.v0.reject")).copied();
+    let rule =
+        rules.results[nconf].rules.iter().rev().find(|r| r.id().starts_with("set.reject") || r.id().starts_with("set.v0.reject")).copied();
     let mut m = Model::new(&target.host, &target.model);
     for (o, op) in steps.iter().take(nconf) {
         m.step(*o, op);
@@ -220,11 +243,21 @@ pub struct Migration {
     pub check: StateCheck,
 }
 
-/// Simulate `case` on `src`, take the last state it saved (KVM_GET_XSAVE/2), and load it on
-/// `dst` under the same guest configuration. `None` when the case saves nothing.
-pub fn migrate_case(label: &str, case: &Case, src: &Target, dst: &Target) -> Option<Migration> {
+/// A state a case saved on the source: the bytes, and the guest configuration in force.
+#[derive(Clone, Debug)]
+pub struct Saved {
+    /// The state (the source's XSAVE image, cut to its components' extent).
+    pub state: Vec<u8>,
+    /// The successful SET_CPUID2/SET_XCRS of the vCPU that saved, in order.
+    pub setup: Vec<Op>,
+    /// Features the source saved although its guest CPUID does not expose them.
+    pub unmasked: u64,
+}
+
+/// The last state `case` saved (KVM_GET_XSAVE/2 that succeeded) in its trace `t` on `src`
+/// (predicted, or observed on a real kernel). `None` when the case saves nothing.
+pub fn saved_state(case: &Case, t: &Trace, src: &Target) -> Option<Saved> {
     let steps = case.steps();
-    let t = predict(case, &src.host, &src.model);
     let k = steps.iter().zip(&t.results).rposition(|((_, op), r)| matches!(**op, Op::GetXsave | Op::GetXsave2) && r.ret == Ret::Ok(0))?;
     let saved = &t.results[k].data;
     // The guest configuration in force at the save: the successful SET_CPUID2/SET_XCRS of the
@@ -241,15 +274,27 @@ pub fn migrate_case(label: &str, case: &Case, src: &Target, dst: &Target) -> Opt
         m.step(*o, op);
     }
     let bv = le64(saved, abi::XSTATE_BV);
-    let unmasked = bv & !(m.guest_supported_xcr0() | FPSSE);
-    let state = &saved
-        [..saved.len().min(abi::KVM_XSAVE_SIZE.max(src.host.components.iter().map(|c| (c.offset + c.size) as usize).max().unwrap_or(0)))];
-    Some(Migration {
-        case: label.to_string(),
-        saved_xstate_bv: format!("{bv:#x}"),
-        unmasked: names(unmasked),
-        check: check_state(state, &setup, dst, Some(&src.host)),
-    })
+    let end = saved.len().min(abi::KVM_XSAVE_SIZE.max(src.host.components.iter().map(|c| (c.offset + c.size) as usize).max().unwrap_or(0)));
+    Some(Saved { state: saved[..end].to_vec(), setup, unmasked: bv & !(m.guest_supported_xcr0() | FPSSE) })
+}
+
+/// Simulate `case` on `src`, take the last state it saved (KVM_GET_XSAVE/2), and load it on
+/// `dst` under the same guest configuration. `None` when the case saves nothing.
+pub fn migrate_case(label: &str, case: &Case, src: &Target, dst: &Target) -> Option<Migration> {
+    let saved = saved_state(case, &predict(case, &src.host, &src.model), src)?;
+    Some(Migration::new(label, &saved, check_state(&saved.state, &saved.setup, dst, Some(&src.host))))
+}
+
+impl Migration {
+    /// The migration of `saved`, with the target's fate `check`.
+    pub fn new(label: &str, saved: &Saved, check: StateCheck) -> Migration {
+        Migration {
+            case: label.to_string(),
+            saved_xstate_bv: format!("{:#x}", le64(&saved.state, abi::XSTATE_BV)),
+            unmasked: names(saved.unmasked),
+            check,
+        }
+    }
 }
 
 /// A migration pre-flight over many cases (`xsave-rig migrate`): every state the cases save
@@ -267,6 +312,45 @@ impl Preflight {
     /// `dst` ([`migrate_case`]).
     pub fn run(cases: &[(String, Case)], src: &Target, dst: &Target) -> Preflight {
         Preflight { cases: cases.len(), results: cases.iter().filter_map(|(l, c)| migrate_case(l, c, src, dst)).collect() }
+    }
+
+    /// The summary `migrate` and `lab migrate` print (`--json`): the two sides, the counts of
+    /// each verdict and the examples worth showing.
+    pub fn summary(&self, from: serde_json::Value, to: serde_json::Value) -> serde_json::Value {
+        use LoadVerdict::*;
+        serde_json::json!({
+            "from": from, "to": to,
+            "cases": self.cases, "saved_states": self.results.len(),
+            "loads": self.count(Loads), "loads_with_loss": self.count(LoadsWithLoss), "refused": self.count(Refused),
+            "config_refused": self.count(ConfigRefused),
+            "unmasked_saves": self.unmasked_saves(),
+            "examples": self.examples(),
+        })
+    }
+
+    /// The summary's text lines after the header (counts and examples).
+    pub fn text(&self) -> String {
+        use LoadVerdict::*;
+        let mut out = format!("cases {}  saved states {}\n", self.cases, self.results.len());
+        out.push_str(&format!(
+            "loads {}  loads with loss {}  refused {}  guest config refused {}\n",
+            self.count(Loads),
+            self.count(LoadsWithLoss),
+            self.count(Refused),
+            self.count(ConfigRefused)
+        ));
+        out.push_str(&format!("unmasked saves (source saved features its guest does not have): {}\n", self.unmasked_saves()));
+        for m in self.examples() {
+            out.push_str(&format!(
+                "  {}: saved {} -> {} ({}){}\n",
+                m.case,
+                m.saved_xstate_bv,
+                m.check.verdict,
+                m.check.reason,
+                if m.unmasked.is_empty() { String::new() } else { format!(" [unmasked save: {}]", m.unmasked.join("|")) }
+            ));
+        }
+        out
     }
 
     /// States with verdict `v`.
@@ -287,5 +371,93 @@ impl Preflight {
     /// Whether any state would be refused or lose data (the command's exit status 1).
     pub fn refused_or_lossy(&self) -> bool {
         self.count(LoadVerdict::Refused) + self.count(LoadVerdict::LoadsWithLoss) > 0
+    }
+}
+
+/// A migration executed on two real kernels (`lab migrate`): each case runs on the source, the
+/// last state it saved is loaded into a fresh vCPU of the destination under the same guest
+/// configuration and read back, and every step on both sides is judged by that side's contract.
+#[derive(Clone, Debug)]
+pub struct Executed {
+    /// The observed fates, as the pre-flight reports them.
+    pub pre: Preflight,
+    /// Cases whose run on the source diverged from the source's contract (label, signature).
+    pub source_divergences: Vec<(String, String)>,
+    /// Loads whose run on the destination diverged from the destination's contract.
+    pub load_divergences: Vec<(String, String)>,
+    /// States whose observed fate differs from the simulated pre-flight's (label, simulated).
+    pub differs_from_simulation: Vec<(String, LoadVerdict)>,
+}
+
+fn divergence(case: &Case, t: &Target, ex: &crate::Executed) -> Option<String> {
+    if !ex.kernel_log.is_empty() {
+        return Some(xsave_oracle::judge::kernel_splat(case, &t.model, ex.kernel_log.clone()).signature);
+    }
+    match xsave_oracle::judge(case, &t.host, &t.model, &ex.trace).1 {
+        xsave_oracle::Verdict::Diverge(d) => Some(d.signature),
+        xsave_oracle::Verdict::Agree => None,
+    }
+}
+
+fn execute_all(be: &mut dyn crate::Backend, cases: &[Case]) -> Result<Vec<crate::Executed>, crate::BackendError> {
+    let mut out = Vec::with_capacity(cases.len());
+    for chunk in cases.chunks(be.batch_size().max(1)) {
+        for r in be.execute_batch(chunk) {
+            out.push(r?);
+        }
+    }
+    Ok(out)
+}
+
+impl Executed {
+    /// Run `cases` (label, case) on `src` (its backend and what it is), load each saved state
+    /// on `dst`, and judge both sides. A backend failure ends the run.
+    pub fn run(
+        cases: &[(String, Case)],
+        src: (&mut dyn crate::Backend, &Target),
+        dst: (&mut dyn crate::Backend, &Target),
+    ) -> Result<Executed, crate::BackendError> {
+        let ((sbe, st), (dbe, dt)) = (src, dst);
+        let list: Vec<Case> = cases.iter().map(|(_, c)| c.clone()).collect();
+        let ran = execute_all(sbe, &list)?;
+        let mut out = Executed {
+            pre: Preflight { cases: cases.len(), results: Vec::new() },
+            source_divergences: Vec::new(),
+            load_divergences: Vec::new(),
+            differs_from_simulation: Vec::new(),
+        };
+        let mut saves = Vec::new();
+        for ((label, case), ex) in cases.iter().zip(&ran) {
+            if let Some(sig) = divergence(case, st, ex) {
+                out.source_divergences.push((label.clone(), sig));
+            }
+            if let Some(saved) = saved_state(case, &ex.trace, st) {
+                let load = load_case(&saved.state, &saved.setup, dt);
+                saves.push((label, saved, load));
+            }
+        }
+        let loads: Vec<Case> = saves.iter().map(|(_, _, l)| l.clone()).collect();
+        let landed = execute_all(dbe, &loads)?;
+        for ((label, saved, load), ex) in saves.into_iter().zip(&landed) {
+            if let Some(sig) = divergence(&load, dt, ex) {
+                out.load_divergences.push((label.clone(), sig));
+            }
+            let check = classify(&saved.state, &load, &ex.trace, dt, Some(&st.host));
+            let simulated = check_state(&saved.state, &saved.setup, dt, Some(&st.host)).verdict;
+            if simulated != check.verdict {
+                out.differs_from_simulation.push((label.clone(), simulated));
+            }
+            out.pre.results.push(Migration::new(label, &saved, check));
+        }
+        Ok(out)
+    }
+
+    /// Whether anything needs a look: a refused or lossy load, a divergence on either side, or
+    /// a fate the simulation did not predict (the command's exit status 1).
+    pub fn notable(&self) -> bool {
+        self.pre.refused_or_lossy()
+            || !self.source_divergences.is_empty()
+            || !self.load_divergences.is_empty()
+            || !self.differs_from_simulation.is_empty()
     }
 }

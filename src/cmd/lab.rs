@@ -1,4 +1,4 @@
-//! `xsave-rig lab …`: the kernel lab (fetch, build, run, exec, matrix), and `--backend lab:K`, which runs
+//! `xsave-rig lab …`: the kernel lab (fetch, build, run, exec, matrix, migrate), and `--backend lab:K`, which runs
 //! the whole command inside the lab guest.
 
 use crate::common::*;
@@ -116,6 +116,13 @@ pub enum LabCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Migration executed between two kernels: each case runs on the source kernel's guest
+    /// KVM, the last state it saved (GET_XSAVE/GET_XSAVE2) is loaded with SET_XSAVE into a
+    /// fresh vCPU of the destination's (same guest CPUID and XCR0) and read back; both sides
+    /// are judged by their own contracts, and every fate is compared with `migrate`'s
+    /// simulated pre-flight. Exit status 1 when a load is refused or lossy, or either side
+    /// diverges.
+    Migrate(super::lab_migrate::Args),
 }
 
 /// Run a `lab` subcommand; returns the exit status.
@@ -159,6 +166,7 @@ pub fn run(cmd: LabCmd) -> Result<i32> {
             let job = lab::Job { args, inputs: input, outputs: output, init };
             run_in_lab(&k, &job, &scratch, Duration::from_secs(timeout))
         }
+        LabCmd::Migrate(a) => super::lab_migrate::run(a),
         LabCmd::Matrix { kernels, host, cases, iterations, seed, narrow_cpuid, guest, workdir, timeout, json } => {
             let m = run_matrix(&kernels, host, cases, iterations, seed, narrow_cpuid, guest, &workdir, Duration::from_secs(timeout))?;
             if json {

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use std::path::PathBuf;
 use xsave_oracle::Case;
 use xsave_runner::campaign::{self};
-use xsave_runner::migrate::{LoadVerdict::*, Preflight};
+use xsave_runner::migrate::Preflight;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -43,18 +43,9 @@ pub fn run(args: Args) -> Result<i32> {
         None => (0..iterations.unwrap_or(1000)).map(|i| (format!("seed {seed} case {i}"), campaign::case_for(seed, i))).collect(),
     };
     let pre = Preflight::run(&list, &src, &dst);
-    let count = |v| pre.count(v);
-    let unmasked = pre.unmasked_saves();
-    let summary = serde_json::json!({
-        "from": {"file": from, "contract": src.model.contract, "quirks": src.model.quirks},
-        "to": {"file": to, "contract": dst.model.contract, "quirks": dst.model.quirks},
-        "cases": pre.cases, "saved_states": pre.results.len(),
-        "loads": count(Loads), "loads_with_loss": count(LoadsWithLoss), "refused": count(Refused), "config_refused": count(ConfigRefused),
-        "unmasked_saves": unmasked,
-        "examples": pre.examples(),
-    });
     if json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        let side = |f: &PathBuf, t: &xsave_runner::migrate::Target| serde_json::json!({"file": f, "contract": t.model.contract, "quirks": t.model.quirks});
+        println!("{}", serde_json::to_string_pretty(&pre.summary(side(&from, &src), side(&to, &dst)))?);
     } else {
         println!(
             "from {} ({} [{}]) to {} ({} [{}])",
@@ -65,25 +56,7 @@ pub fn run(args: Args) -> Result<i32> {
             dst.model.contract,
             quirk_names(&dst.model.quirks)
         );
-        println!("cases {}  saved states {}", pre.cases, pre.results.len());
-        println!(
-            "loads {}  loads with loss {}  refused {}  guest config refused {}",
-            count(Loads),
-            count(LoadsWithLoss),
-            count(Refused),
-            count(ConfigRefused)
-        );
-        println!("unmasked saves (source saved features its guest does not have): {unmasked}");
-        for m in pre.examples() {
-            println!(
-                "  {}: saved {} -> {} ({}){}",
-                m.case,
-                m.saved_xstate_bv,
-                m.check.verdict,
-                m.check.reason,
-                if m.unmasked.is_empty() { String::new() } else { format!(" [unmasked save: {}]", m.unmasked.join("|")) }
-            );
-        }
+        print!("{}", pre.text());
     }
     Ok(if pre.refused_or_lossy() { 1 } else { 0 })
 }

@@ -8,6 +8,7 @@ pub mod exec_cases;
 pub mod fuzz;
 pub mod hub;
 pub mod lab;
+pub mod lab_migrate;
 pub mod migrate;
 pub mod minimize;
 pub mod probe;

@@ -1,14 +1,14 @@
 //! The guest side of [`super::LabBackend`]: inside a lab guest, `xsave-rig lab-serve` probes
 //! the guest kernel's KVM once, sends the probe report, then executes every case the host
-//! sends on a [`KvmBackend`] and sends back its trace, the kernel splat lines logged meanwhile
-//! and the ioctl count, until the host closes the channel ([`super::wire`]).
+//! sends (in batches) on a [`KvmBackend`] and sends back, case by case, its trace, the kernel
+//! splat lines logged meanwhile and the ioctl count, until the host closes the channel
+//! ([`super::wire`]).
 
 use super::wire::{self, Done, Hello, Start};
 use super::{io, LabError};
 use crate::kvm::KvmBackend;
 use crate::Backend;
 use std::path::{Path, PathBuf};
-use xsave_oracle::Case;
 
 /// The name of the control port (a virtio-serial port).
 pub(super) const PORT: &str = "org.xsave-rig.ctl";
@@ -49,19 +49,21 @@ fn serve_on(port: &mut std::fs::File, path: &Path) -> Result<(), LabError> {
                 backend = Some(KvmBackend::new(start.host, start.pool).map_err(guest)?);
                 wire::send(port, wire::READY, &[]).map_err(io(path))?;
             }
-            (wire::EXEC, Some(be)) => {
-                let case = Case::decode(&payload).map_err(|e| LabError::Kernel(format!("case frame: {e}")))?;
-                let done = match be.execute(&case) {
-                    Ok(trace) => Done { trace, splats: be.kernel_log(), ioctls: be.ioctls() },
-                    Err(e) => {
-                        wire::send(port, wire::FAILED, e.to_string().as_bytes()).map_err(io(path))?;
-                        continue;
+            (wire::BATCH, Some(be)) => {
+                let cases = wire::decode_batch(&payload).map_err(LabError::Kernel)?;
+                for case in &cases {
+                    let t = std::time::Instant::now();
+                    match be.execute(case) {
+                        Ok(trace) => {
+                            let micros = t.elapsed().as_micros().try_into().unwrap_or(u64::MAX);
+                            let done = Done { trace, splats: be.kernel_log(), ioctls: be.ioctls(), micros };
+                            wire::send(port, wire::DONE, &done.encode()).map_err(io(path))?;
+                        }
+                        Err(e) => wire::send(port, wire::FAILED, e.to_string().as_bytes()).map_err(io(path))?,
                     }
-                };
-                let bytes = serde_json::to_vec(&done).map_err(|e| LabError::Kernel(format!("trace: {e}")))?;
-                wire::send(port, wire::DONE, &bytes).map_err(io(path))?;
+                }
             }
-            (wire::EXEC, None) => return Err(LabError::Kernel("case frame before the start frame".into())),
+            (wire::BATCH, None) => return Err(LabError::Kernel("case frame before the start frame".into())),
             (t, _) => return Err(LabError::Kernel(format!("unknown frame tag {t:#x}"))),
         }
     }
