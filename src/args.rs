@@ -130,3 +130,39 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     Ok(Duration::from_secs_f64(total))
 }
+
+/// The cases of `lab matrix` and `lab migrate`: a directory of case files, or generated ones.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CaseSource {
+    /// Case files to run (default: generated cases).
+    #[arg(long, conflicts_with = "iterations")]
+    pub cases: Option<PathBuf>,
+    /// Number of generated cases.
+    #[arg(long, default_value_t = 1000)]
+    pub iterations: u64,
+    /// Generator seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Give generated cases a guest CPUID narrower than the lab's supported set (what makes
+    /// masked and unmasked saves differ).
+    #[arg(long)]
+    pub narrow_cpuid: bool,
+    /// Generate guest runs and legacy FPU ops too (off by default: the guest model's remaining
+    /// gaps on stock kernels under QEMU TCG are listed in docs/CONTRACT-RUN.md, and every
+    /// stock kernel departs on KVM_SET_FPU).
+    #[arg(long)]
+    pub guest: bool,
+}
+
+impl CaseSource {
+    /// The cases, named, with their CPUID bases rendered against one reference (the same
+    /// input bytes on every kernel).
+    pub fn list(&self) -> Result<Vec<(String, xsave_oracle::Case)>> {
+        use xsave_runner::matrix::{generated, materialized};
+        let list = match &self.cases {
+            Some(d) => crate::common::read_case_dir(d)?,
+            None => generated(self.iterations, self.seed, self.narrow_cpuid, self.guest),
+        };
+        Ok(materialized(list))
+    }
+}

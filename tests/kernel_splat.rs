@@ -3,7 +3,7 @@
 //! test hook `XSAVE_RIG_TEST_KMSG_AT=N`, which logs a WARN-shaped record to `/dev/kmsg` while
 //! the backend runs its N-th case.
 
-use xsave_testkit::{kvm_or_skip, tempdir, Rig};
+use xsave_testkit::{injected_splat, kvm_or_skip, tempdir, Rig};
 
 const RIG: Rig = Rig::new(env!("CARGO_BIN_EXE_xsave-rig"));
 
@@ -25,22 +25,13 @@ fn a_splat_is_a_finding_of_the_case_that_ran() {
         .output()
         .expect("fuzz");
     assert_eq!(o.status.code(), Some(1), "a new finding: exit 1\n{}", String::from_utf8_lossy(&o.stderr));
-    let splats: Vec<std::path::PathBuf> = std::fs::read_dir(wd.join("findings"))
-        .expect("findings")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("kernel-splat-")))
-        .collect();
-    assert_eq!(splats.len(), 1, "{splats:?}");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(splats[0].join("verdict.json")).expect("verdict")).expect("json");
-    let log = v["verdict"]["log"][0].as_str().expect("log line");
-    assert!(log.contains("WARNING:") && log.contains("injected test splat (case 11)"), "{v}");
+    let (splat, v) = injected_splat(&wd);
     // Attributed to the case that ran: the finding's case is the campaign's case of that
     // iteration, and replaying it with the hook at its first case shows the splat again.
     let i = v["iteration"].as_u64().expect("iteration");
     let case = xsave_runner::campaign::case_for(3, i);
-    assert_eq!(std::fs::read(splats[0].join("case.bin")).expect("case.bin"), case.encode());
-    let o = RIG.command().arg("replay").arg(splats[0].join("case.bin")).env("XSAVE_RIG_TEST_KMSG_AT", "0").output().expect("replay");
+    assert_eq!(std::fs::read(splat.join("case.bin")).expect("case.bin"), case.encode());
+    let o = RIG.command().arg("replay").arg(splat.join("case.bin")).env("XSAVE_RIG_TEST_KMSG_AT", "0").output().expect("replay");
     let text = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(1), "{text}");
     assert!(text.contains("[kernel-splat]") && text.contains("kernel: WARNING:"), "{text}");

@@ -5,20 +5,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Mutex;
+use xsave_testkit::lab_or_skip;
 
 static LOCK: Mutex<()> = Mutex::new(());
-
-fn lab_or_skip(test: &str) -> bool {
-    let have = |t: &str| Command::new("sh").arg("-c").arg(format!("command -v {t}")).output().is_ok_and(|o| o.status.success());
-    if have("qemu-system-x86_64") && have("busybox") {
-        return true;
-    }
-    if std::env::var("CI").is_ok() {
-        panic!("{test}: qemu-system-x86 and busybox-static are required in CI (see .ci/run)");
-    }
-    eprintln!("SKIPPED(lab) {test}: qemu-system-x86_64 or busybox not installed");
-    false
-}
 
 fn rig(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xsave-rig")).args(args).output().expect("run xsave-rig")
@@ -382,19 +371,10 @@ fn lab_backend_attributes_a_guest_kernel_splat_to_its_case() {
         .output()
         .expect("fuzz");
     assert_eq!(o.status.code(), Some(1), "a new finding: exit 1\n{}", String::from_utf8_lossy(&o.stderr));
-    let splats: Vec<std::path::PathBuf> = std::fs::read_dir(wd.join("findings"))
-        .expect("findings")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("kernel-splat-")))
-        .collect();
-    assert_eq!(splats.len(), 1, "{splats:?}");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(splats[0].join("verdict.json")).expect("verdict")).expect("json");
-    let log = v["verdict"]["log"][0].as_str().expect("log line");
-    assert!(log.contains("WARNING:") && log.contains("injected test splat (case 11)"), "{v}");
+    let (splat, v) = xsave_testkit::injected_splat(&wd);
     assert_eq!(v["iteration"], 11, "attributed to the case that ran: {v}");
     let case = xsave_runner::campaign::case_for(3, 11);
-    assert_eq!(std::fs::read(splats[0].join("case.bin")).expect("case.bin"), case.encode());
+    assert_eq!(std::fs::read(splat.join("case.bin")).expect("case.bin"), case.encode());
 }
 
 /// `lab migrate` between a V0 kernel (5.10) and a V3 kernel (6.12), both ways: every state a

@@ -43,20 +43,24 @@ impl FleetReport {
     }
 }
 
-/// `report.md` of a fleet.
-pub fn markdown(r: &FleetReport) -> String {
-    let f = &r.fleet;
-    let mut o = String::new();
-    let _ = writeln!(o, "# xsave-rig fleet report\n\nHub `{}`, {}; {}.\n", r.hub, r.generated_at, r.generated_by);
-    let _ = writeln!(
-        o,
-        "{} hosts ({} alive), fleet rate {:.0} execs/s, corpus {}, {} findings.\n",
+/// The fleet in one sentence (numbers only, so the same text serves Markdown and HTML).
+fn headline(f: &xsave_hub::fleet::Fleet) -> String {
+    format!(
+        "{} hosts ({} alive), fleet rate {:.0} execs/s, corpus {}, {} findings.",
         f.status.hosts.len(),
         f.status.hosts_alive,
         f.status.fleet_execs_per_sec,
         f.status.corpus,
         f.findings.len()
-    );
+    )
+}
+
+/// `report.md` of a fleet.
+pub fn markdown(r: &FleetReport) -> String {
+    let f = &r.fleet;
+    let mut o = String::new();
+    let _ = writeln!(o, "# xsave-rig fleet report\n\nHub `{}`, {}; {}.\n", r.hub, r.generated_at, r.generated_by);
+    let _ = writeln!(o, "{}\n", headline(f));
     let _ = writeln!(o, "## Hosts\n\n| host | kernel | contract | quirks | state | execs | execs/s |\n|---|---|---|---|---|---|---|");
     for h in &f.status.hosts {
         let _ = writeln!(
@@ -160,15 +164,7 @@ table.matrix small{{font-weight:normal;color:#555}} .plots{{display:flex;gap:16p
         esc(&r.hub),
         esc(&r.generated_at)
     );
-    let _ = write!(
-        o,
-        "<p>{} hosts ({} alive), fleet rate {:.0} execs/s, corpus {}, {} findings.</p>",
-        f.status.hosts.len(),
-        f.status.hosts_alive,
-        f.status.fleet_execs_per_sec,
-        f.status.corpus,
-        f.findings.len()
-    );
+    let _ = write!(o, "<p>{}</p>", headline(f));
     let _ = write!(o, "<h2>Hosts</h2><table class=\"hosts\"><tr><th>host</th><th>kernel</th><th>contract</th><th>quirks</th><th>state</th><th>execs</th><th>execs/s</th></tr>");
     for h in &f.status.hosts {
         let _ = write!(

@@ -334,6 +334,25 @@ pub fn sarif(r: &Report) -> serde_json::Value {
     })
 }
 
+/// One byte-region table (region, byte range, expected and observed bytes; differing rows
+/// marked): the GETs' XSAVE diff and each guest run's image use it.
+fn region_table(o: &mut String, rows: &[xsave_oracle::verdict::ByteDiff]) {
+    let _ = write!(o, "<table><tr><th>region</th><th>bytes</th><th>expected</th><th>observed</th></tr>");
+    for b in rows {
+        let cls = if b.expected == b.observed { "same" } else { "diff" };
+        let _ = write!(
+            o,
+            "<tr class=\"{cls}\"><td>{}</td><td>{}..{}</td><td class=\"exp hex\">{}</td><td class=\"obs hex\">{}</td></tr>",
+            esc(&b.region),
+            b.start,
+            b.end,
+            to_hex(&b.expected),
+            to_hex(&b.observed)
+        );
+    }
+    let _ = write!(o, "</table>");
+}
+
 pub(crate) fn esc(t: &str) -> String {
     t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
@@ -447,20 +466,7 @@ th{{background:#f0f0f5}} code,.hex{{font-family:ui-monospace,monospace;font-size
             _ => d.bytes.clone(),
         };
         if !rows.is_empty() {
-            let _ = write!(o, "<table><tr><th>region</th><th>bytes</th><th>expected</th><th>observed</th></tr>");
-            for b in rows {
-                let cls = if b.expected == b.observed { "same" } else { "diff" };
-                let _ = write!(
-                    o,
-                    "<tr class=\"{cls}\"><td>{}</td><td>{}..{}</td><td class=\"exp hex\">{}</td><td class=\"obs hex\">{}</td></tr>",
-                    esc(&b.region),
-                    b.start,
-                    b.end,
-                    to_hex(&b.expected),
-                    to_hex(&b.observed)
-                );
-            }
-            let _ = write!(o, "</table>");
+            region_table(&mut o, &rows);
         }
         if !f.guest_runs.is_empty() {
             let _ = write!(o, "<h4>Guest runs</h4><table class=\"guest\"><tr><th>step</th><th>exit expected</th><th>exit observed</th><th>guest's image</th></tr>");
@@ -477,20 +483,8 @@ th{{background:#f0f0f5}} code,.hex{{font-family:ui-monospace,monospace;font-size
             }
             let _ = write!(o, "</table>");
             for g in f.guest_runs.iter().filter(|g| !g.regions.is_empty()) {
-                let _ = write!(o, "<p>Step {}: the guest's image, by region</p><table><tr><th>region</th><th>bytes</th><th>expected</th><th>observed</th></tr>", g.step);
-                for b in &g.regions {
-                    let cls = if b.expected == b.observed { "same" } else { "diff" };
-                    let _ = write!(
-                        o,
-                        "<tr class=\"{cls}\"><td>{}</td><td>{}..{}</td><td class=\"exp hex\">{}</td><td class=\"obs hex\">{}</td></tr>",
-                        esc(&b.region),
-                        b.start,
-                        b.end,
-                        to_hex(&b.expected),
-                        to_hex(&b.observed)
-                    );
-                }
-                let _ = write!(o, "</table>");
+                let _ = write!(o, "<p>Step {}: the guest's image, by region</p>", g.step);
+                region_table(&mut o, &g.regions);
             }
         }
         let _ =

@@ -89,23 +89,8 @@ pub enum LabCmd {
         /// Also run the cases on this host's /dev/kvm.
         #[arg(long)]
         host: bool,
-        /// Case files to run (default: generated cases).
-        #[arg(long, conflicts_with = "iterations")]
-        cases: Option<PathBuf>,
-        /// Number of generated cases.
-        #[arg(long, default_value_t = 1000)]
-        iterations: u64,
-        /// Generator seed.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Give generated cases a guest CPUID narrower than the lab's supported set.
-        #[arg(long)]
-        narrow_cpuid: bool,
-        /// Generate guest runs and legacy FPU ops too (off by default for the matrix: the guest
-        /// model's remaining gaps on stock kernels under QEMU TCG are listed in
-        /// docs/CONTRACT-RUN.md, and every stock kernel departs on KVM_SET_FPU).
-        #[arg(long)]
-        guest: bool,
+        #[command(flatten)]
+        source: crate::args::CaseSource,
         /// Where cases, per-kernel results and matrix.{json,md} go.
         #[arg(long, default_value = "xsave-matrix")]
         workdir: PathBuf,
@@ -167,8 +152,8 @@ pub fn run(cmd: LabCmd) -> Result<i32> {
             run_in_lab(&k, &job, &scratch, Duration::from_secs(timeout))
         }
         LabCmd::Migrate(a) => super::lab_migrate::run(a),
-        LabCmd::Matrix { kernels, host, cases, iterations, seed, narrow_cpuid, guest, workdir, timeout, json } => {
-            let m = run_matrix(&kernels, host, cases, iterations, seed, narrow_cpuid, guest, &workdir, Duration::from_secs(timeout))?;
+        LabCmd::Matrix { kernels, host, source, workdir, timeout, json } => {
+            let m = run_matrix(&kernels, host, &source, &workdir, Duration::from_secs(timeout))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&m)?);
             } else {
@@ -207,25 +192,16 @@ pub fn read_records(dir: &Path) -> Result<(ProbeReport, Vec<xsave_runner::matrix
     Ok((p, recs))
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn run_matrix(
     kernels: &[String],
     host: bool,
-    cases: Option<PathBuf>,
-    iterations: u64,
-    seed: u64,
-    narrow: bool,
-    guest: bool,
+    source: &crate::args::CaseSource,
     workdir: &Path,
     timeout: Duration,
 ) -> Result<xsave_runner::matrix::Matrix> {
-    use xsave_runner::matrix::{build, column, differing, exec_cases, generated, materialized};
+    use xsave_runner::matrix::{build, column, differing, exec_cases};
     let cdir = workdir.join("cases");
-    let list: Vec<(String, Case)> = match cases {
-        Some(d) => read_case_dir(&d)?,
-        None => generated(iterations, seed, narrow, guest),
-    };
-    let list = materialized(list);
+    let list: Vec<(String, Case)> = source.list()?;
     let _ = std::fs::remove_dir_all(&cdir);
     std::fs::create_dir_all(&cdir).with_context(|| format!("cannot create {}", cdir.display()))?;
     for (n, c) in &list {

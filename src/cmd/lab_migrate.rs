@@ -4,7 +4,6 @@
 
 use crate::common::*;
 use anyhow::{Context, Result};
-use std::path::PathBuf;
 use xsave_oracle::{Contract, ModelConfig};
 use xsave_runner::lab::{LabBackend, LabOptions};
 use xsave_runner::migrate::{Executed, Target};
@@ -18,22 +17,8 @@ pub struct Args {
     /// Destination kernel (loads).
     #[arg(long)]
     to: String,
-    /// Case files to use (default: generated cases).
-    #[arg(long, conflicts_with = "iterations")]
-    cases: Option<PathBuf>,
-    /// Number of generated cases.
-    #[arg(long, default_value_t = 1000)]
-    iterations: u64,
-    /// Generator seed.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Give generated cases a guest CPUID narrower than the lab's supported set (what makes
-    /// masked and unmasked saves differ).
-    #[arg(long)]
-    narrow_cpuid: bool,
-    /// Generate guest runs and legacy FPU ops too (as `lab matrix --guest`).
-    #[arg(long)]
-    guest: bool,
+    #[command(flatten)]
+    source: crate::args::CaseSource,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -53,13 +38,8 @@ fn target(spec: &str, be: &LabBackend) -> Result<Target> {
 
 /// Run the command; returns the exit status.
 pub fn run(a: Args) -> Result<i32> {
-    use xsave_runner::matrix::{generated, materialized};
-    let list = match &a.cases {
-        Some(d) => read_case_dir(d)?,
-        None => generated(a.iterations, a.seed, a.narrow_cpuid, a.guest),
-    };
     // The same input bytes on both kernels (CPUID bases rendered against one reference).
-    let list = materialized(list);
+    let list = a.source.list()?;
     // Both guests boot at once.
     let boot = |spec: &str| LabBackend::boot(spec, LabOptions::default()).with_context(|| format!("lab guest {spec}"));
     let (src, dst) = std::thread::scope(|s| {

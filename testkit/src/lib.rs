@@ -176,3 +176,19 @@ pub fn lab_or_skip(test: &str) -> bool {
     eprintln!("SKIPPED(lab) {test}: qemu-system-x86_64 or busybox not installed");
     false
 }
+
+/// The one `kernel-splat-*` finding of a campaign run with `XSAVE_RIG_TEST_KMSG_AT=11` in
+/// workdir `wd`, checked to carry the injected WARN line: its directory and `verdict.json`.
+pub fn injected_splat(wd: &Path) -> (PathBuf, serde_json::Value) {
+    let splats: Vec<PathBuf> = std::fs::read_dir(wd.join("findings"))
+        .expect("findings")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("kernel-splat-")))
+        .collect();
+    assert_eq!(splats.len(), 1, "{splats:?}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(splats[0].join("verdict.json")).expect("verdict")).expect("json");
+    let log = v["verdict"]["log"][0].as_str().expect("log line");
+    assert!(log.contains("WARNING:") && log.contains("injected test splat (case 11)"), "{v}");
+    (splats[0].clone(), v)
+}
