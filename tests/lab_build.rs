@@ -25,9 +25,9 @@ fn s(p: &Path) -> &str {
 /// A lab campaign on `kernel` (300 generated cases with FPU ops and guest runs, seed 14, no
 /// feedback, through `--backend lab:<kernel>`): its new findings (neither a known issue nor
 /// explained by a quirk) whose diverging step, a GET_XSAVE, GET_XSAVE2, GET_FPU or KVM_RUN,
-/// follows a KVM_SET_FPU. Those are the SET_FPU/XSTATE_BV finding's symptoms; the root-cause
-/// step files them under the GET-side rules it sees violated (get.mask.v3, get.fp.reported),
-/// so the test selects them by what the case does, not by group key.
+/// follows a KVM_SET_FPU. Those are the SET_FPU/XSTATE_BV finding's symptoms (grouped under
+/// `set_fpu.xfeatures|KVM_SET_FPU`); the test selects them by what the case does, so that a
+/// symptom the grouping missed would count too.
 fn set_fpu_findings(kernel: &str, wd: &Path) -> Vec<String> {
     let backend = format!("lab:{kernel}");
     let o = RIG.run(&["fuzz", "--backend", &backend, "--iterations", "300", "--seed", "14", "--no-feedback", "--json", "--workdir", s(wd)]);

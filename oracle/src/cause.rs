@@ -9,7 +9,7 @@
 use crate::abi;
 use crate::abi::region::Region;
 use crate::case::{Case, Op};
-use crate::host::HostFacts;
+use crate::host::{HostFacts, Quirk};
 use crate::model::ModelConfig;
 use crate::rules::Rule;
 use crate::trace::{OpResult, Ret, Trace};
@@ -39,7 +39,7 @@ pub fn region_family(region: Region) -> &'static str {
         XstateBv => "xstate_bv",
         XcompBv | HeaderReserved => "header",
         r if r.is_x87() => "x87",
-        Mxcsr | MxcsrMask => "mxcsr",
+        Mxcsr | MxcsrMask | FpuMxcsr => "mxcsr",
         LegacyPadding => "padding",
         SwReserved => "sw_reserved",
         BeyondComponents => "tail",
@@ -88,6 +88,9 @@ pub fn violated_rule(op: &Op, rules: &[Rule], what: Difference, mxcsr_invalid: b
         (Op::GetCpuid2 { .. }, Length | Bytes("nent")) => first_of(rules, &[Rule::CpuidGetCallerNent, Rule::CpuidGetTable]),
         (Op::GetCpuid2 { .. }, _) => Some(Rule::CpuidGetTable),
         (Op::GetXcrs, _) => Some(Rule::XcrsGet),
+        // KVM_GET_FPU: its MXCSR word is one rule, everything else it reports is the view.
+        (Op::GetFpu, Bytes("mxcsr")) => first_of(rules, &[Rule::GetFpuMxcsr]),
+        (Op::GetFpu, Bytes(_)) => first_of(rules, &[Rule::GetFpuView]),
         (Op::GetXsave | Op::GetXsave2, Bytes(family)) => {
             let pick: &[Rule] = match family {
                 "xstate_bv" => MASK_RULES,
@@ -134,6 +137,49 @@ pub fn violated_rule_of(
         (Ret::Ok(_), Ret::Err(_)) => Difference::Refused,
     };
     violated_rule(op, &exp.rules, what, mxcsr_invalid)
+}
+
+/// Whether the divergence at step `k` (differing `bytes`) is an earlier KVM_SET_FPU that left
+/// XSTATE_BV alone (rule `set_fpu.xfeatures`, violated there and shown here: a GET reporting
+/// init state, or a run loading it). It is when an earlier KVM_SET_FPU on the same vCPU was
+/// predicted to mark FP|SSE, the difference is not MXCSR alone (KVM_SET_FPU ignoring MXCSR is
+/// the known issue `kvm-fpu-mxcsr`), and the prediction without the marking (the kernel's own
+/// `kvm_arch_vcpu_ioctl_set_fpu`, modelled by `kvm-fpu-legacy`) agrees with the kernel up to
+/// and including step `k`.
+pub fn set_fpu_unmarked(
+    case: &Case,
+    host: &HostFacts,
+    cfg: &ModelConfig,
+    expected: &Trace,
+    observed: &Trace,
+    k: usize,
+    bytes: &[ByteDiff],
+) -> bool {
+    let steps = case.steps();
+    if cfg.quirks.contains(&Quirk::KvmFpuLegacy) || k >= steps.len() {
+        return false;
+    }
+    let marked = (0..k)
+        .rev()
+        .take_while(|&j| !matches!(*steps[j].1, Op::NewVcpu))
+        .any(|j| matches!(*steps[j].1, Op::SetFpu(_)) && expected.results.get(j).is_some_and(|r| r.rules.contains(&Rule::SetFpuXfeatures)));
+    let op = &steps[k].1;
+    // Only a step that reads the state shows it (a SET's own errno is that SET's).
+    if !matches!(**op, Op::GetXsave | Op::GetXsave2 | Op::GetFpu | Op::RunGuest(_)) {
+        return false;
+    }
+    let mxcsr_only = !bytes.is_empty()
+        && bytes.iter().all(|b| matches!(Region::at(op.buffer(), &host.components, b.start as usize), Region::Mxcsr | Region::FpuMxcsr));
+    if !marked || mxcsr_only {
+        return false;
+    }
+    let mut without = cfg.clone();
+    without.quirks.push(Quirk::KvmFpuLegacy);
+    let alt = crate::model::predict_following(case, host, &without, observed);
+    match crate::diff::diff(case, host, &without, &alt, observed) {
+        crate::verdict::Verdict::Agree => true,
+        crate::verdict::Verdict::Diverge(d) => d.step > k,
+    }
 }
 
 /// Whether `buf` (a SET's buffer) holds an MXCSR outside the host's feature mask.

@@ -68,7 +68,13 @@ pub fn explain(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trac
     let (exp, _) = exp.resolve(obs);
     let bad_mxcsr = model::set_buffer(case, host, cfg, observed, &[], k).is_some_and(|b| cause::mxcsr_invalid(host, &b));
     d.violated = cause::violated_rule_of(op, host, &exp, obs, &d.bytes, bad_mxcsr);
-    let why = reason(case, host, cfg, k, &exp, obs).or_else(|| d.violated.or(exp.rules.last().copied()).map(|r| r.id().to_string()));
+    let why = if cause::set_fpu_unmarked(case, host, cfg, expected, observed, k, &d.bytes) {
+        // The cause is an earlier step's: the title names it, not this step's symptom.
+        d.violated = Some(crate::rules::Rule::SetFpuXfeatures);
+        d.violated.map(|r| r.id().to_string())
+    } else {
+        reason(case, host, cfg, k, &exp, obs).or_else(|| d.violated.or(exp.rules.last().copied()).map(|r| r.id().to_string()))
+    };
     if let Some(w) = why {
         d.title = format!("{} ({w})", d.title);
     }

@@ -173,6 +173,42 @@ fn known_issue_covers_mxcsr_read_back_through_get_xsave() {
     assert_eq!(d.known_issue.as_deref(), Some("kvm-fpu-mxcsr"), "{}", d.title);
 }
 
+/// set_fpu.xfeatures is the violated rule wherever a kernel that leaves XSTATE_BV alone on
+/// KVM_SET_FPU shows it (a GET_XSAVE or GET_XSAVE2 reporting init state), and its group is filed
+/// under KVM_SET_FPU: one defect, one group. A GET that differs for another reason after a
+/// KVM_SET_FPU (V1's unmasked GET) keeps its own rule and group.
+#[test]
+fn set_fpu_departure_is_one_group_under_set_fpu() {
+    let h = host207();
+    let judge = |ops: Vec<Op>, kernel: ModelConfig, config: Config| {
+        let case = Case { config, ops };
+        let observed = predict(&case, &h, &kernel);
+        let (_, v) = xsave_oracle::judge(&case, &h, &ModelConfig::default(), &observed);
+        v.divergence().cloned().expect("diverges")
+    };
+    let todays = || ModelConfig::new(Contract::V3, vec![Quirk::KvmFpuLegacy]);
+    let mut keys = Vec::new();
+    for get in [Op::GetXsave, Op::GetXsave2] {
+        let d = judge(vec![Op::SetFpu(fpu()), get], todays(), no_cpuid());
+        assert_eq!(d.violated, Some(Rule::SetFpuXfeatures), "{}", d.title);
+        assert!(d.title.ends_with("(set_fpu.xfeatures)"), "{}", d.title);
+        assert_eq!(d.group_site().0, "KVM_SET_FPU");
+        keys.push(d.group_key());
+    }
+    assert_eq!(keys[0], keys[1], "both GETs show the one defect");
+    assert_eq!(keys[0], "set_fpu.xfeatures|KVM_SET_FPU|legacy-area");
+    // V1 reveals xfeatures the guest CPUID hides: a GET departure of its own, after a SET_FPU
+    // that V1 marks like V3 does.
+    let narrow = Config {
+        cpuid: Some(CpuidTable { base: CpuidBase::Supported { xcr0_mask: 0x3, drop_leaves: vec![] }, entries: vec![], reverse: false }),
+        xcr0: None,
+    };
+    let d =
+        judge(vec![Op::SetXsave(XsaveImage::init(0x7)), Op::SetFpu(fpu()), Op::GetXsave], ModelConfig::new(Contract::V1, vec![]), narrow);
+    assert_ne!(d.violated, Some(Rule::SetFpuXfeatures), "{}", d.title);
+    assert_eq!(d.group_site().0, "KVM_GET_XSAVE");
+}
+
 /// quirk.fpu.run_init: after a run that left x87/SSE at init (their XSTATE_BV bits the
 /// processor's choice), today's kernels load a KVM_SET_FPU at the next run only if the bits were
 /// saved set. An observation where they were saved clear (the guest and the GETs after it see

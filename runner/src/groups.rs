@@ -133,14 +133,15 @@ impl Group {
 /// Add one diverging case (`steps` long) with divergence `d`, hit at `at`, to `groups`.
 pub fn note_group(groups: &mut Vec<Group>, d: &xsave_oracle::verdict::Divergence, steps: usize, at: Seen) {
     let key = d.group_key();
+    let (ioctl, class) = d.group_site();
     let g = match groups.iter().position(|g| g.key == key) {
         Some(i) => &mut groups[i],
         None => {
             groups.push(Group {
                 key: key.clone(),
                 rule: d.violated.map_or("none", |r| r.id()).to_string(),
-                class: d.class.name().to_string(),
-                ioctl: d.ioctl().to_string(),
+                class: class.name().to_string(),
+                ioctl: ioctl.to_string(),
                 title: d.group_title(),
                 ..Group::default()
             });

@@ -44,6 +44,31 @@ fn set_fpu_finding(f: &[(Case, Verdict)]) -> Option<&(Case, Verdict)> {
 fn check(s: &Summary, f: &[(Case, Verdict)]) {
     let hit = set_fpu_finding(f);
     assert!(hit.is_some(), "no SET_FPU/XSAVE finding in {} cases: {:?}", s.execs, s.by_class);
+    // One defect, one group: every symptom (a GET_XSAVE/GET_XSAVE2 reporting init state after
+    // the SET_FPU) is filed under set_fpu.xfeatures at KVM_SET_FPU, none under the GET rules
+    // its bytes would otherwise name.
+    let keys: Vec<&str> = s.groups.iter().map(|g| g.key.as_str()).collect();
+    assert_eq!(keys.iter().filter(|k| k.starts_with("set_fpu.xfeatures|")).count(), 1, "{keys:?}");
+    assert!(keys.contains(&"set_fpu.xfeatures|KVM_SET_FPU|legacy-area"), "{keys:?}");
+    // The attribution is confirmed by predicting without the marking (`kvm-fpu-legacy`). Where
+    // that model has its documented gap (a KVM_SET_FPU after a run, or followed by runs that
+    // end differently either way, or by a SET_XSAVE or second run: docs/CONTRACT-FPU.md) a symptom keeps the rule its bytes name; every other
+    // new finding is either the SET_FPU group or KVM_GET_FPU ignoring XSTATE_BV (get_fpu.view).
+    for (c, v) in f {
+        let Verdict::Diverge(d) = v else { continue };
+        if d.known_issue.is_some() || d.explained_by.is_some() {
+            continue;
+        }
+        let rule = d.violated.map_or("none", |r| r.id());
+        if matches!(rule, "set_fpu.xfeatures" | "get_fpu.view") {
+            continue;
+        }
+        let steps = c.steps();
+        // A KVM_SET_FPU with a run before it or after it (up to the diverging step).
+        let run = |r: &[(xsave_oracle::case::Origin, std::borrow::Cow<'_, Op>)]| r.iter().any(|(_, op)| matches!(**op, Op::RunGuest(_)));
+        let gap = (0..d.step).any(|j| matches!(*steps[j].1, Op::SetFpu(_)) && (run(&steps[..j]) || run(&steps[j..=d.step])));
+        assert!(gap, "a new finding outside the SET_FPU group ({rule}) and outside the model's gap: {}\n{}", d.title, c.to_json());
+    }
     assert!(s.known_issue_cases > 0, "the known mxcsr issue never showed");
     assert!(!s.known_signatures.iter().any(|k| s.new_signatures.contains(k)), "a known issue counted as new");
     for (_, v) in f {
