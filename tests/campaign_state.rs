@@ -1,5 +1,6 @@
 //! Campaign state you can trust (issue 11): one owner per workdir, bounded non-blocking
 //! reads, resume equals never stopping (kill trials), disk full, corrupt state refused.
+//! About 600 lines: the kill-trial harness is shared by every test here.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
