@@ -152,16 +152,23 @@ pub struct CaseSource {
     /// stock kernel departs on KVM_SET_FPU).
     #[arg(long)]
     pub guest: bool,
+    /// With --guest: guest runs only, no legacy FPU ops (every stock kernel departs on
+    /// KVM_SET_FPU, docs/findings/kvm-set-fpu-xstate-bv.md).
+    #[arg(long, requires = "guest")]
+    pub no_fpu: bool,
 }
 
 impl CaseSource {
     /// The cases, named, with their CPUID bases rendered against one reference (the same
     /// input bytes on every kernel).
     pub fn list(&self) -> Result<Vec<(String, xsave_oracle::Case)>> {
+        use xsave_oracle::gen::GenOptions;
         use xsave_runner::matrix::{generated, materialized};
         let list = match &self.cases {
             Some(d) => crate::common::read_case_dir(d)?,
-            None => generated(self.iterations, self.seed, self.narrow_cpuid, self.guest),
+            None => {
+                generated(self.iterations, self.seed, self.narrow_cpuid, GenOptions { guest: self.guest, fpu: self.guest && !self.no_fpu })
+            }
         };
         Ok(materialized(list))
     }

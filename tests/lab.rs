@@ -389,13 +389,30 @@ fn lab_migrate_between_5_10_and_6_12_is_as_the_contracts_say() {
     }
     let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     for (from, to, src_contract) in [("debian:5.10", "debian:6.12", "V0"), ("debian:6.12", "debian:5.10", "V3")] {
-        let o = rig(&["lab", "migrate", "--from", from, "--to", to, "--iterations", "250", "--seed", "5", "--narrow-cpuid", "--json"]);
+        // 1000 cases with guest writes (guest runs; no legacy FPU ops, whose KVM_SET_FPU
+        // departure every stock kernel shows on the source side).
+        let o = rig(&[
+            "lab",
+            "migrate",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--iterations",
+            "1000",
+            "--seed",
+            "5",
+            "--narrow-cpuid",
+            "--guest",
+            "--no-fpu",
+            "--json",
+        ]);
         assert!(matches!(o.status.code(), Some(0 | 1)), "{from} -> {to}: {}", String::from_utf8_lossy(&o.stderr));
         let s = json_of(&o);
         assert_eq!(s["from"]["contract"], src_contract, "{s}");
-        assert_eq!(s["cases"], 250);
+        assert_eq!(s["cases"], 1000);
         let saved = s["saved_states"].as_u64().expect("saved_states");
-        assert!(saved > 100, "most generated cases save a state: {s}");
+        assert!(saved > 500, "most generated cases save a state: {s}");
         for k in ["source_divergences", "load_divergences", "differs_from_simulation", "refused"] {
             assert_eq!(s[k], 0, "{from} -> {to}: {k}: {s}");
         }
@@ -404,7 +421,10 @@ fn lab_migrate_between_5_10_and_6_12_is_as_the_contracts_say() {
         }
         let fates = ["loads", "loads_with_loss", "refused", "config_refused"].iter().map(|k| s[k].as_u64().expect("count")).sum::<u64>();
         assert_eq!(fates, saved, "every saved state has one fate: {s}");
-        assert_eq!(o.status.code(), Some(if s["loads"] == saved { 0 } else { 1 }), "exit status: {s}");
+        // Exit 1 for a refused or lossy load (or a divergence); a guest configuration the target
+        // itself refuses (config_refused: KVM_SET_CPUID2 there) is not a load.
+        let bad = s["refused"].as_u64().unwrap_or(0) + s["loads_with_loss"].as_u64().unwrap_or(0);
+        assert_eq!(o.status.code(), Some(if bad == 0 { 0 } else { 1 }), "exit status: {s}");
     }
 }
 

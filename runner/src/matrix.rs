@@ -157,10 +157,10 @@ pub struct Matrix {
 
 /// `n` generated cases from generator `seed`, named `000000.case`, … (with guest runs and FPU
 /// ops only with `guest`; with `narrow`, a guest CPUID narrower than the lab's 0x207).
-pub fn generated(n: u64, seed: u64, narrow: bool, guest: bool) -> Vec<(String, Case)> {
+pub fn generated(n: u64, seed: u64, narrow: bool, opts: xsave_oracle::gen::GenOptions) -> Vec<(String, Case)> {
     (0..n)
         .map(|i| {
-            let c = crate::campaign::case_for_with(seed, i, xsave_oracle::gen::GenOptions { guest, fpu: guest });
+            let c = crate::campaign::case_for_with(seed, i, opts);
             let c = if narrow { crate::campaign::narrow(c, 0x207, i) } else { c };
             (format!("{i:06}.case"), c)
         })
@@ -326,7 +326,7 @@ mod tests {
     #[test]
     fn materialized_cases_carry_no_cpuid_base() {
         use xsave_oracle::case::CpuidBase;
-        let cases = materialized(generated(50, 7, true, false));
+        let cases = materialized(generated(50, 7, true, xsave_oracle::gen::GenOptions { guest: false, fpu: false }));
         assert_eq!(cases.len(), 50);
         assert_eq!(cases[0].0, "000000.case");
         for (_, c) in &cases {
