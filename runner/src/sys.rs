@@ -218,6 +218,20 @@ pub fn terminate(pid: u32) {
     }
 }
 
+/// End a group stop this process may still be in: send it SIGCONT. A process started by a
+/// ptrace-based supervisor (honggfuzz on Linux: the child stops itself with SIGSTOP, the
+/// parent seizes it and continues it with ptrace) stays group-stopped as far as the kernel's
+/// signal state goes; an untraced thread created later, such as KVM's `kvm-nx-lpage-recovery`
+/// vhost task (spawned at a VM's first KVM_RUN), then joins that stop and never runs, and
+/// destroying the VM waits for it forever (`vhost_task_stop`). SIGCONT clears the stop; to a
+/// process that is not stopped it does nothing.
+pub fn continue_self() {
+    // SAFETY: kill(2) with our own pid and a signal number touches no memory of ours.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGCONT);
+    }
+}
+
 /// Guest physical memory: an anonymous private mapping registered as one KVM memory slot.
 ///
 /// It keeps its own duplicate of the VM descriptor so that `Drop` deletes the memory slot
