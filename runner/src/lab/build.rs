@@ -14,7 +14,7 @@
 //! directory keeps its `config` and `build.json`. The source package itself is kept in
 //! `builds/sources/`.
 
-use super::debian::{apt_conf, download, newest};
+use super::debian::{apt_conf, apt_lock, download, newest};
 use super::modules::install;
 use super::{cache_dir, io, load_kernel, need, run_cmd, Kernel, LabError};
 use serde::Serialize;
@@ -183,6 +183,7 @@ pub fn build_kernel(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Resul
         None => String::new(),
     };
     let pkg = format!("linux-source-{series}");
+    let apt = apt_lock()?;
     let conf = apt_conf()?;
     let version = newest(&conf, &pkg)?;
     let source = format!("{pkg}={version}");
@@ -220,6 +221,7 @@ pub fn build_kernel(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Resul
         return Ok(Built { kernel, cached: true, seconds: t.elapsed().as_secs_f64(), source });
     }
     let deb = source_deb(&conf, &pkg, &version, progress)?;
+    drop(apt);
     let work = builds.join(&id);
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(io(&work))?;

@@ -55,6 +55,22 @@ fn apt_unreachable(output: &str) -> Option<String> {
     Some(cause.to_string())
 }
 
+/// The lab's apt state (lists, package cache, extracted kernels) for one user at a time: held
+/// while a kernel or source package is resolved, downloaded and unpacked. Two lab guests booted
+/// at once (`lab migrate`) or two processes sharing the cache would otherwise read the package
+/// lists while the other `apt-get update` rewrites them.
+pub(super) struct AptLock(#[allow(dead_code)] std::fs::File);
+
+/// Take [`AptLock`] (blocking).
+pub(super) fn apt_lock() -> Result<AptLock, LabError> {
+    let d = cache_dir().join("apt");
+    std::fs::create_dir_all(&d).map_err(io(&d))?;
+    let p = d.join(".lock");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(io(&p))?;
+    f.lock().map_err(io(&p))?;
+    Ok(AptLock(f))
+}
+
 /// The private apt configuration (created, and `apt-get update`d once a day per mirror).
 pub(super) fn apt_conf() -> Result<PathBuf, LabError> {
     need("apt-get", "the lab downloads Debian kernel packages with apt-get")?;
@@ -209,6 +225,7 @@ fn packages_for(conf: &Path, ver: &str) -> Result<Vec<(String, String)>, LabErro
 /// Download (or reuse) a Debian kernel.
 pub fn fetch_debian(spec: &str) -> Result<Kernel, LabError> {
     need("dpkg-deb", "apt-get install dpkg")?;
+    let _apt = apt_lock()?;
     let conf = apt_conf()?;
     let ver = resolve_version(&conf, spec)?;
     let id = format!("debian-{}", ver.replace(['~', '+', ':'], "_"));
