@@ -112,6 +112,7 @@ rules! {
     RunFipCanonical = "run.fip.canonical", "§7 R5", "after a hardware save FIP may be canonicalised to the linear-address width (sign-extended from bit 47 or 56)", "model::run::fip_choice";
     RunSetupLongMode = "run.setup.long_mode", "§7 R3", "the rig's long-mode set-up (EFER.LME) is refused with EINVAL unless the guest CPUID has LM (0x80000001 EDX bit 29)", "model::run::run_guest";
     RunFcwReserved = "run.fcw.reserved", "§7 R5", "after a hardware load FCW's reserved bits read as loaded or normalised (7, 13..15 zero; 6 one)", "model::run::x87_choices";
+    RunFop11 = "run.fop.11bit", "§7 R5", "FOP is an 11-bit register: after a hardware load it is saved with bits 15..11 zero (Intel SDM Vol. 1 8.1.9)", "model::run::x87_choices";
     RunX87PtrEs = "run.x87_ptr.zero", "§7 R5", "after a hardware load FOP, FIP and FDP may be saved as zero (AMD saves them only with FSW.ES; QEMU's TCG never saves them)", "model::run::x87_choices";
     RunShutdownInit = "run.shutdown.init", "§7 R2", "after a shutdown AMD (SVM) resets the vCPU with INIT (CR4 0: CPUID OSXSAVE/OSPKE clear until the next set-up), Intel does not: those bits are the vendor's choice", "model::cpuid::get_cpuid2";
     RunFswDerived = "run.fsw.derived", "§7 R5", "after a hardware load FSW.ES and FSW.B are recomputed from the exception flags and masks", "model::run::fsw_choice";

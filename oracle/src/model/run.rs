@@ -327,11 +327,14 @@ pub(super) fn fip_choice(img: &[u8]) -> Allowed {
 }
 
 /// x87 bytes whose saved value is the processor's choice after a load of `img`: FCW's reserved
-/// bits may read as loaded or normalised (`run.fcw.reserved`), and FOP, FIP and FDP may read
-/// zero (`run.x87_ptr.zero`: AMD saves them only with FSW.ES, QEMU's TCG never).
+/// bits may read as loaded or normalised (`run.fcw.reserved`), FOP reads as its 11 bits
+/// (`run.fop.11bit`), and FOP, FIP and FDP may read zero (`run.x87_ptr.zero`: AMD saves them
+/// only with FSW.ES, QEMU's TCG never).
 pub(super) fn x87_choices(img: &[u8]) -> Vec<(usize, Vec<Vec<u8>>, Rule)> {
     let fcw = le32(img, abi::FCW) as u16;
     let mut v = vec![(abi::FCW, vec![((fcw & 0x1f3f) | 0x40).to_le_bytes().to_vec(), fcw.to_le_bytes().to_vec()], Rule::RunFcwReserved)];
+    let fop = le32(img, abi::FOP) as u16;
+    v.push((abi::FOP, vec![(fop & 0x7ff).to_le_bytes().to_vec()], Rule::RunFop11));
     v.push((abi::FOP, vec![vec![0; 2]], Rule::RunX87PtrEs));
     v.push((abi::FDP, vec![vec![0; 8]], Rule::RunX87PtrEs));
     v
