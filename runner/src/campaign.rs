@@ -317,6 +317,9 @@ fn is_zero(n: &u64) -> bool {
 /// The largest counter value a state file may hold (far beyond any real campaign).
 pub const MAX_COUNTER: u64 = 1 << 48;
 
+/// The longest group title a stored state may carry, bytes.
+pub const MAX_TITLE: usize = 2000;
+
 impl Summary {
     /// Add a parallel worker's summary `s` to this merged one ([`crate::jobs`]): counts,
     /// ioctls, exec rates, guest exits and classes add up; seconds, findings, coverage and the
@@ -369,6 +372,8 @@ impl Summary {
     /// first violation.
     pub fn validate(&self) -> Result<(), String> {
         let printable = |t: &str| !t.is_empty() && t.len() <= 200 && t.chars().all(|c| !c.is_control());
+        // A group's title is a rule's statement with its ioctl: longer than a name.
+        let title = |t: &str| !t.is_empty() && t.len() <= MAX_TITLE && t.chars().all(|c| !c.is_control());
         if !printable(&self.backend) {
             return Err("backend: not a backend name".into());
         }
@@ -447,7 +452,7 @@ impl Summary {
                 return Err("corpus_order: not a list of content names".into());
             }
         }
-        if self.groups.iter().any(|g| !printable(&g.key) || !printable(&g.title) || g.cases > MAX_COUNTER) {
+        if self.groups.iter().any(|g| !printable(&g.key) || !title(&g.title) || g.cases > MAX_COUNTER) {
             return Err("groups: bad key, title or count".into());
         }
         if self.signature_hits.iter().any(|(k, h)| !printable(k) || h.hits > MAX_COUNTER || h.first_seen > h.last_seen)
@@ -1050,6 +1055,8 @@ fn save(cfg: &CampaignConfig, s: &Summary) -> Result<(), CampaignError> {
         return Ok(());
     };
     let state = dir.join("campaign.json");
+    // Never write a state that `--resume` would refuse.
+    s.validate().map_err(|e| CampaignError::State(format!("{}: the campaign's own state is invalid: {e}", state.display())))?;
     let json = serde_json::to_vec_pretty(s).map_err(|e| CampaignError::State(e.to_string()))?;
     write_atomic(&state, &json).map_err(io(&state))?;
     let stats = dir.join("stats.jsonl");

@@ -235,4 +235,21 @@ mod tests {
         assert_eq!(m.len(), 1);
         assert_eq!((m[0].cases, m[0].first_seen.map(|s| s.unix), m[0].last_seen.map(|s| s.unix)), (6, Some(5), Some(20)));
     }
+
+    #[test]
+    fn every_rule_s_group_title_fits_a_stored_state() {
+        // The longest ioctl name a group is filed under, with every rule and class.
+        let ioctl = "KVM_GET_SUPPORTED_CPUID";
+        let groups: Vec<Group> = xsave_oracle::rules::Rule::ALL
+            .iter()
+            .map(|&r| Group {
+                key: xsave_oracle::verdict::group_key(Some(r), ioctl, xsave_oracle::verdict::Class::Header),
+                title: xsave_oracle::verdict::group_title(Some(r), ioctl, xsave_oracle::verdict::Class::Header),
+                cases: 1,
+                ..Group::default()
+            })
+            .collect();
+        let s = crate::campaign::Summary { backend: "kvm".into(), contract: "V3".into(), groups, ..Default::default() };
+        assert_eq!(s.validate(), Ok(()));
+    }
 }
