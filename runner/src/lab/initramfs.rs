@@ -109,9 +109,15 @@ while read m; do
   [ -n "$m" ] || continue
   if ! insmod /modules/$m.ko; then echo "XSAVE-LAB: insmod $m failed"; poweroff -f; fi
 done < /modules/order
+# virtio_console adds ports, and names them, from its control queue after insmod returns:
+# wait for the name (up to 30 s) rather than race it.
 port=
-for p in /sys/class/virtio-ports/*; do
-  [ "$(cat $p/name 2>/dev/null)" = org.xsave-rig.results ] && port=/dev/$(basename $p)
+i=0
+while [ -z "$port" ] && [ $i -lt 300 ]; do
+  for p in /sys/class/virtio-ports/*; do
+    [ "$(cat $p/name 2>/dev/null)" = org.xsave-rig.results ] && port=/dev/$(basename $p)
+  done
+  [ -n "$port" ] || { sleep 0.1; i=$((i+1)); }
 done
 [ -n "$port" ] || { echo "XSAVE-LAB: no result port"; poweroff -f; }
 [ -c /dev/kvm ] || echo "XSAVE-LAB: /dev/kvm missing after module load"

@@ -13,14 +13,22 @@ use std::path::{Path, PathBuf};
 /// The name of the control port (a virtio-serial port).
 pub(super) const PORT: &str = "org.xsave-rig.ctl";
 
-/// The device of the virtio-serial port named `name` (`/dev/vportNpM`).
+/// The device of the virtio-serial port named `name` (`/dev/vportNpM`). virtio_console adds
+/// and names its ports from its control queue, after the module has loaded: a busy guest may
+/// not have named the port yet, so it is waited for (up to 30 s), never raced.
 fn find_port(name: &str) -> Result<PathBuf, LabError> {
-    for e in std::fs::read_dir("/sys/class/virtio-ports").map_err(io(Path::new("/sys/class/virtio-ports")))?.flatten() {
-        if std::fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == name) {
-            return Ok(Path::new("/dev").join(e.file_name()));
+    let start = std::time::Instant::now();
+    loop {
+        for e in std::fs::read_dir("/sys/class/virtio-ports").into_iter().flatten().flatten() {
+            if std::fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == name) {
+                return Ok(Path::new("/dev").join(e.file_name()));
+            }
         }
+        if start.elapsed() > std::time::Duration::from_secs(30) {
+            return Err(LabError::Kernel(format!("no virtio-serial port {name} in this guest")));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    Err(LabError::Kernel(format!("no virtio-serial port {name} in this guest")))
 }
 
 /// Serve cases on the control port until the host closes it. A failure of the guest's own
