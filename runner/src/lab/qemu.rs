@@ -137,6 +137,9 @@ impl Qemu {
         if log.contains("Kernel panic") {
             return Some(LabError::Panic(self.console.clone()));
         }
+        if log.lines().any(|l| l.contains("XSAVE-LAB: no result port")) {
+            return Some(LabError::NoResults { why: "the guest found no virtio-serial result port".into(), log: self.console.clone() });
+        }
         None
     }
 }
