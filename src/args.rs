@@ -42,6 +42,27 @@ pub struct BackendArgs {
     /// campaign.json and findings give the backend.
     #[arg(long)]
     pub backend_label: Option<String>,
+    /// CPU-time bound of one guest run (KVM_RUN of a guest program) on `kvm` and `lab:`
+    /// backends, e.g. 100ms, 2ms (at least 1ms). A guest stopped there (one that loops or never
+    /// reaches its end) gets the `timeout` exit whatever the bound, so the bound changes what a
+    /// looping guest costs, never a verdict; a bound too short for a program to finish (KVM's
+    /// entry work counts: 2-5ms cut about 1 run in 10 000 on a loaded host) turns its end into a
+    /// timeout (a divergence).
+    #[arg(long, value_name = "DUR", default_value = "100ms", value_parser = parse_guest_timeout)]
+    pub guest_timeout: Duration,
+}
+
+/// The shortest `--guest-timeout`: below it a program that ends could be cut short by its own
+/// KVM_RUN entry costs.
+pub const MIN_GUEST_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// `--guest-timeout`: a duration ([`parse_duration`]) of at least [`MIN_GUEST_TIMEOUT`].
+pub fn parse_guest_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < MIN_GUEST_TIMEOUT {
+        return Err(format!("guest timeout {s:?} is below the minimum of 1ms"));
+    }
+    Ok(d)
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -102,7 +123,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("bad duration {s:?} (expected e.g. 90s, 1m30s, 500ms, 2h)");
     let t = s.trim();
     if let Ok(v) = t.parse::<f64>() {
-        return if v.is_finite() && v >= 0.0 { Ok(Duration::from_secs_f64(v)) } else { Err(bad()) };
+        return if v.is_finite() && v >= 0.0 { Duration::try_from_secs_f64(v).map_err(|_| bad()) } else { Err(bad()) };
     }
     // A sequence of <number><unit>, unit one of ms, s, m, h, d.
     let mut total = 0.0;
@@ -128,7 +149,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if t.is_empty() || !total.is_finite() {
         return Err(bad());
     }
-    Ok(Duration::from_secs_f64(total))
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
 /// The cases of `lab matrix` and `lab migrate`: a directory of case files, or generated ones.

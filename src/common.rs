@@ -133,7 +133,7 @@ pub fn make_backend(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn Backend
 
 pub fn make_backend_unlabelled(b: &BackendArgs, host: &HostFacts) -> Result<Box<dyn Backend>> {
     Ok(match &b.backend {
-        BackendKind::Kvm => Box::new(KvmBackend::new(host.clone(), !b.no_pool)?),
+        BackendKind::Kvm => Box::new(KvmBackend::new(host.clone(), !b.no_pool)?.with_guest_timeout(b.guest_timeout)),
         BackendKind::Model(cfg) => Box::new(ModelBackend::new(host.clone(), cfg.clone())),
         BackendKind::Lab(k) => bail!("lab:{k}: the lab backend is opened with its host facts (internal error)"),
     })
@@ -207,7 +207,12 @@ pub fn open_backend(b: &BackendArgs, o: &OracleArgs) -> Result<(Box<dyn Backend>
         return Ok((make_backend(b, &host)?, host, fp));
     };
     let given = if o.host_facts.is_some() { Some(host_facts(o, false)?) } else { None };
-    let opts = lab::LabOptions { host: given.as_ref().map(|(h, _)| h.clone()), no_pool: b.no_pool, ..lab::LabOptions::default() };
+    let opts = lab::LabOptions {
+        host: given.as_ref().map(|(h, _)| h.clone()),
+        no_pool: b.no_pool,
+        guest_timeout: Some(b.guest_timeout),
+        ..lab::LabOptions::default()
+    };
     let be = lab::LabBackend::boot(k, opts)?;
     let fp = match (given, &o.host_facts) {
         (Some((g, fp)), Some(p)) => {

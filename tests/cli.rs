@@ -36,6 +36,10 @@ fn bad_flags_are_one_line() {
     assert_one_line_error(&RIG.run(&["fuzz", "--contract", "V9"]), "V9");
     assert_one_line_error(&RIG.run(&["fuzz", "--backend", "qemu"]), "qemu");
     assert_one_line_error(&RIG.run(&["fuzz", "--duration", "soon"]), "soon");
+    assert_one_line_error(&RIG.run(&["fuzz", "--duration", "1e30"]), "1e30");
+    assert_one_line_error(&RIG.run(&["fuzz", "--guest-timeout", "500us"]), "500us");
+    assert_one_line_error(&RIG.run(&["fuzz", "--guest-timeout", "0.5ms"]), "below the minimum of 1ms");
+    assert_one_line_error(&RIG.run(&["replay", "--guest-timeout", "0", "x.case"]), "below the minimum of 1ms");
     assert_one_line_error(&RIG.run(&["fuzz", "--frobnicate"]), "frobnicate");
     assert_one_line_error(&RIG.run(&["fuzz", "--backend", "model:V3+get=V9"]), "V9");
     assert_one_line_error(&RIG.run(&["fuzz", "--backend", "model:V3+put=V1"]), "put");
@@ -288,4 +292,30 @@ fn sigkill_during_parallel_campaign_then_resume() {
     let after = assert_findings_valid(dir.path());
     assert!(after >= before);
     assert_eq!(s["findings"].as_u64(), Some(after as u64));
+}
+
+/// `--guest-timeout` changes how long a looping guest runs, never its verdict: a guest that
+/// writes XMM, spins and would then XSAVE agrees with the oracle at 1ms and at 300ms.
+#[test]
+fn guest_timeout_bounds_a_spinning_guest_whatever_the_bound() {
+    if !kvm_or_skip("guest_timeout_bounds_a_spinning_guest_whatever_the_bound") {
+        return;
+    }
+    let dir = tempdir();
+    let f = dir.path().join("spin.json");
+    let case = r#"{"config": {"cpuid": {"base": {"Supported": {"xcr0_mask": "0xffffffffffffffff", "drop_leaves": []}}, "entries": [], "reverse": false}},
+        "ops": [{"run_guest": {"actions": [{"xmm": {"seed": "0x5"}}, "spin", "xsave"]}}, "get_xsave", {"run_guest": {"actions": ["xsave"]}}]}"#;
+    std::fs::write(&f, case).expect("case");
+    for bound in ["1ms", "300ms"] {
+        let o = RIG.run(&["replay", "--guest-timeout", bound, "--json", f.to_str().expect("path")]);
+        assert_eq!(o.status.code(), Some(0), "bound {bound}: {}{}", xsave_testkit::text(&o.stdout), xsave_testkit::text(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        let run = |side: &str| {
+            v[0][side]["results"].as_array().and_then(|r| r.iter().find(|r| r["origin"] == serde_json::json!({"Op": 0})).cloned())
+        };
+        // Exit code 3: timeout.
+        assert_eq!(run("observed").map(|r| r["ret"].clone()), Some(serde_json::json!({"Ok": 3})), "bound {bound}");
+        let rules = run("expected").map(|r| r["rules"].to_string()).unwrap_or_default();
+        assert!(rules.contains("run.timeout"), "bound {bound}: rules {rules}");
+    }
 }

@@ -499,3 +499,33 @@ fn debian_5_10_under_v3_gives_only_its_documented_groups() {
     }
     eprintln!("debian:5.10 under V3: {} groups, {} findings, all agree with V0", groups.len(), cases.len());
 }
+
+/// `--guest-timeout` reaches the lab guest's backend (the Start frame): a guest that spins
+/// agrees with the oracle (exit timeout) and, bounded at 2 s, keeps the guest's KVM busy for at
+/// least that long (the default 100 ms would not).
+#[test]
+fn lab_backend_takes_the_guest_timeout() {
+    if !lab_or_skip("lab_backend_takes_the_guest_timeout") {
+        return;
+    }
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("spin.json");
+    let case = r#"{"config": {"cpuid": {"base": {"Supported": {"xcr0_mask": "0xffffffffffffffff", "drop_leaves": []}}, "entries": [], "reverse": false}},
+        "ops": [{"run_guest": {"actions": [{"xmm": {"seed": "0x5"}}, "spin", "xsave"]}}, "get_xsave", {"run_guest": {"actions": ["xsave"]}}]}"#;
+    std::fs::write(&f, case).expect("case");
+    let o = rig(&["replay", "--backend", "lab:debian:6.12", "--guest-timeout", "2s", "--json", f.to_str().expect("path")]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let v = json_of(&o);
+    let run = v[0]["observed"]["results"].as_array().and_then(|r| r.iter().find(|r| r["origin"] == serde_json::json!({"Op": 0})).cloned());
+    assert_eq!(run.map(|r| r["ret"].clone()), Some(serde_json::json!({"Ok": 3})), "timeout exit");
+    // "ran 1 cases in X s (Y s of them on the guest's KVM)"
+    let on_kvm: f64 = err
+        .split(" s of them on the guest's KVM")
+        .next()
+        .and_then(|s| s.rsplit('(').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no guest KVM time in: {err}"));
+    assert!(on_kvm >= 2.0, "the guest's KVM ran {on_kvm} s: the 2 s bound did not reach it");
+}

@@ -80,7 +80,7 @@ pub fn violated_rule(op: &Op, rules: &[Rule], what: Difference, mxcsr_invalid: b
         (Op::GetXsave2, Refused) | (Op::GetXsave2, Length) => Some(Rule::CapXsave2Size),
         (Op::GetCpuid2 { .. }, Refused) => Some(Rule::CpuidGetE2big),
         (Op::RunGuest(_), Refused) => Some(Rule::RunSetupLongMode),
-        (Op::RunGuest(_), Value) => Some(Rule::RunFault),
+        (Op::RunGuest(_), Value) => first_of(rules, &[Rule::RunTimeout]).or(Some(Rule::RunFault)),
         (Op::RunGuest(_), Length) => Some(Rule::GuestXsave),
         (Op::RunGuest(_), Bytes("xstate_bv")) => Some(Rule::GuestXsave),
         (Op::RunGuest(_), Bytes("mxcsr")) => Some(first_of(rules, &[Rule::RunEntryMxcsr]).unwrap_or(Rule::RunEntryLoad)),

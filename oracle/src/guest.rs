@@ -73,9 +73,23 @@ pub enum GuestAction {
     /// `xsave64` with EDX:EAX = all ones into the guest's output area: the guest's own view of
     /// its state, returned as the run's data.
     Xsave,
+    /// `jmp .`: the guest never reaches its end (nor any later action); the rig's watchdog
+    /// stops the run after its bound, whatever the bound (exit `timeout`, rule `run.timeout`).
+    /// Never generated (each such run costs the whole bound); case files and tests use it.
+    #[arbitrary(skip)]
+    Spin,
+    /// `ud2`: #UD on every processor (rule `run.fault`). Never generated (a run that only
+    /// faults exercises no state); case files and the stopped-guest tests use it.
+    #[arbitrary(skip)]
+    Ud2,
+    /// `mov [0], eax`: a store to page 0, which the rig never maps: #PF on every processor
+    /// (rule `run.fault`). Never generated, like [`GuestAction::Ud2`].
+    #[arbitrary(skip)]
+    StoreNull,
 }
 
-/// A straight-line guest program: it cannot loop; it ends with an MMIO write.
+/// A straight-line guest program: it ends with an MMIO write, unless an action faults or is a
+/// [`GuestAction::Spin`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct GuestProgram {
     /// Actions, in order.
@@ -125,7 +139,12 @@ impl GuestAction {
             GuestAction::Zmm { .. } => 2048,
             GuestAction::Ldmxcsr { .. } | GuestAction::Wrpkru { .. } => 4,
             GuestAction::Fldcw { .. } => 2,
-            GuestAction::Vzeroupper | GuestAction::Fninit | GuestAction::Xsave => 0,
+            GuestAction::Vzeroupper
+            | GuestAction::Fninit
+            | GuestAction::Xsave
+            | GuestAction::Spin
+            | GuestAction::Ud2
+            | GuestAction::StoreNull => 0,
         }
     }
 
@@ -138,7 +157,12 @@ impl GuestAction {
             }
             GuestAction::Ldmxcsr { value } | GuestAction::Wrpkru { value } => v.copy_from_slice(&value.to_le_bytes()),
             GuestAction::Fldcw { value } => v.copy_from_slice(&value.to_le_bytes()),
-            GuestAction::Vzeroupper | GuestAction::Fninit | GuestAction::Xsave => {}
+            GuestAction::Vzeroupper
+            | GuestAction::Fninit
+            | GuestAction::Xsave
+            | GuestAction::Spin
+            | GuestAction::Ud2
+            | GuestAction::StoreNull => {}
         }
         v
     }
@@ -260,7 +284,7 @@ impl Regs {
                 }
             }
             GuestAction::Wrpkru { value } => self.pkru = *value,
-            GuestAction::Xsave => {}
+            GuestAction::Xsave | GuestAction::Spin | GuestAction::Ud2 | GuestAction::StoreNull => {}
         }
     }
 }
@@ -277,10 +301,17 @@ impl GuestAction {
     /// Whether the action reads guest memory (its input) and writes it (a store).
     pub fn memory(&self) -> (bool, bool) {
         match self {
-            GuestAction::Vzeroupper | GuestAction::Fninit => (false, false),
-            GuestAction::Xsave => (false, true),
+            GuestAction::Vzeroupper | GuestAction::Fninit | GuestAction::Spin | GuestAction::Ud2 => (false, false),
+            GuestAction::Xsave | GuestAction::StoreNull => (false, true),
             _ => (true, false),
         }
+    }
+}
+
+impl GuestAction {
+    /// Whether the action came with case format version 3 (`Spin`, `Ud2`, `StoreNull`).
+    pub fn since_v3(&self) -> bool {
+        matches!(self, GuestAction::Spin | GuestAction::Ud2 | GuestAction::StoreNull)
     }
 }
 
@@ -306,6 +337,7 @@ pub fn faults(host: &HostFacts, regs: &Regs, a: &GuestAction, hw_xcr0: u64, cr4_
         GuestAction::Fldcw { .. } => pending_mf && x87_pending(&regs.image),
         GuestAction::Ldmxcsr { value } => value & !host.mxcsr_feature_mask != 0,
         GuestAction::Wrpkru { .. } => !cr4_pke,
+        GuestAction::Ud2 | GuestAction::StoreNull => true,
         _ => false,
     }
 }

@@ -102,7 +102,8 @@ rules! {
     QuirkPvmHostOwned = "quirk.pvm.host_owned", "§8", "quirk pvm-cpuid-rewrite: leaf 1 ECX/EDX and leaf 7 are host-derived (not predicted)", "model::cpuid::pvm_rewrite";
     RunEntryLoad = "run.entry.load", "§7 R1", "KVM_RUN loads the vCPU image: components with their XSTATE_BV bit clear enter as init, MXCSR as stored", "model::run::run_guest";
     RunEnd = "run.end", "§7 R2", "a straight-line guest program ends with its MMIO write (KVM_EXIT_MMIO)", "model::run::run_guest";
-    RunFault = "run.fault", "§7 R2", "an action the vCPU cannot execute (#UD: feature not in hardware XCR0 or CR4; #GP: bad MXCSR) ends the run in a shutdown", "model::run::run_guest";
+    RunFault = "run.fault", "§7 R2", "an action the vCPU cannot execute (#UD: feature not in hardware XCR0 or CR4, UD2; #GP: bad MXCSR; #PF: a store to page 0) ends the run in a shutdown", "model::run::run_guest";
+    RunTimeout = "run.timeout", "§7 R2", "a guest that never reaches its end (a `jmp .`) is stopped by the rig's watchdog: exit timeout whatever the bound, with the registers the actions before it wrote", "model::run::run_guest";
     RunCr4Osxsave = "run.cr4.osxsave", "§7 R3", "CR4.OSXSAVE needs XSAVE in guest CPUID (else refused; VEX and XSAVE then fault)", "model::run::cr4_accepted";
     RunHwXcr0Guest = "run.hw_xcr0.guest", "§7 R3", "while the guest runs, hardware XCR0 is the guest's XCR0", "model::run::run_guest";
     RunSaved = "run.saved", "§7 R4", "after the run the vCPU image holds the guest's registers; XSTATE_BV bit set for every component not at its init value", "model::run::save_after_run";

@@ -386,3 +386,53 @@ fn v0_amd_runs_after_a_shutdown_shut_down_at_once() {
     let v3 = run_under(&amd, Contract::V3, full_avx(), ops);
     assert_eq!(exit(&v3.results[1]), Exit::End);
 }
+
+/// run.fault: `ud2` (#UD) and a store to page 0 (#PF) fault on every processor and contract;
+/// the actions after them never run (the Xsave leaves the output area zero).
+#[test]
+fn ud2_and_null_store_fault() {
+    let h = host207();
+    for a in [A::Ud2, A::StoreNull] {
+        for c in [Contract::V0, Contract::V3] {
+            let t = run_under(&h, c, full_avx(), vec![run(vec![A::Xmm { seed: 1 }, a.clone(), A::Xsave])]);
+            let r = last(&t);
+            assert_eq!(exit(r), Exit::Shutdown, "{a:?} under {c:?}");
+            assert!(r.rules.contains(&Rule::RunFault) && !r.rules.contains(&Rule::RunEnd), "{a:?}: {:?}", r.rules);
+            assert!(r.data.iter().all(|&b| b == 0), "{a:?}: the XSAVE after the fault ran");
+        }
+    }
+}
+
+/// run.timeout: a `spin` is stopped by the watchdog: exit timeout, the actions after it never
+/// run, the registers the actions before it wrote are saved and reported, and the next run
+/// starts normally.
+#[test]
+fn spin_times_out_and_keeps_what_came_before() {
+    let h = host207();
+    let ymm = A::Ymm { seed: 3 };
+    let t = v3(&h, full_avx(), vec![run(vec![ymm.clone(), A::Spin, A::Xsave, A::Ud2]), Op::GetXsave, run(vec![A::Xsave])]);
+    let r = &t.results[t.results.len() - 3];
+    assert_eq!(exit(r), Exit::Timeout);
+    assert!(r.rules.contains(&Rule::RunTimeout) && !r.rules.contains(&Rule::RunFault) && !r.rules.contains(&Rule::RunEnd));
+    assert!(r.data.iter().all(|&b| b == 0), "the XSAVE after the spin ran");
+    let input = ymm.input();
+    let g = ok(&t.results[t.results.len() - 2]);
+    assert_eq!(&g[576..592], &input[16..32], "YMM upper half written before the spin");
+    assert_eq!(bv(g) & 0x6, 0x6);
+    let next = last(&t);
+    assert_eq!(exit(next), Exit::End);
+    assert_eq!(&next.data[576..592], &input[16..32], "the next run sees the spun guest's registers");
+}
+
+/// Cases with the version-3 actions encode as version 3 and round-trip; others keep their
+/// version.
+#[test]
+fn version_3_actions_encode_as_version_3() {
+    for (actions, ver) in [(vec![A::Spin], 3u8), (vec![A::Xmm { seed: 1 }, A::Ud2], 3), (vec![A::StoreNull], 3), (vec![A::Xsave], 2)] {
+        let case = Case { config: Config::default(), ops: vec![run(actions.clone())] };
+        let bin = case.encode();
+        assert_eq!(bin[4], ver, "{actions:?}");
+        assert_eq!(Case::decode(&bin).expect("decode"), case);
+        assert_eq!(Case::from_json(&case.to_json()).expect("json"), case);
+    }
+}

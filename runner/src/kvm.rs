@@ -18,7 +18,7 @@ use kvm_bindings::{kvm_xcr, kvm_xcrs};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use xsave_oracle::abi::cpuid::{cpuid2_entry_offset, cpuid2_nent, cpuid2_trace, find_entry, read_cpuid2, write_cpuid2, MAX_CPUID_ENTRIES};
 use xsave_oracle::abi::ioctl::KVM_CAP_XSAVE2;
 use xsave_oracle::abi::xcrs::{KvmXcr, KvmXcrs};
@@ -80,8 +80,11 @@ pub struct KvmBackend {
     xsave_size: usize,
     stats: BTreeMap<&'static str, IoctlStat>,
     last_get: Option<Vec<u8>>,
-    /// Interrupts runs that exceed [`crate::guest::TIMEOUT`]; created at the first run.
+    /// Interrupts runs that exceed `guest_timeout`; created at the first run.
     watchdog: Option<Watchdog>,
+    /// CPU-time bound of one guest run ([`crate::guest::DEFAULT_TIMEOUT`] unless set with
+    /// [`KvmBackend::with_guest_timeout`]).
+    guest_timeout: Duration,
     last_cr4: Option<u64>,
     /// The kernel log, read after each case (the second oracle); `None` where unreadable.
     kmsg: Option<crate::kmsg::Kmsg>,
@@ -121,6 +124,7 @@ impl KvmBackend {
             stats: BTreeMap::new(),
             last_get: None,
             watchdog: None,
+            guest_timeout: crate::guest::DEFAULT_TIMEOUT,
             last_cr4: None,
             kmsg: crate::kmsg::Kmsg::open(),
             executed: 0,
@@ -192,6 +196,19 @@ impl KvmBackend {
         ok
     }
 
+    /// Bound each guest run to `timeout` of the vCPU thread's CPU time (`--guest-timeout`). A
+    /// run stopped there is a `timeout` exit whatever the bound (rule `run.timeout`), so the
+    /// bound changes how long a looping guest costs, never a verdict.
+    pub fn with_guest_timeout(mut self, timeout: Duration) -> KvmBackend {
+        self.guest_timeout = timeout;
+        self
+    }
+
+    /// The CPU-time bound of one guest run.
+    pub fn guest_timeout(&self) -> Duration {
+        self.guest_timeout
+    }
+
     /// Without the kernel-log oracle (and its test hook): for the probe's own backends.
     pub fn without_kernel_log(mut self) -> KvmBackend {
         self.kmsg = None;
@@ -241,7 +258,8 @@ impl KvmBackend {
             Err(e) => return Err(BackendError::Setup(e.to_string())),
         };
         let vcpu = &mut vm.vcpu;
-        match timed(st, "KVM_RUN", || g.run(vcpu, prog, wd)) {
+        let bound = self.guest_timeout;
+        match timed(st, "KVM_RUN", || g.run(vcpu, prog, wd, bound)) {
             Ok(out) => {
                 let data = if crate::guest::reads_output(prog) {
                     let n = xsave_oracle::guest::output_size(&self.host).min(g.layout().output_size as usize);

@@ -23,7 +23,9 @@ pub const MAGIC: &[u8; 4] = b"XSRC";
 /// Current binary format version: 2 adds [`Op::RunGuest`], [`Op::SetFpu`] and [`Op::GetFpu`]
 /// (appended to the enum, so version 1 bodies decode unchanged). A case without them is still
 /// written as version 1, byte for byte as before, so existing corpora keep their names.
-pub const FORMAT_VERSION: u8 = 2;
+/// 3 adds the guest actions `Spin`, `Ud2` and `StoreNull` (appended to
+/// [`GuestAction`](crate::guest::GuestAction)); only a case that has one is written as version 3.
+pub const FORMAT_VERSION: u8 = 3;
 /// The oldest version this build reads.
 pub const FORMAT_VERSION_MIN: u8 = 1;
 
@@ -147,6 +149,11 @@ impl Op {
     pub fn needs_v2(&self) -> bool {
         matches!(self, Op::RunGuest(_) | Op::SetFpu(_) | Op::GetFpu)
     }
+
+    /// Whether the op needs format version 3 (a guest program with an action that came with it).
+    pub fn needs_v3(&self) -> bool {
+        matches!(self, Op::RunGuest(p) if p.actions.iter().any(crate::guest::GuestAction::since_v3))
+    }
 }
 
 /// The vCPU configuration applied to every fresh vCPU of a case (like a VMM's setup).
@@ -215,7 +222,13 @@ impl Case {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         out.extend_from_slice(MAGIC);
-        out.push(if self.ops.iter().any(Op::needs_v2) { FORMAT_VERSION } else { 1 });
+        out.push(if self.ops.iter().any(Op::needs_v3) {
+            3
+        } else if self.ops.iter().any(Op::needs_v2) {
+            2
+        } else {
+            1
+        });
         // postcard serialization of plain data into a Vec cannot fail.
         match postcard::to_extend(self, out) {
             Ok(v) => v,

@@ -184,6 +184,13 @@ impl Model<'_> {
                 rules.push(Rule::RunFault);
                 break;
             }
+            if *a == GuestAction::Spin {
+                // The guest loops until the rig's watchdog stops it: a timeout whatever the
+                // bound; the registers keep what the actions before it wrote.
+                exit = Exit::Timeout;
+                rules.push(Rule::RunTimeout);
+                break;
+            }
             if *a == GuestAction::Xsave {
                 allowed = self.guest_xsave(&regs, hw, &mut out);
                 if let (Some(alt), true) = (&mxcsr_alt, regs.image[abi::MXCSR..abi::MXCSR + 4] == entry_mxcsr[..]) {

@@ -8,7 +8,7 @@ use kvm_bindings::{kvm_segment, kvm_sregs};
 use std::fmt::Write;
 use xsave_oracle::guest::GuestProgram;
 use xsave_oracle::HostFacts;
-use xsave_runner::guest::{asm, build_sregs, cr4_tries, tables, Layout, TIMEOUT, WALL_TIMEOUT};
+use xsave_runner::guest::{asm, build_sregs, cr4_tries, tables, Layout, DEFAULT_TIMEOUT, WALL_TIMEOUT};
 
 /// Whether the run step's data is the output area (see [`xsave_runner::guest::reads_output`]).
 pub fn reads_output(prog: &GuestProgram) -> bool {
@@ -48,7 +48,7 @@ pub fn runtime(host: &HostFacts) -> String {
         ("GUEST_OUTPUT_READ", read as u64),
         ("GUEST_MMIO_EXIT", l.mmio_exit),
         ("GUEST_END_MARKER", u64::from(asm::END_MARKER)),
-        ("GUEST_TIMEOUT_US", TIMEOUT.as_micros() as u64),
+        ("GUEST_TIMEOUT_US", DEFAULT_TIMEOUT.as_micros() as u64),
         ("GUEST_WALL_TIMEOUT_S", WALL_TIMEOUT.as_secs()),
     ] {
         let _ = writeln!(o, "#define {name} {v:#x}UL");

@@ -118,6 +118,9 @@ fn action(a: &mut Asm, act: &GuestAction, at: u32) {
             a.bytes(&[0x48, 0x0F, 0xAE]); // xsave64 [rdi+0] (REX.W 0F AE /4)
             a.mem(4, Base::Out, 0);
         }
+        GuestAction::Spin => a.bytes(&[0xEB, 0xFE]), // jmp . (rel8 -2)
+        GuestAction::Ud2 => a.bytes(&[0x0F, 0x0B]),
+        GuestAction::StoreNull => a.bytes(&[0x89, 0x04, 0x25, 0, 0, 0, 0]), // mov [0], eax
     }
 }
 
@@ -177,6 +180,9 @@ mod tests {
         assert_eq!(&one(GuestAction::Opmask { seed: 0 }, 0)[..5], &[0xC4, 0xE1, 0xF8, 0x90, 0x86]);
         assert_eq!(one(GuestAction::Fninit, 0), vec![0xDB, 0xE3]);
         assert_eq!(one(GuestAction::Vzeroupper, 0), vec![0xC5, 0xF8, 0x77]);
+        assert_eq!(one(GuestAction::Spin, 0), vec![0xEB, 0xFE]);
+        assert_eq!(one(GuestAction::Ud2, 0), vec![0x0F, 0x0B]);
+        assert_eq!(one(GuestAction::StoreNull, 0), vec![0x89, 0x04, 0x25, 0, 0, 0, 0]);
         assert_eq!(one(GuestAction::Ldmxcsr { value: 0 }, 0x40), vec![0x0F, 0xAE, 0x96, 0x40, 0, 0, 0]);
         assert_eq!(one(GuestAction::Fldcw { value: 0 }, 0x40), vec![0xD9, 0xAE, 0x40, 0, 0, 0]);
         assert_eq!(one(GuestAction::Wrpkru { value: 0 }, 0x80), vec![0x8B, 0x86, 0x80, 0, 0, 0, 0x31, 0xC9, 0x31, 0xD2, 0x0F, 0x01, 0xEF]);

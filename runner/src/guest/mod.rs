@@ -5,7 +5,8 @@
 //! (`KVM_SET_SREGS`, which KVM checks against the guest CPUID: CR4.OSXSAVE needs XSAVE, CR4.PKE
 //! needs PKU). [`GuestVm::run`] copies a program ([`asm::assemble`]) and its inputs in, zeroes
 //! the output area, loads RIP/RSP/RFLAGS and runs the vCPU until the program's end marker (an
-//! MMIO write), a shutdown (any exception: there is no IDT), another exit, or the watchdog.
+//! MMIO write), a shutdown (any exception: there is no IDT), another exit, or the watchdog
+//! (the run's bound: [`DEFAULT_TIMEOUT`] unless the caller gives another, `--guest-timeout`).
 //!
 //! Nothing here touches the FPU/XSAVE state or XCR0: `KVM_GET_XSAVE` after a run shows what
 //! the program did.
@@ -106,12 +107,19 @@ const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 const PTE_P_RW_US: u64 = 0x7;
 
-/// CPU-time bound of one run (the vCPU thread's, guest execution included).
-pub const TIMEOUT: Duration = Duration::from_millis(100);
+/// Default CPU-time bound of one run (the vCPU thread's, guest execution included): what
+/// `--guest-timeout` sets. A run stopped at its bound is a `timeout` exit whatever the bound.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Wall-clock bound of a run, whatever CPU time it used (a guest that waits in KVM_RUN
-/// without running, e.g. halted, uses none).
+/// without running, e.g. halted, uses none); a CPU-time bound above it raises it to that bound.
 pub const WALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Period of the watchdog's signals after the first (at the bound): a run ends within one
+/// period (at most 1 ms, at most the bound) of its thread's CPU time reaching the bound.
+pub fn watchdog_period(timeout: Duration) -> Duration {
+    timeout.min(Duration::from_millis(1))
+}
 
 /// A failed guest ioctl or system call: what, and the errno (the step's `Ret::Err`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,21 +238,28 @@ impl GuestVm {
     }
 
     /// Run `prog` from the start of the code area with its inputs written, a zeroed output
-    /// area, RSP at the stack top, RFLAGS = 2 and the other GPRs 0, bounded by [`TIMEOUT`]
-    /// (`watchdog` must belong to the calling thread). The error is a failed ioctl (KVM_RUN
-    /// other than EINTR, SET_SREGS/SET_REGS) or a program that does not fit (`E2BIG`).
-    pub fn run(&mut self, vcpu: &mut VcpuFd, prog: &GuestProgram, watchdog: &Watchdog) -> Result<RunOutcome, GuestError> {
+    /// area, RSP at the stack top, RFLAGS = 2 and the other GPRs 0, bounded by `timeout` of the
+    /// thread's CPU time ([`DEFAULT_TIMEOUT`] by default; `watchdog` must belong to the calling
+    /// thread). The error is a failed ioctl (KVM_RUN other than EINTR, SET_SREGS/SET_REGS) or a
+    /// program that does not fit (`E2BIG`).
+    pub fn run(
+        &mut self,
+        vcpu: &mut VcpuFd,
+        prog: &GuestProgram,
+        watchdog: &Watchdog,
+        timeout: Duration,
+    ) -> Result<RunOutcome, GuestError> {
         let l = self.layout;
         let a = asm::assemble(prog, &l).map_err(|_| GuestError { what: "assemble", errno: libc::E2BIG })?;
         for (off, bytes) in &a.inputs {
             self.mem.write(l.input as usize + *off as usize, bytes);
         }
-        self.run_code(vcpu, &a.code, watchdog)
+        self.run_code(vcpu, &a.code, watchdog, timeout)
     }
 
     /// Run raw 64-bit `code` the way [`GuestVm::run`] runs an assembled program (tests of the
     /// watchdog run code no program assembles to, such as a loop).
-    pub fn run_code(&mut self, vcpu: &mut VcpuFd, code: &[u8], watchdog: &Watchdog) -> Result<RunOutcome, GuestError> {
+    pub fn run_code(&mut self, vcpu: &mut VcpuFd, code: &[u8], watchdog: &Watchdog, timeout: Duration) -> Result<RunOutcome, GuestError> {
         let l = self.layout;
         if code.len() as u64 > l.code_size {
             return Err(GuestError { what: "assemble", errno: libc::E2BIG });
@@ -267,7 +282,7 @@ impl GuestVm {
         } else {
             vcpu.set_regs(&regs).map_err(kerr("KVM_SET_REGS"))?;
         }
-        let out = enter(vcpu, &l, watchdog)?;
+        let out = enter(vcpu, &l, watchdog, timeout)?;
         if out.exit != Exit::End {
             self.sregs_stale = true;
         }
@@ -276,10 +291,11 @@ impl GuestVm {
 }
 
 /// `KVM_RUN` under the watchdog; an `EINTR` before the deadline (a stray signal) resumes.
-fn enter(vcpu: &mut VcpuFd, l: &Layout, watchdog: &Watchdog) -> Result<RunOutcome, GuestError> {
+fn enter(vcpu: &mut VcpuFd, l: &Layout, watchdog: &Watchdog, timeout: Duration) -> Result<RunOutcome, GuestError> {
     let start = Instant::now();
     let cpu = crate::sys::thread_cpu_time();
-    watchdog.arm(TIMEOUT, Duration::from_millis(1)).map_err(err("timer_settime"))?;
+    let wall = WALL_TIMEOUT.max(timeout);
+    watchdog.arm(timeout, watchdog_period(timeout)).map_err(err("timer_settime"))?;
     let out = loop {
         let exit = match vcpu.run() {
             Ok(VcpuExit::MmioWrite(addr, data)) if addr == l.mmio_exit && data == END_MARKER_BYTES => Exit::End,
@@ -289,7 +305,7 @@ fn enter(vcpu: &mut VcpuFd, l: &Layout, watchdog: &Watchdog) -> Result<RunOutcom
             Err(e) if e.errno() == libc::EINTR => {
                 // The limit is the thread's CPU time (guest execution included), so a host too
                 // loaded to schedule the vCPU thread does not turn a run into a timeout.
-                if crate::sys::thread_cpu_time().saturating_sub(cpu) >= TIMEOUT || start.elapsed() >= WALL_TIMEOUT {
+                if crate::sys::thread_cpu_time().saturating_sub(cpu) >= timeout || start.elapsed() >= wall {
                     break Ok(RunOutcome { exit: Exit::Timeout, reason: 0 });
                 }
                 continue;

@@ -37,6 +37,9 @@ pub struct LabOptions {
     pub boot_timeout: Option<Duration>,
     /// How long one case may take in the guest (default 120 s).
     pub case_timeout: Option<Duration>,
+    /// CPU-time bound of one guest run on the guest's KVM (default
+    /// [`crate::guest::DEFAULT_TIMEOUT`]).
+    pub guest_timeout: Option<Duration>,
 }
 
 /// Cases executed on a lab guest's KVM.
@@ -118,8 +121,12 @@ impl LabBackend {
         let hello = chan.expect(wire::HELLO, boot_timeout)?;
         let hello: Hello = chan.json(&hello)?;
         let host = opts.host.unwrap_or_else(|| hello.report.host.clone());
-        let start = serde_json::to_vec(&Start { host: host.clone(), pool: !opts.no_pool })
-            .map_err(|e| LabError::Kernel(format!("start frame: {e}")))?;
+        let start = serde_json::to_vec(&Start {
+            host: host.clone(),
+            pool: !opts.no_pool,
+            guest_timeout_us: opts.guest_timeout.map(|d| d.as_micros() as u64),
+        })
+        .map_err(|e| LabError::Kernel(format!("start frame: {e}")))?;
         wire::send(&mut chan.stream, wire::START, &start).map_err(io(&sock))?;
         chan.expect(wire::READY, boot_timeout)?;
         chan.stream.set_read_timeout(Some(case_timeout)).map_err(io(&sock))?;

@@ -54,7 +54,11 @@ fn serve_on(port: &mut std::fs::File, path: &Path) -> Result<(), LabError> {
         match (tag, backend.as_mut()) {
             (wire::START, _) => {
                 let start: Start = serde_json::from_slice(&payload).map_err(|e| LabError::Kernel(format!("start frame: {e}")))?;
-                backend = Some(KvmBackend::new(start.host, start.pool).map_err(guest)?);
+                let mut be = KvmBackend::new(start.host, start.pool).map_err(guest)?;
+                if let Some(us) = start.guest_timeout_us {
+                    be = be.with_guest_timeout(std::time::Duration::from_micros(us));
+                }
+                backend = Some(be);
                 wire::send(port, wire::READY, &[]).map_err(io(path))?;
             }
             (wire::BATCH, Some(be)) => {

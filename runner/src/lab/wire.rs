@@ -40,6 +40,9 @@ pub(super) struct Start {
     pub host: HostFacts,
     /// Reuse one vCPU across cases.
     pub pool: bool,
+    /// CPU-time bound of one guest run, in microseconds (none: the default).
+    #[serde(default)]
+    pub guest_timeout_us: Option<u64>,
 }
 
 /// One case's result in the guest.
