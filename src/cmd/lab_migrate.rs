@@ -40,8 +40,9 @@ fn target(spec: &str, be: &LabBackend) -> Result<Target> {
 pub fn run(a: Args) -> Result<i32> {
     // The same input bytes on both kernels (CPUID bases rendered against one reference).
     let list = a.source.list()?;
-    // One guest boots after the other: two at once on a fresh cache sometimes lost a guest's
-    // control channel right after boot (cause not found yet).
+    // One guest boots after the other: two TCG boots at once on 2 cores made the race the lab
+    // init had with virtio_console's port naming (fixed: it now waits for the port) likely,
+    // and a boot costs seconds against the minutes the cases take.
     let boot = |spec: &str| LabBackend::boot(spec, LabOptions::default()).with_context(|| format!("lab guest {spec}"));
     let mut src = boot(&a.from)?;
     let mut dst = boot(&a.to)?;
