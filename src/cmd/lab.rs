@@ -28,7 +28,7 @@ pub enum LabCmd {
     /// Build a kernel from Debian's linux-source-X.Y package (resolved through the lab's apt
     /// configuration, newest version), with patches and a config fragment, configured as
     /// `make tinyconfig` plus the lab's base fragment (runner/src/lab/build.config: 64-bit,
-    /// virtio-pci, virtio console, KVM_AMD, all built in) plus --config. Cached by source
+    /// virtio-pci, virtio console, KVM_AMD, KALLSYMS, all built in) plus --config. Cached by source
     /// version, every patch in its order, fragments: prints the kernel id (build-X.Y-<hash12>)
     /// that `lab run --kernel` and `--backend lab:ID` accept.
     Build {
