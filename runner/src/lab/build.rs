@@ -1,18 +1,18 @@
 //! Kernels built from source for the lab (`lab build`): Debian's `linux-source-X.Y` package,
 //! resolved and downloaded through the lab's private apt configuration, unpacked, patched
 //! (each patch in the order given, `patch -p1 --fuzz=0`: the context must match, as for
-//! `git apply`), configured as
-//! `make tinyconfig` plus the lab's base fragment (`build.config` next to this file) plus the
-//! user's fragment, and built as a `bzImage` with everything the lab needs built in (no
-//! modules).
+//! `git apply`), configured as `make tinyconfig` plus the lab's base fragment (`build.config`
+//! next to this file) plus the user's fragment, and built as a `bzImage` with everything the
+//! lab needs built in (no modules).
 //!
 //! The result is cached as `kernels/build-X.Y-<hash12>/` like a downloaded kernel, the hash
 //! covering the resolved source version, every patch's bytes in their order, the user's
-//! fragment and the base fragment: a second build with the same inputs is a cache hit, and the id boots anywhere a
-//! kernel id is accepted (`lab run --kernel`, `--backend lab:ID`). The source tree lives in
-//! `builds/<id>/` while building and is removed once the image is installed or the build
-//! failed (a failed build leaves `builds/<id>.log` and `builds/<id>.config`); the kernel's
-//! directory keeps its `config` and `build.json`. The source package itself is kept in
+//! fragment and the base fragment: a second build with the same inputs is a cache hit, and
+//! the id boots anywhere a kernel id is accepted (`lab run --kernel`, `--backend lab:ID`).
+//! The source tree lives in `builds/<id>/` while building and is removed once the image is
+//! installed or the build failed (a failed build leaves `builds/<id>.log` and
+//! `builds/<id>.config`); the kernel's directory keeps its `config` and `build.json` (the
+//! patches' paths and hashes in order). The source package itself is kept in
 //! `builds/sources/`.
 
 use super::debian::{apt_conf, apt_lock, download, newest};
