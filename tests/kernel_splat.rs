@@ -1,7 +1,10 @@
 //! The kernel's own signals are a second oracle: a WARN logged while a case runs is a
 //! `kernel-splat` finding attributed to that case. The splat is provoked on purpose through the
 //! test hook `XSAVE_RIG_TEST_KMSG_AT=N`, which logs a WARN-shaped record to `/dev/kmsg` while
-//! the backend runs its N-th case.
+//! the backend runs its N-th case. What this adds to the real splat of `tests/lab_build.rs` (a
+//! kernel built to WARN on a marked KVM_SET_XSAVE, in the lab): it runs on this host's own
+//! `/dev/kmsg` reader, needs no special kernel, and checks a campaign's finding on disk and
+//! `replay` of that finding.
 
 use xsave_testkit::{injected_splat, kvm_or_skip, tempdir, Rig};
 

@@ -354,7 +354,9 @@ fn lab_backend_guest_death_and_silence_are_errors() {
 /// The kernel-log oracle through the lab backend: the test hook `XSAVE_RIG_TEST_KMSG_AT`
 /// reaches the guest, whose backend logs a WARN-shaped record into the guest kernel's log while
 /// its 11th case runs; the campaign on this host gets it with that case's result and files a
-/// `kernel-splat` finding for the campaign's case of that iteration (and no other).
+/// `kernel-splat` finding for the campaign's case of that iteration (and no other). The record
+/// is injected: this tests the relay through the lab and a lab campaign's finding on disk on a
+/// stock kernel. `tests/lab_build.rs` provokes a real WARN in a built kernel.
 #[test]
 fn lab_backend_attributes_a_guest_kernel_splat_to_its_case() {
     if !lab_or_skip("lab_backend_attributes_a_guest_kernel_splat_to_its_case") {

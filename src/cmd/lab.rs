@@ -26,18 +26,20 @@ pub enum LabCmd {
         modules: Option<PathBuf>,
     },
     /// Build a kernel from Debian's linux-source-X.Y package (resolved through the lab's apt
-    /// configuration, newest version), with a patch and a config fragment, configured as
+    /// configuration, newest version), with patches and a config fragment, configured as
     /// `make tinyconfig` plus the lab's base fragment (runner/src/lab/build.config: 64-bit,
-    /// virtio-pci, virtio console, KVM_AMD, all built in) plus --config. Cached by source
-    /// version, patch, fragments: prints the kernel id (build-X.Y-<hash12>) that `lab run
-    /// --kernel` and `--backend lab:ID` accept.
+    /// virtio-pci, virtio console, KVM_AMD, KALLSYMS, all built in) plus --config. Cached by source
+    /// version, every patch in its order, fragments: prints the kernel id (build-X.Y-<hash12>)
+    /// that `lab run --kernel` and `--backend lab:ID` accept.
     Build {
         /// The source: debian:X.Y (e.g. debian:6.12).
         #[arg(long)]
         source: String,
-        /// A patch to apply with `patch -p1 --fuzz=0` (e.g. a `git format-patch` file).
-        #[arg(long)]
-        patch: Option<PathBuf>,
+        /// A patch to apply with `patch -p1 --fuzz=0` (e.g. a `git format-patch` file). May
+        /// be given more than once: the patches are applied in the order given (a later one
+        /// sees the earlier ones' changes), and the order is part of the cache key.
+        #[arg(long = "patch")]
+        patches: Vec<PathBuf>,
         /// A kernel config fragment (CONFIG_X=y lines) merged over the lab's base fragment.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -122,8 +124,8 @@ pub fn run(cmd: LabCmd) -> Result<i32> {
             println!("{}  release {}  {} modules  ({})", k.id, k.release, k.modules.len(), k.packages.join(", "));
             Ok(0)
         }
-        LabCmd::Build { source, patch, config, jobs } => {
-            let req = lab::BuildRequest { source, patch, config, jobs };
+        LabCmd::Build { source, patches, config, jobs } => {
+            let req = lab::BuildRequest { source, patches, config, jobs };
             let b = lab::build_kernel(&req, &mut |line| eprintln!("xsave-rig lab build: {line}"))?;
             eprintln!(
                 "xsave-rig lab build: {} {} ({}, release {}) in {:.1} s",

@@ -1,17 +1,18 @@
 //! Kernels built from source for the lab (`lab build`): Debian's `linux-source-X.Y` package,
 //! resolved and downloaded through the lab's private apt configuration, unpacked, patched
-//! (`patch -p1 --fuzz=0`: the context must match, as for `git apply`), configured as
-//! `make tinyconfig` plus the lab's base fragment (`build.config` next to this file) plus the
-//! user's fragment, and built as a `bzImage` with everything the lab needs built in (no
-//! modules).
+//! (each patch in the order given, `patch -p1 --fuzz=0`: the context must match, as for
+//! `git apply`), configured as `make tinyconfig` plus the lab's base fragment (`build.config`
+//! next to this file) plus the user's fragment, and built as a `bzImage` with everything the
+//! lab needs built in (no modules).
 //!
 //! The result is cached as `kernels/build-X.Y-<hash12>/` like a downloaded kernel, the hash
-//! covering the resolved source version, the patch bytes, the user's fragment and the base
-//! fragment: a second build with the same inputs is a cache hit, and the id boots anywhere a
-//! kernel id is accepted (`lab run --kernel`, `--backend lab:ID`). The source tree lives in
-//! `builds/<id>/` while building and is removed once the image is installed or the build
-//! failed (a failed build leaves `builds/<id>.log` and `builds/<id>.config`); the kernel's
-//! directory keeps its `config` and `build.json`. The source package itself is kept in
+//! covering the resolved source version, every patch's bytes in their order, the user's
+//! fragment and the base fragment: a second build with the same inputs is a cache hit, and
+//! the id boots anywhere a kernel id is accepted (`lab run --kernel`, `--backend lab:ID`).
+//! The source tree lives in `builds/<id>/` while building and is removed once the image is
+//! installed or the build failed (a failed build leaves `builds/<id>.log` and
+//! `builds/<id>.config`); the kernel's directory keeps its `config` and `build.json` (the
+//! patches' paths and hashes in order). The source package itself is kept in
 //! `builds/sources/`.
 
 use super::debian::{apt_conf, apt_lock, download, newest};
@@ -30,8 +31,9 @@ pub const BASE_CONFIG: &str = include_str!("build.config");
 pub struct BuildRequest {
     /// `debian:X.Y`: Debian's `linux-source-X.Y` package, newest version the archive serves.
     pub source: String,
-    /// A patch applied with `patch -p1 --fuzz=0` (e.g. a `git format-patch` file).
-    pub patch: Option<PathBuf>,
+    /// Patches applied in this order, each with `patch -p1 --fuzz=0` (e.g. `git format-patch`
+    /// files).
+    pub patches: Vec<PathBuf>,
     /// A configuration fragment merged over the lab's base fragment.
     pub config: Option<PathBuf>,
     /// `make -j` (default: the available parallelism).
@@ -55,12 +57,19 @@ pub struct Built {
 #[derive(Serialize)]
 struct BuildRecord<'a> {
     source: &'a str,
-    patch: Option<String>,
-    patch_hash: Option<String>,
+    /// The patches in the order applied: path and content hash.
+    patches: Vec<PatchRecord>,
     config_hash: Option<String>,
     base_config_hash: String,
     seconds: f64,
     jobs: usize,
+}
+
+/// One applied patch in `build.json`.
+#[derive(Serialize)]
+struct PatchRecord {
+    path: String,
+    hash: String,
 }
 
 fn kerr(msg: String) -> LabError {
@@ -85,18 +94,24 @@ fn read_opt(p: Option<&Path>, what: &str) -> Result<Option<Vec<u8>>, LabError> {
     }
 }
 
-/// The cache key of a build: length-prefixed fields, so no two inputs share a key.
-fn key(version: &str, patch: Option<&[u8]>, config: Option<&[u8]>) -> String {
+/// The cache key of a build: length-prefixed fields (the patches as their count, then each
+/// one in order), so no two inputs share a key.
+fn key(version: &str, patches: &[Vec<u8>], config: Option<&[u8]>) -> String {
     let mut b = Vec::new();
-    for f in [Some(version.as_bytes()), patch, config, Some(BASE_CONFIG.as_bytes())] {
-        match f {
-            Some(f) => {
-                b.extend_from_slice(&(f.len() as u64).to_le_bytes());
-                b.extend_from_slice(f);
-            }
-            None => b.extend_from_slice(&u64::MAX.to_le_bytes()),
+    let field = |b: &mut Vec<u8>, f: Option<&[u8]>| match f {
+        Some(f) => {
+            b.extend_from_slice(&(f.len() as u64).to_le_bytes());
+            b.extend_from_slice(f);
         }
+        None => b.extend_from_slice(&u64::MAX.to_le_bytes()),
+    };
+    field(&mut b, Some(version.as_bytes()));
+    b.extend_from_slice(&(patches.len() as u64).to_le_bytes());
+    for p in patches {
+        field(&mut b, Some(p));
     }
+    field(&mut b, config);
+    field(&mut b, Some(BASE_CONFIG.as_bytes()));
     xsave_oracle::hash::content_hash(&b)[..12].to_string()
 }
 
@@ -176,7 +191,11 @@ fn source_deb(conf: &Path, pkg: &str, version: &str, progress: &mut dyn FnMut(&s
 pub fn build_kernel(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Result<Built, LabError> {
     let t = Instant::now();
     let series = series(&req.source)?;
-    let patch = read_opt(req.patch.as_deref(), "--patch")?;
+    let patches = req
+        .patches
+        .iter()
+        .map(|p| std::fs::read(p).map_err(|e| kerr(format!("--patch {}: {e}", p.display()))))
+        .collect::<Result<Vec<_>, _>>()?;
     let config = read_opt(req.config.as_deref(), "--config")?;
     let fragment = match &config {
         Some(c) => String::from_utf8(c.clone()).map_err(|_| kerr("--config: the fragment is not UTF-8 text".into()))?,
@@ -187,7 +206,7 @@ pub fn build_kernel(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Resul
     let conf = apt_conf()?;
     let version = newest(&conf, &pkg)?;
     let source = format!("{pkg}={version}");
-    let id = format!("build-{series}-{}", key(&version, patch.as_deref(), config.as_deref()));
+    let id = format!("build-{series}-{}", key(&version, &patches, config.as_deref()));
     let dir = cache_dir().join("kernels").join(&id);
     if let Ok(kernel) = load_kernel(&dir) {
         return Ok(Built { kernel, cached: true, seconds: t.elapsed().as_secs_f64(), source });
@@ -227,7 +246,7 @@ pub fn build_kernel(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Resul
     std::fs::create_dir_all(&work).map_err(io(&work))?;
     let jobs = req.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let files = Files { work: &work, log: builds.join(format!("{id}.log")), config: builds.join(format!("{id}.config")) };
-    let built = compile(&files, &deb, &source, req.patch.as_deref(), &fragment, jobs, progress);
+    let built = compile(&files, &deb, &source, &req.patches, &fragment, jobs, progress);
     let (image, release) = match built {
         Ok(b) => b,
         Err(e) => {
@@ -237,9 +256,13 @@ pub fn build_kernel(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Resul
         }
     };
     let mut packages = vec![source.clone()];
-    if let (Some(p), Some(b)) = (&req.patch, &patch) {
-        packages.push(format!("patch {} ({})", p.display(), xsave_oracle::hash::content_hash(b)));
-    }
+    let applied: Vec<PatchRecord> = req
+        .patches
+        .iter()
+        .zip(&patches)
+        .map(|(p, b)| PatchRecord { path: p.display().to_string(), hash: xsave_oracle::hash::content_hash(b) })
+        .collect();
+    packages.extend(applied.iter().map(|p| format!("patch {} ({})", p.path, p.hash)));
     if let (Some(p), Some(b)) = (&req.config, &config) {
         packages.push(format!("config {} ({})", p.display(), xsave_oracle::hash::content_hash(b)));
     }
@@ -247,8 +270,7 @@ pub fn build_kernel(req: &BuildRequest, progress: &mut dyn FnMut(&str)) -> Resul
     let seconds = t.elapsed().as_secs_f64();
     let record = BuildRecord {
         source: &source,
-        patch: req.patch.as_ref().map(|p| p.display().to_string()),
-        patch_hash: patch.as_deref().map(xsave_oracle::hash::content_hash),
+        patches: applied,
         config_hash: config.as_deref().map(xsave_oracle::hash::content_hash),
         base_config_hash: xsave_oracle::hash::content_hash(BASE_CONFIG.as_bytes()),
         seconds,
@@ -270,12 +292,13 @@ struct Files<'a> {
     config: PathBuf,
 }
 
-/// Unpack `deb`, patch, configure and build: the bzImage and the kernel release.
+/// Unpack `deb`, apply `patches` in order, configure and build: the bzImage and the kernel
+/// release.
 fn compile(
     f: &Files,
     deb: &Path,
     source: &str,
-    patch: Option<&Path>,
+    patches: &[PathBuf],
     fragment: &str,
     jobs: usize,
     progress: &mut dyn FnMut(&str),
@@ -297,7 +320,7 @@ fn compile(
         .map(|e| e.path())
         .find(|p| p.join("Makefile").is_file())
         .ok_or_else(|| kerr(format!("no kernel tree with a Makefile under {}", f.work.display())))?;
-    if let Some(p) = patch {
+    for p in patches {
         progress(&format!("applying {}", p.display()));
         let abs = std::fs::canonicalize(p).map_err(io(p))?;
         let out = Command::new("patch")
@@ -367,13 +390,21 @@ mod tests {
 
     #[test]
     fn keys_cover_every_input() {
-        let k = key("1", Some(b"p"), Some(b"c"));
+        let v = |p: &[&[u8]]| p.iter().map(|b| b.to_vec()).collect::<Vec<_>>();
+        let k = key("1", &v(&[b"p"]), Some(b"c"));
         assert_eq!(k.len(), 12);
-        assert_ne!(k, key("2", Some(b"p"), Some(b"c")));
-        assert_ne!(k, key("1", Some(b"q"), Some(b"c")));
-        assert_ne!(k, key("1", Some(b"p"), None));
-        assert_ne!(key("1", None, Some(b"")), key("1", Some(b""), None));
-        assert_eq!(k, key("1", Some(b"p"), Some(b"c")));
+        assert_ne!(k, key("2", &v(&[b"p"]), Some(b"c")));
+        assert_ne!(k, key("1", &v(&[b"q"]), Some(b"c")));
+        assert_ne!(k, key("1", &v(&[b"p"]), None));
+        assert_ne!(key("1", &[], Some(b"")), key("1", &v(&[b""]), None));
+        assert_eq!(k, key("1", &v(&[b"p"]), Some(b"c")));
+        // Every patch counts, in its order, and patch boundaries are part of the key.
+        let two = key("1", &v(&[b"p", b"q"]), None);
+        assert_ne!(two, key("1", &v(&[b"p"]), None));
+        assert_ne!(two, key("1", &v(&[b"q", b"p"]), None));
+        assert_ne!(two, key("1", &v(&[b"pq"]), None));
+        assert_ne!(two, key("1", &v(&[b"p"]), Some(b"q")));
+        assert_eq!(two, key("1", &v(&[b"p", b"q"]), None));
     }
 
     #[test]
