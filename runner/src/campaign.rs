@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use xsave_oracle::gen::GenOptions;
-use xsave_oracle::judge::{judge, kernel_splat};
+use xsave_oracle::judge::{complete, judge_to, kernel_splat, Depth};
 use xsave_oracle::trace::Trace;
 use xsave_oracle::verdict::Verdict;
 use xsave_oracle::{Case, HostFacts, ModelConfig, Op};
@@ -695,9 +695,11 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
         }
         let Some(Pending { i, case, added, result }) = pending.pop_front() else { break };
         let Executed { trace: observed, kernel_log: log } = result?;
-        let (expected, verdict) = judge(&case, &host, &cfg.model, &observed);
+        // Worked out to what every diverging case is counted and grouped by; a new signature
+        // is completed below, before it is written.
+        let (expected, verdict) = judge_to(&case, &host, &cfg.model, &observed, Depth::Triage);
         // The kernel's own signal outranks the oracle's: a splat is the case's finding.
-        let verdict = if log.is_empty() { verdict } else { Verdict::Diverge(Box::new(kernel_splat(&case, &cfg.model, log))) };
+        let mut verdict = if log.is_empty() { verdict } else { Verdict::Diverge(Box::new(kernel_splat(&case, &cfg.model, log))) };
         if cfg.feedback {
             let points = crate::feedback::Feedback::points_of(&case, &expected);
             let added = match added {
@@ -737,7 +739,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
         if verdict == Verdict::Agree && expected.results.iter().any(|r| !r.unpredicted.is_empty()) {
             s.agree_unpredicted += 1;
         }
-        if let Verdict::Diverge(d) = &verdict {
+        if let Verdict::Diverge(d) = &mut verdict {
             if cfg.stop_on_class == Some(d.class) && s.first_hit.is_none() {
                 s.first_hit = Some((s.execs, start.elapsed().as_secs_f64()));
             }
@@ -752,6 +754,9 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
                 s.known_issue_cases += 1;
             }
             if known.insert(d.signature.clone()) {
+                if d.class != xsave_oracle::verdict::Class::KernelSplat {
+                    complete(&case, &host, &cfg.model, &expected, &observed, d);
+                }
                 if d.known_issue.is_some() {
                     s.known_signatures.push(d.signature.clone());
                 } else {
