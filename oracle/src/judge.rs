@@ -134,7 +134,7 @@ pub fn judge_to(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Tra
         let mut with = cfg.clone();
         with.quirks.extend(&qs);
         let alt = model::predict_following(case, host, &with, observed);
-        if diff(case, host, &with, &alt, observed) == Verdict::Agree {
+        if crate::diff::agrees(case, &alt, observed) {
             // The quirk that names the case: the CPUID rewrite when it alone explains it.
             let q = qs[0];
             d.explained_by = Some(q);

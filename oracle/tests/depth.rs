@@ -1,9 +1,11 @@
 //! Judging to a depth: `judge_to(.., Triage)` then `complete` is exactly `judge`, and the
 //! signature (and class) is the same at every depth. Campaigns rely on it: they triage every
 //! diverging case and complete only new signatures; the minimizer checks signatures only.
+//! And the quirk tries' `agrees` is exactly `diff(..) == Agree`.
 
 use arbitrary::Unstructured;
 use rand::{rngs::SmallRng, RngCore, SeedableRng};
+use xsave_oracle::diff::{agrees, diff};
 use xsave_oracle::gen::{case, GenOptions};
 use xsave_oracle::host::{HostFacts, Quirk};
 use xsave_oracle::judge::{complete, judge, judge_to, Depth};
@@ -17,7 +19,7 @@ fn triage_then_complete_is_judge_and_every_depth_gives_the_same_signature() {
     host.quirks = vec![Quirk::PvmCpuidRewrite, Quirk::KvmFpuLegacy];
     let strict = ModelConfig::default();
     let mut rng = SmallRng::seed_from_u64(0xde97);
-    let (mut diverged, mut completed) = (0, 0);
+    let (mut diverged, mut completed, mut agreed) = (0, 0, 0);
     for contract in [Contract::V0, Contract::V1, Contract::V2a, Contract::V2b] {
         let kernel = ModelConfig::new(contract, vec![Quirk::KvmFpuLegacy]);
         for _ in 0..300 {
@@ -29,6 +31,14 @@ fn triage_then_complete_is_judge_and_every_depth_gives_the_same_signature() {
             let (e2, triaged) = judge_to(&c, &host, &strict, &observed, Depth::Triage);
             let (_, sig) = judge_to(&c, &host, &strict, &observed, Depth::Signature);
             assert_eq!(expected, e2);
+            // The quirk tries' agreement check is diff's, without building the divergence.
+            for quirks in [vec![], vec![Quirk::PvmCpuidRewrite], vec![Quirk::KvmFpuLegacy], host.quirks.clone()] {
+                let with = ModelConfig::new(Contract::V3, quirks);
+                let alt = predict(&c, &host, &with);
+                let agree = diff(&c, &host, &with, &alt, &observed) == Verdict::Agree;
+                assert_eq!(agrees(&c, &alt, &observed), agree, "{c:?}");
+                agreed += usize::from(agree);
+            }
             match (full, triaged, sig) {
                 (Verdict::Agree, Verdict::Agree, Verdict::Agree) => {}
                 (Verdict::Diverge(f), Verdict::Diverge(mut t), Verdict::Diverge(s)) => {
@@ -45,4 +55,5 @@ fn triage_then_complete_is_judge_and_every_depth_gives_the_same_signature() {
     }
     // The comparison covered divergences, and some whose completion adds something.
     assert!(diverged > 50 && completed > 0, "{diverged} divergences, {completed} with consequences");
+    assert!(agreed > 50, "{agreed} agreeing predictions");
 }
