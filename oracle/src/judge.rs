@@ -117,7 +117,8 @@ pub fn judge(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace)
 /// [`complete`] give exactly what [`judge`] gives; a campaign completes only the divergences
 /// whose signature it has not seen before.
 pub fn judge_to(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace, depth: Depth) -> (Trace, Verdict) {
-    let expected = model::predict_following(case, host, cfg, observed);
+    let missing: Vec<Quirk> = host.quirks.iter().copied().filter(|q| !cfg.quirks.contains(q)).collect();
+    let (expected, asked) = model::predict_following_consulting(case, host, cfg, observed, &missing);
     let Verdict::Diverge(mut d) = diff(case, host, cfg, &expected, observed) else {
         return (expected, Verdict::Agree);
     };
@@ -125,12 +126,16 @@ pub fn judge_to(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Tra
         explain(case, host, cfg, &expected, observed, &mut d);
     }
     // Each missing quirk alone, then all of them together.
-    let missing: Vec<Quirk> = host.quirks.iter().copied().filter(|q| !cfg.quirks.contains(q)).collect();
     let mut tries: Vec<Vec<Quirk>> = missing.iter().map(|q| vec![*q]).collect();
     if missing.len() > 1 {
         tries.push(missing.clone());
     }
     for qs in tries {
+        // A prediction that never asked about these quirks is the same with them modelled:
+        // it diverges again.
+        if !qs.iter().any(|q| asked.contains(q)) {
+            continue;
+        }
         let mut with = cfg.clone();
         with.quirks.extend(&qs);
         let alt = model::predict_following(case, host, &with, observed);
