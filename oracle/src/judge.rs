@@ -5,6 +5,11 @@
 //! observation violates and the consequences of the first divergence ([`crate::cause`]), a
 //! host quirk the model can be asked for that makes the case agree, and a publicly known
 //! issue it matches ([`crate::known`]).
+//!
+//! [`judge`] works a divergence out in full; [`judge_to`] stops at a [`Depth`] (the signature
+//! only, for a minimizer's candidates; triage, for the counts and groups a campaign keeps of
+//! every diverging case), and [`complete`] adds the rest (the re-synchronised consequences,
+//! the costliest part), so that a campaign pays for it once per new signature.
 
 use crate::abi;
 use crate::case::{Case, Origin};
