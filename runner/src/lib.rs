@@ -29,6 +29,7 @@ pub mod probe;
 pub mod seeds;
 pub mod stamp;
 pub mod store;
+pub mod summary;
 #[allow(unsafe_code)]
 pub mod sys;
 
