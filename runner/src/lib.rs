@@ -15,6 +15,7 @@ pub mod campaign;
 pub mod corpus;
 pub mod differential;
 pub mod feedback;
+pub mod findings;
 pub mod groups;
 pub mod guest;
 pub mod jobs;

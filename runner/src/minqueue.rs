@@ -1,6 +1,6 @@
 //! Minimization off the campaign's hot path.
 //!
-//! A new finding is written *raw* the moment it is found (`campaign::write_raw`: the case as
+//! A new finding is written *raw* the moment it is found (`findings::write_raw`: the case as
 //! found in `case.bin`, the finding run's verdict and traces in `verdict.json`, `host.json`;
 //! no `minimize.json`, `original.bin` or `case.json`, which the final finding adds). It joins
 //! this [`Queue`]; the campaign loop gives the queue time slices so that minimization takes at
@@ -28,7 +28,8 @@
 //! share bounds the cost where one minimization takes seconds (2000 executions on a slow
 //! kernel, as under the lab), which these configurations do not reach.
 
-use crate::campaign::{finding_files, place_finding, CampaignError, Finding};
+use crate::campaign::CampaignError;
+use crate::findings::{finding_files, place_finding, Finding};
 use crate::minimize::{MinStats, Shrinker};
 use crate::Backend;
 use std::collections::VecDeque;
