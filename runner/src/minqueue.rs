@@ -26,9 +26,9 @@
 //! hundred fast executions, and writing each finding twice (raw, then final; every file an
 //! fsync) costs more than the inline minimization did. In `bench --findings-load` (3 s
 //! campaigns) the minimizer takes about 5 % of the loaded campaign's time and its queue is
-//! empty at the stop; most of the rest of the gap was judging every diverging case in full
-//! (one in three there), which campaigns now do only for a new signature
-//! (`xsave_oracle::judge::judge_to`). The share bounds the cost where one minimization takes
+//! empty at the stop; the rest of the gap is judging the diverging cases (one in three there;
+//! campaigns now work out consequences only for a new signature,
+//! `xsave_oracle::judge::judge_to`) and each finding's fsyncs, in similar parts. The share bounds the cost where one minimization takes
 //! seconds (2000 executions on a slow kernel, as under the lab), which these configurations do
 //! not reach.
 
