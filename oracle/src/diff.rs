@@ -86,6 +86,19 @@ pub fn step_differs(op: &Op, host: &HostFacts, exp: &OpResult, obs: &OpResult) -
     exp.ret != obs.ret || exp.data.len() != obs.data.len() || !byte_diffs(op, host, &exp, obs).is_empty()
 }
 
+/// Whether [`diff`] finds `expected` and `observed` agreeing for `case`, without building the
+/// divergence (no byte runs, regions, class or signature): what a quirk try needs to know.
+pub fn agrees(case: &Case, expected: &Trace, observed: &Trace) -> bool {
+    let steps = case.steps().len();
+    let compared = steps.min(expected.results.len()).min(observed.results.len());
+    expected.results.iter().zip(&observed.results).take(compared).all(|(exp, obs)| {
+        let (exp, _) = exp.resolve(obs);
+        exp.ret == obs.ret
+            && exp.data.len() == obs.data.len()
+            && exp.data.iter().zip(&obs.data).enumerate().all(|(i, (e, o))| e == o || covered(&exp.unpredicted, i))
+    }) && expected.results.len() == observed.results.len()
+}
+
 /// Differing byte runs, split at region boundaries.
 fn byte_diffs(op: &Op, host: &HostFacts, exp: &OpResult, obs: &OpResult) -> Vec<ByteDiff> {
     let mut out: Vec<ByteDiff> = Vec::new();

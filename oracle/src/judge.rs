@@ -5,6 +5,11 @@
 //! observation violates and the consequences of the first divergence ([`crate::cause`]), a
 //! host quirk the model can be asked for that makes the case agree, and a publicly known
 //! issue it matches ([`crate::known`]).
+//!
+//! [`judge`] works a divergence out in full; [`judge_to`] stops at a [`Depth`] (the signature
+//! only, for a minimizer's candidates; triage, for the counts and groups a campaign keeps of
+//! every diverging case), and [`complete`] adds the rest (the re-synchronised consequences,
+//! the costliest part), so that a campaign pays for it once per new signature.
 
 use crate::abi;
 use crate::case::{Case, Origin};
@@ -91,29 +96,55 @@ pub fn diff_explained(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected
     }
 }
 
+/// How much of a divergence [`judge_to`] works out. Each depth is the one before plus more;
+/// the signature is the same at every depth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Depth {
+    /// The verdict's class and signature (the diff, and the quirk that explains it if one
+    /// does): what a minimizer needs to know whether a candidate keeps its finding.
+    Signature,
+    /// Also the explanation ([`explain`]: violated rule, title) and the known issue it
+    /// matches: what a campaign counts and groups for every diverging case.
+    Triage,
+    /// Also the consequences and further symptoms ([`complete`]): what a stored finding holds.
+    Full,
+}
+
 /// Predict `case` under `cfg`, compare with `observed`, and when they diverge try each quirk
 /// the host is known to have but `cfg` does not model: if the prediction with that quirk
-/// agrees, the divergence is attributed to it (class [`Class::CpuidConfig`]).
+/// agrees, the divergence is attributed to it (class [`Class::CpuidConfig`]). The divergence
+/// is worked out in full ([`Depth::Full`]).
 pub fn judge(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace) -> (Trace, Verdict) {
-    let expected = model::predict_following(case, host, cfg, observed);
-    let Verdict::Diverge(mut d) = diff_explained(case, host, cfg, &expected, observed) else {
+    judge_to(case, host, cfg, observed, Depth::Full)
+}
+
+/// [`judge`], working a divergence out to `depth` only. `judge_to(.., Triage)` and then
+/// [`complete`] give exactly what [`judge`] gives; a campaign completes only the divergences
+/// whose signature it has not seen before.
+pub fn judge_to(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace, depth: Depth) -> (Trace, Verdict) {
+    let missing: Vec<Quirk> = host.quirks.iter().copied().filter(|q| !cfg.quirks.contains(q)).collect();
+    let (expected, asked) = model::predict_following_consulting(case, host, cfg, observed, &missing);
+    let Verdict::Diverge(mut d) = diff(case, host, cfg, &expected, observed) else {
         return (expected, Verdict::Agree);
     };
-    if let Some((consequences, further)) = cause::resync(case, host, cfg, &expected, observed, d.step) {
-        d.consequences = consequences;
-        d.further = further;
+    if depth != Depth::Signature {
+        explain(case, host, cfg, &expected, observed, &mut d);
     }
     // Each missing quirk alone, then all of them together.
-    let missing: Vec<Quirk> = host.quirks.iter().copied().filter(|q| !cfg.quirks.contains(q)).collect();
     let mut tries: Vec<Vec<Quirk>> = missing.iter().map(|q| vec![*q]).collect();
     if missing.len() > 1 {
         tries.push(missing.clone());
     }
     for qs in tries {
+        // A prediction that never asked about these quirks is the same with them modelled:
+        // it diverges again.
+        if !qs.iter().any(|q| asked.contains(q)) {
+            continue;
+        }
         let mut with = cfg.clone();
         with.quirks.extend(&qs);
         let alt = model::predict_following(case, host, &with, observed);
-        if diff(case, host, &with, &alt, observed) == Verdict::Agree {
+        if crate::diff::agrees(case, &alt, observed) {
             // The quirk that names the case: the CPUID rewrite when it alone explains it.
             let q = qs[0];
             d.explained_by = Some(q);
@@ -129,13 +160,26 @@ pub fn judge(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace)
             break;
         }
     }
-    if d.explained_by.is_none() {
+    if depth != Depth::Signature && d.explained_by.is_none() {
         if let Some(k) = crate::known::matching(case, &d) {
             d.known_issue = Some(k.id.to_string());
             d.title = format!("{} [known issue {}]", d.title, k.id);
         }
     }
+    if depth == Depth::Full {
+        complete(case, host, cfg, &expected, observed, &mut d);
+    }
     (expected, Verdict::Diverge(d))
+}
+
+/// Work a divergence judged to [`Depth::Triage`] out in full: the steps after the first
+/// divergence that are its consequences and those that are further symptoms
+/// ([`cause::resync`], the model re-run once per divergence: the costliest part of judging).
+pub fn complete(case: &Case, host: &HostFacts, cfg: &ModelConfig, expected: &Trace, observed: &Trace, d: &mut Divergence) {
+    if let Some((consequences, further)) = cause::resync(case, host, cfg, expected, observed, d.step) {
+        d.consequences = consequences;
+        d.further = further;
+    }
 }
 
 /// A kernel splat logged while `case` ran: the kernel's own signal, a finding whatever the

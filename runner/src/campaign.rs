@@ -10,26 +10,27 @@
 //!   plotting, with the wall-clock time (`time`, RFC 3339 UTC; `unix`, seconds) and the host
 //!   id (`host`, [`crate::stamp::host_id`]) when the campaign was given one.
 //!
-//! Over 600 lines: the engine loop, the state it checkpoints ([`Summary`], with its schema
-//! check and the merge of parallel workers) and the findings writer share private helpers
-//! (`io`, `save`, `state_dir`); the groups and hit counts live in `crate::groups`.
+//! Over 600 lines (by a few dozen): the engine loop, its checkpoints (`save`, `state_dir`) and
+//! the batched generation (`generate_batch`) whose speculative feedback the loop checks case by
+//! case stay together. The state it checkpoints ([`Summary`], with its schema check and the
+//! merge of parallel workers) lives in `crate::summary`, the findings writer and the recovery
+//! on start in `crate::findings`, the groups and hit counts in `crate::groups`.
 
+use crate::findings::{finding_names, write_raw, Found};
+pub use crate::findings::{recover, Finding};
 pub use crate::groups::{merge_groups, note_group, note_minimized, Group, Hits, Seen};
-use crate::minimize::MinStats;
 use crate::minqueue::{Queue, Share, SHARE};
-use crate::store::{create_dir_atomic, write_atomic};
+use crate::store::write_atomic;
+pub use crate::summary::{Resources, Summary, MAX_COUNTER, MAX_TITLE};
 use crate::{Backend, BackendError, Executed};
 use arbitrary::Unstructured;
 use rand::{rngs::SmallRng, RngCore, SeedableRng};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use xsave_oracle::gen::GenOptions;
-use xsave_oracle::judge::{judge, kernel_splat};
-use xsave_oracle::trace::Trace;
+use xsave_oracle::judge::{complete, judge_to, kernel_splat, Depth};
 use xsave_oracle::verdict::Verdict;
 use xsave_oracle::{Case, HostFacts, ModelConfig, Op};
 
@@ -109,7 +110,7 @@ pub enum CampaignError {
     State(String),
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CampaignError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CampaignError + '_ {
     move |err| CampaignError::Io { path: path.to_path_buf(), err }
 }
 
@@ -198,277 +199,6 @@ impl CampaignConfig {
     }
 }
 
-/// Persistent state (`campaign.json`) and the summary printed at the end.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Summary {
-    /// Backend name.
-    pub backend: String,
-    /// Contract the oracle predicted under.
-    pub contract: String,
-    /// Quirks modelled by the oracle.
-    pub quirks: Vec<String>,
-    /// Generator seed.
-    pub seed: u64,
-    /// Next iteration to run.
-    pub next_iteration: u64,
-    /// Cases executed (all sessions).
-    pub execs: u64,
-    /// Distinct findings (signatures) in the workdir.
-    pub findings: u64,
-    /// Diverging cases (including duplicates of known signatures).
-    pub divergent_cases: u64,
-    /// Guest runs executed (`KVM_RUN` steps).
-    #[serde(default)]
-    pub guest_runs: u64,
-    /// Guest runs by how they ended (`end`, `shutdown`, ...), as observed.
-    #[serde(default)]
-    pub guest_exits: BTreeMap<String, u64>,
-    /// Agreeing cases whose prediction left some bytes unpredicted (host-owned fields under a
-    /// modelled quirk): counted apart from cases that agree on every byte.
-    #[serde(default)]
-    pub agree_unpredicted: u64,
-    /// Diverging cases per class.
-    pub by_class: BTreeMap<String, u64>,
-    /// Diverging cases per signature (all sessions): what the fleet hub counts per host.
-    #[serde(default)]
-    pub by_signature: BTreeMap<String, u64>,
-    /// Diverging cases a known host quirk explains.
-    pub explained_by_quirk: u64,
-    /// Diverging cases that are a publicly known issue ([`xsave_oracle::known`]).
-    #[serde(default)]
-    pub known_issue_cases: u64,
-    /// Signatures found that are known issues, in order of discovery (this session): kept
-    /// out of `new_signatures`, so they never count as new.
-    #[serde(default)]
-    pub known_signatures: Vec<String>,
-    /// Seconds spent (all sessions).
-    pub seconds: f64,
-    /// Cases per second.
-    pub execs_per_sec: f64,
-    /// ioctls issued by the backend in this session.
-    pub ioctls: u64,
-    /// Contract rules reached so far (of [`xsave_oracle::coverage::rule_count`]).
-    #[serde(default)]
-    pub rules_covered: usize,
-    /// Rules there are.
-    #[serde(default)]
-    pub rules_total: usize,
-    /// Coverage points (rules and per-ioctl outcomes) reached.
-    #[serde(default)]
-    pub coverage_points: usize,
-    /// Cases kept in the feedback corpus.
-    #[serde(default)]
-    pub corpus: usize,
-    /// Execs and seconds at the first divergence of `stop_on_class`, when it was hit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub first_hit: Option<(u64, f64)>,
-    /// Whether every case had a guest CPUID narrower than the host.
-    #[serde(default)]
-    pub narrow_cpuid: bool,
-    /// Whether this session resumed an earlier one.
-    pub resumed: bool,
-    /// Whether the run was interrupted (SIGINT/SIGTERM).
-    pub interrupted: bool,
-    /// Signatures found, in order of discovery (this session). In the merged summary of a
-    /// parallel campaign: sorted and deduplicated over the workers.
-    pub new_signatures: Vec<String>,
-    /// Worker processes of a parallel campaign (`fuzz --jobs N`): set in the merged
-    /// `campaign.json` the parent writes, absent for a single campaign.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jobs: Option<u64>,
-    /// Process resources at the start and end of this session.
-    pub resources: Resources,
-    /// Total cases of the campaign (a worker's state: its share), kept on resume unless
-    /// given again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iterations: Option<u64>,
-    /// Total run time of the campaign in seconds, kept on resume unless given again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration_secs: Option<f64>,
-    /// The feedback corpus as this campaign sees it, in order of discovery (content names
-    /// without `.case`), checkpointed together with the counters: a resume continues from
-    /// exactly this view, not from whatever `corpus/` holds by then.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub corpus_order: Option<Vec<String>>,
-    /// Signatures this campaign (this worker) found itself, checkpointed with the counters.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub own_signatures: Option<Vec<String>>,
-    /// Raw findings this session left to minimize (on disk, minimized by `--resume`).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub minimize_pending: u64,
-    /// Seconds this session's minimizer took (at most [`SHARE`] of the campaign's time while
-    /// it fuzzed, plus the end's drain of the queue).
-    #[serde(default)]
-    pub minimize_seconds: f64,
-    /// Findings grouped by root cause (violated rule, ioctl, class of the first divergence):
-    /// one group per kernel defect, its signatures below it. Added on top of signatures.
-    #[serde(default)]
-    pub groups: Vec<Group>,
-    /// Per signature: hit count (diverging cases, re-hits of stored findings included) and
-    /// first and last hit, all sessions ([`Hits`]; `by_signature` keeps the bare counts).
-    #[serde(default)]
-    pub signature_hits: BTreeMap<String, Hits>,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-/// The largest counter value a state file may hold (far beyond any real campaign).
-pub const MAX_COUNTER: u64 = 1 << 48;
-
-/// The longest group title a stored state may carry, bytes.
-pub const MAX_TITLE: usize = 2000;
-
-impl Summary {
-    /// Add a parallel worker's summary `s` to this merged one ([`crate::jobs`]): counts,
-    /// ioctls, exec rates, guest exits and classes add up; seconds, findings, coverage and the
-    /// corpus size take the maximum; `resumed` and `interrupted` are set when any worker's is;
-    /// signatures are appended (the pool sorts and deduplicates them at the end); groups merge
-    /// ([`merge_groups`]), and so do per-signature counts and hits; the campaign's identity (backend, contract, quirks, seed, narrowing,
-    /// rule total) is the worker's.
-    pub fn merge(&mut self, s: Summary) {
-        self.backend = s.backend;
-        self.contract = s.contract;
-        self.quirks = s.quirks;
-        self.seed = s.seed;
-        self.next_iteration += s.next_iteration;
-        self.narrow_cpuid = s.narrow_cpuid;
-        self.ioctls += s.ioctls;
-        self.execs += s.execs;
-        self.divergent_cases += s.divergent_cases;
-        self.agree_unpredicted += s.agree_unpredicted;
-        self.guest_runs += s.guest_runs;
-        for (k, n) in &s.guest_exits {
-            *self.guest_exits.entry(k.clone()).or_default() += n;
-        }
-        self.explained_by_quirk += s.explained_by_quirk;
-        self.execs_per_sec += s.execs_per_sec;
-        self.seconds = self.seconds.max(s.seconds);
-        self.findings = self.findings.max(s.findings);
-        self.rules_covered = self.rules_covered.max(s.rules_covered);
-        self.rules_total = s.rules_total;
-        self.coverage_points = self.coverage_points.max(s.coverage_points);
-        self.corpus = self.corpus.max(s.corpus);
-        self.resumed |= s.resumed;
-        self.interrupted |= s.interrupted;
-        self.new_signatures.extend(s.new_signatures);
-        self.known_signatures.extend(s.known_signatures);
-        self.known_issue_cases += s.known_issue_cases;
-        self.minimize_pending += s.minimize_pending;
-        self.minimize_seconds += s.minimize_seconds;
-        self.resources.peak_rss_kib = self.resources.peak_rss_kib.max(s.resources.peak_rss_kib);
-        self.groups = merge_groups([self.groups.as_slice(), s.groups.as_slice()]);
-        crate::groups::merge_hits(&mut self.signature_hits, &s.signature_hits);
-        for (sig, n) in s.by_signature {
-            *self.by_signature.entry(sig).or_default() += n;
-        }
-        for (c, n) in s.by_class {
-            *self.by_class.entry(c).or_default() += n;
-        }
-    }
-
-    /// Check a stored state against its schema's ranges and invariants: one line on the
-    /// first violation.
-    pub fn validate(&self) -> Result<(), String> {
-        let printable = |t: &str| !t.is_empty() && t.len() <= 200 && t.chars().all(|c| !c.is_control());
-        // A group's title is a rule's statement with its ioctl: longer than a name.
-        let title = |t: &str| !t.is_empty() && t.len() <= MAX_TITLE && t.chars().all(|c| !c.is_control());
-        if !printable(&self.backend) {
-            return Err("backend: not a backend name".into());
-        }
-        if xsave_oracle::Contract::parse(&self.contract).is_none() {
-            return Err(format!("contract: {:?} is not a contract", crate::store::escape(&self.contract)));
-        }
-        if let Some(q) = self.quirks.iter().find(|q| xsave_oracle::Quirk::from_name(q).is_none()) {
-            return Err(format!("quirks: {:?} is not a quirk", crate::store::escape(q)));
-        }
-        let counters = [
-            ("next_iteration", self.next_iteration),
-            ("execs", self.execs),
-            ("findings", self.findings),
-            ("divergent_cases", self.divergent_cases),
-            ("guest_runs", self.guest_runs),
-            ("agree_unpredicted", self.agree_unpredicted),
-            ("explained_by_quirk", self.explained_by_quirk),
-            ("known_issue_cases", self.known_issue_cases),
-            ("ioctls", self.ioctls),
-            ("rules_covered", self.rules_covered as u64),
-            ("rules_total", self.rules_total as u64),
-            ("coverage_points", self.coverage_points as u64),
-            ("corpus", self.corpus as u64),
-            ("iterations", self.iterations.unwrap_or(0)),
-            ("jobs", self.jobs.unwrap_or(1)),
-        ];
-        if let Some((name, v)) = counters.iter().find(|(_, v)| *v > MAX_COUNTER) {
-            return Err(format!("{name}: {v} is out of range (at most {MAX_COUNTER})"));
-        }
-        if self.execs != self.next_iteration {
-            return Err(format!("execs {} differs from next_iteration {}", self.execs, self.next_iteration));
-        }
-        let sum = |m: &BTreeMap<String, u64>| m.values().try_fold(0u64, |a, v| a.checked_add(*v));
-        if sum(&self.by_class) != Some(self.divergent_cases) {
-            return Err(format!("by_class does not add up to divergent_cases {}", self.divergent_cases));
-        }
-        if self.by_class.keys().any(|k| !printable(k)) || self.guest_exits.keys().any(|k| !printable(k)) {
-            return Err("by_class/guest_exits: bad key".into());
-        }
-        if sum(&self.guest_exits) != Some(self.guest_runs) {
-            return Err(format!("guest_exits do not add up to guest_runs {}", self.guest_runs));
-        }
-        if self.divergent_cases > self.execs || self.agree_unpredicted > self.execs {
-            return Err(format!("more divergent or partly agreeing cases than execs {}", self.execs));
-        }
-        if self.explained_by_quirk > self.divergent_cases || self.known_issue_cases > self.divergent_cases {
-            return Err("explained_by_quirk or known_issue_cases exceeds divergent_cases".into());
-        }
-        if self.rules_covered > self.rules_total {
-            return Err("rules_covered exceeds rules_total".into());
-        }
-        if self.jobs == Some(0) {
-            return Err("jobs: 0".into());
-        }
-        let secs = |name: &str, v: f64| {
-            if v.is_finite() && (0.0..=1e10).contains(&v) {
-                Ok(())
-            } else {
-                Err(format!("{name}: {v} is not a duration in seconds"))
-            }
-        };
-        secs("seconds", self.seconds)?;
-        secs("execs_per_sec", self.execs_per_sec)?;
-        secs("minimize_seconds", self.minimize_seconds)?;
-        if let Some(d) = self.duration_secs {
-            secs("duration_secs", d)?;
-        }
-        if let Some((e, t)) = self.first_hit {
-            if e > self.execs {
-                return Err("first_hit: after the last exec".into());
-            }
-            secs("first_hit", t)?;
-        }
-        if let Some(order) = &self.corpus_order {
-            if order.iter().any(|n| !printable(n) || n.starts_with('.') || n.contains('/')) {
-                return Err("corpus_order: not a list of content names".into());
-            }
-        }
-        if self.groups.iter().any(|g| !printable(&g.key) || !title(&g.title) || g.cases > MAX_COUNTER) {
-            return Err("groups: bad key, title or count".into());
-        }
-        if self.signature_hits.iter().any(|(k, h)| !printable(k) || h.hits > MAX_COUNTER || h.first_seen > h.last_seen)
-            || self.groups.iter().any(|g| g.first_seen > g.last_seen)
-        {
-            return Err("signature_hits/groups: bad signature, count or first/last seen".into());
-        }
-        if let Some(sigs) = &self.own_signatures {
-            if sigs.iter().any(|n| !printable(n) || n.starts_with('.') || n.contains('/')) {
-                return Err("own_signatures: not a list of signatures".into());
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Read and check a stored campaign state (`campaign.json`): bounded read, schema, ranges.
 pub fn load_state(path: &Path) -> Result<Summary, CampaignError> {
     let bytes = crate::store::read_bounded(path, crate::store::caps::JSON).map_err(io(path))?;
@@ -476,19 +206,6 @@ pub fn load_state(path: &Path) -> Result<Summary, CampaignError> {
         serde_json::from_slice(&bytes).map_err(|e| CampaignError::State(format!("{}: corrupt campaign state: {e}", path.display())))?;
     s.validate().map_err(|e| CampaignError::State(format!("{}: corrupt campaign state: {e}", path.display())))?;
     Ok(s)
-}
-
-/// Process resources (Linux `/proc/self`): to show a long campaign leaks nothing.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Resources {
-    /// Open file descriptors at the start.
-    pub fds_start: usize,
-    /// Open file descriptors at the end.
-    pub fds_end: usize,
-    /// KVM VM file descriptors open at the end.
-    pub kvm_vm_fds_end: usize,
-    /// Peak resident set size (VmHWM), KiB.
-    pub peak_rss_kib: u64,
 }
 
 fn fd_links() -> Vec<String> {
@@ -502,41 +219,6 @@ fn peak_rss_kib() -> u64 {
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
-}
-
-/// A finding as `findings/<signature>/verdict.json` holds it: written by the campaign, read
-/// back by reports (the one type for both).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Finding {
-    /// The verdict of the stored case (a divergence).
-    pub verdict: Verdict,
-    /// The backend that found it (`kvm`, `lab:debian:6.12`, `model:V2b`, ...).
-    #[serde(default)]
-    pub backend: String,
-    /// The campaign's generator seed.
-    #[serde(default)]
-    pub seed: u64,
-    /// The worker (of `--jobs`) that found it.
-    #[serde(default)]
-    pub worker: u64,
-    /// The iteration that found it.
-    #[serde(default)]
-    pub iteration: u64,
-    /// The oracle's prediction for the stored case.
-    pub expected: Trace,
-    /// What the backend returned for it.
-    pub observed: Trace,
-    /// True when the stored case, run again at write time, did not show the divergence: a
-    /// nondeterministic finding, kept as found (the case, both traces of the finding run).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub unreproduced: bool,
-}
-
-/// A divergence as a campaign found it: the case's first run.
-struct Found<'a> {
-    divergence: &'a xsave_oracle::verdict::Divergence,
-    expected: &'a Trace,
-    observed: &'a Trace,
 }
 
 /// Seconds between checkpoints of a campaign's state (tests lower it with
@@ -695,9 +377,11 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
         }
         let Some(Pending { i, case, added, result }) = pending.pop_front() else { break };
         let Executed { trace: observed, kernel_log: log } = result?;
-        let (expected, verdict) = judge(&case, &host, &cfg.model, &observed);
+        // Worked out to what every diverging case is counted and grouped by; a new signature
+        // is completed below, before it is written.
+        let (expected, verdict) = judge_to(&case, &host, &cfg.model, &observed, Depth::Triage);
         // The kernel's own signal outranks the oracle's: a splat is the case's finding.
-        let verdict = if log.is_empty() { verdict } else { Verdict::Diverge(Box::new(kernel_splat(&case, &cfg.model, log))) };
+        let mut verdict = if log.is_empty() { verdict } else { Verdict::Diverge(Box::new(kernel_splat(&case, &cfg.model, log))) };
         if cfg.feedback {
             let points = crate::feedback::Feedback::points_of(&case, &expected);
             let added = match added {
@@ -737,7 +421,7 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
         if verdict == Verdict::Agree && expected.results.iter().any(|r| !r.unpredicted.is_empty()) {
             s.agree_unpredicted += 1;
         }
-        if let Verdict::Diverge(d) = &verdict {
+        if let Verdict::Diverge(d) = &mut verdict {
             if cfg.stop_on_class == Some(d.class) && s.first_hit.is_none() {
                 s.first_hit = Some((s.execs, start.elapsed().as_secs_f64()));
             }
@@ -752,6 +436,9 @@ pub fn run(backend: &mut dyn Backend, mut cfg: CampaignConfig) -> Result<Summary
                 s.known_issue_cases += 1;
             }
             if known.insert(d.signature.clone()) {
+                if d.class != xsave_oracle::verdict::Class::KernelSplat {
+                    complete(&case, &host, &cfg.model, &expected, &observed, d);
+                }
                 if d.known_issue.is_some() {
                     s.known_signatures.push(d.signature.clone());
                 } else {
@@ -914,132 +601,6 @@ pub fn corpus_names(cd: &Path) -> Vec<String> {
     names
 }
 
-/// The complete findings of a workdir (directory names, temporaries left out).
-fn finding_names(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir.join("findings"))
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).filter(|n| !n.starts_with('.')).collect())
-        .unwrap_or_default()
-}
-
-/// The (worker, iteration) a finding's `verdict.json` records, if it records them.
-fn finding_key(dir: &Path) -> Option<(u64, u64)> {
-    let bytes = crate::store::read_bounded(&dir.join("verdict.json"), crate::store::caps::JSON).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    Some((v.get("worker")?.as_u64()?, v.get("iteration")?.as_u64()?))
-}
-
-/// Write a new finding atomically the moment it is found, without minimizing it (that is
-/// [`crate::minqueue`]'s job, off the hot path): `case.bin` (the case as found),
-/// `verdict.json` (the finding run's verdict and traces, and the worker and iteration that
-/// found it), `host.json`. A raw finding has no `minimize.json`. A kernel
-/// splat is final as found: it gets an empty `minimize.json` at once and is never queued.
-///
-/// First writer wins deterministically: a finding already on disk is replaced (atomically,
-/// by exchanging the directories) only by one with a lower (worker, iteration), under the
-/// lock `WORKDIR/findings.lock` that serializes the workers' decisions. Returns whether the
-/// signature was new on disk and whether this campaign's finding is on disk now (so it is to
-/// be minimized).
-fn write_raw(
-    backend: &dyn Backend,
-    cfg: &CampaignConfig,
-    dest: &Path,
-    case: &Case,
-    found: Found<'_>,
-    i: u64,
-) -> Result<(bool, bool), CampaignError> {
-    let worker = cfg.worker.map_or(0, |(k, _)| k);
-    if finding_key(dest).is_some_and(|key| key <= (worker, i)) {
-        return Ok((false, false));
-    }
-    let splat = found.divergence.class == xsave_oracle::verdict::Class::KernelSplat;
-    let rec = Finding {
-        verdict: Verdict::Diverge(Box::new(found.divergence.clone())),
-        backend: backend.name(),
-        seed: cfg.seed,
-        worker,
-        iteration: i,
-        expected: found.expected.clone(),
-        observed: found.observed.clone(),
-        unreproduced: false,
-    };
-    let files = finding_files(&rec, case, case, splat.then(MinStats::default).as_ref(), host_json(dest))?;
-    place_finding(dest, &files, (worker, i), false)
-}
-
-/// The workdir's `host.json` (probe report: kernel, module, CPU, layout, quirks) for a finding
-/// directory `dest`, so a finding is self-contained when shared.
-fn host_json(dest: &Path) -> Option<Vec<u8>> {
-    let workdir = crate::store::parent_dir(crate::store::parent_dir(dest));
-    crate::store::read_bounded(&workdir.join("host.json"), crate::store::caps::JSON).ok()
-}
-
-/// The files of a finding directory. Final (`stats` given): `case.bin` and `case.json`
-/// (`case`), `original.bin`, `verdict.json` (`rec`), `minimize.json`, `host.json`. Raw: only
-/// `case.bin` (the case as found), `verdict.json` and `host.json`: every file costs an fsync
-/// on the hot path, and the final finding adds the rest.
-pub(crate) fn finding_files(
-    rec: &Finding,
-    case: &Case,
-    original: &Case,
-    stats: Option<&MinStats>,
-    host_json: Option<Vec<u8>>,
-) -> Result<Vec<(&'static str, Vec<u8>)>, CampaignError> {
-    let mut files = vec![("case.bin", case.encode()), ("verdict.json", pretty(rec)?)];
-    if let Some(st) = stats {
-        files.push(("case.json", case.to_json().into_bytes()));
-        files.push(("original.bin", original.encode()));
-        files.push(("minimize.json", pretty(st)?));
-    }
-    if let Some(h) = host_json {
-        files.push(("host.json", h));
-    }
-    Ok(files)
-}
-
-fn pretty<T: Serialize>(v: &T) -> Result<Vec<u8>, CampaignError> {
-    serde_json::to_vec_pretty(v).map_err(|e| CampaignError::State(e.to_string()))
-}
-
-/// Put a finding directory at `dest` atomically, under `WORKDIR/findings.lock`. A raw finding
-/// (`minimized` false) found at `key` = (worker, iteration) is created, or replaces one with a
-/// higher key. A minimized one replaces only the raw finding of the same key (a lower key's
-/// finding that replaced it meanwhile, or a finding already final, wins). Returns whether the
-/// directory was created and whether `files` are on disk now.
-pub(crate) fn place_finding(
-    dest: &Path,
-    files: &[(&str, Vec<u8>)],
-    key: (u64, u64),
-    minimized: bool,
-) -> Result<(bool, bool), CampaignError> {
-    let files: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (*n, b.as_slice())).collect();
-    let parent = crate::store::parent_dir(dest);
-    let lock_path = crate::store::parent_dir(parent).join("findings.lock");
-    let _lock = match crate::store::lock_waiting(&lock_path, Duration::from_secs(30), &AtomicBool::new(false)).map_err(io(&lock_path))? {
-        Ok(l) => l,
-        Err(holder) => return Err(CampaignError::State(format!("{}: held for 30 s by {holder}", lock_path.display()))),
-    };
-    if !dest.exists() {
-        if minimized {
-            return Ok((false, false));
-        }
-        return create_dir_atomic(dest, &files).map(|new| (new, true)).map_err(io(dest));
-    }
-    let on_disk = finding_key(dest);
-    let replace = if minimized { on_disk == Some(key) && !dest.join("minimize.json").exists() } else { on_disk.is_none_or(|k| k > key) };
-    if !replace {
-        return Ok((false, false));
-    }
-    let sig = dest.file_name().map_or_else(String::new, |n| n.to_string_lossy().to_string());
-    let tmp = parent.join(format!(".{sig}.tmp.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let swapped = crate::store::build_dir(&tmp, &files).and_then(|()| crate::sys::rename_exchange(&tmp, dest));
-    // After the exchange `tmp` holds the finding it replaced; on failure, the partial build.
-    let _ = std::fs::remove_dir_all(&tmp);
-    swapped.map_err(io(dest))?;
-    crate::store::sync_dir(parent).map_err(io(dest))?;
-    Ok((false, true))
-}
-
 /// Where a campaign keeps `campaign.json` and `stats.jsonl`: the workdir, or the worker's
 /// own directory under it.
 fn state_dir(cfg: &CampaignConfig) -> Option<PathBuf> {
@@ -1068,58 +629,4 @@ fn save(cfg: &CampaignConfig, s: &Summary) -> Result<(), CampaignError> {
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&stats).map_err(io(&stats))?;
     writeln!(f, "{line}").map_err(io(&stats))?;
     Ok(())
-}
-
-/// Recovery on start, by the process holding the workdir lock: temporary files and
-/// directories (`.<name>.tmp.<pid>`) left by a killed or disk-full campaign are removed,
-/// finding directories without a readable `case.bin` and `verdict.json` are removed (the
-/// campaign finds them again), and a `stats.jsonl` cut mid-line loses its partial last line.
-/// Returns one line per thing done.
-pub fn recover(workdir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    let mut dirs = vec![workdir.to_path_buf(), workdir.join("findings"), workdir.join("corpus"), workdir.join("report")];
-    if let Ok(d) = std::fs::read_dir(workdir.join("workers")) {
-        dirs.extend(d.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
-    }
-    for d in &dirs {
-        let Ok(entries) = std::fs::read_dir(d) else { continue };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if !(name.starts_with('.') && name.contains(".tmp.")) {
-                continue;
-            }
-            let p = e.path();
-            let removed = if e.file_type().is_ok_and(|t| t.is_dir()) { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
-            match removed {
-                Ok(()) => lines.push(format!("recovered: removed temporary {}", p.display())),
-                Err(err) => lines.push(format!("recovery: cannot remove temporary {}: {err}", p.display())),
-            }
-        }
-        let stats = d.join("stats.jsonl");
-        if let Ok(bytes) = crate::store::read_bounded(&stats, crate::store::caps::STATS) {
-            if bytes.last().is_some_and(|b| *b != b'\n') {
-                let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |n| n + 1);
-                match crate::store::write_atomic(&stats, &bytes[..keep]) {
-                    Ok(()) => lines.push(format!("recovered: completed {} (cut a partial last line)", stats.display())),
-                    Err(err) => lines.push(format!("recovery: cannot repair {}: {err}", stats.display())),
-                }
-            }
-        }
-    }
-    for name in finding_names(workdir) {
-        let p = workdir.join("findings").join(&name);
-        if !p.is_dir() {
-            continue;
-        }
-        let case_ok = crate::store::read_bounded(&p.join("case.bin"), crate::store::caps::CASE).is_ok_and(|b| Case::decode(&b).is_ok());
-        let verdict_ok = crate::store::read_bounded(&p.join("verdict.json"), crate::store::caps::JSON)
-            .is_ok_and(|b| serde_json::from_slice::<serde_json::Value>(&b).is_ok_and(|v| v.get("verdict").is_some()));
-        if !(case_ok && verdict_ok) {
-            match std::fs::remove_dir_all(&p) {
-                Ok(()) => lines.push(format!("recovered: removed incomplete finding {}", p.display())),
-                Err(err) => lines.push(format!("recovery: cannot remove incomplete finding {}: {err}", p.display())),
-            }
-        }
-    }
-    lines
 }

@@ -15,6 +15,7 @@ pub mod campaign;
 pub mod corpus;
 pub mod differential;
 pub mod feedback;
+pub mod findings;
 pub mod groups;
 pub mod guest;
 pub mod jobs;
@@ -29,6 +30,7 @@ pub mod probe;
 pub mod seeds;
 pub mod stamp;
 pub mod store;
+pub mod summary;
 #[allow(unsafe_code)]
 pub mod sys;
 

@@ -5,7 +5,7 @@
 use crate::{Backend, BackendError};
 use serde::Serialize;
 use xsave_oracle::case::*;
-use xsave_oracle::judge::judge;
+use xsave_oracle::judge::{judge_to, Depth};
 use xsave_oracle::verdict::Verdict;
 use xsave_oracle::{HostFacts, ModelConfig};
 
@@ -29,7 +29,7 @@ pub struct MinStats {
 /// The signature `case` diverges with on `backend`, if it diverges.
 pub fn signature_of(backend: &mut dyn Backend, host: &HostFacts, model: &ModelConfig, case: &Case) -> Result<Option<String>, BackendError> {
     let obs = backend.execute(case)?;
-    Ok(match judge(case, host, model, &obs).1 {
+    Ok(match judge_to(case, host, model, &obs, Depth::Signature).1 {
         Verdict::Diverge(d) => Some(d.signature),
         Verdict::Agree => None,
     })

@@ -13,7 +13,7 @@ mod run;
 mod xcrs;
 mod xsave;
 
-pub use replay::{predict, predict_following, predict_synced, set_buffer};
+pub use replay::{predict, predict_following, predict_following_consulting, predict_synced, set_buffer};
 
 use crate::abi::cpuid::CpuidEntry;
 use crate::abi::{self, le64, put, xstate_required_size};
@@ -231,6 +231,9 @@ pub struct Model<'a> {
     last_get_free: u64,
     /// Accept whatever a SET passes (re-synchronising on a kernel that accepted it).
     force_accept: bool,
+    /// The quirks this model asked `cfg` about (one bit per [`Quirk`]): a prediction that never
+    /// asked about a quirk is the same with that quirk modelled.
+    consulted: std::cell::Cell<u32>,
 }
 
 fn ret_err(origin: Origin, e: i32, rules: Vec<Rule>) -> OpResult {
@@ -244,7 +247,15 @@ fn ret_ok(origin: Origin, v: i64, rules: Vec<Rule>) -> OpResult {
 impl<'a> Model<'a> {
     /// A model holding a fresh vCPU.
     pub fn new(host: &'a HostFacts, cfg: &'a ModelConfig) -> Model<'a> {
-        Model { host, cfg, vcpu: Self::fresh(host, cfg), last_get: None, last_get_free: 0, force_accept: false }
+        Model {
+            host,
+            cfg,
+            vcpu: Self::fresh(host, cfg),
+            last_get: None,
+            last_get_free: 0,
+            force_accept: false,
+            consulted: std::cell::Cell::new(0),
+        }
     }
 
     fn fresh(host: &HostFacts, cfg: &ModelConfig) -> Vcpu {
@@ -315,8 +326,16 @@ impl<'a> Model<'a> {
         }
     }
 
+    /// Whether `cfg` models quirk `q`: the model's only way to ask (so that it knows which
+    /// quirks a prediction depended on, [`Model::consulted`]).
     fn quirk(&self, q: Quirk) -> bool {
+        self.consulted.set(self.consulted.get() | 1 << q as u32);
         self.cfg.quirks.contains(&q)
+    }
+
+    /// Whether this model asked about quirk `q` so far.
+    pub(crate) fn consulted(&self, q: Quirk) -> bool {
+        self.consulted.get() & 1 << q as u32 != 0
     }
 
     fn contract(&self) -> Contract {

@@ -4,7 +4,7 @@
 use super::{Model, ModelConfig, Vcpu};
 use crate::abi::{self, put};
 use crate::case::{Case, Op};
-use crate::host::HostFacts;
+use crate::host::{HostFacts, Quirk};
 use crate::rules::Rule;
 use crate::trace::{OpResult, Ret, Trace};
 
@@ -34,6 +34,23 @@ pub fn predict(case: &Case, host: &HostFacts, cfg: &ModelConfig) -> Trace {
 /// a restore of a GET whose FIP the processor canonicalised restores the canonical FIP.
 pub fn predict_following(case: &Case, host: &HostFacts, cfg: &ModelConfig, observed: &Trace) -> Trace {
     predict_synced(case, host, cfg, observed, &[])
+}
+
+/// [`predict_following`], and the quirks of `candidates` the prediction asked `cfg` about:
+/// the model is deterministic and asks about quirks only through one accessor, so adding to
+/// `cfg` quirks it never asked about gives the same prediction.
+pub fn predict_following_consulting(
+    case: &Case,
+    host: &HostFacts,
+    cfg: &ModelConfig,
+    observed: &Trace,
+    candidates: &[Quirk],
+) -> (Trace, Vec<Quirk>) {
+    let mut m = Model::new(host, cfg);
+    let n = case.steps().len();
+    let trace = Trace { results: run_synced(&mut m, case, observed, &[], n) };
+    let asked = candidates.iter().copied().filter(|q| m.consulted(*q)).collect();
+    (trace, asked)
 }
 
 /// [`predict_following`], and at each step in `sync` the model is also forced to follow the

@@ -272,6 +272,7 @@ impl Model<'_> {
     pub(super) fn save_after_run(&mut self, regs: &crate::guest::Regs, rules: &mut Vec<Rule>) {
         let host = self.host;
         let xf = host.default_user_xfeatures() | (user_xfeatures(&self.vcpu, self.contract()) & host.supported_xcr0);
+        let fop_kept = self.quirk(Quirk::TcgXsaveFop);
         let v = &mut self.vcpu;
         let old = v.kbuf.clone();
         let n = v.kbuf.len().min(regs.image.len());
@@ -309,7 +310,7 @@ impl Model<'_> {
         if let Allowed::OneOf { start, values, rule } = fip_choice(&old) {
             v.legacy_alts.push((start as usize, values, rule, FP));
         }
-        if self.cfg.quirks.contains(&Quirk::TcgXsaveFop) {
+        if fop_kept {
             v.legacy_alts.push((abi::FOP, vec![v.mem_fop.to_vec()], Rule::QuirkTcgXsaveFop, FP));
             rules.push(Rule::QuirkTcgXsaveFop);
         } else {
