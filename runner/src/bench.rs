@@ -283,9 +283,9 @@ pub const LOAD_ROUNDS: usize = 5;
 
 /// Run, [`LOAD_ROUNDS`] times, the same campaign (seed, feedback, guest runs, a workdir under
 /// `scratch`, the default `--minimize-budget` 2000) for `seconds` on a clean backend (`model:V3`)
-/// and, at the same time on another thread, on one that yields new signatures every few hundred cases (`model:V2b`, the 5.17–6.5
-/// restrictive-load regression, whose symptoms spread over many signatures), both judged by
-/// the strict V3 oracle under `host`. Each campaign is stopped from outside after `seconds`
+/// and, at the same time on another thread, on one where a third of the cases diverge and new
+/// signatures keep coming (`model:V2b`, the 5.17–6.5 restrictive-load regression), both with
+/// `host`'s quirks and judged by the V3 oracle modelling them (as `--quirks auto`). Each campaign is stopped from outside after `seconds`
 /// (as an interrupt: the minimizer's queue is left, not drained), so each rate is the rate
 /// while it fuzzes.
 pub fn findings_load(host: &HostFacts, seconds: f64, scratch: &std::path::Path) -> Result<FindingsLoad, crate::campaign::CampaignError> {
@@ -293,9 +293,14 @@ pub fn findings_load(host: &HostFacts, seconds: f64, scratch: &std::path::Path) 
     use xsave_oracle::Contract;
     let campaign = |contract: Contract, dir: std::path::PathBuf| -> Result<Summary, crate::campaign::CampaignError> {
         let _ = std::fs::remove_dir_all(&dir);
-        let mut be = crate::ModelBackend::new(host.clone(), ModelConfig::new(contract, vec![]));
+        // The host's quirks on both sides, as `fuzz --quirks auto` runs on a kernel with them:
+        // the backend shows them and the oracle models them (judging a quirky backend with a
+        // quirk-free oracle would make every divergence try each quirk, which no real
+        // campaign does).
+        let mut be = crate::ModelBackend::new(host.clone(), ModelConfig::new(contract, host.quirks.clone()));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let cfg = CampaignConfig {
+            model: ModelConfig::new(Contract::V3, host.quirks.clone()),
             workdir: Some(dir.clone()),
             feedback: true,
             minimize_budget: 2000,
